@@ -1,0 +1,142 @@
+"""The dataflow of a pipeline: which step reads which DataFrame, checked before Spark starts.
+
+Semantics of the original format: steps run in order; each extract, transform and validate
+step's output becomes the *current* DataFrame; a load writes the current DataFrame and leaves
+it current; `registerAs` also stores a step's output under a name."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from pipeline_defs.config.loader import LoadedPipeline, LoadedStep
+from pipeline_defs.errors import Problem
+
+
+def safe_name(text: str) -> str:
+    """A Dagster-safe name: letters, digits and _ only, not starting with a digit."""
+    out = re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_") or "unnamed"
+    return out if not out[0].isdigit() else f"_{out}"
+
+
+@dataclass(frozen=True)
+class StepNode:
+    step: LoadedStep
+    op_name: str
+    current: int | None  # index of the step whose output is this step's current DataFrame
+    named: dict[str, int]  # DataFrame name -> index of the step that registered it
+    after: tuple[int, ...]  # side effects that must happen first (earlier loads)
+    observe: bool = False  # count this step's output rows with observe()
+
+    @property
+    def inputs(self) -> list[int]:
+        return ([self.current] if self.current is not None else []) + list(self.named.values())
+
+
+@dataclass
+class Plan:
+    pipeline: LoadedPipeline
+    job_name: str
+    nodes: list[StepNode] = field(default_factory=list)
+
+    def node(self, index: int) -> StepNode:
+        return self.nodes[index - 1]
+
+    def consumers(self, index: int) -> list[StepNode]:
+        return [n for n in self.nodes if index in n.inputs]
+
+    def upstream(self, index: int) -> list[int]:
+        """Every step whose output flows into step `index` (transitively), in order."""
+        seen: set[int] = set()
+        todo = list(self.node(index).inputs)
+        while todo:
+            i = todo.pop()
+            if i not in seen:
+                seen.add(i)
+                todo.extend(self.node(i).inputs)
+        return sorted(seen)
+
+
+def _walk(p: LoadedPipeline):
+    """Yield (step, current producer, {name: producer}, problems) in order."""
+    current: int | None = None
+    registered: dict[str, int] = {}
+    loads: list[int] = []
+    for s in p.steps:
+        problems: list[Problem] = []
+        named: dict[str, int] = {}
+        for fpath, name in s.config.named_inputs(tuple(registered)):
+            if name in registered:
+                named[name] = registered[name]
+            else:
+                have = ", ".join(sorted(registered)) or "none"
+                problems.append(Problem(
+                    p.file, f"names '{name}', which no earlier step registers. "
+                    f"Registered so far: {have}.", s.index, s.label, f"config.{fpath}",
+                    "Add \"registerAs\" to the step that produces it, or fix the name."))
+        uses = s.config.reads_current()
+        if uses and current is None:
+            problems.append(Problem(
+                p.file, f"a {s.kind} step needs an input DataFrame, and no earlier step "
+                "produces one.", s.index, s.label, None,
+                "Put an extract step before it."))
+        yield s, (current if uses else None), named, tuple(loads[-1:]), problems
+        if s.kind == "load":
+            loads.append(s.index)
+            out = current
+        else:
+            out = s.index
+        current = out
+        if s.config.register_as and out is not None:
+            registered[s.config.register_as] = out
+
+
+def check_dataflow(p: LoadedPipeline) -> list[Problem]:
+    return [pr for *_, problems in _walk(p) for pr in problems]
+
+
+def _op_name(s: LoadedStep) -> str:
+    if s.name:
+        return s.name
+    base = f"s{s.index:02d}_{s.method}"
+    if s.config.register_as:
+        base += f"_{s.config.register_as}"
+    return safe_name(base)
+
+
+def build_plan(p: LoadedPipeline) -> Plan:
+    """The step graph of a checked pipeline, with where row counts can be observed."""
+    plan = Plan(p, safe_name(p.name))
+    for s, current, named, after, _ in _walk(p):
+        # Extracts read sources that an earlier load may have written: keep file order there.
+        plan.nodes.append(StepNode(s, _op_name(s), current, named,
+                                   after if s.kind in ("load", "extract") else ()))
+    for i, n in enumerate(plan.nodes):
+        plan.nodes[i] = StepNode(n.step, n.op_name, n.current, n.named, n.after,
+                                 _observable(plan, n))
+    return plan
+
+
+def _reaches_filter(plan: Plan, index: int, seen: set[int] | None = None) -> bool:
+    """Could a filter in a later step be pushed down through this step's output?"""
+    seen = seen if seen is not None else set()
+    for c in plan.consumers(index):
+        if c.step.index in seen:
+            continue
+        seen.add(c.step.index)
+        model = type(c.step.config)
+        if model.filters or (model.passes_filters and _reaches_filter(plan, c.step.index, seen)):
+            return True
+    return False
+
+
+def _observable(plan: Plan, n: StepNode) -> bool:
+    """Count rows at this step's output only where it costs nothing: an observe() node blocks
+    predicate pushdown below it, so none is placed where a later filter could be pushed
+    through; a step consumed only by loads is counted by those loads; validations count
+    themselves."""
+    if n.step.kind in ("load", "validate"):
+        return False
+    consumers = plan.consumers(n.step.index)
+    if not consumers or all(c.step.kind == "load" for c in consumers):
+        return False
+    return not _reaches_filter(plan, n.step.index)

@@ -1,0 +1,78 @@
+"""Typed models of a pipeline file. Keys are camelCase, as in the original format."""
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class FormatModel(BaseModel):
+    """Base for every part of the format: camelCase keys, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True,
+                              frozen=True)
+
+
+class StepModel(FormatModel):
+    """Base of every method's `config`. Subclasses describe one method each."""
+
+    register_as: str | None = Field(
+        None, description="Also store this step's output under this name, for later steps' "
+                          "`inputDataFrames` / `referencedDataFrame` and as a view in `sql`.")
+
+    # Dataflow traits, read by the static check and the factory (not part of the JSON).
+    uses_current: ClassVar[bool] = True
+    """The step works on the current DataFrame (the previous step's output)."""
+    filters: ClassVar[bool] = False
+    """The step holds a row filter that Spark may push towards the source."""
+    passes_filters: ClassVar[bool] = False
+    """A filter in a later step can be pushed through this step to its source."""
+
+    def named_inputs(self, registered: Collection[str] = ()) -> list[tuple[str, str]]:
+        """(field path, DataFrame name) for every registered DataFrame this step reads.
+        `registered` holds the names registered by earlier steps."""
+        return []
+
+    def reads_current(self) -> bool:
+        """Whether this step reads the current DataFrame (uses_current, unless overridden)."""
+        return self.uses_current
+
+    def location(self) -> str | None:
+        """Where an extract reads or a load writes (path, table, topic), for asset keys."""
+        return None
+
+    def problems(self) -> list[tuple[str, str, str]]:
+        """Cross-field problems as (field path, what is wrong, how to fix)."""
+        return []
+
+
+class StepSpec(FormatModel):
+    """One entry of `steps`."""
+
+    type: Literal["extract", "transform", "validate", "load"] = Field(
+        description="What the step does: extract (read), transform, validate or load (write).")
+    method: str = Field(description="The method, e.g. fromDeltaLake, filterRows, toDeltaLake. "
+                                    "`pipeline list` shows them all.")
+    name: str | None = Field(None, description="Optional short name, used for the Dagster op "
+                                               "name and in messages, e.g. \"load_orders\".")
+    description: str | None = Field(None, description="Free text shown in the Dagster UI.")
+    config: dict[str, Any] = Field(default_factory=dict,
+                                   description="The method's settings; see the method's schema.")
+
+
+class PipelineConfig(FormatModel):
+    """A pipeline file: named steps that run in order on Spark."""
+
+    name: str = Field(description="Pipeline name; the Dagster job name is derived from it.")
+    mode: Literal["batch", "streaming"] = Field(
+        "batch", description="batch, or streaming (Structured Streaming).")
+    description: str | None = Field(None, description="Shown on the Dagster job.")
+    params: dict[str, str] = Field(
+        default_factory=dict,
+        description="Defaults for ${name} placeholders used in step configs. A default may "
+                    "read the environment: \"${env:DATA_DIR:-/data}\". `pipeline run --param "
+                    "name=value` overrides.")
+    tags: dict[str, str] = Field(default_factory=dict, description="Dagster tags for the job.")
+    steps: list[StepSpec] = Field(min_length=1, description="The steps, run in order.")

@@ -1,0 +1,51 @@
+"""Dagster's entry point: every pipeline in the config directory as a job, its targets as assets.
+
+The directory is `configs/` unless PIPELINE_CONFIG_DIR names another."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import dagster as dg
+
+from pipeline_defs.config.loader import LoadedPipeline, load_pipelines
+from pipeline_defs.factory import asset_specs, build_pipeline
+from pipeline_defs.resources import SparkResource, VaultResource
+from pipeline_defs.resources.spark import REPO_ROOT
+from pipeline_defs.steps.registry import builtin_registry
+
+
+def config_dir() -> Path:
+    return Path(os.environ.get("PIPELINE_CONFIG_DIR", REPO_ROOT / "configs"))
+
+
+def default_resources() -> dict:
+    """The one place that chooses resources for the environment (read from env vars)."""
+    return {
+        "spark": SparkResource(master=os.environ.get("SPARK_MASTER", "local[*]"),
+                               jars_dir=os.environ.get("PIPELINE_JARS_DIR", "")),
+        "vault": VaultResource(url=os.environ.get("VAULT_ADDR"),
+                               token=dg.EnvVar("VAULT_TOKEN") if os.environ.get("VAULT_TOKEN")
+                               else None),
+        "io_manager": dg.mem_io_manager,
+    }
+
+
+def definitions_for(pipelines: Iterable[LoadedPipeline], resources: Mapping | None = None
+                    ) -> dg.Definitions:
+    registry = builtin_registry()
+    built = [build_pipeline(p, registry) for p in pipelines]
+    return dg.Definitions(jobs=[b.job for b in built], assets=asset_specs(built),
+                          resources=dict(resources or default_resources()))
+
+
+def build_definitions(directory: str | Path | None = None,
+                      params: Mapping[str, str] | None = None,
+                      resources: Mapping | None = None) -> dg.Definitions:
+    """Definitions for every pipeline file in `directory` (all problems reported together)."""
+    pipelines = load_pipelines([directory or config_dir()], builtin_registry(), params)
+    return definitions_for(pipelines, resources)
+
+
+defs = build_definitions()

@@ -1,0 +1,280 @@
+"""PipelineConfig -> Dagster: one job per pipeline, one op per step, an asset per load target.
+
+DataFrames pass between ops as lazy plans (in-memory IO manager, in-process executor, one
+SparkSession per run). Row counts come from `observe()` on the plans that run anyway."""
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import dagster as dg
+from pyspark.errors import PySparkException
+from pyspark.sql import DataFrame, Observation
+from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
+
+from pipeline_defs.config.dataflow import Plan, StepNode, build_plan, safe_name
+from pipeline_defs.config.loader import LoadedPipeline
+from pipeline_defs.errors import PipelineError, StepExecutionError, UnsupportedError
+from pipeline_defs.steps.context import LoadResult, StepContext
+from pipeline_defs.steps.registry import Registry
+
+OBSERVE_WAIT_S = 2.0
+
+
+# ---------------------------------------------------------------- values passed between ops
+@dataclass(frozen=True)
+class StepOutput:
+    """An op's output: the lazy DataFrame and the row counter riding on it."""
+
+    df: DataFrame
+    step: int
+    op_name: str
+    observation: Observation | None = None
+    parents: tuple[StepOutput, ...] = ()
+
+    def lineage(self) -> list[StepOutput]:
+        seen: dict[int, StepOutput] = {}
+        todo = [self]
+        while todo:
+            o = todo.pop()
+            if o.step not in seen:
+                seen[o.step] = o
+                todo.extend(o.parents)
+        return [seen[k] for k in sorted(seen)]
+
+
+def observed_rows(obs: Observation | None, wait: float = 0.0) -> int | None:
+    """The observed row count, if the action that fills it has run (never blocks for long)."""
+    if obs is None or obs._jo is None:
+        return None
+    deadline = time.monotonic() + wait
+    future = obs._jo.future()
+    while not future.isCompleted():
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.02)
+    return int(obs.get.get("rows", 0))
+
+
+def _observe(df: DataFrame, run_id: str, op_name: str) -> tuple[DataFrame, Observation]:
+    obs = Observation(f"rows_{op_name}_{run_id.replace('-', '')[:12]}")
+    return df.observe(obs, F.count(F.lit(1)).alias("rows")), obs
+
+
+# ---------------------------------------------------------------- metadata helpers
+def table_schema(schema: StructType) -> dg.TableSchema:
+    return dg.TableSchema(columns=[
+        dg.TableColumn(f.name, f.dataType.simpleString(),
+                       constraints=dg.TableColumnConstraints(nullable=f.nullable))
+        for f in schema.fields])
+
+
+def asset_key_for(location: str, override: list[str] | None = None) -> dg.AssetKey:
+    """A stable asset key from a path, table or topic: s3a://b/x/y -> s3a/b/x/y."""
+    if override:
+        return dg.AssetKey(override)
+    scheme, sep, rest = location.partition("://")
+    if not sep:
+        scheme, rest = ("file", location) if "/" in location else ("table", location)
+    parts = [safe_name(p) for p in re.split(r"[/.]", rest) if p and p not in (".", "..")]
+    return dg.AssetKey([safe_name(scheme), *parts])
+
+
+def _plain(v):
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return dg.MetadataValue.json(v) if isinstance(v, (dict, list)) else str(v)
+
+
+def spark_error_summary(e: BaseException) -> str:
+    """One readable line from a Spark/Py4J error instead of a JVM stack trace."""
+    if isinstance(e, PySparkException):
+        text = str(e)
+    else:
+        text = str(e) or type(e).__name__
+    text = text.split("\n\tat ", 1)[0].split("\nJVM stacktrace:", 1)[0]
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return " ".join(lines[:6])[:1500]
+
+
+def sanitized(config: dict) -> dict:
+    secret = re.compile(r"(?i)password|secret|token|accesskey|access_key|credential")
+    return {k: ("***" if secret.search(k) and not k.lower().endswith("path") else v)
+            for k, v in config.items()}
+
+
+# ---------------------------------------------------------------- the job of one pipeline
+@dataclass
+class PipelineDefs:
+    job: dg.JobDefinition
+    plan: Plan
+    load_keys: dict[int, dg.AssetKey] = field(default_factory=dict)
+    source_keys: dict[int, dg.AssetKey] = field(default_factory=dict)
+
+
+def _input_name(name: str) -> str:
+    return f"ref_{safe_name(name)}"
+
+
+def _op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, source_keys
+            ) -> dg.OpDefinition:
+    pipeline = plan.pipeline
+    s = node.step
+    stepdef = registry.get(s.kind, s.method)
+    ins: dict[str, dg.In] = {}
+    if node.current is not None:
+        ins["df"] = dg.In(description="The current DataFrame")
+    for name in node.named:
+        ins[_input_name(name)] = dg.In(description=f"The DataFrame registered as '{name}'")
+    for j in node.after:
+        ins[f"after_s{j:02d}"] = dg.In(dg.Nothing, description="An earlier load runs first")
+
+    def compute(context: dg.OpExecutionContext, **inputs):
+        if pipeline.config.mode == "streaming":
+            raise dg.Failure(description=str(UnsupportedError(
+                f"{pipeline.file}: \"mode\": \"streaming\" runs as Structured Streaming, which "
+                "this version does not run yet. Set \"mode\": \"batch\" to run it as batch.")))
+        spark = context.resources.spark.spark
+        vault = context.resources.vault
+        current: StepOutput | None = inputs.get("df")
+        named = {n: inputs[_input_name(n)] for n in node.named}
+        ctx = StepContext(spark=spark, pipeline=pipeline.name, step=s.index, method=s.label,
+                          run_id=context.run_id, frames={n: o.df for n, o in named.items()},
+                          log=context.log,
+                          read_secret=vault.read_secret if vault.configured else None)
+        parents = tuple(([current] if current else []) + list(named.values()))
+        spark.sparkContext.setJobGroup(f"{plan.job_name}.{node.op_name}",
+                                       f"{pipeline.name} step {s.index} {s.label}")
+        started = time.perf_counter()
+        try:
+            if s.kind == "load":
+                return _run_load(context, plan, node, stepdef.fn, current, ctx, started,
+                                 load_keys[s.index])
+            df = stepdef.fn(current.df if current else None, s.config, ctx)
+        except dg.Failure:
+            raise
+        except (PipelineError, PySparkException, Exception) as e:  # noqa: BLE001
+            raise _failure(pipeline, s, e) from None
+        obs = None
+        if node.observe:
+            df, obs = _observe(df, context.run_id, node.op_name)
+        meta = {"dagster/column_schema": table_schema(df.schema) if not df.isStreaming
+                else None, "duration_s": round(time.perf_counter() - started, 3),
+                **{k: _plain(v) for k, v in ctx.metadata.items()}}
+        if "rows" in ctx.metadata:
+            meta["dagster/row_count"] = int(ctx.metadata["rows"])
+        return dg.Output(StepOutput(df, s.index, node.op_name, obs, parents),
+                         metadata={k: v for k, v in meta.items() if v is not None})
+
+    tags = {"pipeline/kind": s.kind, "pipeline/method": s.method}
+    return dg.OpDefinition(
+        name=node.op_name, ins=ins, outs={"result": dg.Out(dg.Any)}, compute_fn=_wrap(compute),
+        required_resource_keys={"spark", "vault"}, tags=tags,
+        description=s.description or f"Step {s.index}: {s.label}"
+        + (f" (registered as '{s.config.register_as}')" if s.config.register_as else ""))
+
+
+def _wrap(compute):
+    """OpDefinition calls compute_fn(context, inputs_dict) and wants its results yielded."""
+    def fn(context, inputs):
+        yield compute(context, **inputs)
+    return fn
+
+
+def _failure(pipeline: LoadedPipeline, s, e: BaseException) -> dg.Failure:
+    reason = spark_error_summary(e) if not isinstance(e, PipelineError) else str(e)
+    err = StepExecutionError(pipeline.name, s.index, s.label, reason, sanitized(s.raw_config))
+    return dg.Failure(description=f"{err} [{pipeline.file}]",
+                      metadata={"pipeline": pipeline.name, "step": s.index,
+                                "method": s.label, "error_type": type(e).__name__,
+                                "config": dg.MetadataValue.json(err.config)})
+
+
+def _run_load(context, plan: Plan, node: StepNode, fn, current: StepOutput, ctx: StepContext,
+              started: float, key: dg.AssetKey) -> dg.Output:
+    s = node.step
+    df, obs = _observe(current.df, context.run_id, node.op_name)
+    result: LoadResult = fn(df, s.config, ctx)
+    rows = observed_rows(obs, OBSERVE_WAIT_S)
+    if rows is None:
+        rows = result.metadata.get("delta_numOutputRows")
+    duration = round(time.perf_counter() - started, 3)
+    step_rows = {}
+    for o in current.lineage():
+        n = observed_rows(o.observation)
+        if n is not None:
+            step_rows[o.op_name] = n
+    if rows is not None:
+        step_rows[current.op_name] = rows  # what the load wrote is what its input produced
+    meta = {"location": result.location, "format": result.format, "mode": result.mode,
+            "dagster/column_schema": table_schema(current.df.schema),
+            "duration_s": duration, "step_rows": dg.MetadataValue.json(step_rows),
+            **{k: _plain(v) for k, v in result.metadata.items()}}
+    if rows is not None:
+        meta["dagster/row_count"] = int(rows)
+    context.log_event(dg.AssetMaterialization(
+        asset_key=key, description=f"{plan.pipeline.name} step {s.index} ({s.label})",
+        metadata=meta))
+    context.log.info(f"{s.label} wrote {rows if rows is not None else '?'} rows to "
+                     f"{result.location} in {duration:.1f}s")
+    return dg.Output({"location": result.location, "rows": rows}, metadata=meta)
+
+
+def build_pipeline(p: LoadedPipeline, registry: Registry) -> PipelineDefs:
+    plan = build_plan(p)
+    load_keys = {n.step.index: asset_key_for(n.step.config.location() or n.op_name,
+                                             getattr(n.step.config, "asset_key", None))
+                 for n in plan.nodes if n.step.kind == "load"}
+    source_keys = {n.step.index: asset_key_for(n.step.config.location())
+                   for n in plan.nodes
+                   if n.step.kind == "extract" and n.step.config.location()}
+    ops = {n.step.index: _op_for(plan, n, registry, load_keys, source_keys) for n in plan.nodes}
+    deps: dict[str, dict[str, dg.DependencyDefinition]] = {}
+    for n in plan.nodes:
+        d = {}
+        if n.current is not None:
+            d["df"] = dg.DependencyDefinition(plan.node(n.current).op_name, "result")
+        for name, i in n.named.items():
+            d[_input_name(name)] = dg.DependencyDefinition(plan.node(i).op_name, "result")
+        for j in n.after:
+            d[f"after_s{j:02d}"] = dg.DependencyDefinition(plan.node(j).op_name, "result")
+        deps[n.op_name] = d
+    graph = dg.GraphDefinition(name=plan.job_name, node_defs=list(ops.values()),
+                               dependencies=deps, description=p.config.description)
+    job = graph.to_job(
+        executor_def=dg.in_process_executor,
+        tags={"pipeline/name": p.name, "pipeline/mode": p.config.mode, **p.config.tags},
+        metadata={"pipeline_file": p.file, "steps": len(p.steps)},
+        description=p.config.description or f"Pipeline '{p.name}' from {p.file}")
+    return PipelineDefs(job, plan, load_keys, source_keys)
+
+
+def asset_specs(pipelines: Iterable[PipelineDefs]) -> list[dg.AssetSpec]:
+    """One spec per asset key across all pipelines: load targets (with lineage from the
+    sources they read) and the sources themselves."""
+    deps: dict[dg.AssetKey, set[dg.AssetKey]] = {}
+    info: dict[dg.AssetKey, dict] = {}
+    for pd in pipelines:
+        for i, key in pd.load_keys.items():
+            upstream = [pd.source_keys[j] for j in pd.plan.upstream(i) if j in pd.source_keys]
+            deps.setdefault(key, set()).update(k for k in upstream if k != key)
+            node = pd.plan.node(i)
+            info.setdefault(key, {
+                "group_name": pd.plan.job_name,
+                "description": f"Written by pipeline '{pd.plan.pipeline.name}' "
+                               f"({node.step.label})",
+                "kinds": {"spark", node.step.method.removeprefix("to").lower()},
+                "metadata": {"location": node.step.config.location() or ""}})
+        for i, key in pd.source_keys.items():
+            deps.setdefault(key, set())
+            node = pd.plan.node(i)
+            info.setdefault(key, {
+                "group_name": "sources",
+                "description": f"Read by pipeline '{pd.plan.pipeline.name}' ({node.step.label})",
+                "kinds": {node.step.method.removeprefix("from").lower()},
+                "metadata": {"location": node.step.config.location() or ""}})
+    return [dg.AssetSpec(k, deps=sorted(deps[k], key=lambda a: a.to_user_string()), **info[k])
+            for k in sorted(deps, key=lambda a: a.to_user_string())]

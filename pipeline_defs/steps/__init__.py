@@ -1,0 +1,1 @@
+"""Spark work: one function per method, `(df, cfg, ctx) -> DataFrame`, registered by `@step`."""

@@ -1,0 +1,38 @@
+"""What a step function may use besides its input and config. Knows nothing of Dagster."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+
+
+@dataclass
+class StepContext:
+    spark: SparkSession
+    pipeline: str
+    step: int
+    method: str
+    run_id: str = "local"
+    frames: dict[str, DataFrame] = field(default_factory=dict)
+    """Registered DataFrames this step names (inputDataFrames, referencedDataFrame, ...)."""
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("pipeline_defs"))
+    read_secret: Callable[[str], dict[str, Any]] | None = None
+    """Reads a Vault secret by path (the Vault resource); None when no Vault is configured."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """What the step wants shown in Dagster (plain values; never secrets)."""
+
+    def frame(self, name: str) -> DataFrame:
+        return self.frames[name]
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What a load step wrote."""
+
+    location: str
+    format: str
+    mode: str
+    metadata: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,235 @@
+"""Extract methods: each reads a source into a (lazy) DataFrame."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+from pyspark.sql import DataFrame, DataFrameReader
+
+from pipeline_defs.steps.connections import (Credentialed, FileFormat, JdbcConnection, PathCredentials,
+                                             S3Connection, Scalar, configure_s3, credentials,
+                                             jdbc_options, options_of, prepare_path, s3_path)
+from pipeline_defs.steps.context import StepContext
+from pipeline_defs.steps.registry import step
+
+
+class Extract(PathCredentials):
+    """Extracts that read a path (credentials used only for s3a:// paths)."""
+
+    uses_current = False
+
+    def location(self) -> str | None:
+        return getattr(self, "path", None) or getattr(self, "table", None)
+
+
+# ---------------------------------------------------------------- files and tables
+class FromFile(Extract):
+    """Read files from any Hadoop path (local, s3a://, hdfs://) in any Spark format."""
+
+    path: str = Field(description="File or directory, e.g. /data/orders or s3a://bucket/orders.")
+    format: FileFormat = Field("parquet", description="parquet, csv, json, avro, orc, text or "
+                                                      "delta.")
+    options: dict[str, Scalar] = Field(
+        default_factory=dict, description="Spark reader options, e.g. {\"header\": true}. CSV "
+        "defaults: header true, and inferSchema true unless `schema` is given.")
+    ddl_schema: str | None = Field(
+        None, alias="schema", description="Schema as a DDL string, e.g. \"id BIGINT, name "
+        "STRING\". Giving it saves the inference pass over CSV and JSON.")
+
+
+def _reader(ctx: StepContext, fmt: str, options: dict[str, str], ddl: str | None
+            ) -> DataFrameReader:
+    r = ctx.spark.read.format(fmt)
+    if fmt == "csv":
+        options = {"header": "true", **({} if ddl else {"inferSchema": "true"}), **options}
+    r = r.options(**options)
+    return r.schema(ddl) if ddl else r
+
+
+@step("extract", "fromFile", FromFile)
+def from_file(df: None, cfg: FromFile, ctx: StepContext) -> DataFrame:
+    prepare_path(ctx.spark, cfg, ctx, cfg.path)
+    return _reader(ctx, cfg.format, options_of(cfg.options), cfg.ddl_schema).load(cfg.path)
+
+
+class FromDeltaLake(Extract):
+    """Read a Delta table by path or name, optionally as of a version or timestamp."""
+
+    path: str | None = Field(None, description="Table location, e.g. /data/delta/orders.")
+    table: str | None = Field(None, description="Table name in the catalog (instead of path).")
+    version: int | None = Field(None, description="Time travel: read this table version.")
+    timestamp: str | None = Field(None, description="Time travel: the table as of this time, "
+                                                    "e.g. \"2025-01-01 00:00:00\".")
+
+    def problems(self):
+        out = []
+        if (self.path is None) == (self.table is None):
+            out.append(("path", "give exactly one of path and table.",
+                        "Set \"path\" for a location or \"table\" for a catalog table."))
+        if self.version is not None and self.timestamp is not None:
+            out.append(("version", "version and timestamp both set.", "Keep one of them."))
+        return out
+
+
+@step("extract", "fromDeltaLake", FromDeltaLake)
+def from_delta_lake(df: None, cfg: FromDeltaLake, ctx: StepContext) -> DataFrame:
+    r = ctx.spark.read.format("delta")
+    if cfg.version is not None:
+        r = r.option("versionAsOf", cfg.version)
+    if cfg.timestamp is not None:
+        r = r.option("timestampAsOf", cfg.timestamp)
+    if cfg.table:
+        return r.table(cfg.table)
+    prepare_path(ctx.spark, cfg, ctx, cfg.path)
+    return r.load(cfg.path)
+
+
+class FromAvro(Extract):
+    """Read Avro files."""
+
+    path: str = Field(description="File or directory of .avro files.")
+    options: dict[str, Scalar] = Field(default_factory=dict, description="spark-avro reader "
+                                       "options, e.g. {\"avroSchema\": \"...\"}.")
+
+
+@step("extract", "fromAvro", FromAvro)
+def from_avro(df: None, cfg: FromAvro, ctx: StepContext) -> DataFrame:
+    prepare_path(ctx.spark, cfg, ctx, cfg.path)
+    return ctx.spark.read.format("avro").options(**options_of(cfg.options)).load(cfg.path)
+
+
+# ---------------------------------------------------------------- databases
+class FromJdbc(JdbcConnection):
+    uses_current = False
+
+    def location(self) -> str | None:
+        return f"{self.kind}://{self.database or self.credential_path or ''}/{self.table or 'query'}"
+
+    table: str | None = Field(None, description="Table to read, e.g. public.users.")
+    query: str | None = Field(None, description="SELECT to run instead of a table.")
+    partition_column: str | None = Field(None, description="Numeric/date column to split the "
+                                         "read on, for parallel reads.")
+    lower_bound: int | str | None = Field(None, description="Lowest partitionColumn value "
+                                          "(read with one min/max query when missing).")
+    upper_bound: int | str | None = Field(None, description="Highest partitionColumn value.")
+    num_partitions: int | None = Field(None, ge=1, description="Parallel reads.")
+    fetch_size: int = Field(10_000, ge=1, description="Rows per round trip (Spark's default 0 "
+                                                      "makes the Postgres driver buffer all).")
+
+    def problems(self):
+        if (self.table is None) == (self.query is None):
+            return [("table", "give exactly one of table and query.",
+                     "Set \"table\", or \"query\" with a SELECT.")]
+        return []
+
+
+def _jdbc_read(cfg: FromJdbc, ctx: StepContext, dialect: str) -> DataFrame:
+    opts = {**jdbc_options(cfg, ctx, dialect), "fetchsize": str(cfg.fetch_size)}
+    source = cfg.table or f"({cfg.query}) AS pipeline_query"
+    opts["dbtable"] = source
+    if cfg.partition_column:
+        lo, hi = cfg.lower_bound, cfg.upper_bound
+        if lo is None or hi is None:
+            bounds = (ctx.spark.read.format("jdbc").options(**{
+                **opts, "dbtable": f"(SELECT min({cfg.partition_column}) AS lo, "
+                                   f"max({cfg.partition_column}) AS hi FROM {source} "
+                                   "AS pipeline_bounds) AS b"}).load().first())
+            lo = lo if lo is not None else bounds["lo"]
+            hi = hi if hi is not None else bounds["hi"]
+        if lo is not None and hi is not None:
+            opts.update(partitionColumn=cfg.partition_column, lowerBound=str(lo),
+                        upperBound=str(hi), numPartitions=str(cfg.num_partitions or 4))
+    return ctx.spark.read.format("jdbc").options(**opts).load()
+
+
+class FromPostgres(FromJdbc):
+    """Read a PostgreSQL table or query over JDBC, in parallel when partitionColumn is set."""
+
+    kind: ClassVar[str] = "postgres"
+
+
+class FromMySQL(FromJdbc):
+    """Read a MySQL table or query over JDBC, in parallel when partitionColumn is set."""
+
+    kind: ClassVar[str] = "mysql"
+
+
+@step("extract", "fromPostgres", FromPostgres)
+def from_postgres(df: None, cfg: FromPostgres, ctx: StepContext) -> DataFrame:
+    return _jdbc_read(cfg, ctx, "postgres")
+
+
+@step("extract", "fromMySQL", FromMySQL)
+def from_mysql(df: None, cfg: FromMySQL, ctx: StepContext) -> DataFrame:
+    return _jdbc_read(cfg, ctx, "mysql")
+
+
+# ---------------------------------------------------------------- S3 and Kafka
+class FromS3(S3Connection):
+    """Read files from an S3 bucket (s3a), in any Spark format."""
+
+    uses_current = False
+
+    def location(self) -> str | None:
+        return s3_path(self.bucket, self.path)
+
+    bucket: str = Field(description="Bucket name.")
+    path: str = Field(description="Key prefix or file in the bucket, e.g. raw/orders/.")
+    format: FileFormat = Field("parquet", description="parquet, csv, json, avro, orc, text, "
+                                                      "delta.")
+    header: bool | None = Field(None, description="CSV: first line is a header (default true).")
+    infer_schema: bool | None = Field(None, description="CSV/JSON: infer column types.")
+    delimiter: str | None = Field(None, description="CSV field delimiter.")
+    multi_line: bool | None = Field(None, description="JSON/CSV records span lines.")
+    options: dict[str, Scalar] = Field(default_factory=dict, description="More reader options.")
+    ddl_schema: str | None = Field(None, alias="schema", description="Schema as DDL.")
+
+
+@step("extract", "fromS3", FromS3)
+def from_s3(df: None, cfg: FromS3, ctx: StepContext) -> DataFrame:
+    configure_s3(ctx.spark, cfg, ctx, cfg.bucket)
+    opts = {k: v for k, v in {"header": cfg.header, "inferSchema": cfg.infer_schema,
+                              "delimiter": cfg.delimiter, "multiLine": cfg.multi_line}.items()
+            if v is not None}
+    opts = options_of({**opts, **cfg.options})
+    return _reader(ctx, cfg.format, opts, cfg.ddl_schema).load(s3_path(cfg.bucket, cfg.path))
+
+
+class FromKafka(Credentialed):
+    """Read a Kafka topic: in batch from earliest to latest offsets (or the ones given)."""
+
+    topic: str = Field(description="Topic name (comma-separated for several).")
+    bootstrap_servers: str | None = Field(None, description="host:port list, when not in the "
+                                                            "credential secret.")
+    starting_offsets: str | None = Field(None, description="earliest, latest or JSON offsets. "
+                                         "Batch default earliest; streaming default latest.")
+    ending_offsets: str | None = Field(None, description="Batch only: latest (default) or JSON.")
+    fail_on_data_loss: bool = Field(True, description="Fail when offsets were deleted before "
+                                    "being read (the original defaulted to false).")
+    max_offsets_per_trigger: int | None = Field(None, description="Streaming: cap per batch.")
+    min_partitions: int | None = Field(None, description="Minimum Spark partitions to read with.")
+    properties: dict[str, str] = Field(default_factory=dict, description="Extra Kafka consumer "
+                                       "properties (without the kafka. prefix).")
+    uses_current = False
+
+    def location(self) -> str | None:
+        return f"kafka://{self.topic}"
+
+
+def kafka_options(cfg, ctx: StepContext) -> dict[str, str]:
+    props = credentials(cfg, ctx, {"bootstrap.servers": cfg.bootstrap_servers,
+                                   **cfg.properties}, ("bootstrap.servers",))
+    return {f"kafka.{k}": str(v) for k, v in props.items()}
+
+
+@step("extract", "fromKafka", FromKafka)
+def from_kafka(df: None, cfg: FromKafka, ctx: StepContext) -> DataFrame:
+    opts = {**kafka_options(cfg, ctx), "subscribe": cfg.topic,
+            "failOnDataLoss": str(cfg.fail_on_data_loss).lower(),
+            "startingOffsets": cfg.starting_offsets or "earliest",
+            "endingOffsets": cfg.ending_offsets or "latest"}
+    if cfg.min_partitions:
+        opts["minPartitions"] = str(cfg.min_partitions)
+    raw = ctx.spark.read.format("kafka").options(**opts).load()
+    return raw.selectExpr("CAST(key AS STRING) AS key", "CAST(value AS STRING) AS value",
+                          "topic", "partition", "offset", "timestamp")

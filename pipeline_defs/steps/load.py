@@ -1,0 +1,292 @@
+"""Load methods: each writes the current DataFrame and says what it wrote."""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from pipeline_defs.config.model import FormatModel
+from pipeline_defs.steps.connections import (Credentialed, FileFormat, JdbcConnection,
+                                             PathCredentials, S3Connection, Scalar,
+                                             configure_s3, jdbc_options, options_of,
+                                             prepare_path, s3_path)
+from pipeline_defs.steps.context import LoadResult, StepContext
+from pipeline_defs.steps.extract import kafka_options
+from pipeline_defs.steps.registry import step
+from pipeline_defs.steps.transform import StepDataError
+
+WriteMode = Literal["append", "overwrite", "errorifexists", "error", "ignore"]
+
+
+class Load(PathCredentials):
+    asset_key: list[str] | None = Field(None, description="Dagster asset key for the target, "
+                                        "e.g. [\"sales\", \"orders\"]. Default: derived from "
+                                        "the path or table.")
+
+    def location(self) -> str | None:
+        return getattr(self, "path", None) or getattr(self, "table", None)
+
+
+class StreamingSink(FormatModel):
+    """Keys that only matter in streaming pipelines (accepted in batch, where they are unused)."""
+
+
+class FileSink(Load):
+    mode: WriteMode = Field("errorifexists", description="append, overwrite, errorifexists or "
+                                                         "ignore.")
+    partition_by: list[str] | None = Field(None, description="Partition columns (one directory "
+                                                             "level each).")
+    compression: str | None = Field(None, description="Codec, e.g. snappy, gzip, zstd.")
+    options: dict[str, Scalar] = Field(default_factory=dict, description="Spark writer options.")
+
+
+def _write_files(df: DataFrame, cfg: FileSink, ctx: StepContext, fmt: str, path: str,
+                 extra: dict[str, str] | None = None) -> LoadResult:
+    if cfg.partition_by:
+        from pipeline_defs.steps.transform import _missing
+        _missing(df, cfg.partition_by, "partitionBy")
+    w = df.write.format(fmt).mode(cfg.mode).options(**options_of(cfg.options), **(extra or {}))
+    if cfg.compression:
+        w = w.option("compression", cfg.compression)
+    if cfg.partition_by:
+        w = w.partitionBy(*cfg.partition_by)
+    w.save(path)
+    return LoadResult(path, fmt, cfg.mode)
+
+
+# ---------------------------------------------------------------- files
+class ToFile(FileSink):
+    """Write files to any Hadoop path in any Spark format."""
+
+    path: str = Field(description="Output directory, e.g. /data/out/orders or s3a://b/orders.")
+    format: FileFormat = Field("parquet", description="parquet, csv, json, avro, orc, text, "
+                                                      "delta.")
+
+
+@step("load", "toFile", ToFile)
+def to_file(df: DataFrame, cfg: ToFile, ctx: StepContext) -> LoadResult:
+    prepare_path(ctx.spark, cfg, ctx, cfg.path)
+    extra = {"header": "true"} if cfg.format == "csv" and "header" not in cfg.options else None
+    return _write_files(df, cfg, ctx, cfg.format, cfg.path, extra)
+
+
+class ToAvro(FileSink):
+    """Write Avro files."""
+
+    path: str = Field(description="Output directory.")
+    record_name: str | None = Field(None, description="Avro record name (default "
+                                    "topLevelRecord).")
+    record_namespace: str | None = Field(None, description="Avro record namespace.")
+
+
+@step("load", "toAvro", ToAvro)
+def to_avro(df: DataFrame, cfg: ToAvro, ctx: StepContext) -> LoadResult:
+    prepare_path(ctx.spark, cfg, ctx, cfg.path)
+    extra = {k: v for k, v in {"recordName": cfg.record_name,
+                               "recordNamespace": cfg.record_namespace}.items() if v}
+    return _write_files(df, cfg, ctx, "avro", cfg.path, extra)
+
+
+class ToS3(S3Connection):
+    """Write files to an S3 bucket (s3a) in any Spark format."""
+
+    bucket: str = Field(description="Bucket name.")
+    path: str = Field(description="Key prefix, e.g. processed/users/.")
+    format: FileFormat = Field("parquet", description="parquet, csv, json, avro, orc, text, "
+                                                      "delta.")
+    mode: WriteMode = Field("errorifexists", description="append, overwrite, errorifexists, "
+                                                         "ignore.")
+    partition_by: list[str] | None = Field(None, description="Partition columns.")
+    compression: str | None = Field(None, description="Codec, e.g. snappy.")
+    options: dict[str, Scalar] = Field(default_factory=dict, description="Spark writer options.")
+    asset_key: list[str] | None = Field(None, description="Dagster asset key for the target.")
+
+    def location(self) -> str | None:
+        return s3_path(self.bucket, self.path)
+
+
+@step("load", "toS3", ToS3)
+def to_s3(df: DataFrame, cfg: ToS3, ctx: StepContext) -> LoadResult:
+    configure_s3(ctx.spark, cfg, ctx, cfg.bucket)
+    return _write_files(df, cfg, ctx, cfg.format, s3_path(cfg.bucket, cfg.path))
+
+
+# ---------------------------------------------------------------- Delta Lake
+class Merge(FormatModel):
+    key_columns: list[str] = Field(min_length=1, description="Columns identifying a row.")
+    when_matched: Literal["update", "ignore", "delete"] = Field(
+        "update", description="What happens to target rows whose key is in the input.")
+    when_not_matched: Literal["insert", "ignore"] = Field(
+        "insert", description="What happens to input rows whose key is not in the target.")
+    matched_condition: str | None = Field(None, description="Only act on matches where this "
+                                          "holds; `t.` is the target, `s.` the input, e.g. "
+                                          "\"s.updated_at > t.updated_at\".")
+
+
+class ToDeltaLake(Load):
+    """Write a Delta table (path or table), or upsert into it with `merge`."""
+
+    path: str | None = Field(None, description="Table location.")
+    table: str | None = Field(None, description="Catalog table name (instead of path).")
+    mode: WriteMode = Field("errorifexists", description="append, overwrite, errorifexists, "
+                                                         "ignore (ignored with merge).")
+    partition_by: list[str] | None = Field(None, description="Partition columns.")
+    merge_schema: bool = Field(False, description="Add new input columns to the table schema.")
+    overwrite_schema: bool = Field(False, description="With overwrite: replace the schema.")
+    replace_where: str | None = Field(None, description="With overwrite: replace only the rows "
+                                      "matching this predicate, e.g. \"day = '2025-01-01'\".")
+    merge: Merge | None = Field(None, description="Upsert on key columns instead of a plain "
+                                "write; creates the table on first run.")
+    checkpoint_location: str | None = Field(None, description="Streaming: checkpoint directory.")
+    output_mode: str | None = Field(None, description="Streaming: append, complete, update.")
+    trigger: str | None = Field(None, description="Streaming: e.g. \"5 seconds\".")
+
+    def problems(self):
+        if (self.path is None) == (self.table is None):
+            return [("path", "give exactly one of path and table.",
+                     "Set \"path\" for a location or \"table\" for a catalog table.")]
+        return []
+
+
+def _delta_table(ctx: StepContext, cfg: ToDeltaLake):
+    from delta.tables import DeltaTable
+    if cfg.table:
+        return DeltaTable.forName(ctx.spark, cfg.table) if ctx.spark.catalog.tableExists(
+            cfg.table) else None
+    return DeltaTable.forPath(ctx.spark, cfg.path) if DeltaTable.isDeltaTable(
+        ctx.spark, cfg.path) else None
+
+
+def _merge(df: DataFrame, cfg: ToDeltaLake, ctx: StepContext, table) -> None:
+    m = cfg.merge
+    from pipeline_defs.steps.transform import _missing
+    _missing(df, m.key_columns, "merge.keyColumns")
+    on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in m.key_columns)
+    builder = table.alias("t").merge(df.alias("s"), on)
+    if m.when_matched == "update":
+        builder = builder.whenMatchedUpdateAll(condition=m.matched_condition)
+    elif m.when_matched == "delete":
+        builder = builder.whenMatchedDelete(condition=m.matched_condition)
+    if m.when_not_matched == "insert":
+        builder = builder.whenNotMatchedInsertAll()
+    if cfg.merge_schema:
+        builder = builder.withSchemaEvolution()
+    try:
+        builder.execute()
+    except Exception as e:  # a Py4J/Spark error: say what it means for a merge
+        if "MULTIPLE_SOURCE_ROW_MATCHING" in str(e):
+            raise StepDataError(
+                f"several input rows share a merge key ({', '.join(m.key_columns)}), so Delta "
+                "cannot tell which one wins. Add a deduplicate step on those columns (with "
+                "orderBy to pick the latest) before this load.") from None
+        raise
+
+
+@step("load", "toDeltaLake", ToDeltaLake)
+def to_delta_lake(df: DataFrame, cfg: ToDeltaLake, ctx: StepContext) -> LoadResult:
+    target = cfg.path or cfg.table
+    if cfg.path:
+        prepare_path(ctx.spark, cfg, ctx, cfg.path)
+    table = _delta_table(ctx, cfg)
+    if cfg.merge and table is not None:
+        _merge(df, cfg, ctx, table)
+        mode = "merge"
+    else:
+        mode = "overwrite" if cfg.merge else cfg.mode
+        w = df.write.format("delta").mode(mode)
+        if cfg.partition_by:
+            w = w.partitionBy(*cfg.partition_by)
+        if cfg.merge_schema:
+            w = w.option("mergeSchema", "true")
+        if cfg.overwrite_schema:
+            w = w.option("overwriteSchema", "true")
+        if cfg.replace_where:
+            w = w.option("replaceWhere", cfg.replace_where)
+        w.saveAsTable(cfg.table) if cfg.table else w.save(cfg.path)
+        table = table or _delta_table(ctx, cfg)
+    meta = {}
+    if table is not None:
+        last = table.history(1).select("version", "operation", "operationMetrics").first()
+        metrics = last["operationMetrics"] or {}
+        meta = {"delta_version": last["version"], "delta_operation": last["operation"],
+                **{f"delta_{k}": int(v) for k, v in metrics.items()
+                   if k in ("numOutputRows", "numTargetRowsInserted", "numTargetRowsUpdated",
+                            "numTargetRowsDeleted", "numFiles", "numOutputBytes",
+                            "numAddedFiles", "numRemovedFiles") and str(v).isdigit()}}
+    return LoadResult(target, "delta", mode, meta)
+
+
+# ---------------------------------------------------------------- databases and Kafka
+class ToJdbc(JdbcConnection):
+    table: str = Field(description="Target table, e.g. public.customer_summary.")
+    mode: Literal["append", "overwrite", "errorifexists", "error", "ignore"] = Field(
+        "append", description="append, or overwrite (the table is truncated, keeping its DDL).")
+    batch_size: int = Field(1000, ge=1, description="Rows per INSERT batch.")
+    asset_key: list[str] | None = Field(None, description="Dagster asset key for the target.")
+    kind: ClassVar[str] = ""
+
+    def location(self) -> str | None:
+        return f"{self.kind}://{self.database or self.credential_path or ''}/{self.table}"
+
+
+class ToPostgres(ToJdbc):
+    """Write to a PostgreSQL table over JDBC."""
+
+    kind: ClassVar[str] = "postgres"
+
+
+class ToMySQL(ToJdbc):
+    """Write to a MySQL table over JDBC."""
+
+    kind: ClassVar[str] = "mysql"
+
+
+def _jdbc_write(df: DataFrame, cfg: ToJdbc, ctx: StepContext, dialect: str) -> LoadResult:
+    opts = {**jdbc_options(cfg, ctx, dialect), "dbtable": cfg.table,
+            "batchsize": str(cfg.batch_size), "truncate": "true"}
+    df.write.format("jdbc").mode(cfg.mode).options(**opts).save()
+    return LoadResult(f"{dialect}:{cfg.table}", "jdbc", cfg.mode)
+
+
+@step("load", "toPostgres", ToPostgres)
+def to_postgres(df: DataFrame, cfg: ToPostgres, ctx: StepContext) -> LoadResult:
+    return _jdbc_write(df, cfg, ctx, "postgres")
+
+
+@step("load", "toMySQL", ToMySQL)
+def to_mysql(df: DataFrame, cfg: ToMySQL, ctx: StepContext) -> LoadResult:
+    return _jdbc_write(df, cfg, ctx, "mysql")
+
+
+class ToKafka(Credentialed):
+    """Write rows to a Kafka topic: key/value columns, or each whole row as JSON."""
+
+    topic: str = Field(description="Topic name.")
+    bootstrap_servers: str | None = Field(None, description="host:port list, when not in the "
+                                                            "credential secret.")
+    key_column: str | None = Field(None, description="Column (or SQL expression) for the key.")
+    value_column: str | None = Field(None, description="Column for the value; default: the "
+                                     "whole row as JSON.")
+    properties: dict[str, str] = Field(default_factory=dict, description="Extra producer "
+                                       "properties (without the kafka. prefix).")
+    checkpoint_location: str | None = Field(None, description="Streaming: checkpoint directory.")
+    output_mode: str | None = Field(None, description="Streaming: append, complete, update.")
+    trigger: str | None = Field(None, description="Streaming: e.g. \"5 seconds\".")
+    asset_key: list[str] | None = Field(None, description="Dagster asset key for the topic.")
+
+    def location(self) -> str | None:
+        return f"kafka://{self.topic}"
+
+
+@step("load", "toKafka", ToKafka)
+def to_kafka(df: DataFrame, cfg: ToKafka, ctx: StepContext) -> LoadResult:
+    value = (F.expr(cfg.value_column).cast("string") if cfg.value_column
+             else F.to_json(F.struct(*[F.col(c) for c in df.columns])))
+    cols = [value.alias("value")]
+    if cfg.key_column:
+        cols.append(F.expr(cfg.key_column).cast("string").alias("key"))
+    opts = {**kafka_options(cfg, ctx), "topic": cfg.topic}
+    df.select(*cols).write.format("kafka").options(**opts).save()
+    return LoadResult(f"kafka://{cfg.topic}", "kafka", "append")

@@ -1,0 +1,481 @@
+"""Transform methods: each turns DataFrames into a DataFrame, lazily."""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Collection
+from typing import Any, Literal
+
+from pydantic import Field
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
+
+from pipeline_defs.config.model import StepModel
+from pipeline_defs.errors import PipelineError
+from pipeline_defs.steps.context import StepContext
+from pipeline_defs.steps.registry import step
+
+
+class StepDataError(PipelineError):
+    """The data does not fit the step (a missing column, an incompatible type)."""
+
+
+def _missing(df: DataFrame, columns: Collection[str], field: str) -> None:
+    have = set(df.columns)
+    gone = [c for c in columns if c not in have]
+    if gone:
+        raise StepDataError(f"{field} names {', '.join(map(repr, gone))}, which the input does "
+                            f"not have. Columns: {', '.join(df.columns)}.")
+
+
+# ---------------------------------------------------------------- row and column basics
+class FilterRows(StepModel):
+    """Keep the rows for which `condition` (a Spark SQL boolean expression) is true."""
+
+    condition: str = Field(description="e.g. \"active = true AND age >= 18\"")
+    filters = True
+
+
+@step("transform", "filterRows", FilterRows)
+def filter_rows(df: DataFrame, cfg: FilterRows, ctx: StepContext) -> DataFrame:
+    return df.filter(F.expr(cfg.condition))
+
+
+class EnrichData(StepModel):
+    """Add or replace columns computed from Spark SQL expressions, in the order given."""
+
+    columns: dict[str, str] = Field(min_length=1, description="{new_column: SQL expression}, "
+                                    "e.g. {\"year\": \"year(order_date)\"}. Later entries may "
+                                    "use earlier ones.")
+    passes_filters = True
+
+
+@step("transform", "enrichData", EnrichData)
+def enrich_data(df: DataFrame, cfg: EnrichData, ctx: StepContext) -> DataFrame:
+    for name, expression in cfg.columns.items():
+        df = df.withColumn(name, F.expr(expression))
+    return df
+
+
+class SelectColumns(StepModel):
+    """Keep only these columns (names or SQL expressions such as \"price * qty AS total\")."""
+
+    columns: list[str] = Field(min_length=1, description="Column names or SQL expressions.")
+    passes_filters = True
+
+
+@step("transform", "selectColumns", SelectColumns)
+def select_columns(df: DataFrame, cfg: SelectColumns, ctx: StepContext) -> DataFrame:
+    return df.selectExpr(*cfg.columns)
+
+
+class DropColumns(StepModel):
+    """Remove these columns."""
+
+    columns: list[str] = Field(min_length=1, description="Column names to drop.")
+    passes_filters = True
+
+
+@step("transform", "dropColumns", DropColumns)
+def drop_columns(df: DataFrame, cfg: DropColumns, ctx: StepContext) -> DataFrame:
+    _missing(df, cfg.columns, "columns")
+    return df.drop(*cfg.columns)
+
+
+class RenameColumns(StepModel):
+    """Rename columns."""
+
+    columns: dict[str, str] = Field(min_length=1, description="{old_name: new_name}")
+    passes_filters = True
+
+
+@step("transform", "renameColumns", RenameColumns)
+def rename_columns(df: DataFrame, cfg: RenameColumns, ctx: StepContext) -> DataFrame:
+    _missing(df, cfg.columns, "columns")
+    return df.withColumnsRenamed(cfg.columns)
+
+
+class Deduplicate(StepModel):
+    """Keep one row per key: the first by `orderBy` when given, else any one."""
+
+    columns: list[str] | None = Field(None, description="Key columns; all columns when absent.")
+    order_by: list[str] | None = Field(None, description="Which row to keep, as SQL order "
+                                       "expressions, e.g. [\"updated_at DESC\"].")
+
+    def problems(self):
+        if self.order_by and not self.columns:
+            return [("orderBy", "orderBy needs key columns.", "Add \"columns\": the key.")]
+        return []
+
+
+@step("transform", "deduplicate", Deduplicate)
+def deduplicate(df: DataFrame, cfg: Deduplicate, ctx: StepContext) -> DataFrame:
+    if cfg.columns:
+        _missing(df, cfg.columns, "columns")
+    if not cfg.order_by:
+        return df.dropDuplicates(cfg.columns) if cfg.columns else df.dropDuplicates()
+    order = [_order_expr(o) for o in cfg.order_by]
+    w = Window.partitionBy(*cfg.columns).orderBy(*order)
+    rn = "__pipeline_row_number"
+    return df.withColumn(rn, F.row_number().over(w)).filter(F.col(rn) == 1).drop(rn)
+
+
+def _order_expr(text: str):
+    m = re.fullmatch(r"\s*(.+?)\s+(ASC|DESC)(\s+NULLS\s+(FIRST|LAST))?\s*", text, re.I)
+    if not m:
+        return F.expr(text).asc()
+    e = F.expr(m.group(1))
+    desc = m.group(2).upper() == "DESC"
+    nulls = (m.group(4) or "").upper()
+    if desc:
+        return e.desc_nulls_first() if nulls == "FIRST" else e.desc_nulls_last()
+    return e.asc_nulls_last() if nulls == "LAST" else e.asc_nulls_first()
+
+
+# ---------------------------------------------------------------- joins and unions
+JoinType = Literal["inner", "left", "right", "full", "semi", "anti", "cross", "left_outer",
+                   "right_outer", "full_outer", "outer", "left_semi", "left_anti"]
+_HOW = {"left_outer": "left", "right_outer": "right", "full_outer": "full", "outer": "full",
+        "left_semi": "semi", "left_anti": "anti"}
+_EQ = re.compile(r"^\s*`?(\w+)`?\.`?(\w+)`?\s*={1,2}\s*`?(\w+)`?\.`?(\w+)`?\s*$")
+
+
+class JoinDataFrames(StepModel):
+    """Join registered DataFrames, left to right; duplicate join-key columns are dropped."""
+
+    input_data_frames: list[str] = Field(min_length=2, description="Names to join, in order; "
+                                         "each is also its alias in joinConditions.")
+    join_conditions: list[str] | None = Field(None, description="N-1 SQL conditions, the i-th "
+                                              "joining frame i+1, e.g. \"users.id = orders."
+                                              "user_id\".")
+    join_column: str | None = Field(None, description="One key column present in all inputs.")
+    join_columns: list[str] | None = Field(None, description="Key columns present in all "
+                                           "inputs.")
+    join_type: JoinType = Field("inner", description="inner, left, right, full, semi, anti, "
+                                                     "cross.")
+    uses_current = False
+    passes_filters = True
+
+    def named_inputs(self, registered=()):
+        return [(f"inputDataFrames[{i}]", n) for i, n in enumerate(self.input_data_frames)]
+
+    def problems(self):
+        ways = [w for w in (self.join_conditions, self.join_column, self.join_columns) if w]
+        n = len(self.input_data_frames)
+        if len(ways) > 1:
+            return [("joinConditions", "give one of joinConditions, joinColumn, joinColumns.",
+                     "Keep one of them.")]
+        if not ways and self.join_type != "cross":
+            return [("joinConditions", "no join condition given.",
+                     f"Add {n - 1} joinConditions, or joinColumn(s) shared by all inputs.")]
+        if self.join_conditions is not None and len(self.join_conditions) != n - 1:
+            return [("joinConditions", f"{n} inputDataFrames need {n - 1} joinConditions, got "
+                     f"{len(self.join_conditions)}.", "The i-th condition joins input i+1 to "
+                     "the inputs before it.")]
+        return []
+
+
+def _equi_keys(condition: str) -> list[str] | None:
+    """Column names when the condition is only `a.k = b.k` terms on same-named columns."""
+    keys = []
+    for term in re.split(r"\s+AND\s+", condition.strip(), flags=re.I):
+        m = _EQ.match(term)
+        if not m or m.group(2) != m.group(4) or m.group(1) == m.group(3):
+            return None
+        keys.append(m.group(2))
+    return keys
+
+
+@step("transform", "joinDataFrames", JoinDataFrames)
+def join_data_frames(df: None, cfg: JoinDataFrames, ctx: StepContext) -> DataFrame:
+    how = _HOW.get(cfg.join_type, cfg.join_type)
+    frames = [ctx.frame(n).alias(n) for n in cfg.input_data_frames]
+    result = frames[0]
+    for i, right in enumerate(frames[1:]):
+        if how == "cross" and not (cfg.join_conditions or cfg.join_column or cfg.join_columns):
+            result = result.crossJoin(right)
+            continue
+        keys = ([cfg.join_column] if cfg.join_column else cfg.join_columns) or \
+            _equi_keys(cfg.join_conditions[i])
+        if keys:  # a USING join keeps one copy of each key (coalesced for full joins)
+            result = result.join(right, on=keys, how=how)
+        else:
+            result = result.join(right, F.expr(cfg.join_conditions[i]), how)
+    return result
+
+
+class UnionDataFrames(StepModel):
+    """Append registered DataFrames to the current one, matching columns by name."""
+
+    input_data_frames: list[str] = Field(min_length=1, description="Names to union onto the "
+                                         "current DataFrame.")
+    distinct: bool = Field(False, description="Remove duplicate rows (UNION instead of UNION "
+                                              "ALL).")
+    allow_missing_columns: bool = Field(False, description="Fill columns missing on one side "
+                                        "with nulls instead of failing.")
+    passes_filters = True
+
+    def named_inputs(self, registered=()):
+        return [(f"inputDataFrames[{i}]", n) for i, n in enumerate(self.input_data_frames)]
+
+
+@step("transform", "unionDataFrames", UnionDataFrames)
+def union_data_frames(df: DataFrame, cfg: UnionDataFrames, ctx: StepContext) -> DataFrame:
+    for name in cfg.input_data_frames:
+        df = df.unionByName(ctx.frame(name), allowMissingColumns=cfg.allow_missing_columns)
+    return df.distinct() if cfg.distinct else df
+
+
+# ---------------------------------------------------------------- aggregation and reshaping
+AGG_FUNCTIONS = {"sum", "count", "avg", "mean", "min", "max", "first", "last", "stddev",
+                 "stddev_samp", "stddev_pop", "variance", "var_samp", "var_pop", "median",
+                 "count_distinct", "countdistinct", "approx_count_distinct", "collect_list",
+                 "collect_set", "any_value", "bool_and", "bool_or"}
+
+
+class AggregateData(StepModel):
+    """Group rows and aggregate. Two forms: {column: "sum"} gives column_sum; {alias:
+    "sum(amount)"} gives alias."""
+
+    group_by: list[str] = Field(description="Columns to group by (may be empty for a total).")
+    aggregations: dict[str, str] = Field(min_length=1, description="{column: function} or "
+                                         "{alias: SQL aggregate expression}.")
+    passes_filters = True
+
+
+def _aggregate(key: str, value: str):
+    fn = value.strip()
+    if fn.lower() in AGG_FUNCTIONS:
+        lower = fn.lower()
+        if lower in ("count_distinct", "countdistinct"):
+            return F.expr(f"count(DISTINCT `{key}`)").alias(f"{key}_{fn}")
+        return F.expr(f"{lower}(`{key}`)").alias(f"{key}_{fn}")
+    return F.expr(value).alias(key)
+
+
+@step("transform", "aggregateData", AggregateData)
+def aggregate_data(df: DataFrame, cfg: AggregateData, ctx: StepContext) -> DataFrame:
+    aggs = [_aggregate(k, v) for k, v in cfg.aggregations.items()]
+    return df.groupBy(*cfg.group_by).agg(*aggs)
+
+
+class ReshapeData(StepModel):
+    """Pivot (rows to columns) or unpivot (columns to rows)."""
+
+    operation: Literal["pivot", "unpivot"] = Field(description="pivot or unpivot.")
+    pivot_column: str | None = Field(None, description="pivot: column whose values become "
+                                     "columns.")
+    pivot_values: list[Any] | None = Field(None, description="pivot: the values to turn into "
+                                           "columns. Without it Spark runs one extra job to "
+                                           "find them.")
+    group_by_columns: list[str] | None = Field(None, description="pivot: the row key.")
+    aggregate_column: str | None = Field(None, description="pivot: column aggregated into "
+                                         "each cell (sum); without it cells count rows.")
+    aggregate_function: str | None = Field(None, description="pivot: sum (default with "
+                                           "aggregateColumn), avg, min, max, first, count.")
+    id_cols: list[str] | None = Field(None, description="unpivot: columns kept as they are.")
+    value_cols: list[str] | None = Field(None, description="unpivot: columns turned into rows "
+                                         "(default: all others).")
+    variable_col_name: str = Field("variable", description="unpivot: name of the column "
+                                   "holding the former column names.")
+    value_col_name: str = Field("value", description="unpivot: name of the value column.")
+
+    def problems(self):
+        if self.operation == "pivot":
+            out = []
+            if not self.pivot_column:
+                out.append(("pivotColumn", "pivot needs pivotColumn.", "Add it."))
+            if not self.group_by_columns:
+                out.append(("groupByColumns", "pivot needs groupByColumns.", "Add the row "
+                            "key columns."))
+            return out
+        if not self.id_cols:
+            return [("idCols", "unpivot needs idCols.", "Add the columns to keep.")]
+        return []
+
+
+@step("transform", "reshapeData", ReshapeData)
+def reshape_data(df: DataFrame, cfg: ReshapeData, ctx: StepContext) -> DataFrame:
+    if cfg.operation == "unpivot":
+        values = cfg.value_cols or [c for c in df.columns if c not in cfg.id_cols]
+        return df.unpivot(cfg.id_cols, values, cfg.variable_col_name, cfg.value_col_name)
+    grouped = df.groupBy(*cfg.group_by_columns).pivot(cfg.pivot_column, cfg.pivot_values)
+    fn = (cfg.aggregate_function or ("sum" if cfg.aggregate_column else "count")).lower()
+    if fn == "count" and not cfg.aggregate_column:
+        return grouped.count()
+    return grouped.agg(F.expr(f"{fn}(`{cfg.aggregate_column}`)"))
+
+
+# ---------------------------------------------------------------- partitions and caching
+class Repartition(StepModel):
+    """Shuffle into numPartitions partitions (by columns when given)."""
+
+    num_partitions: int = Field(ge=1, description="Number of partitions.")
+    columns: list[str] | None = Field(None, description="Hash-partition by these columns.")
+    passes_filters = True
+
+
+@step("transform", "repartition", Repartition)
+def repartition(df: DataFrame, cfg: Repartition, ctx: StepContext) -> DataFrame:
+    return df.repartition(cfg.num_partitions, *(cfg.columns or []))
+
+
+class RepartitionByColumns(StepModel):
+    """Hash-partition by columns (e.g. before a partitioned write)."""
+
+    columns: list[str] = Field(min_length=1, description="Columns to partition by.")
+    num_partitions: int | None = Field(None, ge=1, description="Number of partitions "
+                                       "(default spark.sql.shuffle.partitions).")
+    passes_filters = True
+
+
+@step("transform", "repartitionByColumns", RepartitionByColumns)
+def repartition_by_columns(df: DataFrame, cfg: RepartitionByColumns, ctx: StepContext
+                           ) -> DataFrame:
+    if cfg.num_partitions:
+        return df.repartition(cfg.num_partitions, *cfg.columns)
+    return df.repartition(*cfg.columns)
+
+
+class Coalesce(StepModel):
+    """Reduce the number of partitions without a shuffle (e.g. fewer output files)."""
+
+    num_partitions: int = Field(ge=1, description="Target number of partitions.")
+    passes_filters = True
+
+
+@step("transform", "coalesce", Coalesce)
+def coalesce(df: DataFrame, cfg: Coalesce, ctx: StepContext) -> DataFrame:
+    return df.coalesce(cfg.num_partitions)
+
+
+StorageLevelName = Literal["MEMORY_AND_DISK", "MEMORY_ONLY", "DISK_ONLY", "MEMORY_AND_DISK_2",
+                           "MEMORY_ONLY_2", "DISK_ONLY_2", "OFF_HEAP",
+                           "MEMORY_AND_DISK_DESER"]
+
+
+class Cache(StepModel):
+    """Keep the current DataFrame once computed, for steps that read it more than once."""
+
+    storage_level: StorageLevelName = Field("MEMORY_AND_DISK", description="Spark storage "
+                                            "level.")
+
+
+@step("transform", "cache", Cache)
+def cache(df: DataFrame, cfg: Cache, ctx: StepContext) -> DataFrame:
+    return df.persist(getattr(StorageLevel, cfg.storage_level))
+
+
+# ---------------------------------------------------------------- SQL
+THIS = "__THIS__"
+
+
+class Sql(StepModel):
+    """Run Spark SQL over registered DataFrames (as views by their names); __THIS__ is the
+    current DataFrame."""
+
+    query: str = Field(description="e.g. \"SELECT u.name, count(*) AS n FROM users u JOIN "
+                                   "orders o USING (user_id) GROUP BY u.name\"")
+    input_data_frames: list[str] | None = Field(None, description="Views to provide; default: "
+                                                "every registered name the query mentions.")
+    filters = True
+
+    @property
+    def uses_this(self) -> bool:
+        return THIS in self.query
+
+    def reads_current(self) -> bool:
+        return self.uses_this
+
+    def named_inputs(self, registered=()):
+        if self.input_data_frames is not None:
+            return [(f"inputDataFrames[{i}]", n) for i, n in enumerate(self.input_data_frames)]
+        return [("query", n) for n in registered
+                if re.search(rf"(?<![\w.`]){re.escape(n)}(?![\w`])", self.query, re.I)]
+
+
+@step("transform", "sql", Sql)
+def sql(df: DataFrame | None, cfg: Sql, ctx: StepContext) -> DataFrame:
+    query = cfg.query
+    for name, frame in ctx.frames.items():
+        frame.createOrReplaceTempView(name)
+    if cfg.uses_this:
+        view = f"__this_{ctx.run_id.replace('-', '_')}_{ctx.step}"
+        df.createOrReplaceTempView(view)
+        query = query.replace(THIS, view)
+    return ctx.spark.sql(query)
+
+
+# ---------------------------------------------------------------- Avro schemas
+class ToAvroSchema(StepModel):
+    """Check the DataFrame converts to Avro and show its Avro schema; rows pass unchanged."""
+
+    name: str = Field("Record", description="Avro record name.")
+    namespace: str = Field("", description="Avro namespace, e.g. com.pipeline.")
+    passes_filters = True
+
+
+def _jvm_avro(ctx: StepContext):
+    return ctx.spark._jvm.org.apache.spark.sql.avro.SchemaConverters
+
+
+@step("transform", "toAvroSchema", ToAvroSchema)
+def to_avro_schema(df: DataFrame, cfg: ToAvroSchema, ctx: StepContext) -> DataFrame:
+    jvm = ctx.spark._jvm
+    catalyst = jvm.org.apache.spark.sql.types.DataType.fromJson(df.schema.json())
+    avro = _jvm_avro(ctx).toAvroType(catalyst, False, cfg.name, cfg.namespace)
+    ctx.metadata["avro_schema"] = json.loads(avro.toString())
+    return df
+
+
+class EvolveAvroSchema(StepModel):
+    """Conform the DataFrame to a target Avro schema: cast, add missing fields from their
+    defaults, drop the rest."""
+
+    target_schema: str | dict = Field(description="Avro record schema (JSON text or object).")
+    passes_filters = True
+
+    def problems(self):
+        try:
+            schema = (json.loads(self.target_schema) if isinstance(self.target_schema, str)
+                      else self.target_schema)
+        except json.JSONDecodeError as e:
+            return [("targetSchema", f"is not valid JSON: {e.msg}.", "Fix the Avro schema.")]
+        if not isinstance(schema, dict) or schema.get("type") != "record":
+            return [("targetSchema", "must be an Avro record schema.",
+                     "Use {\"type\": \"record\", \"name\": ..., \"fields\": [...]}.")]
+        return []
+
+    def avro(self) -> dict:
+        return (json.loads(self.target_schema) if isinstance(self.target_schema, str)
+                else self.target_schema)
+
+
+@step("transform", "evolveAvroSchema", EvolveAvroSchema)
+def evolve_avro_schema(df: DataFrame, cfg: EvolveAvroSchema, ctx: StepContext) -> DataFrame:
+    avro = cfg.avro()
+    parsed = ctx.spark._jvm.org.apache.avro.Schema.Parser().parse(json.dumps(avro))
+    spark_type = StructType.fromJson(json.loads(_jvm_avro(ctx).toSqlType(parsed).dataType()
+                                                .json()))
+    fields = {f["name"]: f for f in avro["fields"]}
+    have = set(df.columns)
+    cols, added, cast = [], [], []
+    for field in spark_type.fields:
+        if field.name in have:
+            current = df.schema[field.name].dataType
+            if current != field.dataType:
+                cast.append(field.name)
+            cols.append(F.col(field.name).cast(field.dataType).alias(field.name))
+            continue
+        spec = fields[field.name]
+        if "default" not in spec and not field.nullable:
+            raise StepDataError(f"targetSchema field '{field.name}' is missing from the data "
+                                "and has no default. Add a default to the field, make it "
+                                "nullable ([\"null\", ...]), or produce the column first.")
+        cols.append(F.lit(spec.get("default")).cast(field.dataType).alias(field.name))
+        added.append(field.name)
+    dropped = [c for c in df.columns if c not in fields]
+    ctx.metadata.update(added_columns=added, cast_columns=cast, dropped_columns=dropped)
+    return df.select(*cols)

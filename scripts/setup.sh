@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Idempotent set-up: .venv with the pinned packages, the JVM connector jars, sample data.
+# Each part is redone only when its inputs change (stamp files), so a second run is fast.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+# 1. Python environment
+stamp=".venv/.installed-$(hash_of pyproject.toml)"
+if [ ! -f "$stamp" ]; then
+  echo "setup: creating .venv and installing pinned packages"
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[test]"
+  rm -f .venv/.installed-*; touch "$stamp"
+fi
+
+# 2. JVM connector jars (declared once in jvm/pom.xml), resolved by Maven into .cache/jars.
+jstamp=".cache/jars/.resolved-$(hash_of jvm/pom.xml scripts/setup.sh)"
+if [ ! -f "$jstamp" ]; then
+  echo "setup: resolving connector jars with Maven (jvm/pom.xml)"
+  tmp=$(mktemp -d .cache/jars.XXXX 2>/dev/null || { mkdir -p .cache; mktemp -d .cache/jars.XXXX; })
+  mvn -q -B -f jvm/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$ROOT/$tmp"
+  # Drop what the pyspark wheel already ships (same artifact, maybe another version): two copies
+  # of scala-library or jackson on one classpath is how NoSuchMethodErrors are born.
+  pyjars=$(.venv/bin/python -c "import pyspark,os;print(os.path.join(os.path.dirname(pyspark.__file__),'jars'))")
+  for j in "$tmp"/*.jar; do
+    a=$(basename "$j" .jar | sed -E 's/-[0-9][^-]*(-[A-Za-z0-9.]+)?$//')
+    if ls "$pyjars" | grep -qE "^${a}-[0-9]"; then rm "$j"; fi
+  done
+  rm -rf .cache/jars && mv "$tmp" .cache/jars && touch "$jstamp"
+fi
+
+# 3. Sample data for the example pipelines in configs/
+dstamp=".cache/sample-data/.generated-$(hash_of pipeline_defs/sample_data.py)"
+if [ ! -f "$dstamp" ]; then
+  echo "setup: generating sample data in .cache/sample-data"
+  rm -rf .cache/sample-data
+  .venv/bin/python -m pipeline_defs.sample_data .cache/sample-data
+  touch "$dstamp"
+fi
+echo "setup: ready (.venv, $(ls .cache/jars/*.jar | wc -l) connector jars, sample data)"
