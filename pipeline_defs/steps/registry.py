@@ -22,7 +22,7 @@ class StepDef:
     @property
     def summary(self) -> str:
         doc = (self.model.__doc__ or self.fn.__doc__ or "").strip()
-        return doc.splitlines()[0] if doc else ""
+        return " ".join(doc.split("\n\n")[0].split())
 
 
 class Registry:

@@ -1,0 +1,128 @@
+"""`pipeline validate|run|list|schema`: the command line of pipeline_defs."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from pipeline_defs.errors import ConfigError, PipelineError
+
+
+def _params(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        k, sep, v = pair.partition("=")
+        if not sep or not k:
+            raise SystemExit(f"--param takes name=value, got '{pair}'.")
+        out[k] = v
+    return out
+
+
+def cmd_validate(args) -> int:
+    from pipeline_defs.config.loader import load_pipeline, pipeline_files
+    from pipeline_defs.steps.registry import builtin_registry
+    registry = builtin_registry()
+    files = pipeline_files(args.paths)
+    if not files:
+        print("no pipeline files found in " + ", ".join(args.paths), file=sys.stderr)
+        return 2
+    bad = 0
+    for f in files:
+        try:
+            p = load_pipeline(f, registry, _params(args.param))
+            print(f"ok    {f}  ({p.name}: {len(p.steps)} steps, {p.config.mode})")
+        except ConfigError as e:
+            bad += 1
+            print(f"FAIL  {f}: {e}")
+    print(f"{len(files) - bad} valid, {bad} invalid")
+    return 1 if bad else 0
+
+
+def cmd_list(args) -> int:
+    from pipeline_defs.steps.registry import builtin_registry
+    defs = builtin_registry().all()
+    width = max(len(f"{d.kind}.{d.method}") for d in defs)
+    for d in defs:
+        print(f"{d.kind + '.' + d.method:<{width}}  {d.summary}")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from pipeline_defs.config.schema import schema_text
+    from pipeline_defs.steps.registry import builtin_registry
+    text = schema_text(builtin_registry())
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_run(args) -> int:
+    # Start the JVM first, on another thread: it takes seconds, and so does loading Dagster.
+    from pipeline_defs.resources import spark as spark_res
+    settings = spark_res.settings_from_env()
+    if args.master:
+        settings = spark_res.SparkSettings(master=args.master, jars_dir=settings.jars_dir)
+    spark_res.start_in_background(settings)
+
+    from pipeline_defs.config.loader import load_pipeline
+    from pipeline_defs.steps.registry import builtin_registry
+    try:
+        pipeline = load_pipeline(args.file, builtin_registry(), _params(args.param))
+    except ConfigError as e:
+        print(f"{args.file}: {e}", file=sys.stderr)
+        return 2
+
+    import dagster as dg
+
+    from pipeline_defs.definitions import default_resources, definitions_for
+    from pipeline_defs.runs import print_summary
+    resources = default_resources()
+    resources["spark"] = resources["spark"].model_copy(update={"master": settings.master})
+    defs = definitions_for([pipeline], resources)
+    from pipeline_defs.config.dataflow import safe_name
+    job = defs.get_job_def(safe_name(pipeline.name))
+    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else \
+        dg.DagsterInstance.ephemeral()
+    started = time.perf_counter()
+    result = job.execute_in_process(
+        instance=instance, raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
+        tags={"pipeline/params": ",".join(sorted(_params(args.param)))} if args.param else None)
+    print_summary(result, pipeline, time.perf_counter() - started)
+    return 0 if result.success else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="pipeline", description="JSON data pipelines on Dagster "
+                                 "and Spark.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("validate", help="check pipeline files without contacting any service")
+    v.add_argument("paths", nargs="+", help="files or directories of *.json")
+    v.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    v.set_defaults(fn=cmd_validate)
+    r = sub.add_parser("run", help="run one pipeline file as a Dagster job")
+    r.add_argument("file")
+    r.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a ${NAME} placeholder")
+    r.add_argument("--master", help="Spark master (default SPARK_MASTER or local[*])")
+    r.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    r.set_defaults(fn=cmd_run)
+    sub.add_parser("list", help="list the methods").set_defaults(fn=cmd_list)
+    s = sub.add_parser("schema", help="print the JSON Schema of pipeline files")
+    s.add_argument("--output", "-o", help="write to this file instead of stdout")
+    s.set_defaults(fn=cmd_schema)
+    args = ap.parse_args(argv)
+    try:
+        return args.fn(args)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

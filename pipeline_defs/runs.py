@@ -1,0 +1,68 @@
+"""Reading a finished run back: the per-step summary `pipeline run` prints."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dagster as dg
+
+from pipeline_defs.config.dataflow import build_plan
+from pipeline_defs.config.loader import LoadedPipeline
+
+
+@dataclass
+class StepRow:
+    op: str
+    label: str
+    status: str = "not run"
+    seconds: float | None = None
+    rows: int | None = None
+    note: str = ""
+
+
+def _value(v):
+    return getattr(v, "value", getattr(v, "data", getattr(v, "text", v)))
+
+
+def step_rows(result: dg.ExecuteInProcessResult, pipeline: LoadedPipeline) -> list[StepRow]:
+    plan = build_plan(pipeline)
+    rows = {n.op_name: StepRow(n.op_name, n.step.label) for n in plan.nodes}
+    counted: dict[str, int] = {}
+    for e in result.all_events:
+        r = rows.get(e.step_key or "")
+        if e.event_type_value == "STEP_SUCCESS" and r:
+            r.status = "ok"
+            r.seconds = e.event_specific_data.duration_ms / 1000
+        elif e.event_type_value == "STEP_FAILURE" and r:
+            r.status = "FAILED"
+            err = e.event_specific_data.error
+            r.note = (e.event_specific_data.user_failure_data.description
+                      if e.event_specific_data.user_failure_data else err.message).strip()
+        elif e.event_type_value == "STEP_SKIPPED" and r:
+            r.status = "skipped"
+        elif e.event_type_value == "STEP_OUTPUT" and r:
+            md = e.event_specific_data.metadata
+            if "dagster/row_count" in md:
+                counted[r.op] = int(_value(md["dagster/row_count"]))
+            if "location" in md:
+                r.note = f"-> {_value(md['location'])}"
+            if "step_rows" in md:
+                counted.update({k: int(v) for k, v in _value(md["step_rows"]).items()})
+    for op, n in counted.items():
+        if op in rows:
+            rows[op].rows = n
+    return list(rows.values())
+
+
+def print_summary(result: dg.ExecuteInProcessResult, pipeline: LoadedPipeline,
+                  elapsed: float) -> None:
+    table = step_rows(result, pipeline)
+    w = max(len(r.op) for r in table)
+    print(f"\npipeline {pipeline.name}: {'SUCCESS' if result.success else 'FAILURE'} "
+          f"in {elapsed:.1f}s (run {result.run_id})")
+    print(f"  {'step':<{w}}  {'status':<7} {'secs':>6} {'rows':>10}")
+    for r in table:
+        secs = f"{r.seconds:.2f}" if r.seconds is not None else "-"
+        rows = f"{r.rows:,}" if r.rows is not None else "-"
+        print(f"  {r.op:<{w}}  {r.status:<7} {secs:>6} {rows:>10}  {r.note}")
+    print("  (rows: counted with observe() by the write that ran the step; '-' where counting "
+          "would have blocked a pushdown or the step ran inside another's count)")

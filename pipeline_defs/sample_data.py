@@ -1,0 +1,81 @@
+"""Deterministic sample data for the example pipelines in configs/ (no Spark needed).
+
+    python -m pipeline_defs.sample_data DIR
+"""
+from __future__ import annotations
+
+import csv
+import json
+import random
+import sys
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+COUNTRIES = ["DE", "FR", "NL", "ES", "IT", "PL"]
+SEGMENTS = ["consumer", "business", "enterprise"]
+CATEGORIES = ["books", "electronics", "garden", "toys"]
+REGIONS = ["north", "south", "east", "west"]
+STATUSES = ["completed", "completed", "completed", "pending", "cancelled", "refunded"]
+
+
+def customers(rng: random.Random, n: int) -> list[dict]:
+    start = date(2022, 1, 1)
+    return [{"customer_id": i, "name": f"Customer {i:04d}", "email": f"c{i}@example.com",
+             "country": rng.choice(COUNTRIES), "segment": rng.choice(SEGMENTS),
+             "signup_date": (start + timedelta(days=rng.randrange(900))).isoformat()}
+            for i in range(1, n + 1)]
+
+
+def orders(rng: random.Random, first_id: int, n: int, year: int, n_customers: int
+           ) -> list[dict]:
+    out = []
+    for i in range(first_id, first_id + n):
+        day = date(year, 1, 1) + timedelta(days=rng.randrange(365))
+        out.append({"order_id": i, "customer_id": rng.randint(1, n_customers),
+                    "order_date": day.isoformat(), "status": rng.choice(STATUSES),
+                    "product_category": rng.choice(CATEGORIES), "region": rng.choice(REGIONS),
+                    "quantity": rng.randint(1, 5),
+                    "amount": round(rng.uniform(5, 500), 2)})
+    return out
+
+
+def customer_updates(rng: random.Random, n_customers: int, n: int) -> list[dict]:
+    base = datetime(2025, 3, 1, 8, 0, 0)
+    out = []
+    for k in range(n):
+        cid = rng.randint(1, n_customers + 20)  # some are new customers
+        out.append({"customer_id": cid, "name": f"Customer {cid:04d}",
+                    "email": f"c{cid}.v{k}@example.com", "country": rng.choice(COUNTRIES),
+                    "segment": rng.choice(SEGMENTS),
+                    "updated_at": (base + timedelta(minutes=7 * k)).isoformat(sep=" ")})
+    return out
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def generate(out: Path, n_customers: int = 200, n_orders: int = 1500, seed: int = 7) -> None:
+    rng = random.Random(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "orders").mkdir(exist_ok=True)
+    write_csv(out / "customers.csv", customers(rng, n_customers))
+    write_jsonl(out / "orders" / "orders_2024.jsonl", orders(rng, 1, n_orders, 2024, n_customers))
+    (out / "orders_2025").mkdir(exist_ok=True)
+    write_jsonl(out / "orders_2025" / "orders_2025.jsonl",
+                orders(rng, n_orders + 1, n_orders, 2025, n_customers))
+    write_csv(out / "customer_updates.csv", customer_updates(rng, n_customers, 120))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m pipeline_defs.sample_data DIR")
+    generate(Path(sys.argv[1]))
+    print(f"sample data written to {sys.argv[1]}")
