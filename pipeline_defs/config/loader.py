@@ -100,7 +100,8 @@ def _explain(err: dict, model: type[BaseModel]) -> tuple[str, str, str]:
 def _problems_from(exc: ValidationError, model: type[BaseModel], file: str, prefix: str,
                    step: int | None = None, method: str | None = None) -> list[Problem]:
     out = []
-    for err in exc.errors():
+    # Unknown keys first: "did you mean" explains the "missing" that usually follows.
+    for err in sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden"):
         path, msg, fix = _explain(err, model)
         out.append(Problem(file, msg, step, method, f"{prefix}{path}" if path else prefix.rstrip("."),
                            fix))

@@ -8,6 +8,18 @@ from pydantic.json_schema import models_json_schema
 from pipeline_defs.config.model import PipelineConfig, StepSpec
 
 
+def _lenient_booleans(node):
+    """The original format accepted "true"/"false" strings for booleans (and so do we)."""
+    if isinstance(node, dict):
+        if node.get("type") == "boolean":
+            rest = {k: v for k, v in node.items() if k != "type"}
+            return {**rest, "anyOf": [{"type": "boolean"}, {"enum": ["true", "false"]}]}
+        return {k: _lenient_booleans(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_lenient_booleans(v) for v in node]
+    return node
+
+
 def pipeline_schema(catalog) -> dict:
     """JSON Schema (draft 2020-12) with one branch per (type, method)."""
     methods = sorted(catalog.methods())
@@ -29,8 +41,9 @@ def pipeline_schema(catalog) -> dict:
                            "config": {"$ref": f"#/$defs/{model.__name__}"}}})
     base["properties"]["steps"]["items"] = {"oneOf": branches}
     base.pop("$defs", None)
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "$id": "pipeline.schema.json", **base, "$defs": dict(sorted(defs.items()))}
+    return _lenient_booleans({"$schema": "https://json-schema.org/draft/2020-12/schema",
+                              "$id": "pipeline.schema.json", **base,
+                              "$defs": dict(sorted(defs.items()))})
 
 
 def schema_text(catalog) -> str:

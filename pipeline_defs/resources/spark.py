@@ -6,6 +6,7 @@ start-up with Dagster's."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ class SparkSettings:
             "spark.sql.redaction.options.regex":
                 r"(?i)url|password|secret|token|access[.]?key|user",
         }
+        # Python workers use this interpreter (the venv), not whatever `python3` is on PATH.
+        conf["spark.pyspark.python"] = os.environ.get("PYSPARK_PYTHON", sys.executable)
         if self.master.startswith("local"):
             # In local mode the executors live in the driver JVM: a classpath entry is enough,
             # and avoids copying ~700 MB of jars into every session's work directory.
@@ -67,6 +70,7 @@ def session(settings: SparkSettings) -> SparkSession:
         existing = SparkSession._instantiatedSession
         if existing is not None and existing.sparkContext._jsc is not None:
             return existing
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers: this venv's Python
         b = SparkSession.builder.master(settings.master).appName(settings.app_name)
         for k, v in settings.builder_conf().items():
             b = b.config(k, v)

@@ -1,0 +1,73 @@
+"""Shared fixtures: one small SparkSession for the whole test session, the registry, data."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COMPAT = REPO.parent / "shared" / "compat" / "examples"
+CONFIGS = REPO / "configs"
+
+os.environ.setdefault("SPARK_LOG_LEVEL", "ERROR")
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    from pipeline_defs.resources.spark import SparkSettings, session
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    s = session(SparkSettings(master="local[2]", app_name="pipeline_defs_tests", conf=(
+        ("spark.sql.shuffle.partitions", "2"), ("spark.ui.enabled", "false"),
+        ("spark.sql.warehouse.dir", str(warehouse)),
+        ("spark.driver.memory", "1g"),
+        ("spark.sql.adaptive.coalescePartitions.enabled", "false"))))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def registry():
+    from pipeline_defs.steps.registry import builtin_registry
+    return builtin_registry()
+
+
+@pytest.fixture
+def ctx(spark):
+    """A StepContext factory for calling step functions directly."""
+    from pipeline_defs.steps.context import StepContext
+
+    def make(frames=None, method="test.method", read_secret=None):
+        return StepContext(spark=spark, pipeline="test", step=1, method=method,
+                           frames=frames or {}, read_secret=read_secret)
+    return make
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory):
+    from pipeline_defs.sample_data import generate
+    d = tmp_path_factory.mktemp("sample-data")
+    generate(d)
+    return d
+
+
+def rows(df, order_by=None):
+    """A DataFrame's rows as sorted tuples, for exact comparisons."""
+    cols = df.columns
+    data = [tuple(r[c] for c in cols) for r in df.collect()]
+    return sorted(data, key=lambda t: tuple((x is None, str(type(x)), x) for x in t))
+
+
+def write_json(path: Path, data: dict) -> Path:
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+def copy_configs(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in CONFIGS.glob("*.json"):
+        if not f.name.endswith(".schema.json"):
+            shutil.copy(f, dest / f.name)
+    return dest

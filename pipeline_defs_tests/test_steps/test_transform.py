@@ -1,0 +1,227 @@
+"""Every transform method on tiny DataFrames, compared row by row."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from pipeline_defs.steps import transform as T
+from pipeline_defs.steps.transform import StepDataError
+from pipeline_defs_tests.conftest import rows
+
+
+def cfg(model, **kw):
+    return model.model_validate(kw)
+
+
+@pytest.fixture
+def people(spark):
+    return spark.createDataFrame(
+        [(1, "ann", 34, "DE", True), (2, "bob", 17, "FR", True), (3, "cid", 52, "DE", False),
+         (4, "dan", None, "NL", True)], "id long, name string, age int, country string, "
+                                          "active boolean")
+
+
+@pytest.fixture
+def orders(spark):
+    return spark.createDataFrame(
+        [(10, 1, 20.0, "books"), (11, 1, 5.5, "toys"), (12, 3, 7.0, "books"),
+         (13, 9, 1.0, "toys")], "order_id long, user_id long, amount double, category string")
+
+
+def test_filter_rows(people, ctx):
+    out = T.filter_rows(people, cfg(T.FilterRows, condition="active = true AND age >= 18"),
+                        ctx())
+    assert rows(out) == [(1, "ann", 34, "DE", True)]
+
+
+def test_enrich_data_in_order_later_columns_use_earlier(people, ctx):
+    out = T.enrich_data(people, cfg(T.EnrichData, columns={
+        "age2": "age * 2", "age4": "age2 * 2", "name": "upper(name)"}), ctx())
+    assert out.columns == ["id", "name", "age", "country", "active", "age2", "age4"]
+    assert [(r.id, r.name, r.age4) for r in out.orderBy("id").collect()] == [
+        (1, "ANN", 136), (2, "BOB", 68), (3, "CID", 208), (4, "DAN", None)]
+
+
+def test_select_drop_rename(people, ctx):
+    sel = T.select_columns(people, cfg(T.SelectColumns, columns=["id", "age + 1 AS next_age"]),
+                           ctx())
+    assert rows(sel) == [(1, 35), (2, 18), (3, 53), (4, None)]
+    dropped = T.drop_columns(people, cfg(T.DropColumns, columns=["age", "active"]), ctx())
+    assert dropped.columns == ["id", "name", "country"]
+    renamed = T.rename_columns(people, cfg(T.RenameColumns, columns={"name": "first_name"}),
+                               ctx())
+    assert renamed.columns == ["id", "first_name", "age", "country", "active"]
+
+
+def test_rename_or_drop_of_a_missing_column_says_which(people, ctx):
+    with pytest.raises(StepDataError, match="columns names 'nmae', which the input does not "
+                                            "have. Columns: id, name, age, country, active."):
+        T.rename_columns(people, cfg(T.RenameColumns, columns={"nmae": "x"}), ctx())
+
+
+@pytest.mark.parametrize("how,expected", [
+    ("inner", [(1, "ann", 10, 20.0), (1, "ann", 11, 5.5), (3, "cid", 12, 7.0)]),
+    ("left", [(1, "ann", 10, 20.0), (1, "ann", 11, 5.5), (2, "bob", None, None),
+              (3, "cid", 12, 7.0), (4, "dan", None, None)]),
+    ("right", [(1, "ann", 10, 20.0), (1, "ann", 11, 5.5), (3, "cid", 12, 7.0),
+               (9, None, 13, 1.0)]),
+    ("full", [(1, "ann", 10, 20.0), (1, "ann", 11, 5.5), (2, "bob", None, None),
+              (3, "cid", 12, 7.0), (4, "dan", None, None), (9, None, 13, 1.0)]),
+])
+def test_join_with_conditions_drops_duplicate_key(people, orders, ctx, how, expected):
+    users = people.select("id", "name")
+    ords = orders.withColumnRenamed("user_id", "id").select("id", "order_id", "amount")
+    c = cfg(T.JoinDataFrames, inputDataFrames=["users", "orders"],
+            joinConditions=["users.id = orders.id"], joinType=how)
+    out = T.join_data_frames(None, c, ctx({"users": users, "orders": ords}))
+    assert out.columns == ["id", "name", "order_id", "amount"]
+    assert rows(out) == expected
+
+
+def test_join_with_differently_named_keys_and_semi_anti(people, orders, ctx):
+    frames = {"users": people.select("id", "name"), "orders": orders}
+    c = cfg(T.JoinDataFrames, inputDataFrames=["users", "orders"],
+            joinConditions=["users.id = orders.user_id AND orders.amount > 6"])
+    out = T.join_data_frames(None, c, ctx(frames))
+    assert rows(out.select("id", "order_id")) == [(1, 10), (3, 12)]
+    for how, ids in (("semi", [1, 3]), ("anti", [2, 4])):
+        c = cfg(T.JoinDataFrames, inputDataFrames=["users", "orders"],
+                joinConditions=["users.id = orders.user_id"], joinType=how)
+        out = T.join_data_frames(None, c, ctx(frames))
+        assert out.columns == ["id", "name"] and [r.id for r in out.orderBy("id").collect()] \
+            == ids
+
+
+def test_join_column_form_and_three_way_join(spark, ctx):
+    a = spark.createDataFrame([(1, "x"), (2, "y")], "k long, a string")
+    b = spark.createDataFrame([(1, "p"), (2, "q")], "k long, b string")
+    c = spark.createDataFrame([(1, True)], "k long, c boolean")
+    out = T.join_data_frames(None, cfg(T.JoinDataFrames, inputDataFrames=["a", "b", "c"],
+                                       joinColumn="k", joinType="left"),
+                             ctx({"a": a, "b": b, "c": c}))
+    assert out.columns == ["k", "a", "b", "c"]
+    assert rows(out) == [(1, "x", "p", True), (2, "y", "q", None)]
+
+
+def test_union_by_name_distinct_and_missing_columns(spark, ctx):
+    cur = spark.createDataFrame([(1, "a"), (2, "b")], "id long, v string")
+    other = spark.createDataFrame([("b", 2), ("c", 3)], "v string, id long")
+    out = T.union_data_frames(cur, cfg(T.UnionDataFrames, inputDataFrames=["o"]),
+                              ctx({"o": other}))
+    assert rows(out) == [(1, "a"), (2, "b"), (2, "b"), (3, "c")]
+    out = T.union_data_frames(cur, cfg(T.UnionDataFrames, inputDataFrames=["o"],
+                                       distinct=True), ctx({"o": other}))
+    assert rows(out) == [(1, "a"), (2, "b"), (3, "c")]
+    narrow = spark.createDataFrame([(5,)], "id long")
+    out = T.union_data_frames(cur, cfg(T.UnionDataFrames, inputDataFrames=["n"],
+                                       allowMissingColumns=True), ctx({"n": narrow}))
+    assert rows(out) == [(1, "a"), (2, "b"), (5, None)]
+
+
+def test_aggregate_both_forms(orders, ctx):
+    short = T.aggregate_data(orders, cfg(T.AggregateData, groupBy=["category"], aggregations={
+        "amount": "sum", "order_id": "count", "user_id": "countDistinct"}), ctx())
+    assert short.columns == ["category", "amount_sum", "order_id_count",
+                             "user_id_countDistinct"]
+    assert rows(short) == [("books", 27.0, 2, 2), ("toys", 6.5, 2, 2)]
+    long = T.aggregate_data(orders, cfg(T.AggregateData, groupBy=["category"], aggregations={
+        "n": "count(*)", "big": "sum(CASE WHEN amount > 6 THEN 1 ELSE 0 END)"}), ctx())
+    assert rows(long) == [("books", 2, 2), ("toys", 2, 0)]
+
+
+def test_pivot_sum_with_and_without_values_and_count(orders, ctx):
+    for values in (None, ["books", "toys"]):
+        out = T.reshape_data(orders, cfg(T.ReshapeData, operation="pivot",
+                                         pivotColumn="category", pivotValues=values,
+                                         groupByColumns=["user_id"], aggregateColumn="amount"),
+                             ctx())
+        assert out.columns == ["user_id", "books", "toys"]
+        assert rows(out) == [(1, 20.0, 5.5), (3, 7.0, None), (9, None, 1.0)]
+    counted = T.reshape_data(orders, cfg(T.ReshapeData, operation="pivot",
+                                         pivotColumn="category", groupByColumns=["user_id"]),
+                             ctx())
+    assert rows(counted) == [(1, 1, 1), (3, 1, None), (9, None, 1)]
+
+
+def test_unpivot(spark, ctx):
+    wide = spark.createDataFrame([(1, 2.0, 3.0)], "id long, q1 double, q2 double")
+    out = T.reshape_data(wide, cfg(T.ReshapeData, operation="unpivot", idCols=["id"],
+                                   variableColName="quarter", valueColName="sales"), ctx())
+    assert out.columns == ["id", "quarter", "sales"]
+    assert rows(out) == [(1, "q1", 2.0), (1, "q2", 3.0)]
+
+
+def test_repartition_family(people, ctx):
+    assert T.repartition(people, cfg(T.Repartition, numPartitions=3), ctx()) \
+        .rdd.getNumPartitions() == 3
+    assert T.repartition_by_columns(people, cfg(T.RepartitionByColumns, columns=["country"],
+                                                numPartitions=4), ctx()).rdd \
+        .getNumPartitions() == 4
+    assert T.coalesce(people.repartition(4), cfg(T.Coalesce, numPartitions=1), ctx()) \
+        .rdd.getNumPartitions() == 1
+    out = T.repartition(people, cfg(T.Repartition, numPartitions=2, columns=["country"]), ctx())
+    assert rows(out) == rows(people)
+
+
+def test_cache_persists_with_level(people, ctx):
+    out = T.cache(people, cfg(T.Cache, storageLevel="DISK_ONLY"), ctx())
+    assert out.storageLevel.useDisk and not out.storageLevel.useMemory
+    out.unpersist()
+
+
+def test_deduplicate_keeps_latest(spark, ctx):
+    df = spark.createDataFrame([(1, "old", 1), (1, "new", 2), (2, "only", 1), (2, "only", 1)],
+                               "k long, v string, ts int")
+    latest = T.deduplicate(df, cfg(T.Deduplicate, columns=["k"], orderBy=["ts DESC"]), ctx())
+    assert rows(latest) == [(1, "new", 2), (2, "only", 1)]
+    assert rows(T.deduplicate(df, cfg(T.Deduplicate), ctx())) == [
+        (1, "new", 2), (1, "old", 1), (2, "only", 1)]
+
+
+def test_sql_over_registered_views_and_this(people, orders, ctx):
+    c = cfg(T.Sql, query="SELECT u.name, sum(o.amount) AS total FROM users u JOIN orders o "
+                         "ON u.id = o.user_id GROUP BY u.name")
+    assert [n for _, n in c.named_inputs(["users", "orders", "other"])] == ["users", "orders"]
+    out = T.sql(None, c, ctx({"users": people, "orders": orders}))
+    assert rows(out) == [("ann", 25.5), ("cid", 7.0)]
+    this = T.sql(people, cfg(T.Sql, query="SELECT count(*) AS n FROM __THIS__ WHERE active"),
+                 ctx())
+    assert rows(this) == [(3,)]
+
+
+def test_to_avro_schema_reports_schema(people, ctx):
+    c = ctx()
+    out = T.to_avro_schema(people, cfg(T.ToAvroSchema, name="Person", namespace="com.x"), c)
+    assert out is people
+    schema = c.metadata["avro_schema"]
+    assert schema["name"] == "Person" and schema["namespace"] == "com.x"
+    assert [f["name"] for f in schema["fields"]] == people.columns
+
+
+def test_evolve_avro_schema(spark, ctx):
+    df = spark.createDataFrame([(1, "click", 2), (2, "buy", 3)],
+                               "id int, event_type string, extra int")
+    target = {"type": "record", "name": "E", "fields": [
+        {"name": "id", "type": "long"}, {"name": "event_type", "type": "string"},
+        {"name": "new_field", "type": ["null", "string"], "default": None},
+        {"name": "score", "type": "double", "default": 1.5}]}
+    c = ctx()
+    out = T.evolve_avro_schema(df, cfg(T.EvolveAvroSchema, targetSchema=json.dumps(target)), c)
+    assert [(f.name, f.dataType.simpleString()) for f in out.schema.fields] == [
+        ("id", "bigint"), ("event_type", "string"), ("new_field", "string"),
+        ("score", "double")]
+    assert rows(out) == [(1, "click", None, 1.5), (2, "buy", None, 1.5)]
+    assert c.metadata == {"added_columns": ["new_field", "score"], "cast_columns": ["id"],
+                          "dropped_columns": ["extra"]}
+    target["fields"].append({"name": "required", "type": "long"})
+    with pytest.raises(StepDataError, match="field 'required' is missing from the data and has "
+                                            "no default"):
+        T.evolve_avro_schema(df, cfg(T.EvolveAvroSchema, targetSchema=target), ctx())
+
+
+def test_filter_on_dates(spark, ctx):
+    df = spark.createDataFrame([(dt.date(2024, 1, 1),), (dt.date(2025, 6, 1),)], "d date")
+    out = T.filter_rows(df, cfg(T.FilterRows, condition="d >= DATE'2025-01-01'"), ctx())
+    assert rows(out) == [(dt.date(2025, 6, 1),)]
