@@ -171,7 +171,9 @@ def _op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, source_ke
 
     tags = {"pipeline/kind": s.kind, "pipeline/method": s.method}
     return dg.OpDefinition(
-        name=node.op_name, ins=ins, outs={"result": dg.Out(dg.Any)}, compute_fn=_wrap(compute),
+        # unique in the repository; the node in the job is aliased to the readable op_name
+        name=f"{plan.job_name}__{node.op_name}",
+        ins=ins, outs={"result": dg.Out(dg.Any)}, compute_fn=_wrap(compute),
         required_resource_keys={"spark", "vault"}, tags=tags,
         description=s.description or f"Step {s.index}: {s.label}"
         + (f" (registered as '{s.config.register_as}')" if s.config.register_as else ""))
@@ -241,7 +243,7 @@ def build_pipeline(p: LoadedPipeline, registry: Registry) -> PipelineDefs:
             d[_input_name(name)] = dg.DependencyDefinition(plan.node(i).op_name, "result")
         for j in n.after:
             d[f"after_s{j:02d}"] = dg.DependencyDefinition(plan.node(j).op_name, "result")
-        deps[n.op_name] = d
+        deps[dg.NodeInvocation(ops[n.step.index].name, alias=n.op_name)] = d
     graph = dg.GraphDefinition(name=plan.job_name, node_defs=list(ops.values()),
                                dependencies=deps, description=p.config.description)
     job = graph.to_job(

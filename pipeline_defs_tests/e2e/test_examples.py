@@ -1,0 +1,155 @@
+"""The example pipelines in configs/ run through Dagster; their outputs are read back and
+compared with the same computation done in plain Python on the sample data."""
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from delta.tables import DeltaTable
+
+from pipeline_defs.definitions import build_definitions
+from pipeline_defs_tests.conftest import copy_configs
+
+
+def spark_round(x: float, digits: int = 2) -> float:
+    """Spark's round(): HALF_UP on the double's shortest decimal form."""
+    return float(Decimal(repr(x)).quantize(Decimal(1).scaleb(-digits), ROUND_HALF_UP))
+
+
+def _orders(data: Path) -> list[dict]:
+    out = []
+    for f in sorted(data.glob("orders*/*.jsonl")):
+        out += [json.loads(line) for line in f.read_text().splitlines()]
+    return out
+
+
+def _customers(data: Path) -> dict[int, dict]:
+    with (data / "customers.csv").open() as f:
+        return {int(r["customer_id"]): r for r in csv.DictReader(f)}
+
+
+@pytest.fixture
+def run(spark, sample_data, tmp_path):
+    """Run a job of configs/ against the sample data, outputs under tmp_path."""
+    out = tmp_path / "out"
+    configs = copy_configs(tmp_path / "configs")
+
+    def go(job: str, data_dir: Path = sample_data) -> dg.ExecuteInProcessResult:
+        defs = build_definitions(configs, params={"data_dir": str(data_dir),
+                                                  "output_dir": str(out)})
+        result = defs.get_job_def(job).execute_in_process(instance=dg.DagsterInstance.ephemeral())
+        assert result.success
+        return result
+    go.out = out
+    return go
+
+
+def _materializations(result) -> dict[str, dict]:
+    out = {}
+    for e in result.all_events:
+        if e.event_type_value == "ASSET_MATERIALIZATION":
+            mat = e.event_specific_data.materialization
+            out[mat.asset_key.path[-1]] = {k: getattr(v, "value", getattr(v, "data", getattr(
+                v, "text", v))) for k, v in mat.metadata.items()}
+    return out
+
+
+def test_orders_enrichment(run, spark, sample_data):
+    result = run("orders_enrichment")
+    customers = _customers(sample_data)
+    completed = [o for o in _orders(sample_data) if o["status"] == "completed" and
+                 o["amount"] > 0]
+    delta = spark.read.format("delta").load(str(run.out / "delta" / "enriched_orders"))
+    assert delta.count() == len(completed)
+    got = {r.order_id: (r.country, r.year, r.unit_price, r.is_large) for r in delta.collect()}
+    assert got == {o["order_id"]: (customers[o["customer_id"]]["country"],
+                                   int(o["order_date"][:4]),
+                                   spark_round(o["amount"] / o["quantity"]), o["amount"] >= 250)
+                   for o in completed}
+    assert sorted(DeltaTable.forPath(spark, str(run.out / "delta" / "enriched_orders"))
+                  .detail().first()["partitionColumns"]) == ["year"]
+    monthly = spark.read.parquet(str(run.out / "files" / "monthly_sales"))
+    expect: dict = defaultdict(lambda: [0.0, 0])
+    for o in completed:
+        k = (customers[o["customer_id"]]["country"], int(o["order_date"][:4]),
+             int(o["order_date"][5:7]))
+        expect[k][0] += o["amount"]
+        expect[k][1] += 1
+    got = {(r.country, r.year, r.month): (round(r.amount_sum, 6), r.order_id_count)
+           for r in monthly.collect()}
+    assert got == {k: (round(v[0], 6), v[1]) for k, v in expect.items()}
+    assert monthly.columns == ["country", "year", "month", "amount_sum", "order_id_count",
+                               "avg_unit_price"]
+    mats = _materializations(result)
+    assert mats["enriched_orders"]["dagster/row_count"] == len(completed)
+    assert mats["enriched_orders"]["delta_version"] == 0
+    assert mats["monthly_sales"]["dagster/row_count"] == len(expect)
+    assert [c.name for c in mats["monthly_sales"]["dagster/column_schema"].columns] == \
+        monthly.columns
+    assert mats["enriched_orders"]["step_rows"]["completed"] == len(completed)
+
+
+def test_sales_pivot(run, spark, sample_data):
+    run("sales_pivot")
+    completed_2024 = [o for o in _orders(sample_data) if o["status"] == "completed" and
+                      o["order_date"].startswith("2024")]
+    expect: dict = defaultdict(float)
+    for o in completed_2024:
+        expect[(o["region"], o["product_category"])] += o["amount"]
+    pivot = spark.read.option("header", True).option("inferSchema", True).csv(
+        str(run.out / "files" / "region_by_category"))
+    assert pivot.columns == ["region", "books", "electronics", "garden", "toys"]
+    for r in pivot.collect():
+        for cat in ("books", "electronics", "garden", "toys"):
+            assert r[cat] == pytest.approx(expect[(r.region, cat)])
+    ranking = spark.read.format("delta").load(str(run.out / "delta" / "category_ranking"))
+    got = {(r.region, r.product_category): (r.revenue, r.rank_in_region)
+           for r in ranking.collect()}
+    assert len(got) == 16
+    for region in {k[0] for k in expect}:
+        ordered = sorted((c for (rg, c) in expect if rg == region),
+                         key=lambda c: -expect[(region, c)])
+        assert [got[(region, c)][1] for c in ordered] == [1, 2, 3, 4]
+        assert all(got[(region, c)][0] == pytest.approx(expect[(region, c)], abs=0.006)
+                   for c in ordered)
+
+
+def test_customer_upsert_merges_latest_change(run, spark, sample_data, tmp_path):
+    result = run("customer_upsert")
+    with (sample_data / "customer_updates.csv").open() as f:
+        changes = list(csv.DictReader(f))
+    latest: dict = {}
+    for c in changes:
+        k = int(c["customer_id"])
+        if k not in latest or c["updated_at"] > latest[k]["updated_at"]:
+            latest[k] = c
+    path = str(run.out / "delta" / "customers")
+    table = {r.customer_id: (r.email, r.country) for r in spark.read.format("delta").load(
+        path).collect()}
+    assert table == {k: (c["email"], c["country"].upper()) for k, c in latest.items()}
+    assert _materializations(result)["customers"]["delta_operation"] == "WRITE"
+
+    # a second batch: one newer change, one stale change, one new customer
+    newer_id, stale_id = sorted(latest)[:2]
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / "customer_updates.csv").write_text(
+        "customer_id,name,email,country,segment,updated_at\n"
+        f"{newer_id},N,newer@example.com,de,consumer,2030-01-01 00:00:00\n"
+        f"{stale_id},S,stale@example.com,fr,consumer,2000-01-01 00:00:00\n"
+        "9999,New,new@example.com,es,business,2030-01-01 00:00:00\n")
+    result = run("customer_upsert", second)
+    mats = _materializations(result)["customers"]
+    assert (mats["delta_operation"], mats["delta_version"]) == ("MERGE", 1)
+    assert (mats["delta_numTargetRowsUpdated"], mats["delta_numTargetRowsInserted"]) == (1, 1)
+    table2 = {r.customer_id: (r.email, r.country) for r in spark.read.format("delta").load(
+        path).collect()}
+    assert table2[newer_id] == ("newer@example.com", "DE")
+    assert table2[stale_id] == table[stale_id]
+    assert table2[9999] == ("new@example.com", "ES")
+    assert len(table2) == len(table) + 1
