@@ -62,6 +62,7 @@ def cmd_schema(args) -> int:
 
 
 def cmd_run(args) -> int:
+    params = _params(args.param)
     # Start the JVM first, on another thread: it takes seconds, and so does loading Dagster.
     from pipeline_defs.resources import spark as spark_res
     settings = spark_res.settings_from_env()
@@ -72,7 +73,7 @@ def cmd_run(args) -> int:
     from pipeline_defs.config.loader import load_pipeline
     from pipeline_defs.steps.registry import builtin_registry
     try:
-        pipeline = load_pipeline(args.file, builtin_registry(), _params(args.param))
+        pipeline = load_pipeline(args.file, builtin_registry(), params)
     except ConfigError as e:
         print(f"{args.file}: {e}", file=sys.stderr)
         return 2
@@ -92,7 +93,7 @@ def cmd_run(args) -> int:
     result = job.execute_in_process(
         instance=instance, raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
-        tags={"pipeline/params": ",".join(sorted(_params(args.param)))} if args.param else None)
+        tags={"pipeline/params": ",".join(sorted(params))} if params else None)
     print_summary(result, pipeline, time.perf_counter() - started)
     return 0 if result.success else 1
 

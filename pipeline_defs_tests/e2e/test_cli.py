@@ -1,0 +1,92 @@
+"""The `pipeline` command as a user runs it: a separate process, a real Dagster instance."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from pipeline_defs_tests.conftest import COMPAT, CONFIGS, REPO, write_json
+
+PIPELINE = str(Path(sys.executable).parent / "pipeline")
+
+
+def cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "SPARK_MASTER": "local[2]", **(env or {})}
+    return subprocess.run([PIPELINE, *args], capture_output=True, text=True, env=full_env,
+                          timeout=timeout, cwd=REPO)
+
+
+def test_validate_ok_and_exit_codes(tmp_path):
+    r = cli("validate", str(CONFIGS), str(COMPAT))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "12 valid, 0 invalid" in r.stdout
+    write_json(tmp_path / "bad.json", {"name": "b", "steps": [
+        {"type": "transform", "method": "filterRows", "config": {"conditon": "x"}}]})
+    r = cli("validate", str(tmp_path), str(CONFIGS / "sales_pivot.json"))
+    assert r.returncode == 1
+    assert "FAIL  " + str(tmp_path / "bad.json") in r.stdout
+    assert "Did you mean 'condition'?" in r.stdout and "1 valid, 1 invalid" in r.stdout
+
+
+def test_list_and_schema():
+    r = cli("list")
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    assert any(ln.startswith("transform.joinDataFrames ") for ln in lines)
+    assert len(lines) >= 36
+    r = cli("schema")
+    assert json.loads(r.stdout)["$defs"]["FilterRows"]["required"] == ["condition"]
+
+
+def test_run_records_in_dagster_home_and_prints_summary(tmp_path, sample_data):
+    home = tmp_path / "home"
+    home.mkdir()
+    out = tmp_path / "out"
+    r = cli("run", str(CONFIGS / "customer_upsert.json"), "--param", f"data_dir={sample_data}",
+            "--param", f"output_dir={out}", env={"DAGSTER_HOME": str(home)})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "pipeline customer-upsert: SUCCESS" in r.stdout
+    summary = r.stdout[r.stdout.index("pipeline customer-upsert"):]
+    assert "latest_change" in summary and f"-> {out}/delta/customers" in summary
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 1 and runs[0].job_name == "customer_upsert"
+        assert runs[0].status == dg.DagsterRunStatus.SUCCESS
+        key = dg.AssetKey(["file", *[p for p in str(out).strip("/").replace(".", "/")
+                                     .replace("-", "_").split("/")], "delta", "customers"])
+        assert instance.get_latest_materialization_event(key) is not None
+
+
+def test_failing_step_fails_the_run_with_its_message_first(tmp_path, sample_data):
+    f = write_json(tmp_path / "broken.json", {"name": "broken", "steps": [
+        {"type": "extract", "method": "fromFile",
+         "config": {"path": str(sample_data / "customers.csv"), "format": "csv"}},
+        {"type": "transform", "method": "filterRows", "config": {"condition": "agee > 3"}},
+        {"type": "load", "method": "toFile", "config": {"path": str(tmp_path / "o")}}]})
+    r = cli("run", str(f))
+    assert r.returncode == 1
+    summary = r.stdout[r.stdout.index("pipeline broken: FAILURE"):]
+    line = next(ln for ln in summary.splitlines() if "s02_filterRows" in ln)
+    assert "FAILED" in line
+    assert "pipeline 'broken', step 2 (transform.filterRows) failed: [UNRESOLVED_COLUMN" in line
+    assert "`agee`" in line and "Py4J" not in line and "at org.apache" not in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_invalid_file_is_rejected_before_spark_starts(tmp_path):
+    f = write_json(tmp_path / "bad.json", {"name": "b", "steps": [
+        {"type": "load", "method": "toFile", "config": {"path": "/x"}}]})
+    r = cli("run", str(f), timeout=60)
+    assert r.returncode == 2
+    assert "a load step needs an input DataFrame" in r.stderr
+
+
+@pytest.mark.parametrize("bad", ["novalue"])
+def test_param_syntax(bad):
+    r = cli("run", str(CONFIGS / "sales_pivot.json"), "--param", bad, timeout=60)
+    assert r.returncode != 0 and "--param takes name=value" in r.stderr

@@ -1,0 +1,99 @@
+"""The Dagster webserver and daemon, run for real on loopback: every pipeline shows as a job,
+and a run launched through the UI's API is queued, started by the daemon and succeeds."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pipeline_defs_tests.conftest import REPO, copy_configs
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gql(port: int, query: str, variables: dict | None = None) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", method="POST",
+                                 data=json.dumps({"query": query,
+                                                  "variables": variables or {}}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        body = json.loads(resp.read())
+    assert "errors" not in body, body
+    return body["data"]
+
+
+@pytest.fixture
+def webserver(tmp_path, sample_data):
+    port = free_port()
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "SPARK_MASTER": "local[2]",
+           "PIPELINE_CONFIG_DIR": str(copy_configs(tmp_path / "configs")),
+           "PIPELINE_DATA_DIR": str(sample_data), "PIPELINE_OUTPUT_DIR": str(tmp_path / "out")}
+    proc = subprocess.Popen([str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port),
+                             "-m", "pipeline_defs.definitions"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "web.log", "w"))
+    daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-m",
+                               "pipeline_defs.definitions"], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL,
+                              stderr=open(tmp_path / "daemon.log", "w"))
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                daemon.kill()
+                raise RuntimeError("webserver did not start:\n" +
+                                   (tmp_path / "web.log").read_text()[-3000:])
+            time.sleep(0.5)
+    yield port, tmp_path / "out"
+    for p in (daemon, proc):
+        p.terminate()
+    for p in (daemon, proc):
+        p.wait(timeout=60)
+
+
+def test_ui_lists_jobs_and_launches_a_run(webserver):
+    port, out = webserver
+    data = gql(port, """{ repositoriesOrError { ... on RepositoryConnection { nodes {
+        name location { name } jobs { name } } } } }""")
+    repo = data["repositoriesOrError"]["nodes"][0]
+    jobs = {j["name"] for j in repo["jobs"]}
+    assert {"orders_enrichment", "sales_pivot", "customer_upsert"} <= jobs
+    launched = gql(port, """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
+        __typename ... on LaunchRunSuccess { run { runId } }
+        ... on PythonError { message } } }""", {"p": {"selector": {
+        "repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"],
+        "jobName": "customer_upsert"}, "runConfigData": {}}})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    deadline = time.monotonic() + 240
+    status = None
+    while time.monotonic() < deadline:
+        status = gql(port, """query($id: ID!) { runOrError(runId: $id) {
+            ... on Run { status } } }""", {"id": run_id})["runOrError"]["status"]
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(1)
+    assert status == "SUCCESS", (webserver[1].parent / "daemon.log").read_text()[-3000:]
+    assert (out / "delta" / "customers" / "_delta_log").is_dir()
+    mats = gql(port, """{ assetsOrError { ... on AssetConnection { nodes { key { path }
+        assetMaterializations(limit: 1) { runId } } } } }""")["assetsOrError"]["nodes"]
+    written = [a for a in mats if a["key"]["path"][-2:] == ["delta", "customers"]]
+    assert written and written[0]["assetMaterializations"][0]["runId"] == run_id
