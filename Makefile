@@ -4,21 +4,24 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export DAGSTER_HOME ?= $(CURDIR)/.cache/dagster_home
 
-.PHONY: setup demo test dev validate bench clean
+.PHONY: setup home demo test dev validate bench clean
+
+# The Dagster instance for demo and dev: runs stay visible in the UI across sessions.
+home:
+	@mkdir -p $(DAGSTER_HOME)
+	@[ -f $(DAGSTER_HOME)/dagster.yaml ] || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 setup:
 	@bash scripts/setup.sh
 
-demo: setup
-	@mkdir -p $(DAGSTER_HOME)
+demo: setup home
 	@$(VENV)/bin/pipeline validate configs
-	@$(VENV)/bin/pipeline run configs/orders_enrichment.json
+	@$(VENV)/bin/pipeline run configs/orders_enrichment.json --show 5
 
 test: setup
 	@bash scripts/test.sh
 
-dev: setup
-	@mkdir -p $(DAGSTER_HOME)
+dev: setup home
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 validate: setup

@@ -95,7 +95,19 @@ def cmd_run(args) -> int:
         run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
         tags={"pipeline/params": ",".join(sorted(params))} if params else None)
     print_summary(result, pipeline, time.perf_counter() - started)
+    if args.show and result.success:
+        from pipeline_defs.runs import show_outputs
+        show_outputs(result, args.show)
     return 0 if result.success else 1
+
+
+def cmd_docs(args) -> int:
+    from pipeline_defs.docs import replace_reference
+    from pipeline_defs.steps.registry import builtin_registry
+    readme = Path(args.readme)
+    readme.write_text(replace_reference(readme.read_text(), builtin_registry()))
+    print(f"updated the method reference in {readme}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,11 +124,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="set a ${NAME} placeholder")
     r.add_argument("--master", help="Spark master (default SPARK_MASTER or local[*])")
     r.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    r.add_argument("--show", type=int, default=0, metavar="N",
+                   help="after success, print the first N rows of every target written")
     r.set_defaults(fn=cmd_run)
     sub.add_parser("list", help="list the methods").set_defaults(fn=cmd_list)
     s = sub.add_parser("schema", help="print the JSON Schema of pipeline files")
     s.add_argument("--output", "-o", help="write to this file instead of stdout")
     s.set_defaults(fn=cmd_schema)
+    d = sub.add_parser("docs", help="regenerate the method reference in README.md")
+    d.add_argument("--readme", default="README.md")
+    d.set_defaults(fn=cmd_docs)
     args = ap.parse_args(argv)
     try:
         return args.fn(args)

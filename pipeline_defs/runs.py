@@ -66,3 +66,24 @@ def print_summary(result: dg.ExecuteInProcessResult, pipeline: LoadedPipeline,
         print(f"  {r.op:<{w}}  {r.status:<7} {secs:>6} {rows:>10}  {r.note}")
     print("  (rows: counted with observe() by the write that ran the step; '-' where counting "
           "would have blocked a pushdown or the step ran inside another's count)")
+
+
+def show_outputs(result: dg.ExecuteInProcessResult, n: int) -> None:
+    """Print the first n rows of every file or Delta target the run wrote (one small read
+    each, only when asked)."""
+    from pipeline_defs.resources.spark import session, settings_from_env
+    spark = session(settings_from_env())
+    for e in result.all_events:
+        if e.event_type_value != "ASSET_MATERIALIZATION":
+            continue
+        md = e.event_specific_data.materialization.metadata
+        fmt, location = _value(md.get("format")), _value(md.get("location"))
+        if fmt in (None, "jdbc", "kafka") or not location:
+            continue
+        reader = spark.read.format(fmt)
+        if fmt == "csv":
+            reader = reader.option("header", "true")
+        df = reader.table(location) if fmt == "delta" and "/" not in location else \
+            reader.load(location)
+        print(f"\n{location} ({fmt}, first {n} rows):")
+        df.show(n, truncate=False)

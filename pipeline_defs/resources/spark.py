@@ -48,6 +48,8 @@ class SparkSettings:
             "spark.sql.redaction.options.regex":
                 r"(?i)url|password|secret|token|access[.]?key|user",
         }
+        conf["spark.driver.extraJavaOptions"] = \
+            f"-Dlog4j2.configurationFile={Path(__file__).with_name('log4j2.properties').as_uri()}"
         # Python workers use this interpreter (the venv), not whatever `python3` is on PATH.
         conf["spark.pyspark.python"] = os.environ.get("PYSPARK_PYTHON", sys.executable)
         if self.master.startswith("local"):

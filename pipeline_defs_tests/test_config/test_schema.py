@@ -35,3 +35,13 @@ def test_every_field_is_described(registry):
     for d in registry.all():
         for name, f in d.model.model_fields.items():
             assert f.description, f"{d.kind}.{d.method}.{f.alias or name} has no description"
+
+
+def test_readme_method_reference_is_current(registry):
+    from pipeline_defs.docs import replace_reference
+    from pipeline_defs_tests.conftest import REPO
+    readme = (REPO / "README.md").read_text()
+    assert readme == replace_reference(readme, registry), (
+        "the method reference in README.md is stale: run `pipeline docs`")
+    for d in registry.all():
+        assert f"**`{d.method}`**" in readme

@@ -1,0 +1,38 @@
+"""The bench pipeline's work written by hand in PySpark: the baseline (bench/run_bench.py)."""
+import sys
+
+from pyspark.sql import functions as F
+
+from pipeline_defs.resources.spark import session, settings_from_env
+
+LINEITEM = ("l_orderkey BIGINT, l_partkey BIGINT, l_suppkey BIGINT, l_linenumber INT, "
+            "l_quantity DOUBLE, l_extendedprice DOUBLE, l_discount DOUBLE, l_tax DOUBLE, "
+            "l_returnflag STRING, l_linestatus STRING, l_shipdate DATE, l_commitdate DATE, "
+            "l_receiptdate DATE, l_shipinstruct STRING, l_shipmode STRING, l_comment STRING")
+ORDERS = ("o_orderkey BIGINT, o_custkey BIGINT, o_orderstatus STRING, o_totalprice DOUBLE, "
+          "o_orderdate DATE, o_orderpriority STRING, o_clerk STRING, o_shippriority INT, "
+          "o_comment STRING")
+
+
+def main(data_dir: str, out: str) -> None:
+    # Same session settings as the product (jars, Delta): only the orchestration differs.
+    spark = session(settings_from_env())
+    items = (spark.read.format("csv").option("header", "true").schema(LINEITEM)
+             .load(f"{data_dir}/lineitem.csv")
+             .filter("l_shipdate <= DATE'1998-09-02'")
+             .withColumn("disc_price", F.expr("l_extendedprice * (1 - l_discount)"))
+             .withColumn("charge", F.expr("l_extendedprice * (1 - l_discount) * (1 + l_tax)")))
+    orders = (spark.read.format("csv").option("header", "true").schema(ORDERS)
+              .load(f"{data_dir}/orders.csv"))
+    summary = (items.join(orders, items.l_orderkey == orders.o_orderkey)
+               .groupBy("l_returnflag", "l_linestatus", "o_orderpriority")
+               .agg(F.sum("l_quantity").alias("sum_qty"),
+                    F.sum("disc_price").alias("sum_disc_price"),
+                    F.sum("charge").alias("sum_charge"),
+                    F.avg("l_extendedprice").alias("avg_price"),
+                    F.count(F.lit(1)).alias("count_order")))
+    summary.write.format("delta").mode("overwrite").save(out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
