@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-export DAGSTER_HOME ?= $(CURDIR)/.cache/dagster_home
+DAGSTER_HOME ?= $(CURDIR)/.cache/dagster_home
 
 .PHONY: setup home demo test dev validate bench clean
 
@@ -16,13 +16,13 @@ setup:
 
 demo: setup home
 	@$(VENV)/bin/pipeline validate configs
-	@$(VENV)/bin/pipeline run configs/orders_enrichment.json --show 5
+	@DAGSTER_HOME=$(DAGSTER_HOME) $(VENV)/bin/pipeline run configs/orders_enrichment.json --show 5
 
 test: setup
 	@bash scripts/test.sh
 
 dev: setup home
-	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME) $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 validate: setup
 	@$(VENV)/bin/pipeline validate configs

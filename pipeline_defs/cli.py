@@ -87,8 +87,10 @@ def cmd_run(args) -> int:
     defs = definitions_for([pipeline], resources)
     from pipeline_defs.config.dataflow import safe_name
     job = defs.get_job_def(safe_name(pipeline.name))
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else \
-        dg.DagsterInstance.ephemeral()
+    home = os.environ.get("DAGSTER_HOME")
+    if home:
+        Path(home).mkdir(parents=True, exist_ok=True)
+    instance = dg.DagsterInstance.get() if home else dg.DagsterInstance.ephemeral()
     started = time.perf_counter()
     result = job.execute_in_process(
         instance=instance, raise_on_error=False,

@@ -30,7 +30,7 @@ if [ ! -f "$jstamp" ]; then
   pyjars=$(.venv/bin/python -c "import pyspark,os;print(os.path.join(os.path.dirname(pyspark.__file__),'jars'))")
   for j in "$tmp"/*.jar; do
     a=$(basename "$j" .jar | sed -E 's/-[0-9][^-]*(-[A-Za-z0-9.]+)?$//')
-    if ls "$pyjars" | grep -qE "^${a}-[0-9]"; then rm "$j"; fi
+    if compgen -G "$pyjars/${a}-[0-9]*.jar" >/dev/null; then rm "$j"; fi
   done
   rm -rf .cache/jars && mv "$tmp" .cache/jars && touch "$jstamp"
 fi

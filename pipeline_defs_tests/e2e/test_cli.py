@@ -16,7 +16,8 @@ PIPELINE = str(Path(sys.executable).parent / "pipeline")
 
 
 def cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "SPARK_MASTER": "local[2]", **(env or {})}
+    base = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    full_env = {**base, "SPARK_MASTER": "local[2]", **(env or {})}
     return subprocess.run([PIPELINE, *args], capture_output=True, text=True, env=full_env,
                           timeout=timeout, cwd=REPO)
 
@@ -69,7 +70,8 @@ def test_failing_step_fails_the_run_with_its_message_first(tmp_path, sample_data
         {"type": "transform", "method": "filterRows", "config": {"condition": "agee > 3"}},
         {"type": "load", "method": "toFile", "config": {"path": str(tmp_path / "o")}}]})
     r = cli("run", str(f))
-    assert r.returncode == 1
+    assert r.returncode == 1 and "pipeline broken: FAILURE" in r.stdout, \
+        r.stdout[-3000:] + r.stderr[-3000:]
     summary = r.stdout[r.stdout.index("pipeline broken: FAILURE"):]
     line = next(ln for ln in summary.splitlines() if "s02_filterRows" in ln)
     assert "FAILED" in line

@@ -60,3 +60,33 @@ def test_schema_validation_failure_stops_the_load(spark, registry, tmp_path):
     assert "column 'amount' is missing" in failure.event_specific_data.user_failure_data \
         .description
     assert not current.exists()
+
+
+def test_failure_metadata_masks_secrets_in_the_step_config(registry, tmp_path):
+    raw = {"name": "secretive", "steps": [
+        {"type": "extract", "method": "fromPostgres",
+         "config": {"table": "t", "host": "127.0.0.1", "port": 1, "database": "d",
+                    "username": "u", "password": "hunter2-very-secret"}},
+        {"type": "load", "method": "toFile", "config": {"path": str(tmp_path / "o")}}]}
+    p = load_pipeline(write_json(tmp_path / "p.json", raw), registry)
+    result = definitions_for([p]).get_job_def("secretive").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    data = failure.event_specific_data.user_failure_data
+    assert data.description.startswith("pipeline 'secretive', step 1 (extract.fromPostgres) "
+                                       "failed:")
+    assert data.metadata["config"].data["password"] == "***"
+    for e in result.all_events:
+        assert "hunter2-very-secret" not in str(e)
+
+
+def test_streaming_pipeline_stops_with_a_clear_message(registry, tmp_path):
+    raw = json.loads((COMPAT / "streaming-kafka.json").read_text())
+    p = load_pipeline(write_json(tmp_path / "s.json", raw), registry)
+    result = definitions_for([p]).get_job_def("streaming_kafka_pipeline").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "runs as Structured Streaming, which this version does not run yet" in \
+        failure.event_specific_data.user_failure_data.description
