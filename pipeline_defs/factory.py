@@ -198,19 +198,20 @@ def _failure(pipeline: LoadedPipeline, s, e: BaseException) -> dg.Failure:
 def _run_load(context, plan: Plan, node: StepNode, fn, current: StepOutput, ctx: StepContext,
               started: float, key: dg.AssetKey) -> dg.Output:
     s = node.step
-    df, obs = _observe(current.df, context.run_id, node.op_name)
+    df, obs = current.df, None
+    if not s.config.counts_rows:
+        df, obs = _observe(df, context.run_id, node.op_name)
     result: LoadResult = fn(df, s.config, ctx)
-    rows = observed_rows(obs, OBSERVE_WAIT_S)
-    if rows is None:
-        rows = result.metadata.get("delta_numOutputRows")
+    rows = result.rows if result.rows is not None else observed_rows(obs, OBSERVE_WAIT_S)
     duration = round(time.perf_counter() - started, 3)
-    step_rows = {}
-    for o in current.lineage():
-        n = observed_rows(o.observation)
-        if n is not None:
-            step_rows[o.op_name] = n
-    if rows is not None:
-        step_rows[current.op_name] = rows  # what the load wrote is what its input produced
+    # Rows per upstream step: from the observations this write filled (each step counted
+    # where build_plan placed its count), and from the load itself.
+    observed = {o.step: observed_rows(o.observation) for o in current.lineage()
+                if o.observation is not None}
+    observed[s.index] = rows
+    step_rows = {plan.node(i).op_name: observed[plan.node(i).counted_by]
+                 for i in plan.upstream(s.index)
+                 if observed.get(plan.node(i).counted_by) is not None}
     meta = {"location": result.location, "format": result.format, "mode": result.mode,
             "dagster/column_schema": table_schema(current.df.schema),
             "duration_s": duration, "step_rows": dg.MetadataValue.json(step_rows),

@@ -26,6 +26,7 @@ class StepNode:
     named: dict[str, int]  # DataFrame name -> index of the step that registered it
     after: tuple[int, ...]  # side effects that must happen first (earlier loads)
     observe: bool = False  # count this step's output rows with observe()
+    counted_by: int | None = None  # the step whose count is this step's row count
 
     @property
     def inputs(self) -> list[int]:
@@ -110,9 +111,11 @@ def build_plan(p: LoadedPipeline) -> Plan:
         # Extracts read sources that an earlier load may have written: keep file order there.
         plan.nodes.append(StepNode(s, _op_name(s), current, named,
                                    after if s.kind in ("load", "extract") else ()))
+    counted = {n.step.index: _counted_by(plan, n) for n in plan.nodes}
     for i, n in enumerate(plan.nodes):
-        plan.nodes[i] = StepNode(n.step, n.op_name, n.current, n.named, n.after,
-                                 _observable(plan, n))
+        observe = n.step.kind != "load" and n.step.index in counted.values()
+        plan.nodes[i] = StepNode(n.step, n.op_name, n.current, n.named, n.after, observe,
+                                 counted[n.step.index])
     return plan
 
 
@@ -129,14 +132,30 @@ def _reaches_filter(plan: Plan, index: int, seen: set[int] | None = None) -> boo
     return False
 
 
-def _observable(plan: Plan, n: StepNode) -> bool:
-    """Count rows at this step's output only where it costs nothing: an observe() node blocks
-    predicate pushdown below it, so none is placed where a later filter could be pushed
-    through; a step consumed only by loads is counted by those loads; validations count
-    themselves."""
-    if n.step.kind in ("load", "validate"):
-        return False
-    consumers = plan.consumers(n.step.index)
-    if not consumers or all(c.step.kind == "load" for c in consumers):
-        return False
-    return not _reaches_filter(plan, n.step.index)
+def _counted_by(plan: Plan, n: StepNode) -> int | None:
+    """Where this step's output rows are counted, at the lowest cost:
+
+    * row-preserving steps (enrichData, renameColumns, validations, ...) share the count of
+      the step after them, so a chain of them is counted once, at its end;
+    * a chain that ends in loads is counted by the first load (it observes what it writes);
+    * otherwise at the chain's end, unless an observe() there would block a filter that
+      Spark could push further down (then the step is not counted: None);
+    * a load's own input is counted by the load."""
+    if n.step.kind == "load":
+        return n.step.index
+    end = n
+    while True:
+        consumers = plan.consumers(end.step.index)
+        if len(consumers) == 1 and consumers[0].step.kind != "load" and \
+                consumers[0].step.config.keeps_rows():
+            end = consumers[0]
+            continue
+        break
+    if not consumers:
+        return None
+    loads = [c for c in consumers if c.step.kind == "load"]
+    if len(loads) == len(consumers):
+        return loads[0].step.index
+    if end.step.kind == "validate" and end is n:
+        return None  # a validation counts the rows it checks in its own pass
+    return None if _reaches_filter(plan, end.step.index) else end.step.index

@@ -29,11 +29,20 @@ class StepModel(FormatModel):
     """The step holds a row filter that Spark may push towards the source."""
     passes_filters: ClassVar[bool] = False
     """A filter in a later step can be pushed through this step to its source."""
+    counts_rows: ClassVar[bool] = False
+    """A load whose sink reports the rows it wrote (so its input needs no observe())."""
+    preserves_rows: ClassVar[bool] = False
+    """The step outputs exactly as many rows as it reads (so it needs no count of its own)."""
 
     def named_inputs(self, registered: Collection[str] = ()) -> list[tuple[str, str]]:
         """(field path, DataFrame name) for every registered DataFrame this step reads.
         `registered` holds the names registered by earlier steps."""
         return []
+
+    def keeps_rows(self) -> bool:
+        """Whether the output has as many rows as the input (preserves_rows, unless
+        overridden)."""
+        return self.preserves_rows
 
     def reads_current(self) -> bool:
         """Whether this step reads the current DataFrame (uses_current, unless overridden)."""

@@ -36,3 +36,5 @@ class LoadResult:
     format: str
     mode: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    rows: int | None = None
+    """Rows written, when the sink reports it (Delta's commit metrics); else it is observed."""

@@ -128,6 +128,8 @@ class Merge(FormatModel):
 class ToDeltaLake(Load):
     """Write a Delta table (path or table), or upsert into it with `merge`."""
 
+    counts_rows: ClassVar[bool] = True  # Delta's commit metrics count what was written
+
     path: str | None = Field(None, description="Table location.")
     table: str | None = Field(None, description="Catalog table name (instead of path).")
     mode: WriteMode = Field("errorifexists", description="append, overwrite, errorifexists, "
@@ -206,7 +208,7 @@ def to_delta_lake(df: DataFrame, cfg: ToDeltaLake, ctx: StepContext) -> LoadResu
             w = w.option("replaceWhere", cfg.replace_where)
         w.saveAsTable(cfg.table) if cfg.table else w.save(cfg.path)
         table = table or _delta_table(ctx, cfg)
-    meta = {}
+    meta, rows = {}, None
     if table is not None:
         last = table.history(1).select("version", "operation", "operationMetrics").first()
         metrics = last["operationMetrics"] or {}
@@ -214,8 +216,10 @@ def to_delta_lake(df: DataFrame, cfg: ToDeltaLake, ctx: StepContext) -> LoadResu
                 **{f"delta_{k}": int(v) for k, v in metrics.items()
                    if k in ("numOutputRows", "numTargetRowsInserted", "numTargetRowsUpdated",
                             "numTargetRowsDeleted", "numFiles", "numOutputBytes",
-                            "numAddedFiles", "numRemovedFiles") and str(v).isdigit()}}
-    return LoadResult(target, "delta", mode, meta)
+                            "numAddedFiles", "numRemovedFiles", "numSourceRows")
+                   and str(v).isdigit()}}
+        rows = meta.get("delta_numSourceRows" if mode == "merge" else "delta_numOutputRows")
+    return LoadResult(target, "delta", mode, meta, rows)
 
 
 # ---------------------------------------------------------------- databases and Kafka

@@ -45,6 +45,7 @@ def filter_rows(df: DataFrame, cfg: FilterRows, ctx: StepContext) -> DataFrame:
 
 class EnrichData(StepModel):
     """Add or replace columns computed from Spark SQL expressions, in the order given."""
+    preserves_rows = True
 
     columns: dict[str, str] = Field(min_length=1, description="{new_column: SQL expression}, "
                                     "e.g. {\"year\": \"year(order_date)\"}. Later entries may "
@@ -73,6 +74,7 @@ def select_columns(df: DataFrame, cfg: SelectColumns, ctx: StepContext) -> DataF
 
 class DropColumns(StepModel):
     """Remove these columns."""
+    preserves_rows = True
 
     columns: list[str] = Field(min_length=1, description="Column names to drop.")
     passes_filters = True
@@ -86,6 +88,7 @@ def drop_columns(df: DataFrame, cfg: DropColumns, ctx: StepContext) -> DataFrame
 
 class RenameColumns(StepModel):
     """Rename columns."""
+    preserves_rows = True
 
     columns: dict[str, str] = Field(min_length=1, description="{old_name: new_name}")
     passes_filters = True
@@ -311,6 +314,7 @@ def reshape_data(df: DataFrame, cfg: ReshapeData, ctx: StepContext) -> DataFrame
 # ---------------------------------------------------------------- partitions and caching
 class Repartition(StepModel):
     """Shuffle into numPartitions partitions (by columns when given)."""
+    preserves_rows = True
 
     num_partitions: int = Field(ge=1, description="Number of partitions.")
     columns: list[str] | None = Field(None, description="Hash-partition by these columns.")
@@ -324,6 +328,7 @@ def repartition(df: DataFrame, cfg: Repartition, ctx: StepContext) -> DataFrame:
 
 class RepartitionByColumns(StepModel):
     """Hash-partition by columns (e.g. before a partitioned write)."""
+    preserves_rows = True
 
     columns: list[str] = Field(min_length=1, description="Columns to partition by.")
     num_partitions: int | None = Field(None, ge=1, description="Number of partitions "
@@ -341,6 +346,7 @@ def repartition_by_columns(df: DataFrame, cfg: RepartitionByColumns, ctx: StepCo
 
 class Coalesce(StepModel):
     """Reduce the number of partitions without a shuffle (e.g. fewer output files)."""
+    preserves_rows = True
 
     num_partitions: int = Field(ge=1, description="Target number of partitions.")
     passes_filters = True
@@ -358,6 +364,7 @@ StorageLevelName = Literal["MEMORY_AND_DISK", "MEMORY_ONLY", "DISK_ONLY", "MEMOR
 
 class Cache(StepModel):
     """Keep the current DataFrame once computed, for steps that read it more than once."""
+    preserves_rows = True
 
     storage_level: StorageLevelName = Field("MEMORY_AND_DISK", description="Spark storage "
                                             "level.")
@@ -411,6 +418,7 @@ def sql(df: DataFrame | None, cfg: Sql, ctx: StepContext) -> DataFrame:
 # ---------------------------------------------------------------- Avro schemas
 class ToAvroSchema(StepModel):
     """Check the DataFrame converts to Avro and show its Avro schema; rows pass unchanged."""
+    preserves_rows = True
 
     name: str = Field("Record", description="Avro record name.")
     namespace: str = Field("", description="Avro namespace, e.g. com.pipeline.")
@@ -433,6 +441,7 @@ def to_avro_schema(df: DataFrame, cfg: ToAvroSchema, ctx: StepContext) -> DataFr
 class EvolveAvroSchema(StepModel):
     """Conform the DataFrame to a target Avro schema: cast, add missing fields from their
     defaults, drop the rest."""
+    preserves_rows = True
 
     target_schema: str | dict = Field(description="Avro record schema (JSON text or object).")
     passes_filters = True

@@ -30,6 +30,7 @@ class RowRule:
 
 class Validator(StepModel):
     passes_filters = True  # the rows go on unchanged, so later filters still reach the source
+    preserves_rows = True
     on_failure: Literal["fail", "warn"] = Field("fail", description="fail: the run fails and "
                                                 "nothing downstream is loaded; warn: log and "
                                                 "go on.")

@@ -37,7 +37,16 @@ def test_no_observe_where_it_would_block_a_pushed_filter(registry):
     assert [n.observe for n in plan.nodes] == [False] * 7
     plan = build_plan(load_pipeline(COMPAT / "aggregation-pipeline.json", registry))
     observed = [n.op_name for n in plan.nodes if n.observe]
-    assert observed == ["s02_filterRows", "s03_aggregateData", "s04_enrichData"]
+    assert observed == ["s02_filterRows", "s04_enrichData"]
+    # the aggregate's rows are the enrichment's (it keeps rows); the pivot is counted by the
+    # first load; the extract is not counted (its consumer filter must reach the scan)
+    assert [n.counted_by for n in plan.nodes] == [None, 2, 4, 4, 6, 6, 7]
+
+
+def test_row_preserving_chains_are_counted_once(registry):
+    plan = build_plan(load_pipeline(COMPAT / "incremental-load-pipeline.json", registry))
+    assert [n.counted_by for n in plan.nodes] == [None, 4, 4, 4, 5]
+    assert not any(n.observe for n in plan.nodes)
 
 
 def test_names_are_dagster_safe():
