@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 
 from pipeline_defs.config.loader import LoadedPipeline, load_pipelines
-from pipeline_defs.factory import asset_specs, build_pipeline
+from pipeline_defs.factory import asset_checks, asset_specs, build_pipeline
 from pipeline_defs.resources import SparkResource, VaultResource
 from pipeline_defs.resources.spark import REPO_ROOT
 from pipeline_defs.steps.registry import builtin_registry
@@ -37,6 +37,7 @@ def definitions_for(pipelines: Iterable[LoadedPipeline], resources: Mapping | No
     registry = builtin_registry()
     built = [build_pipeline(p, registry) for p in pipelines]
     return dg.Definitions(jobs=[b.job for b in built], assets=asset_specs(built),
+                          asset_checks=asset_checks(built),
                           resources=dict(resources or default_resources()))
 
 

@@ -4,6 +4,7 @@ DataFrames pass between ops as lazy plans (in-memory IO manager, in-process exec
 SparkSession per run). Row counts come from `observe()` on the plans that run anyway."""
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterable
@@ -113,14 +114,90 @@ class PipelineDefs:
     plan: Plan
     load_keys: dict[int, dg.AssetKey] = field(default_factory=dict)
     source_keys: dict[int, dg.AssetKey] = field(default_factory=dict)
+    check_targets: dict[int, list[dg.AssetKey]] = field(default_factory=dict)
+
+    def check_specs(self) -> list[dg.AssetCheckSpec]:
+        out = []
+        for i, keys in self.check_targets.items():
+            s = self.plan.node(i).step
+            for key in keys:
+                out.append(dg.AssetCheckSpec(
+                    check_name(s), asset=key, blocking=s.config.on_failure == "fail",
+                    description=f"{s.label} in pipeline '{self.plan.pipeline.name}' "
+                                f"(step {s.index}, onFailure {s.config.on_failure})"))
+        return out
+
+
+def asset_checks(pipelines: Iterable[PipelineDefs]) -> list:
+    """Declares each pipeline's validations as asset checks; they are evaluated by the
+    validate ops of the pipeline's job, in the same run as the loads they protect."""
+    out = []
+    for pd in pipelines:
+        specs = pd.check_specs()
+        if not specs:
+            continue
+        out.append(_declared_checks(pd.plan, specs))
+    return out
+
+
+def _declared_checks(plan: Plan, specs: list[dg.AssetCheckSpec]):
+    job = plan.job_name
+
+    @dg.multi_asset_check(specs=specs, name=f"{job}__checks",
+                          description=f"Validations of pipeline '{plan.pipeline.name}'")
+    def _declared(context):
+        raise dg.Failure(description=f"These checks run inside job '{job}': launch that job "
+                                     "to evaluate them.")
+    return _declared
 
 
 def _input_name(name: str) -> str:
     return f"ref_{safe_name(name)}"
 
 
-def _op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, source_keys
-            ) -> dg.OpDefinition:
+def _options(pipeline: LoadedPipeline) -> dict:
+    return {"mask_columns": list(pipeline.config.mask_columns),
+            "quarantine_root": pipeline.config.quarantine_root or
+            os.environ.get("PIPELINE_QUARANTINE_ROOT", "quarantine")}
+
+
+def _log_checks(context, s, ctx: StepContext, targets: list[dg.AssetKey]) -> None:
+    """One asset check evaluation per asset this validation protects."""
+    cfg = s.config
+    rows = ctx.metadata.get("rows")
+    violations = sum(r.violations for r in ctx.results)
+    meta = {
+        "rules": dg.MetadataValue.json([{"rule": r.name, "text": r.text,
+                                         "columns": list(r.columns),
+                                         "violations": r.violations,
+                                         "fraction": (r.violations / rows) if rows else None,
+                                         **({"detail": r.detail} if r.detail else {})}
+                                        for r in ctx.results]),
+        "violations": violations,
+        "violation_fraction": float(violations / rows) if rows else 0.0,
+        "action": cfg.on_failure,
+        "samples": dg.MetadataValue.json({r.name: r.samples for r in ctx.results
+                                          if r.samples}),
+    }
+    if rows is not None:
+        meta["rows"] = int(rows)
+    if "quarantine_location" in ctx.metadata:
+        meta["quarantine_location"] = ctx.metadata["quarantine_location"]
+    severity = dg.AssetCheckSeverity.ERROR if cfg.on_failure == "fail" else \
+        dg.AssetCheckSeverity.WARN
+    for key in targets:
+        context.log_event(dg.AssetCheckEvaluation(
+            asset_key=key, check_name=check_name(s), passed=bool(ctx.metadata.get("passed")),
+            severity=severity, metadata=meta,
+            description=f"{s.label} (step {s.index}), action {cfg.on_failure}"))
+
+
+def check_name(s) -> str:
+    return safe_name(s.name or f"s{s.index:02d}_{s.method}")
+
+
+def _op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, source_keys,
+            check_targets) -> dg.OpDefinition:
     pipeline = plan.pipeline
     s = node.step
     stepdef = registry.get(s.kind, s.method)
@@ -144,7 +221,8 @@ def _op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, source_ke
         ctx = StepContext(spark=spark, pipeline=pipeline.name, step=s.index, method=s.label,
                           run_id=context.run_id, frames={n: o.df for n, o in named.items()},
                           log=context.log,
-                          read_secret=vault.read_secret if vault.configured else None)
+                          read_secret=vault.read_secret if vault.configured else None,
+                          op_name=node.op_name, options=_options(pipeline))
         parents = tuple(([current] if current else []) + list(named.values()))
         spark.sparkContext.setJobGroup(f"{plan.job_name}.{node.op_name}",
                                        f"{pipeline.name} step {s.index} {s.label}")
@@ -153,7 +231,11 @@ def _op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, source_ke
             if s.kind == "load":
                 return _run_load(context, plan, node, stepdef.fn, current, ctx, started,
                                  load_keys[s.index])
-            df = stepdef.fn(current.df if current else None, s.config, ctx)
+            try:
+                df = stepdef.fn(current.df if current else None, s.config, ctx)
+            finally:
+                if s.kind == "validate" and ctx.results:
+                    _log_checks(context, s, ctx, check_targets.get(s.index, []))
         except dg.Failure:
             raise
         except (PipelineError, PySparkException, Exception) as e:  # noqa: BLE001
@@ -234,7 +316,11 @@ def build_pipeline(p: LoadedPipeline, registry: Registry) -> PipelineDefs:
     source_keys = {n.step.index: asset_key_for(n.step.config.location())
                    for n in plan.nodes
                    if n.step.kind == "extract" and n.step.config.location()}
-    ops = {n.step.index: _op_for(plan, n, registry, load_keys, source_keys) for n in plan.nodes}
+    check_targets = {n.step.index: [load_keys[j] for j in load_keys
+                                    if n.step.index in plan.upstream(j)]
+                     for n in plan.nodes if n.step.kind == "validate"}
+    ops = {n.step.index: _op_for(plan, n, registry, load_keys, source_keys, check_targets)
+           for n in plan.nodes}
     deps: dict[str, dict[str, dg.DependencyDefinition]] = {}
     for n in plan.nodes:
         d = {}
@@ -252,7 +338,7 @@ def build_pipeline(p: LoadedPipeline, registry: Registry) -> PipelineDefs:
         tags={"pipeline/name": p.name, "pipeline/mode": p.config.mode, **p.config.tags},
         metadata={"pipeline_file": p.file, "steps": len(p.steps)},
         description=p.config.description or f"Pipeline '{p.name}' from {p.file}")
-    return PipelineDefs(job, plan, load_keys, source_keys)
+    return PipelineDefs(job, plan, load_keys, source_keys, check_targets)
 
 
 def asset_specs(pipelines: Iterable[PipelineDefs]) -> list[dg.AssetSpec]:

@@ -39,6 +39,19 @@ def orders(rng: random.Random, first_id: int, n: int, year: int, n_customers: in
     return out
 
 
+def with_defects(rows: list[dict]) -> list[dict]:
+    """A few broken orders, as real feeds have: no customer, a negative amount, an unknown
+    status (for the data-quality example)."""
+    for i, r in enumerate(rows):
+        if i % 89 == 5:
+            r["customer_id"] = None
+        if i % 97 == 7:
+            r["amount"] = -r["amount"]
+        if i % 83 == 11:
+            r["status"] = "lost"
+    return rows
+
+
 def customer_updates(rng: random.Random, n_customers: int, n: int) -> list[dict]:
     base = datetime(2025, 3, 1, 8, 0, 0)
     out = []
@@ -70,7 +83,7 @@ def generate(out: Path, n_customers: int = 200, n_orders: int = 1500, seed: int 
     write_jsonl(out / "orders" / "orders_2024.jsonl", orders(rng, 1, n_orders, 2024, n_customers))
     (out / "orders_2025").mkdir(exist_ok=True)
     write_jsonl(out / "orders_2025" / "orders_2025.jsonl",
-                orders(rng, n_orders + 1, n_orders, 2025, n_customers))
+                with_defects(orders(rng, n_orders + 1, n_orders, 2025, n_customers)))
     write_csv(out / "customer_updates.csv", customer_updates(rng, n_customers, 120))
 
 

@@ -84,4 +84,9 @@ class PipelineConfig(FormatModel):
                     "read the environment: \"${env:DATA_DIR:-/data}\". `pipeline run --param "
                     "name=value` overrides.")
     tags: dict[str, str] = Field(default_factory=dict, description="Dagster tags for the job.")
+    mask_columns: list[str] = Field(default_factory=list, description="Columns whose values "
+                                    "are shown as *** in validation samples.")
+    quarantine_root: str | None = Field(None, description="Where quarantined rows go by "
+                                        "default: <quarantineRoot>/<pipeline>/<step> (default "
+                                        "PIPELINE_QUARANTINE_ROOT, else ./quarantine).")
     steps: list[StepSpec] = Field(min_length=1, description="The steps, run in order.")

@@ -23,6 +23,11 @@ class StepContext:
     """Reads a Vault secret by path (the Vault resource); None when no Vault is configured."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """What the step wants shown in Dagster (plain values; never secrets)."""
+    op_name: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    """Pipeline-level settings steps may use: mask_columns, quarantine_root."""
+    results: list[Any] = field(default_factory=list)
+    """Validation results (RuleResult) of a validate step, for asset checks."""
 
     def frame(self, name: str) -> DataFrame:
         return self.frames[name]

@@ -63,7 +63,7 @@ def test_orders_enrichment(run, spark, sample_data):
     result = run("orders_enrichment")
     customers = _customers(sample_data)
     completed = [o for o in _orders(sample_data) if o["status"] == "completed" and
-                 o["amount"] > 0]
+                 o["amount"] > 0 and o["customer_id"] is not None]
     delta = spark.read.format("delta").load(str(run.out / "delta" / "enriched_orders"))
     assert delta.count() == len(completed)
     got = {r.order_id: (r.country, r.year, r.unit_price, r.is_large) for r in delta.collect()}
@@ -91,7 +91,8 @@ def test_orders_enrichment(run, spark, sample_data):
     assert mats["monthly_sales"]["dagster/row_count"] == len(expect)
     assert [c.name for c in mats["monthly_sales"]["dagster/column_schema"].columns] == \
         monthly.columns
-    assert mats["enriched_orders"]["step_rows"]["completed"] == len(completed)
+    assert mats["enriched_orders"]["step_rows"]["completed"] == len(
+        [o for o in _orders(sample_data) if o["status"] == "completed" and o["amount"] > 0])
 
 
 def test_sales_pivot(run, spark, sample_data):
@@ -153,3 +154,51 @@ def test_customer_upsert_merges_latest_change(run, spark, sample_data, tmp_path)
     assert table2[stale_id] == table[stale_id]
     assert table2[9999] == ("new@example.com", "ES")
     assert len(table2) == len(table) + 1
+
+
+def test_orders_quality_quarantines_exactly_the_bad_rows(run, spark, sample_data):
+    result = run("orders_quality")
+    orders = [o for o in _orders(sample_data) if o["order_date"].startswith("2025")]
+    statuses = {"completed", "pending", "cancelled", "refunded"}
+
+    def broken(o):
+        out = []
+        if o["customer_id"] is None:
+            out.append("rule[0]")
+        if not o["amount"] > 0:
+            out.append("rule[1]")
+        if o["status"] not in statuses:
+            out.append("rule[2]")
+        return out
+    expect_bad = {o["order_id"]: broken(o) for o in orders if broken(o)}
+    assert len(expect_bad) > 40  # the sample data has defects of every kind
+    q = spark.read.format("delta").load(str(run.out / "quarantine" / "orders_2025"))
+    got = {r.order_id: r._dq_rules for r in q.collect()}
+    assert got == expect_bad
+    assert {r._dq_run_id for r in q.collect()} == {result.run_id}
+    assert all(r._dq_reason == "broke: " + ", ".join(r._dq_rules) for r in q.collect())
+    clean = spark.read.format("delta").load(str(run.out / "delta" / "orders_2025"))
+    assert sorted(r.order_id for r in clean.collect()) == sorted(
+        o["order_id"] for o in orders if o["order_id"] not in expect_bad)
+
+    checks = {e.event_specific_data.check_name: e.event_specific_data
+              for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    assert set(checks) == {"order_rules", "one_row_per_order", "enough_orders"}
+    rules = checks["order_rules"]
+    assert rules.passed is False and rules.severity.value == "WARN"
+    md = rules.metadata
+    assert md["violations"].value == sum(len(v) for v in expect_bad.values())
+    assert md["action"].text == "quarantine"
+    assert md["quarantine_location"].text == str(run.out / "quarantine" / "orders_2025")
+    samples = md["samples"].data
+    assert samples and all(s["customer_id"] == "***" for v in samples.values() for s in v)
+    assert all(len(v) <= 5 for v in samples.values())
+    assert checks["one_row_per_order"].passed and checks["enough_orders"].passed
+    assert rules.asset_key.path[-2:] == ["delta", "orders_2025"]
+
+
+def test_asset_checks_are_declared(tmp_path):
+    defs = build_definitions(copy_configs(tmp_path / "configs"))
+    keys = {(k.asset_key.path[-1], k.name) for k in defs.resolve_asset_graph().asset_check_keys}
+    assert {("orders_2025", "order_rules"), ("orders_2025", "one_row_per_order"),
+            ("enriched_orders", "keys_present"), ("monthly_sales", "sane_amounts")} <= keys

@@ -84,3 +84,135 @@ def test_all_rules_of_a_step_read_the_data_once(spark, ctx):
     assert reads.value == 200
     assert c.metadata["violations"] == {"rule[0]": 1, "rule[1]": 29, "rule[2]": 50,
                                         "rule[3]": 2}
+
+
+# ---------------------------------------------------------------- data-quality validators
+@pytest.fixture
+def people(spark):
+    return spark.createDataFrame(
+        [(1, "a@x.io", "DE", 30), (2, "bad-mail", "FR", 40), (2, "c@x.io", "XX", None),
+         (4, None, "DE", 50)], "id long, email string, country string, age int")
+
+
+def test_unique_flags_every_row_of_a_duplicated_key(people, ctx):
+    c = ctx()
+    with pytest.raises(ValidationFailed, match=r"unique\(id\): 2 of 4 rows violate"):
+        V.validate_unique(people, cfg(V.ValidateUnique, columns=["id"]), c)
+    out = V.validate_unique(people, cfg(V.ValidateUnique, columns=["id", "country"]), ctx())
+    assert out.count() == 4
+
+
+def test_accepted_values_and_regex_ignore_nulls(people, ctx):
+    c = ctx()
+    V.validate_accepted_values(people, cfg(V.ValidateAcceptedValues, column="country",
+                                           values=["DE", "FR"], onFailure="warn"), c)
+    assert c.metadata["violations"] == {"accepted_values(country)": 1}
+    c = ctx()
+    V.validate_regex(people, cfg(V.ValidateRegex, column="email", pattern=r"[^@]+@[^@]+",
+                                 onFailure="warn"), c)
+    assert c.metadata["violations"] == {"regex(email)": 1}
+    assert c.results[0].samples == [{"id": 2, "email": "bad-mail", "country": "FR", "age": 40}]
+
+
+def test_row_count_and_freshness(spark, people, ctx):
+    V.validate_row_count(people, cfg(V.ValidateRowCount, min=1, max=4), ctx())
+    with pytest.raises(ValidationFailed, match=r"row_count: `rows >= 5` does not hold "
+                                               r"\(4 rows, fewer than 5\)"):
+        V.validate_row_count(people, cfg(V.ValidateRowCount, min=5), ctx())
+    import datetime as dt
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    ts = spark.createDataFrame([(now - dt.timedelta(hours=30),), (now - dt.timedelta(hours=2),)],
+                               "t timestamp")
+    V.validate_freshness(ts, cfg(V.ValidateFreshness, column="t", maxAge="3 hours"), ctx())
+    with pytest.raises(ValidationFailed, match=r"freshness\(t\)"):
+        V.validate_freshness(ts, cfg(V.ValidateFreshness, column="t", maxAge="1 hour"), ctx())
+
+
+def test_dataset_validators_refuse_row_actions(tmp_path, registry):
+    from pipeline_defs.config.loader import load_pipeline
+    from pipeline_defs.errors import ConfigError
+    from pipeline_defs_tests.conftest import write_json
+    f = write_json(tmp_path / "p.json", {"name": "p", "steps": [
+        {"type": "extract", "method": "fromFile", "config": {"path": "/x"}},
+        {"type": "validate", "method": "validateRowCount",
+         "config": {"min": 1, "onFailure": "quarantine"}}]})
+    with pytest.raises(ConfigError, match="'quarantine' needs row rules; this validator checks "
+                                          "the whole dataset. Use fail or warn."):
+        load_pipeline(f, registry)
+
+
+def test_thresholds_turn_small_counts_into_a_pass(people, ctx):
+    c = ctx()
+    V.validate_nulls(people, cfg(V.ValidateNulls, notNullColumns=["email", "age"],
+                                 maxViolations=2), c)
+    assert c.metadata["passed"] is True
+    with pytest.raises(ValidationFailed):
+        V.validate_nulls(people, cfg(V.ValidateNulls, notNullColumns=["email", "age"],
+                                     maxViolationFraction=0.25), ctx())
+    c = ctx()
+    V.validate_nulls(people, cfg(V.ValidateNulls, notNullColumns=["email", "age"],
+                                 maxViolationFraction=0.5), c)
+    assert c.metadata["passed"] is True
+
+
+def test_drop_removes_violating_rows(people, ctx):
+    c = ctx()
+    out = V.validate_nulls(people, cfg(V.ValidateNulls, notNullColumns=["email", "age"],
+                                       onFailure="drop"), c)
+    assert sorted(r.id for r in out.collect()) == [1, 2]
+    assert c.metadata["violations"] == {"not_null(email)": 1, "not_null(age)": 1}
+
+
+def test_quarantine_writes_each_bad_row_once_with_every_rule(spark, people, ctx, tmp_path):
+    c = ctx()
+    c.run_id = "run-123"
+    q = str(tmp_path / "q")
+    out = V.validate_business_rules(people, cfg(
+        V.ValidateBusinessRules, rules=["age >= 35", "country IN ('DE', 'FR')"],
+        onFailure="quarantine", quarantinePath=q), c)
+    assert sorted(r.id for r in out.collect()) == [2, 4]
+    bad = {r.id: (r._dq_rules, r._dq_reason, r._dq_run_id)
+           for r in spark.read.format("delta").load(q).collect()}
+    assert bad == {1: (["rule[0]"], "broke: rule[0]", "run-123"),
+                   2: (["rule[0]", "rule[1]"], "broke: rule[0], rule[1]", "run-123")}
+    assert c.metadata["quarantine_location"] == q
+    assert c.metadata["violations"] == {"rule[0]": 2, "rule[1]": 1}
+
+
+def test_samples_mask_columns(people, ctx):
+    c = ctx()
+    c.options["mask_columns"] = ["email"]
+    V.validate_ranges(people, cfg(V.ValidateRanges, ranges={"age": {"max": 35}},
+                                  onFailure="warn"), c)
+    assert c.results[0].samples == [{"id": 2, "email": "***", "country": "FR", "age": 40},
+                                    {"id": 4, "email": "***", "country": "DE", "age": 50}] or \
+        sorted(s["id"] for s in c.results[0].samples) == [2, 4]
+    assert all(s["email"] == "***" for s in c.results[0].samples)
+
+
+def test_schema_modes(spark, ctx):
+    df = spark.createDataFrame([(1, 2.0, "x")], "id int, amount float, extra string")
+    exp = [{"name": "id", "type": "long"}, {"name": "amount", "type": "double"},
+           {"name": "new_col", "type": "string"}]
+    with pytest.raises(ValidationFailed, match="column 'id' is int, expected bigint; column "
+                                               "'amount' is float, expected double; column "
+                                               "'new_col' is missing; unexpected columns extra"):
+        V.validate_schema(df, cfg(V.ValidateSchema, expectedColumns=exp, mode="strict"), ctx())
+    V.validate_schema(df, cfg(V.ValidateSchema, expectedColumns=exp[:1] + [
+        {"name": "gone", "type": "int"}], allowMissingColumns=True, mode="lenient",
+        onFailure="warn"), ctx())
+    c = ctx()
+    out = V.validate_schema(df, cfg(V.ValidateSchema, expectedColumns=exp, mode="evolve"), c)
+    assert [(f.name, f.dataType.simpleString()) for f in out.schema.fields] == [
+        ("id", "bigint"), ("amount", "double"), ("extra", "string"), ("new_col", "string")]
+    assert c.metadata["added_columns"] == ["new_col"]
+    assert c.metadata["widened_columns"] == ["id: int -> bigint", "amount: float -> double"]
+
+
+def test_referential_integrity_allow_nulls_false(spark, tx, ctx):
+    customers = spark.createDataFrame([(10,), (11,), (12,)], "id long")
+    c = ctx({"customers": customers})
+    with pytest.raises(ValidationFailed, match=r"references\(customer_id\): 1 of 4"):
+        V.validate_referential_integrity(tx, cfg(
+            V.ValidateReferentialIntegrity, foreignKey="customer_id", allowNulls=False,
+            referencedDataFrame="customers", referencedColumn="id"), c)
