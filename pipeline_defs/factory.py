@@ -35,6 +35,7 @@ class StepOutput:
     op_name: str
     observation: Observation | None = None
     parents: tuple[StepOutput, ...] = ()
+    pending: tuple = ()  # validations recorded here, evaluated with the group's last step
 
     def lineage(self) -> list[StepOutput]:
         seen: dict[int, StepOutput] = {}
@@ -209,6 +210,11 @@ def _op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, source_ke
     for j in node.after:
         ins[f"after_s{j:02d}"] = dg.In(dg.Nothing, description="An earlier load runs first")
 
+    # A validation followed (only) by another validation is evaluated with it, in one pass.
+    consumers = plan.consumers(s.index)
+    defer = (s.kind == "validate" and len(consumers) == 1 and
+             consumers[0].step.kind == "validate" and consumers[0].current == s.index)
+
     def compute(context: dg.OpExecutionContext, **inputs):
         if pipeline.config.mode == "streaming":
             raise dg.Failure(description=str(UnsupportedError(
@@ -231,11 +237,17 @@ def _op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, source_ke
             if s.kind == "load":
                 return _run_load(context, plan, node, stepdef.fn, current, ctx, started,
                                  load_keys[s.index])
+            if s.kind == "validate":
+                ctx.options.update(pending_validations=list(current.pending),
+                                   defer_validation=defer)
             try:
                 df = stepdef.fn(current.df if current else None, s.config, ctx)
             finally:
-                if s.kind == "validate" and ctx.results:
-                    _log_checks(context, s, ctx, check_targets.get(s.index, []))
+                if s.kind == "validate" and not defer:
+                    for p in ctx.options.get("pending_validations", []):
+                        if "passed" in p.ctx.metadata:  # evaluated (not cut short by an error)
+                                _log_checks(context, plan.node(p.ctx.step).step, p.ctx,
+                                        check_targets.get(p.ctx.step, []))
         except dg.Failure:
             raise
         except (PipelineError, PySparkException, Exception) as e:  # noqa: BLE001
@@ -248,7 +260,10 @@ def _op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, source_ke
                 **{k: _plain(v) for k, v in ctx.metadata.items()}}
         if "rows" in ctx.metadata:
             meta["dagster/row_count"] = int(ctx.metadata["rows"])
-        return dg.Output(StepOutput(df, s.index, node.op_name, obs, parents),
+        pending = tuple(ctx.options.get("pending_validations", ())) if defer else ()
+        if defer:
+            meta["evaluated_with"] = consumers[0].op_name
+        return dg.Output(StepOutput(df, s.index, node.op_name, obs, parents, pending),
                          metadata={k: v for k, v in meta.items() if v is not None})
 
     tags = {"pipeline/kind": s.kind, "pipeline/method": s.method}

@@ -143,6 +143,8 @@ def _counted_by(plan: Plan, n: StepNode) -> int | None:
     * a load's own input is counted by the load."""
     if n.step.kind == "load":
         return n.step.index
+    if n.step.kind == "validate":
+        return None  # a validation reports the rows it checked, from its own pass
     end = n
     while True:
         consumers = plan.consumers(end.step.index)
@@ -156,6 +158,4 @@ def _counted_by(plan: Plan, n: StepNode) -> int | None:
     loads = [c for c in consumers if c.step.kind == "load"]
     if len(loads) == len(consumers):
         return loads[0].step.index
-    if end.step.kind == "validate" and end is n:
-        return None  # a validation counts the rows it checks in its own pass
     return None if _reaches_filter(plan, end.step.index) else end.step.index

@@ -99,10 +99,10 @@ def _mask(row: dict, masked: set[str]) -> dict:
     return {k: ("***" if k in masked else v) for k, v in row.items()}
 
 
-def _sample_aggs(df: DataFrame, i: int, rule: RowRule) -> list[Column]:
+def _sample_aggs(columns: list[str], i: int, rule: RowRule) -> list[Column]:
     """SAMPLES aggregates that each keep one violating row (by different hash orders of a row
     id), so samples come out of the counting pass itself, in bounded memory."""
-    row = F.when(rule.violates, F.struct(*[F.col(c) for c in df.columns]))
+    row = F.when(rule.violates, F.struct(*[F.col(c) for c in columns]))
     out = []
     for k in range(SAMPLES):
         order = F.when(rule.violates, F.xxhash64(F.col(ID_COL), F.lit(k // 2)))
@@ -134,85 +134,152 @@ def quarantine_location(cfg: Validator, ctx: StepContext) -> str:
     return f"{root.rstrip('/')}/{re.sub(r'[^A-Za-z0-9_]+', '_', ctx.pipeline)}/{op}"
 
 
-def _flag(df: DataFrame, rules: list[RowRule]) -> Column:
+def _flag(rules: list[RowRule]) -> Column:
     return F.array_compact(F.array(*[F.when(r.violates, F.lit(r.name)) for r in rules]))
+
+
+@dataclass
+class Pending:
+    """What one validate step checks; evaluated with its group (consecutive validations)."""
+
+    cfg: Validator
+    ctx: StepContext
+    rules: list[RowRule]
+    dataset_rules: list[DatasetRule]
+    schema_errors: list[str]
 
 
 def _finish(df: DataFrame, cfg: Validator, ctx: StepContext, rules: list[RowRule],
             schema_errors: list[str] | None = None,
             dataset_rules: list[DatasetRule] | None = None) -> DataFrame:
-    """Count every rule in one Spark job, then act."""
-    dataset_rules = dataset_rules or []
-    masked = set(ctx.options.get("mask_columns", ()))
-    results: list[RuleResult] = []
-    rows = None
-    out = df
-    # Each rule's verdict is computed once per row, as a column (window rules included).
-    flags = [f"__dq_v{i}" for i in range(len(rules))]
-    base = df.withColumns({ID_COL: F.monotonically_increasing_id(),
-                           **{f: r.violates for f, r in zip(flags, rules)}}) if rules else df
-    rules = [RowRule(r.name, r.text, F.col(f), r.columns) for f, r in zip(flags, rules)]
+    """Record the step's rules; evaluate now, or later with the rest of its group when the
+    runner says the next step is a validation too (ctx.options["defer_validation"])."""
+    pending = Pending(cfg, ctx, rules, dataset_rules or [], schema_errors or [])
+    group = list(ctx.options.get("pending_validations", [])) + [pending]
+    ctx.options["pending_validations"] = group
+    if ctx.options.get("defer_validation"):
+        return df
+    return evaluate(df, group)
+
+
+def evaluate(df: DataFrame, group: list[Pending]) -> DataFrame:
+    """Count every rule of every validation in the group in ONE Spark job (quarantined rows
+    are written by that same job), then act: fail, warn, drop or quarantine. Returns the
+    rows that go on. A rule only counts rows that earlier drop/quarantine steps kept."""
+    multi = len(group) > 1
+    flags, rules, owner = [], [], []
+    removed_before: list[Column | None] = []
+    removed: Column | None = None
+    for k, p in enumerate(group):
+        removed_before.append(removed)
+        prefix = f"{p.ctx.op_name or p.ctx.step}:" if multi else ""
+        mine = []
+        for r in p.rules:
+            name = f"__dq_v{len(flags)}"
+            verdict = F.coalesce(r.violates, F.lit(False))
+            if removed is not None:
+                verdict = verdict & ~removed
+            flags.append((name, verdict))
+            rule = RowRule(prefix + r.name, r.text, F.col(name), r.columns)
+            rules.append(rule)
+            owner.append(k)
+            mine.append(rule)
+        if p.cfg.on_failure in ("drop", "quarantine") and mine:
+            gone = F.greatest(*[r.violates for r in mine]) if len(mine) > 1 else mine[0].violates
+            removed = gone if removed is None else (removed | gone)
+    dataset = [(k, r) for k, p in enumerate(group) for r in p.dataset_rules]
+    masked = set(group[-1].ctx.options.get("mask_columns", ()))
+    data_cols = [c for c in df.columns if not c.startswith("__dq_")]
+    base = df.withColumns({ID_COL: F.monotonically_increasing_id(), **dict(flags)}) \
+        if flags else df
     aggs = [F.count(F.lit(1)).alias("__rows")]
     aggs += [F.count(F.when(r.violates, 1)).alias(f"r{i}") for i, r in enumerate(rules)]
-    aggs += [a for i, r in enumerate(rules) for a in _sample_aggs(df, i, r)]
-    aggs += [r.value.alias(f"d{i}") for i, r in enumerate(dataset_rules)]
-    quarantine = cfg.on_failure == "quarantine" and rules
-    if rules or dataset_rules:
-        if quarantine:
-            # one job: count and sample everything (observe) while writing the violating rows
-            from pyspark.sql import Observation
-            obs = Observation(f"dq_{ctx.run_id.replace('-', '')[:12]}_{ctx.step}")
-            flagged = base.observe(obs, *aggs).withColumn(RULES_COL, _flag(df, rules))
-            bad = (flagged.filter(F.size(RULES_COL) > 0).drop(ID_COL, *flags)
-                   .withColumn(REASON_COL, F.concat(F.lit("broke: "),
-                                                    F.array_join(RULES_COL, ", ")))
-                   .withColumn(RUN_COL, F.lit(ctx.run_id))
-                   .withColumn(TIME_COL, F.lit(datetime.now(timezone.utc)).cast("timestamp")))
-            location = quarantine_location(cfg, ctx)
-            bad.write.format("delta").mode("append").option("mergeSchema", "true") \
-                .save(location)
-            agg = obs.get
-            ctx.metadata["quarantine_location"] = location
+    aggs += [a for i, r in enumerate(rules) for a in _sample_aggs(data_cols, i, r)]
+    aggs += [r.value.alias(f"d{i}") for i, (_, r) in enumerate(dataset)]
+    kept = df if data_cols == df.columns else df.select(*data_cols)
+    if removed is not None:
+        kept = base.filter(~removed).select(*data_cols)
+    quarantined = [k for k, p in enumerate(group) if p.cfg.on_failure == "quarantine"
+                   and p.rules]
+    agg = None
+    if rules or dataset:
+        if quarantined:
+            agg = _quarantine(base, data_cols, aggs, rules, owner, group, quarantined)
         else:
             agg = base.agg(*aggs).first().asDict()
-        rows = agg["__rows"]
-        ctx.metadata["rows"] = rows
-        for i, r in enumerate(rules):
-            results.append(RuleResult(r.name, r.text, r.columns, int(agg[f"r{i}"]), "",
-                                      _decode_samples(agg, i, masked)))
-        for i, r in enumerate(dataset_rules):
-            n, detail = r.judge(agg[f"d{i}"], rows)
-            results.append(RuleResult(r.name, r.text, r.columns, n, detail))
-    for e in schema_errors or []:
-        results.append(RuleResult("schema", e, (), 1, e))
+    rows = agg["__rows"] if agg else None
+    failures = []
+    for k, p in enumerate(group):
+        results = [RuleResult(r.name, r.text, r.columns, int(agg[f"r{i}"]), "",
+                              _decode_samples(agg, i, masked))
+                   for i, r in enumerate(rules) if owner[i] == k]
+        for i, (kk, r) in enumerate(dataset):
+            if kk == k:
+                n, detail = r.judge(agg[f"d{i}"], rows)
+                results.append(RuleResult(r.name, r.text, r.columns, n, detail))
+        results += [RuleResult("schema", e, (), 1, e) for e in p.schema_errors]
+        message = _report(p, results, rows, {r.name for _, r in dataset})
+        if message and p.cfg.on_failure == "fail" and not p.ctx.metadata["passed"]:
+            failures.append(message)
+    if failures:
+        raise ValidationFailed(" ".join(failures))
+    return kept
+
+
+def _quarantine(base: DataFrame, data_cols: list[str], aggs: list[Column],
+                rules: list[RowRule], owner: list[int], group: list[Pending],
+                quarantined: list[int]) -> dict:
+    """One job: count and sample everything (observe) while writing the violating rows of
+    the quarantine steps, once each, listing every rule of the group they broke."""
+    from pyspark.sql import Observation
+    first = group[quarantined[0]]
+    ctx = first.ctx
+    obs = Observation(f"dq_{ctx.run_id.replace('-', '')[:12]}_{ctx.step}")
+    all_broken = _flag(rules)
+    in_quarantine = F.greatest(*[r.violates for i, r in enumerate(rules)
+                                 if owner[i] in quarantined] + [F.lit(False)])
+    locations = {k: quarantine_location(group[k].cfg, group[k].ctx) for k in quarantined}
+    bad = (base.observe(obs, *aggs).filter(in_quarantine)
+           .select(*data_cols, all_broken.alias(RULES_COL))
+           .withColumn(REASON_COL, F.concat(F.lit("broke: "), F.array_join(RULES_COL, ", ")))
+           .withColumn(RUN_COL, F.lit(ctx.run_id))
+           .withColumn(TIME_COL, F.lit(datetime.now(timezone.utc)).cast("timestamp")))
+    location = locations[quarantined[0]]
+    bad.write.format("delta").mode("append").option("mergeSchema", "true").save(location)
+    for k in quarantined:
+        group[k].ctx.metadata["quarantine_location"] = location
+    return obs.get
+
+
+def _report(p: Pending, results: list[RuleResult], rows: int | None, dataset: set[str]
+            ) -> str | None:
+    """Fill the step's metadata and results; warn; return the failure message if any."""
+    cfg, ctx = p.cfg, p.ctx
     violations = sum(r.violations for r in results)
     ok = passes(cfg, violations, rows or 0)
-    if cfg.on_failure in ("drop", "quarantine") and rules:
-        any_bad = F.greatest(*[r.violates for r in rules]) if len(rules) > 1 else \
-            rules[0].violates
-        out = base.filter(~F.coalesce(any_bad, F.lit(False))).drop(ID_COL, *flags)
+    if rows is not None:
+        ctx.metadata["rows"] = rows
     ctx.metadata["violations"] = {r.name: r.violations for r in results}
     ctx.metadata["passed"] = ok
     ctx.metadata["action"] = cfg.on_failure
     ctx.results = results
-    if not ok or violations:
-        dataset = {r.name for r in dataset_rules}
-        parts = []
-        for r in (r for r in results if r.violations):
-            if r.name == "schema":
-                parts.append(r.text)
-            elif r.name in dataset:
-                parts.append(f"{r.name}: `{r.text}` does not hold ({r.detail})")
-            else:
-                parts.append(f"{r.name}: {r.violations} of {rows} rows violate `{r.text}`")
-        message = f"{ctx.method} found problems: " + "; ".join(parts) + "."
-        samples = [f"{r.name}: {r.samples[:SAMPLES]}" for r in results if r.samples]
-        if samples:
-            message += " Samples: " + "; ".join(samples) + "."
-        if cfg.on_failure == "fail" and not ok:
-            raise ValidationFailed(message)
+    if ok and not violations:
+        return None
+    parts = []
+    for r in (r for r in results if r.violations):
+        if r.name == "schema":
+            parts.append(r.text)
+        elif r.name in dataset:
+            parts.append(f"{r.name}: `{r.text}` does not hold ({r.detail})")
+        else:
+            parts.append(f"{r.name}: {r.violations} of {rows} rows violate `{r.text}`")
+    message = f"{ctx.method} found problems: " + "; ".join(parts) + "."
+    samples = [f"{r.name}: {r.samples[:SAMPLES]}" for r in results if r.samples]
+    if samples:
+        message += " Samples: " + "; ".join(samples) + "."
+    if not (cfg.on_failure == "fail" and not ok):
         ctx.log.warning(message + f" [action: {cfg.on_failure}]")
-    return out
+    return message
 
 
 # ---------------------------------------------------------------- schema
@@ -415,19 +482,18 @@ class ValidateReferentialIntegrity(Validator):
 @step("validate", "validateReferentialIntegrity", ValidateReferentialIntegrity)
 def validate_referential_integrity(df: DataFrame, cfg: ValidateReferentialIntegrity,
                                    ctx: StepContext) -> DataFrame:
-    hit = "__pipeline_ref_hit"
+    key, hit = f"__dq_ref_key_{ctx.step}", f"__dq_ref_hit_{ctx.step}"
     keys = (ctx.frame(cfg.referenced_data_frame)
-            .select(F.col(cfg.referenced_column).alias("__pipeline_ref_key")).distinct()
+            .select(F.col(cfg.referenced_column).alias(key)).distinct()
             .withColumn(hit, F.lit(True)))
-    joined = df.join(keys, df[cfg.foreign_key] == keys["__pipeline_ref_key"], "left")
+    joined = df.join(keys, df[cfg.foreign_key] == keys[key], "left")
     missing = F.col(cfg.foreign_key).isNotNull() & F.col(hit).isNull()
     if not cfg.allow_nulls:
         missing = missing | F.col(cfg.foreign_key).isNull()
     rule = RowRule(f"references({cfg.foreign_key})",
                    f"{cfg.foreign_key} IN {cfg.referenced_data_frame}.{cfg.referenced_column}",
                    missing, (cfg.foreign_key,))
-    out = _finish(joined, cfg, ctx, [rule])
-    return out.drop("__pipeline_ref_key", hit)
+    return _finish(joined, cfg, ctx, [rule])  # helper columns go when the group is evaluated
 
 
 # ---------------------------------------------------------------- dataset rules

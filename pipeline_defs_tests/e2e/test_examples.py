@@ -161,14 +161,14 @@ def test_orders_quality_quarantines_exactly_the_bad_rows(run, spark, sample_data
     orders = [o for o in _orders(sample_data) if o["order_date"].startswith("2025")]
     statuses = {"completed", "pending", "cancelled", "refunded"}
 
-    def broken(o):
+    def broken(o):  # the three validations are one group: rule names carry their step
         out = []
         if o["customer_id"] is None:
-            out.append("rule[0]")
+            out.append("order_rules:rule[0]")
         if not o["amount"] > 0:
-            out.append("rule[1]")
+            out.append("order_rules:rule[1]")
         if o["status"] not in statuses:
-            out.append("rule[2]")
+            out.append("order_rules:rule[2]")
         return out
     expect_bad = {o["order_id"]: broken(o) for o in orders if broken(o)}
     assert len(expect_bad) > 40  # the sample data has defects of every kind

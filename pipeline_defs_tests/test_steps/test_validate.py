@@ -216,3 +216,31 @@ def test_referential_integrity_allow_nulls_false(spark, tx, ctx):
         V.validate_referential_integrity(tx, cfg(
             V.ValidateReferentialIntegrity, foreignKey="customer_id", allowNulls=False,
             referencedDataFrame="customers", referencedColumn="id"), c)
+
+
+def test_consecutive_validations_are_one_pass_and_see_earlier_drops(spark, ctx):
+    """A group of validations (as the runner builds it for consecutive validate steps): one
+    Spark pass for all; a rule only counts rows that earlier drop steps kept."""
+    from pyspark.sql import functions as F
+    reads = spark.sparkContext.accumulator(0)
+
+    def touch(x):
+        reads.add(1)
+        return x
+
+    counted = F.udf(touch, "long").asNondeterministic()
+    df = spark.range(100).select(counted("id").alias("id"), (F.col("id") % 10).alias("g"))
+    first, second = ctx(), ctx()
+    first.op_name, second.op_name = "a", "b"
+    first.options["defer_validation"] = True
+    mid = V.validate_business_rules(df, cfg(V.ValidateBusinessRules, rules=["g <> 0"],
+                                            onFailure="drop"), first)
+    assert reads.value == 0  # deferred: nothing ran yet
+    second.options["pending_validations"] = first.options["pending_validations"]
+    out = V.validate_ranges(mid, cfg(V.ValidateRanges, ranges={"id": {"max": 49}},
+                                     onFailure="warn"), second)
+    assert reads.value == 100
+    assert first.metadata["violations"] == {"a:rule[0]": 10}
+    # ids 50..99 break the range, but 5 of them (g == 0) were already dropped
+    assert second.metadata["violations"] == {"b:range(id)": 45}
+    assert out.count() == 90
