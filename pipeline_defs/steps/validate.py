@@ -25,7 +25,6 @@ from pipeline_defs.steps.registry import step
 
 SAMPLES = 5
 RULES_COL, REASON_COL, RUN_COL, TIME_COL = "_dq_rules", "_dq_reason", "_dq_run_id", "_dq_time"
-ID_COL = "__dq_row_id"
 
 
 class ValidationFailed(PipelineError):
@@ -99,30 +98,24 @@ def _mask(row: dict, masked: set[str]) -> dict:
     return {k: ("***" if k in masked else v) for k, v in row.items()}
 
 
-def _sample_aggs(columns: list[str], i: int, rule: RowRule) -> list[Column]:
-    """SAMPLES aggregates that each keep one violating row (by different hash orders of a row
-    id), so samples come out of the counting pass itself, in bounded memory."""
-    row = F.when(rule.violates, F.struct(*[F.col(c) for c in columns]))
-    out = []
-    for k in range(SAMPLES):
-        order = F.when(rule.violates, F.xxhash64(F.col(ID_COL), F.lit(k // 2)))
-        agg = F.min_by if k % 2 == 0 else F.max_by
-        out.append(agg(row, order).alias(f"s{i}_{k}"))
-    return out
-
-
-def _decode_samples(agg: dict, i: int, masked: set[str]) -> list[dict]:
-    seen, out = set(), []
-    for k in range(SAMPLES):
-        r = agg.get(f"s{i}_{k}")
-        if r is None:
-            continue
-        d = {c: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
-             for c, v in r.asDict().items()}
-        key = repr(sorted(d.items()))
-        if key not in seen:
-            seen.add(key)
-            out.append(_mask(d, masked))
+def _collect_samples(base: DataFrame, data_cols: list[str], rules: list[RowRule],
+                     counts: list[int], masked: set[str]) -> list[list[dict]]:
+    """Up to SAMPLES violating rows per rule that has violations, from one query of limited
+    parts (each stops reading once it has enough); nothing runs when every rule passed."""
+    failing = [i for i, n in enumerate(counts) if n]
+    out: list[list[dict]] = [[] for _ in rules]
+    if not failing:
+        return out
+    picked = None
+    for i in failing:
+        part = base.filter(rules[i].violates).select(F.lit(i).alias("__rule"), *data_cols) \
+            .limit(SAMPLES)
+        picked = part if picked is None else picked.unionByName(part)
+    for row in picked.collect():
+        d = row.asDict()
+        out[d.pop("__rule")].append(_mask(
+            {c: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
+             for c, v in d.items()}, masked))
     return out
 
 
@@ -165,7 +158,9 @@ def _finish(df: DataFrame, cfg: Validator, ctx: StepContext, rules: list[RowRule
 def evaluate(df: DataFrame, group: list[Pending]) -> DataFrame:
     """Count every rule of every validation in the group in ONE Spark job (quarantined rows
     are written by that same job), then act: fail, warn, drop or quarantine. Returns the
-    rows that go on. A rule only counts rows that earlier drop/quarantine steps kept."""
+    rows that go on. A rule only counts rows that earlier drop/quarantine steps kept.
+    Samples of violating rows come from one limited query, run only when a rule has
+    violations."""
     multi = len(group) > 1
     flags, rules, owner = [], [], []
     removed_before: list[Column | None] = []
@@ -190,11 +185,9 @@ def evaluate(df: DataFrame, group: list[Pending]) -> DataFrame:
     dataset = [(k, r) for k, p in enumerate(group) for r in p.dataset_rules]
     masked = set(group[-1].ctx.options.get("mask_columns", ()))
     data_cols = [c for c in df.columns if not c.startswith("__dq_")]
-    base = df.withColumns({ID_COL: F.monotonically_increasing_id(), **dict(flags)}) \
-        if flags else df
+    base = df.withColumns(dict(flags)) if flags else df
     aggs = [F.count(F.lit(1)).alias("__rows")]
     aggs += [F.count(F.when(r.violates, 1)).alias(f"r{i}") for i, r in enumerate(rules)]
-    aggs += [a for i, r in enumerate(rules) for a in _sample_aggs(data_cols, i, r)]
     aggs += [r.value.alias(f"d{i}") for i, (_, r) in enumerate(dataset)]
     kept = df if data_cols == df.columns else df.select(*data_cols)
     if removed is not None:
@@ -208,10 +201,11 @@ def evaluate(df: DataFrame, group: list[Pending]) -> DataFrame:
         else:
             agg = base.agg(*aggs).first().asDict()
     rows = agg["__rows"] if agg else None
+    counts = [int(agg[f"r{i}"]) for i in range(len(rules))]
+    samples = _collect_samples(base, data_cols, rules, counts, masked)
     failures = []
     for k, p in enumerate(group):
-        results = [RuleResult(r.name, r.text, r.columns, int(agg[f"r{i}"]), "",
-                              _decode_samples(agg, i, masked))
+        results = [RuleResult(r.name, r.text, r.columns, counts[i], "", samples[i])
                    for i, r in enumerate(rules) if owner[i] == k]
         for i, (kk, r) in enumerate(dataset):
             if kk == k:
@@ -229,7 +223,7 @@ def evaluate(df: DataFrame, group: list[Pending]) -> DataFrame:
 def _quarantine(base: DataFrame, data_cols: list[str], aggs: list[Column],
                 rules: list[RowRule], owner: list[int], group: list[Pending],
                 quarantined: list[int]) -> dict:
-    """One job: count and sample everything (observe) while writing the violating rows of
+    """One job: count everything (observe) while writing the violating rows of
     the quarantine steps, once each, listing every rule of the group they broke."""
     from pyspark.sql import Observation
     first = group[quarantined[0]]
