@@ -85,9 +85,18 @@ def asset_key_for(location: str, override: list[str] | None = None) -> dg.AssetK
     return dg.AssetKey([safe_name(scheme), *parts])
 
 
+def _cell(v):
+    return v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
+
+
 def _plain(v):
     if isinstance(v, (str, int, float, bool)) or v is None:
         return v
+    if isinstance(v, list) and v and all(isinstance(r, dict) for r in v) and \
+            len({tuple(r) for r in v}) == 1:  # rows of one shape: a table in the UI
+        return dg.MetadataValue.table(
+            records=[dg.TableRecord({k: _cell(x) for k, x in r.items()}) for r in v],
+            schema=dg.TableSchema(columns=[dg.TableColumn(k, "string") for k in v[0]]))
     return dg.MetadataValue.json(v) if isinstance(v, (dict, list)) else str(v)
 
 

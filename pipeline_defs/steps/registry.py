@@ -9,7 +9,7 @@ from pipeline_defs.config.model import StepModel
 from pipeline_defs.errors import RegistryError
 
 KINDS = ("extract", "transform", "validate", "load")
-_BUILTIN_MODULES = ("extract", "transform", "validate", "load")
+_BUILTIN_MODULES = ("extract", "transform", "validate", "load", "profile")
 
 
 @dataclass(frozen=True)

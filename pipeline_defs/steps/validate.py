@@ -556,3 +556,46 @@ def validate_freshness(df: DataFrame, cfg: ValidateFreshness, ctx: StepContext) 
     rule = DatasetRule(f"freshness({cfg.column})", f"max({cfg.column}) >= now - {cfg.max_age}",
                        F.max(F.col(cfg.column).cast("timestamp")), judge, (cfg.column,))
     return _finish(df, cfg, ctx, [], None, [rule])
+
+
+# ---------------------------------------------------------------- anomalies
+class DetectAnomalies(Validator):
+    """Per-row outliers of a numeric column, by z-score (|x - mean| / stddev > threshold) or
+    IQR (outside [q1 - threshold*IQR, q3 + threshold*IQR]). The statistics take one Spark
+    pass; the rows are then judged like any validation (flag adds a boolean column)."""
+
+    column: str = Field(description="Numeric column.")
+    method: Literal["zscore", "iqr"] = Field("zscore", description="zscore or iqr.")
+    threshold: float | None = Field(None, gt=0, description="z-score limit (default 3) or IQR "
+                                    "multiplier (default 1.5).")
+    on_failure: Literal["flag", "warn", "drop", "quarantine", "fail"] = Field(
+        "flag", description="flag: add a boolean column and go on; or as for validators.")
+    flag_column: str | None = Field(None, description="Name of the flag column (default "
+                                    "<column>_is_anomaly).")
+
+    def keeps_rows(self) -> bool:
+        return self.on_failure in ("flag", "warn", "fail")
+
+
+@step("validate", "detectAnomalies", DetectAnomalies)
+def detect_anomalies(df: DataFrame, cfg: DetectAnomalies, ctx: StepContext) -> DataFrame:
+    x = F.col(cfg.column).cast("double")
+    if cfg.method == "zscore":
+        limit = cfg.threshold or 3.0
+        stats = df.agg(F.mean(x).alias("m"), F.stddev(x).alias("s")).first()
+        mean, sd = stats["m"], stats["s"]
+        ctx.metadata.update(mean=mean, stddev=sd)
+        outlier = (F.abs(x - F.lit(mean)) / F.lit(sd)) > F.lit(limit) if sd else F.lit(False)
+        text = f"|{cfg.column} - {mean:.6g}| / {sd or 0:.6g} <= {limit:g}"
+    else:
+        k = cfg.threshold or 1.5
+        q1, q3 = df.agg(F.percentile_approx(x, [0.25, 0.75], 10000)).first()[0] or (None, None)
+        lo, hi = (q1 - k * (q3 - q1), q3 + k * (q3 - q1)) if q1 is not None else (None, None)
+        ctx.metadata.update(q1=q1, q3=q3, lower=lo, upper=hi)
+        outlier = ((x < F.lit(lo)) | (x > F.lit(hi))) if lo is not None else F.lit(False)
+        text = f"{cfg.column} within [{lo:.6g}, {hi:.6g}]" if lo is not None else "no data"
+    outlier = F.coalesce(outlier, F.lit(False))
+    if cfg.on_failure == "flag":
+        df = df.withColumn(cfg.flag_column or f"{cfg.column}_is_anomaly", outlier)
+    rule = RowRule(f"anomaly({cfg.column})", text, outlier, (cfg.column,))
+    return _finish(df, cfg, ctx, [rule])

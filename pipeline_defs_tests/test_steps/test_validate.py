@@ -259,3 +259,29 @@ def test_consecutive_validations_are_one_pass_and_see_earlier_drops(spark, ctx):
     # ids 50..99 break the range, but 5 of them (g == 0) were already dropped
     assert second.metadata["violations"] == {"b:range(id)": 45}
     assert out.count() == 90
+
+
+@pytest.fixture
+def readings(spark):
+    values = [10.0, 11.0, 9.0, 10.5, 9.5, 10.0, 11.0, 9.0, 10.0, 100.0]
+    return spark.createDataFrame([(i, v) for i, v in enumerate(values)], "id int, v double")
+
+
+def test_anomalies_zscore_flag_and_drop(readings, ctx):
+    c = ctx()
+    out = V.detect_anomalies(readings, cfg(V.DetectAnomalies, column="v", threshold=2.5), c)
+    assert [r.id for r in out.filter("v_is_anomaly").collect()] == [9]
+    assert c.metadata["violations"] == {"anomaly(v)": 1} and c.metadata["action"] == "flag"
+    dropped = V.detect_anomalies(readings, cfg(V.DetectAnomalies, column="v", threshold=2.5,
+                                               onFailure="drop"), ctx())
+    assert dropped.count() == 9 and "v_is_anomaly" not in dropped.columns
+
+
+def test_anomalies_iqr_fail(readings, ctx):
+    with pytest.raises(ValidationFailed, match=r"anomaly\(v\): 1 of 10 rows violate"):
+        V.detect_anomalies(readings, cfg(V.DetectAnomalies, column="v", method="iqr",
+                                         onFailure="fail"), ctx())
+    c = ctx()
+    V.detect_anomalies(readings, cfg(V.DetectAnomalies, column="v", method="iqr",
+                                     threshold=100, onFailure="fail"), c)
+    assert c.metadata["passed"] is True
