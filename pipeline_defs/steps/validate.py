@@ -140,14 +140,16 @@ class Pending:
     rules: list[RowRule]
     dataset_rules: list[DatasetRule]
     schema_errors: list[str]
+    finalize: Callable[[list[RuleResult], int | None], None] | None = None
 
 
 def _finish(df: DataFrame, cfg: Validator, ctx: StepContext, rules: list[RowRule],
             schema_errors: list[str] | None = None,
-            dataset_rules: list[DatasetRule] | None = None) -> DataFrame:
+            dataset_rules: list[DatasetRule] | None = None,
+            finalize: Callable | None = None) -> DataFrame:
     """Record the step's rules; evaluate now, or later with the rest of its group when the
     runner says the next step is a validation too (ctx.options["defer_validation"])."""
-    pending = Pending(cfg, ctx, rules, dataset_rules or [], schema_errors or [])
+    pending = Pending(cfg, ctx, rules, dataset_rules or [], schema_errors or [], finalize)
     group = list(ctx.options.get("pending_validations", [])) + [pending]
     ctx.options["pending_validations"] = group
     if ctx.options.get("defer_validation"):
@@ -213,6 +215,8 @@ def evaluate(df: DataFrame, group: list[Pending]) -> DataFrame:
                 results.append(RuleResult(r.name, r.text, r.columns, n, detail))
         results += [RuleResult("schema", e, (), 1, e) for e in p.schema_errors]
         message = _report(p, results, rows, {r.name for _, r in dataset})
+        if p.finalize:
+            p.finalize(results, rows)
         if message and p.cfg.on_failure == "fail" and not p.ctx.metadata["passed"]:
             failures.append(message)
     if failures:
@@ -599,3 +603,87 @@ def detect_anomalies(df: DataFrame, cfg: DetectAnomalies, ctx: StepContext) -> D
         df = df.withColumn(cfg.flag_column or f"{cfg.column}_is_anomaly", outlier)
     rule = RowRule(f"anomaly({cfg.column})", text, outlier, (cfg.column,))
     return _finish(df, cfg, ctx, [rule])
+
+
+# ---------------------------------------------------------------- metrics history
+class ValidateMetricsHistory(Validator):
+    """Compare this run's row count and null fractions with the last runs of the same
+    pipeline step (z-score); the history is a Delta table, so it survives restarts."""
+
+    columns: list[str] | None = Field(None, description="Columns whose null fraction is "
+                                      "tracked (default all).")
+    lookback: int = Field(10, ge=2, description="How many earlier passing runs to compare "
+                                                "with.")
+    min_runs: int = Field(3, ge=2, description="Judge only once this many runs are recorded.")
+    threshold: float = Field(3.0, gt=0, description="Largest z-score that still passes.")
+    history_path: str | None = Field(None, description="Delta table of metrics (default "
+                                     "<quarantine root>/_metrics_history).")
+    row_actions = False
+
+
+def _zscore(value: float, history: list[float]) -> float:
+    mean = sum(history) / len(history)
+    var = sum((h - mean) ** 2 for h in history) / (len(history) - 1)
+    if var == 0:
+        return 0.0 if value == mean else float("inf")
+    return abs(value - mean) / var ** 0.5
+
+
+@step("validate", "validateMetricsHistory", ValidateMetricsHistory)
+def validate_metrics_history(df: DataFrame, cfg: ValidateMetricsHistory, ctx: StepContext
+                             ) -> DataFrame:
+    path = cfg.history_path or \
+        f"{(ctx.options.get('quarantine_root') or 'quarantine').rstrip('/')}/_metrics_history"
+    step_id = ctx.op_name or str(ctx.step)
+    spark = ctx.spark
+    past: dict[str, list[float]] = {}
+    from delta.tables import DeltaTable
+    if DeltaTable.isDeltaTable(spark, path):
+        recent = (spark.read.format("delta").load(path)
+                  .filter((F.col("pipeline") == ctx.pipeline) & (F.col("step") == step_id) &
+                          F.col("passed")).select("run_id", "recorded_at").distinct()
+                  .orderBy(F.col("recorded_at").desc()).limit(cfg.lookback))
+        rows = (spark.read.format("delta").load(path)
+                .filter((F.col("pipeline") == ctx.pipeline) & (F.col("step") == step_id))
+                .join(recent.select("run_id"), "run_id").collect())
+        for r in rows:
+            past.setdefault(r.metric, []).append(r.value)
+    cols = cfg.columns or df.columns
+
+    def judge_for(metric: str):
+        def judge(value, rows):
+            current = float(value) if metric == "row_count" else \
+                (float(value) / rows if rows else 0.0)
+            seen = past.get(metric, [])
+            if len(seen) < cfg.min_runs:
+                return 0, f"{metric} = {current:.6g}; {len(seen)} earlier runs, judging from " \
+                          f"{cfg.min_runs}"
+            z = _zscore(current, seen)
+            mean = sum(seen) / len(seen)
+            return (1 if z > cfg.threshold else 0), \
+                f"{metric} = {current:.6g} vs mean {mean:.6g} of {len(seen)} runs, z = {z:.2f}"
+        return judge
+
+    rules = [DatasetRule("row_count", f"row count within {cfg.threshold:g} sd of history",
+                         F.count(F.lit(1)), judge_for("row_count"))]
+    rules += [DatasetRule(f"null_fraction({c})", f"null fraction of {c} within "
+                          f"{cfg.threshold:g} sd of history",
+                          F.count(F.when(F.col(c).isNull(), 1)), judge_for(f"null_fraction({c})"),
+                          (c,)) for c in cols]
+
+    def record(results: list[RuleResult], rows: int | None) -> None:
+        passed = bool(ctx.metadata.get("passed"))
+        now = datetime.now(timezone.utc)
+        values = [("row_count", float(rows or 0))]
+        for r in results:
+            if r.name.startswith("null_fraction("):
+                frac = float(r.detail.split(" = ", 1)[1].split(" ", 1)[0].rstrip(";"))
+                values.append((r.name, frac))
+        spark.createDataFrame(
+            [(ctx.pipeline, step_id, ctx.run_id, now, m, v, passed) for m, v in values],
+            "pipeline string, step string, run_id string, recorded_at timestamp, "
+            "metric string, value double, passed boolean") \
+            .write.format("delta").mode("append").save(path)
+        ctx.metadata["history_location"] = path
+
+    return _finish(df, cfg, ctx, [], None, rules, record)

@@ -285,3 +285,29 @@ def test_anomalies_iqr_fail(readings, ctx):
     V.detect_anomalies(readings, cfg(V.DetectAnomalies, column="v", method="iqr",
                                      threshold=100, onFailure="fail"), c)
     assert c.metadata["passed"] is True
+
+
+def test_metrics_history_flags_a_jump_and_survives_restarts(spark, ctx, tmp_path):
+    path = str(tmp_path / "history")
+
+    def run(n_rows, nulls, run_id):
+        df = spark.range(n_rows).selectExpr(
+            "id", f"CASE WHEN id < {nulls} THEN NULL ELSE id END AS x")
+        c = ctx()
+        c.run_id, c.op_name = run_id, "history"
+        V.validate_metrics_history(df, cfg(V.ValidateMetricsHistory, historyPath=path,
+                                           columns=["x"], threshold=3), c)
+        return c
+
+    for i, (n, nulls) in enumerate([(100, 10), (104, 10), (98, 10), (101, 10)]):
+        c = run(n, nulls, f"r{i}")
+        assert c.metadata["passed"] is True
+    # a later process (nothing kept in memory) still sees the history
+    with pytest.raises(ValidationFailed, match=r"row_count: `row count within 3 sd of "
+                                               r"history` does not hold \(row_count = 500 vs "
+                                               r"mean 100.75 of 4 runs"):
+        run(500, 50, "r4")
+    saved = spark.read.format("delta").load(path)
+    assert saved.filter("run_id = 'r4' AND NOT passed").count() == 2
+    c = run(102, 10, "r5")  # the failed run is not part of the baseline
+    assert c.metadata["passed"] is True
