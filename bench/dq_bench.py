@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from plain_pyspark import LINEITEM  # noqa: E402
+from results import write_section  # noqa: E402
 
 from pipeline_defs.resources.spark import SparkSettings, session  # noqa: E402
 from pipeline_defs.steps import validate as V  # noqa: E402
@@ -136,15 +137,7 @@ Target: one pass <= 1.5x a count() scan. A `count()` reads no column at all (Spa
 cached batches or CSV lines without parsing), so the scan of the columns the rules read is
 shown too: that is the floor any check of those columns pays.
 """
-    path = HERE / "RESULTS.md"
-    text = path.read_text()
-    if section in text:
-        start = text.index(section)
-        nxt = text.find("\n## ", start + len(section))
-        text = text[:start] + body + (text[nxt + 1:] if nxt != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text)
+    write_section(section, body)
 
 
 if __name__ == "__main__":

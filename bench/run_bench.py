@@ -20,6 +20,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from results import write_section
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BIN = Path(sys.executable).parent
@@ -90,15 +92,7 @@ Whole-process wall time, {args.runs} runs each, alternating (`bench/run_bench.py
 
 **Ratio pipeline / plain: {ratio:.3f}** (target <= 1.10).
 """
-    path = HERE / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    if section in text:
-        start = text.index(section)
-        nxt = text.find("\n## ", start + len(section))
-        text = text[:start] + body + (text[nxt + 1:] if nxt != -1 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    path.write_text(text)
+    write_section(section, body)
 
 
 if __name__ == "__main__":

@@ -71,3 +71,17 @@ def copy_configs(dest: Path) -> Path:
         if not f.name.endswith(".schema.json"):
             shutil.copy(f, dest / f.name)
     return dest
+
+
+@pytest.fixture
+def counted_reads(spark):
+    """(udf, accumulator): a column passed through the udf counts, in the accumulator, how
+    often each row is computed, i.e. how many passes read the data."""
+    from pyspark.sql import functions as F
+    reads = spark.sparkContext.accumulator(0)
+
+    def touch(x):
+        reads.add(1)
+        return x
+
+    return F.udf(touch, "long").asNondeterministic(), reads

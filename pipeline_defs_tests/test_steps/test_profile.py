@@ -46,15 +46,9 @@ def test_suggested_validators_pass_on_the_profiled_data(spark, ctx):
         assert v.metadata["passed"] is True
 
 
-def test_profile_reads_the_data_once(spark, ctx):
+def test_profile_reads_the_data_once(spark, ctx, counted_reads):
     from pyspark.sql import functions as F
-    reads = spark.sparkContext.accumulator(0)
-
-    def touch(x):
-        reads.add(1)
-        return x
-
-    counted = F.udf(touch, "long").asNondeterministic()
+    counted, reads = counted_reads
     df = spark.range(300).select(counted("id").alias("id"), (F.col("id") % 7).alias("g"),
                                  F.col("id").cast("string").alias("s"))
     c = ctx()

@@ -67,16 +67,10 @@ def test_referential_integrity_null_keys_are_not_violations(spark, tx, ctx):
     assert c.metadata["violations"] == {"references(customer_id)": 1}
 
 
-def test_all_rules_of_a_step_read_the_data_once(spark, ctx):
+def test_all_rules_of_a_step_read_the_data_once(spark, ctx, counted_reads):
     """Every source row is computed exactly once, however many rules the step has."""
     from pyspark.sql import functions as F
-    reads = spark.sparkContext.accumulator(0)
-
-    def touch(x):
-        reads.add(1)
-        return x
-
-    counted = F.udf(touch, "long").asNondeterministic()
+    counted, reads = counted_reads
     df = spark.range(200).select(counted("id").alias("id"), (F.col("id") % 7).alias("g"))
     c = ctx()
     V.validate_business_rules(df, cfg(V.ValidateBusinessRules, onFailure="warn",
@@ -233,17 +227,11 @@ def test_referential_integrity_allow_nulls_false(spark, tx, ctx):
             referencedDataFrame="customers", referencedColumn="id"), c)
 
 
-def test_consecutive_validations_are_one_pass_and_see_earlier_drops(spark, ctx):
+def test_consecutive_validations_are_one_pass_and_see_earlier_drops(spark, ctx, counted_reads):
     """A group of validations (as the runner builds it for consecutive validate steps): one
     Spark pass for all; a rule only counts rows that earlier drop steps kept."""
     from pyspark.sql import functions as F
-    reads = spark.sparkContext.accumulator(0)
-
-    def touch(x):
-        reads.add(1)
-        return x
-
-    counted = F.udf(touch, "long").asNondeterministic()
+    counted, reads = counted_reads
     df = spark.range(100).select(counted("id").alias("id"), (F.col("id") % 10).alias("g"))
     first, second = ctx(), ctx()
     first.op_name, second.op_name = "a", "b"
