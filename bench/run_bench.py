@@ -90,7 +90,8 @@ Whole-process wall time, {args.runs} runs each, alternating (`bench/run_bench.py
 | plain PySpark script | {', '.join(f'{t:.1f}' for t in times['plain'])} | {med['plain']:.1f} |
 | `pipeline run` (Dagster job, DAGSTER_HOME instance) | {', '.join(f'{t:.1f}' for t in times['pipeline'])} | {med['pipeline']:.1f} |
 
-**Ratio pipeline / plain: {ratio:.3f}** (target <= 1.10).
+**Ratio pipeline / plain: {ratio:.3f}** (target <= 1.10). Run-to-run noise on these VMs is
++-10-15% for the same command, so compare medians, and alternate.
 """
     write_section(section, body)
 
