@@ -206,8 +206,8 @@ def check_name(s) -> str:
     return safe_name(s.name or f"s{s.index:02d}_{s.method}")
 
 
-def _op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, source_keys,
-            check_targets) -> dg.OpDefinition:
+def _op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targets
+            ) -> dg.OpDefinition:
     pipeline = plan.pipeline
     s = node.step
     stepdef = registry.get(s.kind, s.method)
@@ -343,7 +343,7 @@ def build_pipeline(p: LoadedPipeline, registry: Registry) -> PipelineDefs:
     check_targets = {n.step.index: [load_keys[j] for j in load_keys
                                     if n.step.index in plan.upstream(j)]
                      for n in plan.nodes if n.step.kind == "validate"}
-    ops = {n.step.index: _op_for(plan, n, registry, load_keys, source_keys, check_targets)
+    ops = {n.step.index: _op_for(plan, n, registry, load_keys, check_targets)
            for n in plan.nodes}
     deps: dict[str, dict[str, dg.DependencyDefinition]] = {}
     for n in plan.nodes:
