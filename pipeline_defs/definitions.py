@@ -25,9 +25,7 @@ def default_resources() -> dict:
     return {
         "spark": SparkResource(master=os.environ.get("SPARK_MASTER", "local[*]"),
                                jars_dir=os.environ.get("PIPELINE_JARS_DIR", "")),
-        "vault": VaultResource(url=os.environ.get("VAULT_ADDR"),
-                               token=dg.EnvVar("VAULT_TOKEN") if os.environ.get("VAULT_TOKEN")
-                               else None),
+        "vault": VaultResource.from_env(),
         "io_manager": dg.mem_io_manager,
     }
 

@@ -4,6 +4,7 @@ DataFrames pass between ops as lazy plans (in-memory IO manager, in-process exec
 SparkSession per run). Row counts come from `observe()` on the plans that run anyway."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -17,8 +18,9 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from pipeline_defs.config.dataflow import Plan, StepNode, build_plan, safe_name
-from pipeline_defs.config.loader import LoadedPipeline
-from pipeline_defs.errors import PipelineError, StepExecutionError, UnsupportedError
+from pipeline_defs import secrets
+from pipeline_defs.config.loader import LoadedPipeline, literal_credentials
+from pipeline_defs.errors import ConfigError, PipelineError, StepExecutionError, UnsupportedError
 from pipeline_defs.steps.context import LoadResult, StepContext
 from pipeline_defs.steps.registry import Registry
 
@@ -112,9 +114,14 @@ def spark_error_summary(e: BaseException) -> str:
 
 
 def sanitized(config: dict) -> dict:
-    secret = re.compile(r"(?i)password|secret|token|accesskey|access_key|credential")
-    return {k: ("***" if secret.search(k) and not k.lower().endswith("path") else v)
-            for k, v in config.items()}
+    """The step config as shown in failures: secret-looking keys masked, at any depth."""
+    def mask(k: str, v):
+        if isinstance(v, dict):
+            return sanitized(v)
+        if secrets.SECRET_KEY.search(k) and not k.lower().endswith("path"):
+            return secrets.MASK
+        return v
+    return {k: mask(k, v) for k, v in config.items()}
 
 
 # ---------------------------------------------------------------- the job of one pipeline
@@ -229,14 +236,19 @@ def _op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_tar
             raise dg.Failure(description=str(UnsupportedError(
                 f"{pipeline.file}: \"mode\": \"streaming\" runs as Structured Streaming, which "
                 "this version does not run yet. Set \"mode\": \"batch\" to run it as batch.")))
-        spark = context.resources.spark.spark
         vault = context.resources.vault
+        if vault.required:
+            literal = literal_credentials(pipeline.file, pipeline.steps)
+            if literal:
+                raise dg.Failure(description=str(ConfigError(literal)))
+        spark = context.resources.spark.spark
         current: StepOutput | None = inputs.get("df")
         named = {n: inputs[_input_name(n)] for n in node.named}
         ctx = StepContext(spark=spark, pipeline=pipeline.name, step=s.index, method=s.label,
                           run_id=context.run_id, frames={n: o.df for n, o in named.items()},
                           log=context.log,
                           read_secret=vault.read_secret if vault.configured else None,
+                          audit=_auditor(context, vault),
                           op_name=node.op_name, options=_options(pipeline))
         parents = tuple(([current] if current else []) + list(named.values()))
         spark.sparkContext.setJobGroup(f"{plan.job_name}.{node.op_name}",
@@ -285,6 +297,14 @@ def _op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_tar
         + (f" (registered as '{s.config.register_as}')" if s.config.register_as else ""))
 
 
+def _auditor(context: dg.OpExecutionContext, vault):
+    """Credential accesses go to the audit log and, as the same record, into the run's events."""
+    def audit(record: dict) -> None:
+        full = vault.audit(record)
+        context.log.info("credential access " + json.dumps(full, default=str))
+    return audit
+
+
 def _wrap(compute):
     """OpDefinition calls compute_fn(context, inputs_dict) and wants its results yielded."""
     def fn(context, inputs):
@@ -294,8 +314,9 @@ def _wrap(compute):
 
 def _failure(pipeline: LoadedPipeline, s, e: BaseException) -> dg.Failure:
     reason = spark_error_summary(e) if not isinstance(e, PipelineError) else str(e)
-    err = StepExecutionError(pipeline.name, s.index, s.label, reason, sanitized(s.raw_config))
-    return dg.Failure(description=f"{err} [{pipeline.file}]",
+    err = StepExecutionError(pipeline.name, s.index, s.label, secrets.scrub(reason),
+                             sanitized(s.raw_config))
+    return dg.Failure(description=secrets.scrub(f"{err} [{pipeline.file}]"),
                       metadata={"pipeline": pipeline.name, "step": s.index,
                                 "method": s.label, "error_type": type(e).__name__,
                                 "config": dg.MetadataValue.json(err.config)})

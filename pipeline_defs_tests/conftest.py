@@ -13,6 +13,7 @@ COMPAT = REPO.parent / "shared" / "compat" / "examples"
 CONFIGS = REPO / "configs"
 
 os.environ.setdefault("SPARK_LOG_LEVEL", "ERROR")
+pytest_plugins = ["pipeline_defs_tests.servers"]
 
 
 @pytest.fixture(scope="session")
@@ -39,9 +40,9 @@ def ctx(spark):
     """A StepContext factory for calling step functions directly."""
     from pipeline_defs.steps.context import StepContext
 
-    def make(frames=None, method="test.method", read_secret=None):
+    def make(frames=None, method="test.method", read_secret=None, audit=None):
         return StepContext(spark=spark, pipeline="test", step=1, method=method,
-                           frames=frames or {}, read_secret=read_secret)
+                           frames=frames or {}, read_secret=read_secret, audit=audit)
     return make
 
 

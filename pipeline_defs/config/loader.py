@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -191,6 +192,9 @@ def load_pipeline(path: str | Path, catalog: Catalog, overrides: Mapping[str, st
         if s.name and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", s.name):
             problems.append(Problem(file, f"step name '{s.name}' is not an identifier.", s.index,
                                     s.label, "name", "Use letters, digits and _ only."))
+    env_now = os.environ if env is None else env
+    if str(env_now.get("VAULT_REQUIRED", "")).strip().lower() in ("1", "true", "yes", "on"):
+        problems.extend(literal_credentials(file, steps))
     if problems:
         raise ConfigError(problems)
 
@@ -201,6 +205,25 @@ def load_pipeline(path: str | Path, catalog: Catalog, overrides: Mapping[str, st
         if flow_problems:
             raise DataFrameResolutionError(flow_problems)
     return loaded
+
+
+CREDENTIAL_FIELDS = ("password", "accessKeyId", "secretAccessKey", "sessionToken")
+
+
+def literal_credentials(file: str, steps: Iterable[LoadedStep]) -> list[Problem]:
+    """Credentials written in the config (literally or through ${env:...}), which
+    VAULT_REQUIRED forbids: with it, every secret comes from Vault."""
+    from pipeline_defs.secrets import SECRET_KEY
+    out = []
+    for s in steps:
+        found = [k for k in CREDENTIAL_FIELDS if s.raw_config.get(k) not in (None, "")]
+        found += [f"properties.{k}" for k in (s.raw_config.get("properties") or {})
+                  if SECRET_KEY.search(k)]
+        out += [Problem(file, "a credential is written in the config, and Vault is required "
+                        "(VAULT_REQUIRED=true).", s.index, s.label, f"config.{k}",
+                        "Store it in a Vault secret and set \"credentialPath\" instead.")
+                for k in found]
+    return out
 
 
 def pipeline_files(paths: Iterable[str | Path]) -> list[Path]:

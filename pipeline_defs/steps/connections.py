@@ -6,6 +6,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pyspark.sql import SparkSession
 
+from pipeline_defs import secrets
 from pipeline_defs.config.model import FormatModel, StepModel
 from pipeline_defs.errors import CredentialError
 from pipeline_defs.steps.context import StepContext
@@ -22,29 +23,57 @@ class Credentialed(StepModel):
                           "Without it, credentials come from this config (with a warning).")
 
 
+SECRET_KEYS = ("password", "secretAccessKey", "sessionToken", "accessKeyId")
+
+
 def credentials(cfg: Credentialed, ctx: StepContext, literal: dict[str, Any],
-                required: tuple[str, ...]) -> dict[str, Any]:
-    """The connection's credentials: from Vault when `credentialPath` is set, else literal."""
+                required: tuple[str, ...], kind: str) -> dict[str, Any]:
+    """The connection's credentials: from Vault when `credentialPath` is set, else from the
+    config (with a warning). Every access, granted or failed, is audited (never a value)."""
     where = f"pipeline '{ctx.pipeline}', step {ctx.step} ({ctx.method})"
+    record = {"pipeline": ctx.pipeline, "run_id": ctx.run_id, "step": ctx.step,
+              "method": ctx.method, "credentialPath": cfg.credential_path, "type": kind,
+              "source": "vault" if cfg.credential_path else "config"}
+    try:
+        c = _credentials(cfg, ctx, literal, required, where)
+    except Exception as e:
+        _audit(ctx, {**record, "outcome": "failure", "error": type(e).__name__})
+        raise
+    _audit(ctx, {**record, "outcome": "success", "keys": sorted(c)})
+    return c
+
+
+def _audit(ctx: StepContext, record: dict[str, Any]) -> None:
+    if ctx.audit is not None:
+        ctx.audit(record)
+
+
+def _credentials(cfg: Credentialed, ctx: StepContext, literal: dict[str, Any],
+                 required: tuple[str, ...], where: str) -> dict[str, Any]:
+    literal = {k: (v.get_secret_value() if isinstance(v, SecretStr) else v)
+               for k, v in literal.items() if v is not None}
     if cfg.credential_path:
         if ctx.read_secret is None:
             raise CredentialError(f"{where}: credentialPath '{cfg.credential_path}' needs Vault, "
                                   "and none is configured. Set VAULT_ADDR and VAULT_TOKEN.")
         secret = dict(ctx.read_secret(cfg.credential_path))
-        merged = {**{k: v for k, v in literal.items() if v is not None}, **secret}
+        merged = {**literal, **secret}
         source = f"Vault secret '{cfg.credential_path}'"
     else:
-        merged = {k: v for k, v in literal.items() if v is not None}
-        if any(k in merged for k in ("password", "secretAccessKey")):
+        merged = literal
+        secrets.remember_values_of(merged)
+        if any(k in merged for k in SECRET_KEYS):
             ctx.log.warning(f"{where} reads credentials from its own config; "
                             "keep them in Vault and set credentialPath.")
         source = "the step config"
     missing = [k for k in required if merged.get(k) in (None, "")]
     if missing:
-        raise CredentialError(f"{where}: {source} lacks {', '.join(missing)}. "
-                              f"Add {'them' if len(missing) > 1 else 'it'} there.")
-    return {k: (v.get_secret_value() if isinstance(v, SecretStr) else v)
-            for k, v in merged.items()}
+        known = ", ".join(f"{k} '{merged[k]}'" for k in ("host", "port", "database", "username")
+                          if merged.get(k) not in (None, ""))
+        raise CredentialError(f"{where}: {source} lacks {', '.join(missing)}"
+                              + (f" (it has {known})" if known else "") +
+                              f". Add {'them' if len(missing) > 1 else 'it'} there.")
+    return merged
 
 
 # ---------------------------------------------------------------- JDBC
@@ -58,21 +87,15 @@ class JdbcConnection(Credentialed):
                                        description="Extra JDBC driver properties.")
 
 
-JDBC = {
-    "postgres": ("postgresql", 5432, "org.postgresql.Driver"),
-    "mysql": ("mysql", 3306, "com.mysql.cj.jdbc.Driver"),
-}
-
-
-def jdbc_options(cfg: JdbcConnection, ctx: StepContext, dialect: str) -> dict[str, str]:
-    scheme, default_port, driver = JDBC[dialect]
+def jdbc_endpoint(cfg: JdbcConnection, ctx: StepContext, dialect: str):
+    """Where and as whom to connect, from Vault (credentialPath) or the step config."""
+    from pipeline_defs.steps.jdbc import endpoint
     c = credentials(cfg, ctx, {"host": cfg.host, "port": cfg.port, "database": cfg.database,
                                "username": cfg.username, "password": cfg.password},
-                    ("host", "database", "username", "password"))
-    port = c.get("port") or default_port
-    return {"url": f"jdbc:{scheme}://{c['host']}:{port}/{c['database']}",
-            "user": str(c["username"]), "password": str(c["password"]), "driver": driver,
-            **cfg.properties}
+                    ("host", "database", "username", "password"), "jdbc")
+    source = (f"Vault secret '{cfg.credential_path}'" if cfg.credential_path
+              else "the step config")
+    return endpoint(dialect, c, cfg.properties, source)
 
 
 # ---------------------------------------------------------------- S3 (s3a)
@@ -103,7 +126,7 @@ def configure_s3(spark: SparkSession, cfg: S3Connection, ctx: StepContext, bucke
     c = credentials(cfg, ctx, {"accessKeyId": cfg.access_key_id,
                                "secretAccessKey": cfg.secret_access_key,
                                "sessionToken": cfg.session_token, "region": cfg.region,
-                               "endpoint": cfg.endpoint}, ())
+                               "endpoint": cfg.endpoint}, (), "s3")
     hconf = spark.sparkContext._jsc.hadoopConfiguration()
     prefix = f"fs.s3a.bucket.{bucket}."
     if c.get("accessKeyId"):
@@ -138,5 +161,5 @@ def options_of(cfg_options: dict[str, Scalar]) -> dict[str, str]:
 
 
 __all__ = ["Credentialed", "FileFormat", "FormatModel", "JdbcConnection", "PathCredentials",
-           "S3Connection", "Scalar", "configure_s3", "credentials", "jdbc_options", "options_of",
+           "S3Connection", "Scalar", "configure_s3", "credentials", "jdbc_endpoint", "options_of",
            "prepare_path", "s3_path"]

@@ -21,6 +21,8 @@ class StepContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("pipeline_defs"))
     read_secret: Callable[[str], dict[str, Any]] | None = None
     """Reads a Vault secret by path (the Vault resource); None when no Vault is configured."""
+    audit: Callable[[dict[str, Any]], Any] | None = None
+    """Records one credential access (success or failure; never a value)."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """What the step wants shown in Dagster (plain values; never secrets)."""
     op_name: str | None = None

@@ -8,7 +8,7 @@ from pyspark.sql import DataFrame, DataFrameReader
 
 from pipeline_defs.steps.connections import (Credentialed, FileFormat, JdbcConnection, PathCredentials,
                                              S3Connection, Scalar, configure_s3, credentials,
-                                             jdbc_options, options_of, prepare_path, s3_path)
+                                             jdbc_endpoint, options_of, prepare_path, s3_path)
 from pipeline_defs.steps.context import StepContext
 from pipeline_defs.steps.registry import step
 
@@ -124,21 +124,32 @@ class FromJdbc(JdbcConnection):
 
 
 def _jdbc_read(cfg: FromJdbc, ctx: StepContext, dialect: str) -> DataFrame:
-    opts = {**jdbc_options(cfg, ctx, dialect), "fetchsize": str(cfg.fetch_size)}
+    from pipeline_defs.steps.jdbc import Connection, JdbcError, java_message
+    ep = jdbc_endpoint(cfg, ctx, dialect)
     source = cfg.table or f"({cfg.query}) AS pipeline_query"
-    opts["dbtable"] = source
-    if cfg.partition_column:
-        lo, hi = cfg.lower_bound, cfg.upper_bound
-        if lo is None or hi is None:
-            bounds = (ctx.spark.read.format("jdbc").options(**{
-                **opts, "dbtable": f"(SELECT min({cfg.partition_column}) AS lo, "
-                                   f"max({cfg.partition_column}) AS hi FROM {source} "
-                                   "AS pipeline_bounds) AS b"}).load().first())
-            lo = lo if lo is not None else bounds["lo"]
-            hi = hi if hi is not None else bounds["hi"]
-        if lo is not None and hi is not None:
-            opts.update(partitionColumn=cfg.partition_column, lowerBound=str(lo),
-                        upperBound=str(hi), numPartitions=str(cfg.num_partitions or 4))
+    opts = {**ep.spark_options(), "fetchsize": str(cfg.fetch_size), "dbtable": source}
+    # One driver-side connection first: a wrong password or host fails here with a message
+    # naming host, database and user (Spark's own error hides the whole URL), and the
+    # partition bounds come from one min/max query on it.
+    with Connection(ctx.spark, ep) as conn:
+        try:
+            conn.query(f"SELECT * FROM {source} WHERE 1 = 0")
+        except Exception as e:  # noqa: BLE001
+            what = f"table {cfg.table}" if cfg.table else "the query"
+            raise JdbcError(f"cannot read {what} from {ep.describe()}: {java_message(e)}"
+                            ) from None
+        if cfg.partition_column:
+            lo, hi = cfg.lower_bound, cfg.upper_bound
+            if lo is None or hi is None:
+                c = cfg.partition_column
+                blo, bhi = conn.query(f"SELECT min({c}), max({c}) FROM {source}")[0]
+                lo = lo if lo is not None else blo
+                hi = hi if hi is not None else bhi
+                ctx.metadata["partition_bounds"] = f"{lo} .. {hi}"
+            if lo is not None and hi is not None:
+                opts.update(partitionColumn=cfg.partition_column, lowerBound=str(lo),
+                            upperBound=str(hi), numPartitions=str(cfg.num_partitions or 4))
+    ctx.metadata["source"] = f"{ep.label} {ep.host}:{ep.port}/{ep.database}"
     return ctx.spark.read.format("jdbc").options(**opts).load()
 
 
@@ -218,7 +229,7 @@ class FromKafka(Credentialed):
 
 def kafka_options(cfg, ctx: StepContext) -> dict[str, str]:
     props = credentials(cfg, ctx, {"bootstrap.servers": cfg.bootstrap_servers,
-                                   **cfg.properties}, ("bootstrap.servers",))
+                                   **cfg.properties}, ("bootstrap.servers",), "kafka")
     return {f"kafka.{k}": str(v) for k, v in props.items()}
 
 

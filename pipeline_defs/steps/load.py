@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 from pipeline_defs.config.model import FormatModel
 from pipeline_defs.steps.connections import (Credentialed, FileFormat, JdbcConnection,
                                              PathCredentials, S3Connection, Scalar,
-                                             configure_s3, jdbc_options, options_of,
+                                             configure_s3, jdbc_endpoint, options_of,
                                              prepare_path, s3_path)
 from pipeline_defs.steps.context import LoadResult, StepContext
 from pipeline_defs.steps.extract import kafka_options
@@ -224,34 +224,57 @@ def to_delta_lake(df: DataFrame, cfg: ToDeltaLake, ctx: StepContext) -> LoadResu
 
 # ---------------------------------------------------------------- databases and Kafka
 class ToJdbc(JdbcConnection):
-    table: str = Field(description="Target table, e.g. public.customer_summary.")
-    mode: Literal["append", "overwrite", "errorifexists", "error", "ignore"] = Field(
-        "append", description="append, or overwrite (the table is truncated, keeping its DDL).")
-    batch_size: int = Field(1000, ge=1, description="Rows per INSERT batch.")
+    table: str = Field(description="Target table, e.g. public.customer_summary (created when "
+                                   "missing).")
+    mode: Literal["append", "overwrite", "upsert", "errorifexists", "error", "ignore"] = Field(
+        "append", description="append; overwrite (rows replaced, the table's DDL and grants "
+        "kept); upsert (rows whose keyColumns match are replaced, others added). Every mode "
+        "is atomic: readers see the old rows or all the new ones.")
+    key_columns: list[str] | None = Field(None, description="upsert: columns identifying a "
+                                          "row, e.g. [\"customer_id\"].")
+    recreate: bool = Field(False, description="overwrite: drop and recreate the table from the "
+                           "data's schema instead of keeping its DDL.")
+    batch_size: int = Field(1000, ge=1, description="Rows per INSERT batch (when not COPY).")
     asset_key: list[str] | None = Field(None, description="Dagster asset key for the target.")
     kind: ClassVar[str] = ""
 
     def location(self) -> str | None:
         return f"{self.kind}://{self.database or self.credential_path or ''}/{self.table}"
 
+    def problems(self):
+        if self.mode == "upsert" and not self.key_columns:
+            return [("keyColumns", "mode upsert needs keyColumns.",
+                     "Set \"keyColumns\": [\"id\"] (the columns identifying a row).")]
+        if self.recreate and self.mode != "overwrite":
+            return [("recreate", "recreate only applies to mode overwrite.",
+                     "Remove it, or set \"mode\": \"overwrite\".")]
+        return []
+
 
 class ToPostgres(ToJdbc):
-    """Write to a PostgreSQL table over JDBC."""
+    """Write to a PostgreSQL table: COPY into a staging table, then one transaction."""
 
     kind: ClassVar[str] = "postgres"
+    fast_path: bool = Field(True, description="Load with COPY (several times faster than "
+                            "batched INSERTs); false uses Spark's JDBC writer.")
 
 
 class ToMySQL(ToJdbc):
-    """Write to a MySQL table over JDBC."""
+    """Write to a MySQL table: batched INSERTs into a staging table, then one transaction."""
 
     kind: ClassVar[str] = "mysql"
 
 
 def _jdbc_write(df: DataFrame, cfg: ToJdbc, ctx: StepContext, dialect: str) -> LoadResult:
-    opts = {**jdbc_options(cfg, ctx, dialect), "dbtable": cfg.table,
-            "batchsize": str(cfg.batch_size), "truncate": "true"}
-    df.write.format("jdbc").mode(cfg.mode).options(**opts).save()
-    return LoadResult(f"{dialect}:{cfg.table}", "jdbc", cfg.mode)
+    from pipeline_defs.steps import jdbc
+    ep = jdbc_endpoint(cfg, ctx, dialect)
+    spec = jdbc.LoadSpec(cfg.table, cfg.mode, tuple(cfg.key_columns or ()), cfg.recreate,
+                         cfg.batch_size, getattr(cfg, "fast_path", False))
+    out = jdbc.load(ctx.spark, df, ep, spec, ctx.run_id, ctx.log)
+    meta = {"target": f"{ep.label} {ep.host}:{ep.port}/{ep.database} {cfg.table}",
+            **{k: v for k, v in out.items() if k != "rows"}}
+    return LoadResult(f"{dialect}://{ep.host}:{ep.port}/{ep.database}/{cfg.table}", "jdbc",
+                      cfg.mode, meta, out["rows"])
 
 
 @step("load", "toPostgres", ToPostgres)

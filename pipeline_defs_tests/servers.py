@@ -1,0 +1,140 @@
+"""Fixtures for the real servers (started by scripts/services.sh, which `make test` runs; a
+plain `pytest` starts them too) and the Vault double. Each test gets its own database, user
+and password, created here and dropped afterwards."""
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from dataclasses import dataclass, field
+
+import pytest
+
+from pipeline_defs_tests.conftest import REPO
+from pipeline_defs_tests.vault_double import VaultDouble
+
+PG_PORT = int(os.environ.get("PIPELINE_PG_PORT", "55432"))
+MYSQL_PORT = int(os.environ.get("PIPELINE_MYSQL_PORT", "53306"))
+S3_PORT = int(os.environ.get("PIPELINE_S3_PORT", "55900"))
+S3_ENDPOINT = f"http://127.0.0.1:{S3_PORT}"
+
+
+@pytest.fixture(scope="session")
+def services():
+    """PostgreSQL, MariaDB and the S3 server, up (idempotent: a no-op when they run)."""
+    subprocess.run(["bash", str(REPO / "scripts" / "services.sh"), "up"], check=True,
+                   capture_output=True, text=True)
+
+
+@dataclass
+class Database:
+    dialect: str
+    host: str
+    port: int
+    database: str
+    username: str
+    password: str
+    admin: object = field(repr=False, default=None)
+
+    def secret(self) -> dict:
+        """The JDBC secret shape of the original format."""
+        return {"host": self.host, "port": self.port, "database": self.database,
+                "username": self.username, "password": self.password}
+
+    def sql(self, statement: str, params=None) -> list[tuple]:
+        """Runs one statement as the admin; returns its rows (empty for DDL/DML)."""
+        with self.admin.cursor() as cur:
+            cur.execute(statement, params)
+            try:
+                return [tuple(r) for r in cur.fetchall()]
+            except Exception:  # noqa: BLE001 - statement without a result set
+                return []
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def pg(services):
+    """A fresh PostgreSQL database owned by a fresh user with a random password."""
+    import psycopg
+    db, user, pw = _name("t"), _name("u"), "pg-" + secrets.token_urlsafe(12)
+    with psycopg.connect(host="127.0.0.1", port=PG_PORT, user="postgres", dbname="postgres",
+                         autocommit=True) as c:
+        c.execute(f"CREATE USER {user} PASSWORD '{pw}'")
+        c.execute(f"CREATE DATABASE {db} OWNER {user}")
+    admin = psycopg.connect(host="127.0.0.1", port=PG_PORT, user="postgres", dbname=db,
+                            autocommit=True)
+    admin.execute(f"ALTER SCHEMA public OWNER TO {user}")
+    yield Database("postgres", "127.0.0.1", PG_PORT, db, user, pw, admin)
+    admin.close()
+    with psycopg.connect(host="127.0.0.1", port=PG_PORT, user="postgres", dbname="postgres",
+                         autocommit=True) as c:
+        c.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        c.execute(f"DROP USER IF EXISTS {user}")
+
+
+@pytest.fixture
+def mysql(services):
+    """A fresh MariaDB database with a user (and random password) allowed only on it."""
+    import pymysql
+    db, user, pw = _name("t"), _name("u"), "my-" + secrets.token_urlsafe(12)
+    root = pymysql.connect(host="127.0.0.1", port=MYSQL_PORT, user="pipeline_admin",
+                           autocommit=True)
+    with root.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {db}")
+        cur.execute(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{pw}'")
+        cur.execute(f"GRANT ALL PRIVILEGES ON {db}.* TO '{user}'@'127.0.0.1'")
+    admin = pymysql.connect(host="127.0.0.1", port=MYSQL_PORT, user="pipeline_admin",
+                            database=db, autocommit=True)
+    yield Database("mysql", "127.0.0.1", MYSQL_PORT, db, user, pw, admin)
+    admin.close()
+    with root.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {db}")
+        cur.execute(f"DROP USER IF EXISTS '{user}'@'127.0.0.1'")
+    root.close()
+
+
+@dataclass
+class S3:
+    endpoint: str
+    client: object
+
+    def secret(self) -> dict:
+        """The IAM secret shape, plus the endpoint of this S3-compatible server."""
+        return {"accessKeyId": "AKIA" + secrets.token_hex(8).upper(),
+                "secretAccessKey": "s3-" + secrets.token_urlsafe(24),
+                "region": "us-east-1", "endpoint": self.endpoint}
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        out = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                           Prefix=prefix):
+            out += [o["Key"] for o in page.get("Contents", [])]
+        return out
+
+
+@pytest.fixture
+def s3(services):
+    """moto's S3 server, emptied before each test."""
+    import boto3
+    import requests
+    requests.post(f"{S3_ENDPOINT}/moto-api/reset", timeout=10)
+    client = boto3.client("s3", endpoint_url=S3_ENDPOINT, aws_access_key_id="test",
+                          aws_secret_access_key="test", region_name="us-east-1")
+    return S3(S3_ENDPOINT, client)
+
+
+@pytest.fixture
+def vault():
+    v = VaultDouble().start()
+    yield v
+    v.stop()
+
+
+@pytest.fixture
+def vault_resource(vault, tmp_path):
+    from pipeline_defs.resources.vault import VaultResource
+    return VaultResource(url=vault.url, token=vault.root_token,
+                         audit_log=str(tmp_path / "audit.jsonl"), backoff_s=0.05)

@@ -1,0 +1,147 @@
+"""The Vault resource through real hvac against the HTTP double: KV v1/v2, token and AppRole,
+renewal, retries, the errors, the per-run cache and the audit log."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from pipeline_defs.errors import CredentialError
+from pipeline_defs.resources.vault import VaultResource
+
+JDBC = {"host": "db.internal", "port": 5432, "database": "sales", "username": "etl",
+        "password": "pw-never-shown-7731"}
+
+
+def test_reads_kv2_and_kv1_secrets(vault, vault_resource):
+    p2 = vault.put("secret", "postgres/production", JDBC)
+    p1 = vault.put("kv", "s3/production", {"accessKeyId": "AKIA1", "secretAccessKey": "x" * 12})
+    assert p2 == "secret/data/postgres/production" and p1 == "kv/s3/production"
+    assert vault_resource.read_secret(p2) == JDBC
+    assert vault_resource.read_secret(p1)["accessKeyId"] == "AKIA1"
+    # a KV v2 path written without data/ is tried with it
+    assert vault_resource.read_secret("secret/postgres/production") == JDBC
+
+
+def test_secrets_are_read_once_per_run(vault, vault_resource):
+    path = vault.put("secret", "pg", JDBC)
+    for _ in range(3):
+        vault_resource.read_secret(path)
+    assert vault.reads(path) == 1
+
+
+def test_approle_login(vault, tmp_path):
+    path = vault.put("secret", "pg", JDBC)
+    role_id, secret_id = vault.add_approle()
+    res = VaultResource(url=vault.url, role_id=role_id, secret_id=secret_id,
+                        audit_log=str(tmp_path / "a.jsonl"))
+    assert res.read_secret(path)["username"] == "etl"
+    assert ("POST", "/v1/auth/approle/login") in vault.requests
+    bad = VaultResource(url=vault.url, role_id=role_id, secret_id="wrong")
+    with pytest.raises(CredentialError, match="rejected the AppRole login"):
+        bad.read_secret(path)
+
+
+def test_token_is_renewed_during_a_long_run(vault, tmp_path):
+    vault.token_ttl = 2
+    vault.tokens[vault.root_token]["expires"] = time.time() + 2
+    path = vault.put("secret", "pg", JDBC)
+    res = VaultResource(url=vault.url, token=vault.root_token)
+    res.setup_for_execution(None)
+    try:
+        res.read_secret(path)
+        time.sleep(4.5)  # more than twice the TTL: without renewal the token would be dead
+        assert vault.renewals >= 3 and res.renewals == vault.renewals
+        res._cache.clear()
+        assert res.read_secret(path) == JDBC  # the token still works
+    finally:
+        res.teardown_after_execution(None)
+    renewed = vault.renewals
+    time.sleep(1.5)
+    assert vault.renewals == renewed, "renewal must stop when the run ends"
+
+
+def test_transient_errors_are_retried(vault, vault_resource):
+    path = vault.put("secret", "pg", JDBC)
+    vault.fail_next(3, 503)
+    assert vault_resource.read_secret(path) == JDBC
+    # the token lookup met the three 503s and succeeded on its fourth try; the read then once
+    assert vault.requests.count(("GET", "/v1/auth/token/lookup-self")) == 4
+    assert vault.reads(path) == 1
+
+
+def test_vault_down_fails_after_the_retries(vault, tmp_path):
+    path = vault.put("secret", "pg", JDBC)
+    res = VaultResource(url=vault.url, token=vault.root_token, retries=2, backoff_s=0.01)
+    vault.fail_next(50, 503)
+    with pytest.raises(CredentialError, match=r"unavailable \(VaultDown\).*after 3 attempts"):
+        res.read_secret(path)
+
+
+def test_unreachable_vault(tmp_path):
+    res = VaultResource(url="http://127.0.0.1:9", token="t", retries=1, backoff_s=0.01)
+    with pytest.raises(CredentialError, match="Vault at http://127.0.0.1:9 is unreachable"):
+        res.read_secret("secret/data/x")
+
+
+def test_forbidden_missing_and_bad_token_are_not_retried(vault, vault_resource):
+    path = vault.put("secret", "pg", JDBC)
+    vault.deny(vault.root_token, path)
+    with pytest.raises(CredentialError, match=r"denied reading 'secret/data/pg' \(403\)"):
+        vault_resource.read_secret(path)
+    assert vault.reads(path) == 1
+    with pytest.raises(CredentialError, match=r"no secret at 'secret/data/nope' \(404\)"):
+        vault_resource.read_secret("secret/data/nope")
+    bad = VaultResource(url=vault.url, token="hvs.expired")
+    with pytest.raises(CredentialError, match="rejected the token"):
+        bad.read_secret(path)
+
+
+def test_missing_keys_and_audit_records(vault, vault_resource, ctx, tmp_path):
+    from pipeline_defs.steps.connections import JdbcConnection, jdbc_endpoint
+    incomplete = vault.put("secret", "pg-incomplete",
+                           {"host": "db.internal", "database": "sales", "username": "etl"})
+    full = vault.put("secret", "pg", JDBC)
+    c = ctx(read_secret=vault_resource.read_secret, audit=vault_resource.audit,
+            method="extract.fromPostgres")
+    with pytest.raises(CredentialError) as e:
+        jdbc_endpoint(JdbcConnection(credentialPath=incomplete), c, "postgres")
+    msg = str(e.value)
+    assert "Vault secret 'secret/data/pg-incomplete' lacks password" in msg
+    assert "host 'db.internal'" in msg and "database 'sales'" in msg and "username 'etl'" in msg
+    ep = jdbc_endpoint(JdbcConnection(credentialPath=full), c, "postgres")
+    assert ep.url == "jdbc:postgresql://db.internal:5432/sales"
+    assert JDBC["password"] not in repr(ep)
+
+    records = [json.loads(x) for x in open(tmp_path / "audit.jsonl")]
+    assert [r["outcome"] for r in records] == ["failure", "success"]
+    for r, path in zip(records, (incomplete, full)):
+        assert r["credentialPath"] == path and r["type"] == "jdbc" and r["source"] == "vault"
+        assert {"time", "user", "pipeline", "run_id", "step"} <= set(r)
+    assert records[0]["error"] == "CredentialError"
+    assert records[1]["keys"] == sorted(JDBC)
+    assert JDBC["password"] not in (tmp_path / "audit.jsonl").read_text()
+
+
+def test_literal_credentials_warn_and_vault_required_refuses_them(registry, tmp_path,
+                                                                  monkeypatch):
+    from pipeline_defs.config.loader import load_pipeline
+    from pipeline_defs.errors import ConfigError
+    from pipeline_defs_tests.conftest import write_json
+    f = write_json(tmp_path / "p.json", {"name": "p", "steps": [
+        {"type": "extract", "method": "fromPostgres", "config": {
+            "table": "t", "host": "h", "database": "d", "username": "u",
+            "password": "${env:PG_PASSWORD}"}},
+        {"type": "load", "method": "toS3", "config": {
+            "bucket": "b", "path": "x", "accessKeyId": "AKIA", "secretAccessKey": "s"}}]})
+    monkeypatch.setenv("PG_PASSWORD", "from-env-123")
+    load_pipeline(f, registry)  # allowed (a warning at run time)
+    monkeypatch.setenv("VAULT_REQUIRED", "true")
+    with pytest.raises(ConfigError) as e:
+        load_pipeline(f, registry)
+    text = str(e.value)
+    assert "step 1 (extract.fromPostgres), config.password" in text
+    assert "step 2 (load.toS3), config.accessKeyId" in text
+    assert "config.secretAccessKey" in text and "credentialPath" in text
+    assert "from-env-123" not in text
