@@ -62,16 +62,18 @@ def pg(services):
     db, user, pw = _name("t"), _name("u"), "pg-" + secrets.token_urlsafe(12)
     with psycopg.connect(host="127.0.0.1", port=PG_PORT, user="postgres", dbname="postgres",
                          autocommit=True) as c:
-        c.execute(f"CREATE USER {user} PASSWORD '{pw}'")
+        c.execute(f"CREATE USER {user} PASSWORD '{pw}' CREATEROLE")
         c.execute(f"CREATE DATABASE {db} OWNER {user}")
     admin = psycopg.connect(host="127.0.0.1", port=PG_PORT, user="postgres", dbname=db,
                             autocommit=True)
     admin.execute(f"ALTER SCHEMA public OWNER TO {user}")
+    admin.execute(f"SET ROLE {user}")  # objects the test creates belong to the pipeline's user
     yield Database("postgres", "127.0.0.1", PG_PORT, db, user, pw, admin)
     admin.close()
     with psycopg.connect(host="127.0.0.1", port=PG_PORT, user="postgres", dbname="postgres",
                          autocommit=True) as c:
         c.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        c.execute(f"DROP ROLE IF EXISTS reader_{db}")
         c.execute(f"DROP USER IF EXISTS {user}")
 
 

@@ -1,0 +1,205 @@
+"""fromPostgres / toPostgres against a real PostgreSQL server on loopback, credentials from the
+Vault double through real hvac."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pipeline_defs.errors import CredentialError
+from pipeline_defs.steps import extract as E
+from pipeline_defs.steps import load as L
+from pipeline_defs.steps import transform as T
+from pipeline_defs.steps.jdbc import JdbcError
+from pipeline_defs_tests.conftest import rows
+
+
+@pytest.fixture
+def db(pg, vault, vault_resource, ctx):
+    """(database, credentialPath, StepContext factory reading Vault and auditing)."""
+    path = vault.put("secret", "postgres/test", pg.secret())
+
+    def make(method="test.method"):
+        return ctx(method=method, read_secret=vault_resource.read_secret,
+                   audit=vault_resource.audit)
+    pg.path, pg.ctx = path, make
+    return pg
+
+
+@pytest.fixture
+def events(db):
+    db.sql("CREATE TABLE events (id int PRIMARY KEY, event_type text NOT NULL, "
+           "amount numeric(10,2), ts timestamp)")
+    db.sql("INSERT INTO events SELECT g, CASE WHEN g % 3 = 0 THEN 'purchase' ELSE 'view' END, "
+           "g * 1.5, timestamp '2025-01-01' + g * interval '1 minute' "
+           "FROM generate_series(1, 1000) g")
+    return db
+
+
+def cfg(model, **kw):
+    return model.model_validate(kw)
+
+
+def test_reads_a_table_in_parallel_with_bounds_from_one_query(events):
+    c = events.ctx("extract.fromPostgres")
+    df = E.from_postgres(None, cfg(E.FromPostgres, table="events", credentialPath=events.path,
+                                   partitionColumn="id", numPartitions=4), c)
+    assert df.rdd.getNumPartitions() == 4
+    assert c.metadata["partition_bounds"] == "1 .. 1000"
+    expected = events.sql("SELECT id, event_type, amount, ts FROM events")
+    assert rows(df) == sorted(expected)
+    # fetchSize reaches the JDBC relation (Spark's default 0 buffers whole results)
+    rel = df._jdf.queryExecution().analyzed().collectLeaves().head().relation()
+    assert rel.jdbcOptions().fetchSize() == 10_000
+
+
+def test_reads_a_query_with_a_partition_column(events):
+    c = events.ctx("extract.fromPostgres")
+    df = E.from_postgres(None, cfg(
+        E.FromPostgres, credentialPath=events.path, partitionColumn="id", numPartitions=3,
+        query="SELECT id, amount FROM events WHERE event_type = 'purchase' ORDER BY id"), c)
+    assert df.rdd.getNumPartitions() == 3
+    assert c.metadata["partition_bounds"] == "3 .. 999"
+    assert [r[0] for r in rows(df)] == list(range(3, 1000, 3))
+
+
+def test_filters_and_columns_of_later_steps_are_pushed_to_postgres(events, spark):
+    c = events.ctx("extract.fromPostgres")
+    df = E.from_postgres(None, cfg(E.FromPostgres, table="events", credentialPath=events.path), c)
+    df = T.filter_rows(df, cfg(T.FilterRows, condition="amount > 100 AND event_type = "
+                                                       "'purchase'"), c)
+    df = T.select_columns(df, cfg(T.SelectColumns, columns=["id", "amount"]), c)
+    plan = df._jdf.queryExecution().executedPlan().toString()
+    assert ("PushedFilters: [*IsNotNull(amount), *IsNotNull(event_type), "
+            "*GreaterThan(amount,100.00), *EqualTo(event_type,pur") in plan
+    assert "ReadSchema: struct<id:int,amount:decimal(10,2)>" in plan
+    assert events.password not in plan
+    assert len(df.collect()) == len([i for i in range(1, 1001) if i % 3 == 0 and i * 1.5 > 100])
+
+
+def _customers(db, grant_to: str):
+    db.sql("CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, "
+           "score int DEFAULT 0)")
+    db.sql("CREATE INDEX customers_name ON customers (name)")
+    db.sql(f"CREATE ROLE {grant_to}")
+    db.sql(f"GRANT SELECT ON customers TO {grant_to}")
+    db.sql("INSERT INTO customers VALUES (1, 'ada', 5), (2, 'bob', 7)")
+
+
+def _grants(db, table="customers"):
+    return db.sql("SELECT grantee, privilege_type FROM information_schema.role_table_grants "
+                  f"WHERE table_name = '{table}' AND grantee LIKE 'reader%'")
+
+
+def test_append_overwrite_upsert_keep_ddl_and_grants(db, spark):
+    reader = f"reader_{db.database}"
+    _customers(db, reader)
+    load = lambda data, **kw: L.to_postgres(  # noqa: E731
+        spark.createDataFrame(data, "id int, name string, score int"),
+        cfg(L.ToPostgres, table="customers", credentialPath=db.path, **kw),
+        db.ctx("load.toPostgres"))
+    r = load([(3, "cy", 1)], mode="append")
+    assert r.rows == 1 and r.metadata["write_path"] == "copy"
+    assert db.sql("SELECT * FROM customers ORDER BY id") == [(1, "ada", 5), (2, "bob", 7),
+                                                            (3, "cy", 1)]
+    load([(10, "dee", 2), (11, "eve", 3)], mode="overwrite", batchSize=5000)
+    assert db.sql("SELECT * FROM customers ORDER BY id") == [(10, "dee", 2), (11, "eve", 3)]
+    assert _grants(db) == [(reader, "SELECT")]
+    assert db.sql("SELECT indexname FROM pg_indexes WHERE tablename = 'customers' "
+                  "ORDER BY 1") == [("customers_name",), ("customers_pkey",)]
+    load([(11, "EVE", 9), (12, "fay", 4)], mode="upsert", keyColumns=["id"])
+    assert db.sql("SELECT * FROM customers ORDER BY id") == [(10, "dee", 2), (11, "EVE", 9),
+                                                            (12, "fay", 4)]
+    with pytest.raises(JdbcError, match="already exists.*mode is 'errorifexists'"):
+        load([(1, "x", 1)], mode="errorifexists")
+    assert db.sql("SELECT table_name FROM information_schema.tables WHERE table_name LIKE "
+                  "'\\_pd\\_stage%'") == []
+
+
+def test_overwrite_with_recreate_takes_the_new_schema(db, spark):
+    _customers(db, f"reader_{db.database}")
+    df = spark.createDataFrame([(1, "x", 2.5)], "id long, label string, weight double")
+    L.to_postgres(df, cfg(L.ToPostgres, table="customers", mode="overwrite", recreate=True,
+                          credentialPath=db.path), db.ctx("load.toPostgres"))
+    assert db.sql("SELECT * FROM customers") == [(1, "x", 2.5)]
+    assert _grants(db) == []  # a recreated table starts without the old grants (documented)
+
+
+def test_a_missing_target_is_created_and_upsert_refuses_duplicate_keys(db, spark):
+    df = spark.createDataFrame([(1, "a"), (2, "b")], "k int, v string")
+    r = L.to_postgres(df, cfg(L.ToPostgres, table="fresh", credentialPath=db.path),
+                      db.ctx("load.toPostgres"))
+    assert r.metadata["created"] is True and db.sql("SELECT * FROM fresh ORDER BY k") == [
+        (1, "a"), (2, "b")]
+    dup = spark.createDataFrame([(1, "x"), (1, "y")], "k int, v string")
+    with pytest.raises(JdbcError, match=r"2 rows for key \{'k': '1'\}.*target was not changed"):
+        L.to_postgres(dup, cfg(L.ToPostgres, table="fresh", mode="upsert", keyColumns=["k"],
+                               credentialPath=db.path), db.ctx("load.toPostgres"))
+    assert db.sql("SELECT * FROM fresh ORDER BY k") == [(1, "a"), (2, "b")]
+
+
+def test_a_failed_load_leaves_the_target_as_it_was(db, spark):
+    _customers(db, f"reader_{db.database}")
+    bad = spark.createDataFrame([(5, "ok", 1), (6, None, 1)], "id int, name string, score int")
+    with pytest.raises(Exception, match="null value in column \"name\""):
+        L.to_postgres(bad.repartition(2), cfg(L.ToPostgres, table="customers", mode="overwrite",
+                                              credentialPath=db.path),
+                      db.ctx("load.toPostgres"))
+    assert db.sql("SELECT * FROM customers ORDER BY id") == [(1, "ada", 5), (2, "bob", 7)]
+    assert db.sql("SELECT count(*) FROM information_schema.tables WHERE table_name LIKE "
+                  "'\\_pd\\_stage%'") == [(0,)]
+
+
+def test_batched_insert_path_and_fallback_for_nested_columns(db, spark):
+    df = spark.createDataFrame([(1, "a"), (2, "b")], "k int, v string")
+    r = L.to_postgres(df, cfg(L.ToPostgres, table="plain", fastPath=False,
+                              credentialPath=db.path), db.ctx("load.toPostgres"))
+    assert r.metadata["write_path"] == "jdbc-batch-insert" and r.rows == 2
+    arr = spark.createDataFrame([(1, [1, 2])], "k int, xs array<int>")
+    r = L.to_postgres(arr, cfg(L.ToPostgres, table="arrays", credentialPath=db.path),
+                      db.ctx("load.toPostgres"))
+    assert r.metadata["write_path"] == "jdbc-batch-insert"
+    assert db.sql("SELECT k, xs FROM arrays") == [(1, [1, 2])]
+
+
+def test_leftovers_of_a_killed_load_are_dropped_by_the_next(db, spark):
+    db.sql("CREATE TABLE t (k int)")
+    db.sql("CREATE TABLE _pd_stage_t_deadbeef00 (k int)")
+    L.to_postgres(spark.createDataFrame([(1,)], "k int"),
+                  cfg(L.ToPostgres, table="t", credentialPath=db.path), db.ctx("load.toPostgres"))
+    assert db.sql("SELECT table_name FROM information_schema.tables WHERE table_schema = "
+                  "'public' ORDER BY 1") == [("t",)]
+
+
+# ---------------------------------------------------------------- errors name everything
+def test_wrong_password_names_host_database_user_never_the_password(db, vault, ctx,
+                                                                   vault_resource):
+    wrong = vault.put("secret", "postgres/wrong", {**db.secret(), "password": "nope-4242x"})
+    c = ctx(read_secret=vault_resource.read_secret)
+    t0 = time.perf_counter()
+    with pytest.raises(CredentialError) as e:
+        E.from_postgres(None, cfg(E.FromPostgres, table="t", credentialPath=wrong), c)
+    msg = str(e.value)
+    assert time.perf_counter() - t0 < 5, "authentication failures are not retried"
+    assert f"PostgreSQL at 127.0.0.1:{db.port}, database '{db.database}'" in msg
+    assert f"user '{db.username}'" in msg and "Vault secret 'secret/data/postgres/wrong'" in msg
+    assert "the password was rejected" in msg and "28P01" in msg
+    assert "nope-4242x" not in msg and db.password not in msg
+
+
+def test_unknown_database_and_unreachable_host(db, vault, ctx, vault_resource):
+    c = ctx(read_secret=vault_resource.read_secret)
+    nodb = vault.put("secret", "pg/nodb", {**db.secret(), "database": "no_such_db"})
+    with pytest.raises(JdbcError, match="database 'no_such_db'.*the database does not exist"):
+        E.from_postgres(None, cfg(E.FromPostgres, table="t", credentialPath=nodb), c)
+    down = vault.put("secret", "pg/down", {**db.secret(), "port": 9})
+    t0 = time.perf_counter()
+    with pytest.raises(JdbcError, match=r"127.0.0.1:9.*could not be reached after 4 attempts"):
+        E.from_postgres(None, cfg(E.FromPostgres, table="t", credentialPath=down), c)
+    assert time.perf_counter() - t0 > 3  # 0.5 + 1 + 2 s of backoff between the attempts
+
+
+def test_a_missing_table_names_it(db):
+    with pytest.raises(JdbcError, match="cannot read table nope from PostgreSQL at .*nope"):
+        E.from_postgres(None, cfg(E.FromPostgres, table="nope", credentialPath=db.path),
+                        db.ctx())
