@@ -1,6 +1,7 @@
 """Connection settings shared by extract and load methods: credentials, JDBC, S3."""
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr
@@ -141,8 +142,10 @@ def configure_s3(spark: SparkSession, cfg: S3Connection, ctx: StepContext, bucke
                       "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider")
     if c.get("region"):
         hconf.set(prefix + "endpoint.region", str(c["region"]))
-    if c.get("endpoint"):
-        hconf.set(prefix + "endpoint", str(c["endpoint"]))
+    endpoint = (c.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3")
+                or os.environ.get("AWS_ENDPOINT_URL"))
+    if endpoint:
+        hconf.set(prefix + "endpoint", str(endpoint))
         hconf.set(prefix + "path.style.access", "true")
 
 
