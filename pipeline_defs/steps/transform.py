@@ -273,7 +273,9 @@ class ReshapeData(StepModel):
     pivot_values: list[Any] | None = Field(None, description="pivot: the values to turn into "
                                            "columns. Without it Spark runs one extra job to "
                                            "find them.")
-    group_by_columns: list[str] | None = Field(None, description="pivot: the row key.")
+    group_by_columns: list[str] | None = Field(None, description="pivot: the row key. Columns "
+                                               "that are constant by construction (enrichData "
+                                               "with current_date() or a literal) are kept too.")
     aggregate_column: str | None = Field(None, description="pivot: column aggregated into "
                                          "each cell (sum); without it cells count rows.")
     aggregate_function: str | None = Field(None, description="pivot: sum (default with "
@@ -299,12 +301,40 @@ class ReshapeData(StepModel):
         return []
 
 
+_ROW_ONLY_NODES = ("CollectMetrics", "Filter", "Sort", "Repartition", "RepartitionByExpression",
+                   "GlobalLimit", "LocalLimit", "Sample", "Deduplicate")
+
+
+def constant_columns(df: DataFrame) -> list[str]:
+    """Columns the plan itself makes constant (a literal or a run-constant expression such as
+    current_date(), set by enrichData), found in the optimized plan without reading data."""
+    try:
+        plan = df._jdf.queryExecution().optimizedPlan()
+        while plan.nodeName() in _ROW_ONLY_NODES:  # e.g. the row count's observe()
+            plan = plan.child()
+        if plan.nodeName() != "Project":
+            return []
+        exprs = plan.projectList()
+        out = []
+        for i in range(exprs.size()):
+            e = exprs.apply(i)
+            if e.nodeName() == "Alias" and e.child().foldable():
+                out.append(e.name())
+        return out
+    except Exception:  # noqa: BLE001 - a plan shape we do not know: keep nothing extra
+        return []
+
+
 @step("transform", "reshapeData", ReshapeData)
 def reshape_data(df: DataFrame, cfg: ReshapeData, ctx: StepContext) -> DataFrame:
     if cfg.operation == "unpivot":
         values = cfg.value_cols or [c for c in df.columns if c not in cfg.id_cols]
         return df.unpivot(cfg.id_cols, values, cfg.variable_col_name, cfg.value_col_name)
-    grouped = df.groupBy(*cfg.group_by_columns).pivot(cfg.pivot_column, cfg.pivot_values)
+    used = {cfg.pivot_column, cfg.aggregate_column, *cfg.group_by_columns}
+    kept = [c for c in constant_columns(df) if c not in used]
+    if kept:  # same value on every row: part of every group's key, changing no group
+        ctx.metadata["kept_constant_columns"] = kept
+    grouped = df.groupBy(*cfg.group_by_columns, *kept).pivot(cfg.pivot_column, cfg.pivot_values)
     fn = (cfg.aggregate_function or ("sum" if cfg.aggregate_column else "count")).lower()
     if fn == "count" and not cfg.aggregate_column:
         return grouped.count()

@@ -225,3 +225,19 @@ def test_filter_on_dates(spark, ctx):
     df = spark.createDataFrame([(dt.date(2024, 1, 1),), (dt.date(2025, 6, 1),)], "d date")
     out = T.filter_rows(df, cfg(T.FilterRows, condition="d >= DATE'2025-01-01'"), ctx())
     assert rows(out) == [(dt.date(2025, 6, 1),)]
+
+
+def test_pivot_keeps_columns_that_are_constant_by_construction(spark, ctx):
+    from pipeline_defs.steps import transform as T
+    df = spark.createDataFrame([(1, "a", 2.0, 7), (1, "b", 3.0, 8), (2, "a", 4.0, 9)],
+                               "c int, cat string, amt double, other int")
+    df = T.enrich_data(df, T.EnrichData.model_validate(
+        {"columns": {"stamp": "current_date()", "src": "'crm'", "twice": "amt * 2"}}), ctx())
+    c = ctx()
+    out = T.reshape_data(df, T.ReshapeData.model_validate(
+        {"operation": "pivot", "pivotColumn": "cat", "groupByColumns": ["c"],
+         "aggregateColumn": "amt"}), c)
+    assert c.metadata["kept_constant_columns"] == ["stamp", "src"]
+    assert out.columns == ["c", "stamp", "src", "a", "b"]
+    assert sorted((r.c, r.src, r.a, r.b) for r in out.collect()) == [(1, "crm", 2.0, 3.0),
+                                                                    (2, "crm", 4.0, None)]
