@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DAGSTER_HOME ?= $(CURDIR)/.cache/dagster_home
 
-.PHONY: setup home demo test dev validate bench clean
+.PHONY: setup home demo test dev validate bench services-up services-down clean
 
 # The Dagster instance for demo and dev: runs stay visible in the UI across sessions.
 home:
@@ -29,6 +29,13 @@ validate: setup
 
 bench: setup
 	@$(PY) bench/run_bench.py
+
+# PostgreSQL, MariaDB and an S3 server (moto) on loopback, as the tests use them
+services-up: setup
+	@bash scripts/services.sh up
+
+services-down:
+	@bash scripts/services.sh down
 
 clean:
 	rm -rf .cache/sample-data .cache/output .cache/dagster_home

@@ -2,7 +2,7 @@
 # The real servers the tests (and a local try-out) use, on loopback only:
 #   PostgreSQL and MariaDB from Debian's packages (installed if missing), moto's S3 server.
 #
-#   scripts/services.sh up [postgres|mariadb|s3 ...]   start (idempotent; all by default)
+#   scripts/services.sh up [tools|postgres|mariadb|s3 ...]  start (idempotent; all by default)
 #   scripts/services.sh down                            stop all
 #   scripts/services.sh status
 #
@@ -114,8 +114,11 @@ s3_down() {
   rm -f "$DIR/moto.pid"
 }
 
+# Tools the tests use beside the servers: docker-compose validates docker/ (no engine needed).
+tools_up() { command -v docker-compose >/dev/null || apt_install docker-compose; }
+
 cmd=${1:-up}; shift || true
-names=${*:-postgres mariadb s3}
+names=${*:-tools postgres mariadb s3}
 case $cmd in
   up)     for n in $names; do "${n}_up"; done ;;
   down)   s3_down; mariadb_down; postgres_down ;;
