@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DAGSTER_HOME ?= $(CURDIR)/.cache/dagster_home
 
-.PHONY: setup home demo test dev validate bench services-up services-down clean
+.PHONY: setup home demo test dev validate bench services-up services-down kafka-up kafka-down clean
 
 # The Dagster instance for demo and dev: runs stay visible in the UI across sessions.
 home:
@@ -36,6 +36,13 @@ services-up: setup
 
 services-down:
 	@bash scripts/services.sh down
+
+# A single-node Kafka broker (KRaft) on 127.0.0.1:59092, data in a temp directory
+kafka-up: setup
+	@bash scripts/kafka.sh up
+
+kafka-down:
+	@bash scripts/kafka.sh down
 
 clean:
 	rm -rf .cache/sample-data .cache/output .cache/dagster_home

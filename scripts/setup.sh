@@ -35,7 +35,17 @@ if [ ! -f "$jstamp" ]; then
   rm -rf .cache/jars && mv "$tmp" .cache/jars && touch "$jstamp"
 fi
 
-# 3. Sample data for the example pipelines in configs/
+# 3. The Kafka broker the tests and `make kafka-up` run (its own classpath, its own JVM)
+kstamp=".cache/kafka-jars/.resolved-$(hash_of jvm/kafka/pom.xml)"
+if [ ! -f "$kstamp" ]; then
+  echo "setup: resolving the Kafka broker jars with Maven (jvm/kafka/pom.xml)"
+  tmp=$(mktemp -d .cache/kafka-jars.XXXX)
+  mvn -q -B -f jvm/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$ROOT/$tmp"
+  rm -rf .cache/kafka-jars && mv "$tmp" .cache/kafka-jars && touch "$kstamp"
+fi
+
+# 4. Sample data for the example pipelines in configs/
 dstamp=".cache/sample-data/.generated-$(hash_of pipeline_defs/sample_data.py)"
 if [ ! -f "$dstamp" ]; then
   echo "setup: generating sample data in .cache/sample-data"

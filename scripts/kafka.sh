@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# A single-node Apache Kafka broker in KRaft mode (broker + controller, no ZooKeeper) on
+# loopback, run from the Maven Central jars set-up resolved into .cache/kafka-jars.
+#
+#   scripts/kafka.sh up      format a fresh data directory (first time) and start; idempotent
+#   scripts/kafka.sh down    stop it and delete its data
+#
+# PIPELINE_KAFKA_PORT (59092; the controller listens on the next port),
+# data under $PIPELINE_SERVICES_DIR/kafka (default /tmp/pipeline_defs-services/kafka).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DIR=${PIPELINE_SERVICES_DIR:-/tmp/pipeline_defs-services}/kafka
+PORT=${PIPELINE_KAFKA_PORT:-59092}
+CPORT=$((PORT + 1))
+CP="$ROOT/.cache/kafka-jars/*"
+
+ping_kafka() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+
+up() {
+  [ -d "$ROOT/.cache/kafka-jars" ] || { echo "kafka: run make setup first" >&2; exit 1; }
+  if ping_kafka; then return; fi
+  mkdir -p "$DIR"
+  cat >"$DIR/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$CPORT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$DIR/data
+num.partitions=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+PROPS
+  if [ ! -f "$DIR/data/meta.properties" ]; then
+    java -cp "$CP" kafka.tools.StorageTool format --standalone -c "$DIR/server.properties" \
+      -t "$(python3 -c 'import uuid,base64;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')" \
+      >"$DIR/format.log" 2>&1
+  fi
+  setsid java -Xms256m -Xmx768m -XX:+UseG1GC -Dlog4j2.level=WARN -cp "$CP" kafka.Kafka \
+    "$DIR/server.properties" </dev/null >"$DIR/broker.log" 2>&1 &
+  echo $! >"$DIR/broker.pid"
+  for _ in $(seq 120); do ping_kafka && break; sleep 0.5; done
+  ping_kafka || { echo "kafka: the broker did not start, see $DIR/broker.log" >&2; exit 1; }
+  echo "kafka: broker on 127.0.0.1:$PORT"
+}
+
+down() {
+  if [ -f "$DIR/broker.pid" ]; then
+    pid=$(cat "$DIR/broker.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -rf "$DIR"
+}
+
+case ${1:-up} in
+  up) up ;;
+  down) down ;;
+  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac
