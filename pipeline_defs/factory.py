@@ -175,7 +175,8 @@ def _input_name(name: str) -> str:
 def _options(pipeline: LoadedPipeline) -> dict:
     return {"mask_columns": list(pipeline.config.mask_columns),
             "quarantine_root": pipeline.config.quarantine_root or
-            os.environ.get("PIPELINE_QUARANTINE_ROOT", "quarantine")}
+            os.environ.get("PIPELINE_QUARANTINE_ROOT", "quarantine"),
+            "streaming": pipeline.config.mode == "streaming"}
 
 
 def _log_checks(context, s, ctx: StepContext, targets: list[dg.AssetKey]) -> None:
@@ -232,10 +233,11 @@ def _op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_tar
              consumers[0].step.kind == "validate" and consumers[0].current == s.index)
 
     def compute(context: dg.OpExecutionContext, **inputs):
-        if pipeline.config.mode == "streaming":
+        if pipeline.config.mode == "streaming" and s.kind == "validate":
             raise dg.Failure(description=str(UnsupportedError(
-                f"{pipeline.file}: \"mode\": \"streaming\" runs as Structured Streaming, which "
-                "this version does not run yet. Set \"mode\": \"batch\" to run it as batch.")))
+                f"{pipeline.file}, step {s.index} ({s.label}): validators do not run in "
+                "streaming pipelines yet (per micro-batch validation is planned). Move the "
+                "validation to a batch pipeline that reads the sink.")))
         vault = context.resources.vault
         if vault.required:
             literal = literal_credentials(pipeline.file, pipeline.steps)
@@ -274,7 +276,7 @@ def _op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_tar
         except (PipelineError, PySparkException, Exception) as e:  # noqa: BLE001
             raise _failure(pipeline, s, e) from None
         obs = None
-        if node.observe:
+        if node.observe and not df.isStreaming:  # a stream's rows come from its progress
             df, obs = _observe(df, context.run_id, node.op_name)
         meta = {"dagster/column_schema": table_schema(df.schema) if not df.isStreaming
                 else None, "duration_s": round(time.perf_counter() - started, 3),
@@ -322,8 +324,80 @@ def _failure(pipeline: LoadedPipeline, s, e: BaseException) -> dg.Failure:
                                 "config": dg.MetadataValue.json(err.config)})
 
 
+def _start_stream(context, plan: Plan, node: StepNode, current: StepOutput, ctx: StepContext,
+                  key: dg.AssetKey) -> dg.Output:
+    from pipeline_defs.steps import streaming
+    s = node.step
+    _refuse_concurrent_run(context, plan)
+    name = f"{plan.job_name}.{node.op_name}.{context.run_id[:8]}"
+    q = streaming.start_sink(s.method, current.df, s.config, ctx, plan.pipeline.config.streaming,
+                             name)
+    meta = {"location": s.config.location(), "query": name, "query_id": str(q.id),
+            "dagster/column_schema": table_schema(current.df.schema),
+            **{k: _plain(v) for k, v in ctx.metadata.items()}}
+    context.log.info(f"{s.label} started streaming query {name} -> {s.config.location()} "
+                     f"(checkpoint {ctx.metadata.get('checkpoint')})")
+    return dg.Output({"query_id": str(q.id), "name": name, "step": s.index,
+                      "asset_key": key.to_user_string()}, metadata=meta)
+
+
+def _watch_op(plan: Plan, loads: list[StepNode]) -> dg.OpDefinition:
+    """The last op of a streaming job: keeps the run alive while its queries run."""
+    settings = plan.pipeline.config.streaming
+
+    def compute(context: dg.OpExecutionContext, **inputs):
+        from pipeline_defs.steps import streaming
+        spark = context.resources.spark.spark
+        stats = [streaming.QueryStats(spark.streams.get(v["query_id"]), v["step"], v["name"])
+                 for v in inputs.values()]
+        watcher = streaming.Watcher(stats, context.log, settings)
+        try:
+            ended = watcher.run(streaming.seconds(settings.timeout),
+                                first_batch_only=not settings.await_termination)
+        except streaming.StreamingQueryFailed as e:
+            raise dg.Failure(description=secrets.scrub(str(e))) from None
+        except BaseException:
+            context.log.info("the run was interrupted: the queries were stopped between two "
+                             "micro-batches; a new run resumes from their checkpoints")
+            raise
+        totals = [q.totals() for q in stats]
+        for q, v in zip(stats, inputs.values()):
+            context.log_event(dg.AssetMaterialization(
+                asset_key=dg.AssetKey.from_user_string(v["asset_key"]),
+                description=f"stream {q.name} ({ended})",
+                metadata={k: _plain(x) for k, x in q.totals().items() if x is not None}))
+        context.log.info(f"streams {ended}: " + "; ".join(
+            f"{t['query']}: {t['batches']} batches, {t['input_rows']} rows" for t in totals))
+        yield dg.Output(totals, metadata={
+            "ended": ended, "batches": sum(t["batches"] for t in totals),
+            "input_rows": sum(t["input_rows"] for t in totals),
+            "queries": dg.MetadataValue.json(totals)})
+
+    return dg.OpDefinition(
+        name=f"{plan.job_name}__streams", compute_fn=lambda ctx, inputs: compute(ctx, **inputs),
+        ins={f"s{n.step.index:02d}": dg.In(dg.Any) for n in loads},
+        outs={"result": dg.Out(dg.Any)}, required_resource_keys={"spark"},
+        tags={"pipeline/kind": "streams"},
+        description="Watches the streaming queries the loads started: progress, failures, "
+                    "graceful stop when the run ends or is terminated.")
+
+
+def _refuse_concurrent_run(context, plan: Plan) -> None:
+    """At most one run of a streaming pipeline at a time: two would fight over checkpoints."""
+    others = [r for r in context.instance.get_runs(filters=dg.RunsFilter(
+        job_name=plan.job_name, statuses=[dg.DagsterRunStatus.STARTED,
+                                          dg.DagsterRunStatus.STARTING]))
+        if r.run_id != context.run_id]
+    if others:
+        raise dg.Failure(description=f"pipeline '{plan.pipeline.name}' is streaming in run "
+                         f"{others[0].run_id} already; at most one run of a streaming "
+                         "pipeline runs at a time. Terminate that run first.")
+
+
 def _run_load(context, plan: Plan, node: StepNode, fn, current: StepOutput, ctx: StepContext,
               started: float, key: dg.AssetKey) -> dg.Output:
+    if current.df.isStreaming:
+        return _start_stream(context, plan, node, current, ctx, key)
     s = node.step
     df, obs = current.df, None
     if not s.config.counts_rows:
@@ -376,11 +450,22 @@ def build_pipeline(p: LoadedPipeline, registry: Registry) -> PipelineDefs:
         for j in n.after:
             d[f"after_s{j:02d}"] = dg.DependencyDefinition(plan.node(j).op_name, "result")
         deps[dg.NodeInvocation(ops[n.step.index].name, alias=n.op_name)] = d
-    graph = dg.GraphDefinition(name=plan.job_name, node_defs=list(ops.values()),
+    node_defs = list(ops.values())
+    if p.config.mode == "streaming":
+        loads = [n for n in plan.nodes if n.step.kind == "load"]
+        watch = _watch_op(plan, loads)
+        node_defs.append(watch)
+        deps[dg.NodeInvocation(watch.name, alias="streams")] = {
+            f"s{n.step.index:02d}": dg.DependencyDefinition(n.op_name, "result")
+            for n in loads}
+    graph = dg.GraphDefinition(name=plan.job_name, node_defs=node_defs,
                                dependencies=deps, description=p.config.description)
     job = graph.to_job(
         executor_def=dg.in_process_executor,
-        tags={"pipeline/name": p.name, "pipeline/mode": p.config.mode, **p.config.tags},
+        tags={"pipeline/name": p.name, "pipeline/mode": p.config.mode, **p.config.tags,
+              # dagster.yaml limits runs per value of this tag to one (streaming pipelines)
+              **({"pipeline/streaming": plan.job_name} if p.config.mode == "streaming"
+                 else {})},
         metadata={"pipeline_file": p.file, "steps": len(p.steps)},
         description=p.config.description or f"Pipeline '{p.name}' from {p.file}")
     return PipelineDefs(job, plan, load_keys, source_keys, check_targets)

@@ -140,3 +140,47 @@ def vault_resource(vault, tmp_path):
     from pipeline_defs.resources.vault import VaultResource
     return VaultResource(url=vault.url, token=vault.root_token,
                          audit_log=str(tmp_path / "audit.jsonl"), backoff_s=0.05)
+
+
+KAFKA_PORT = int(os.environ.get("PIPELINE_KAFKA_PORT", "59092"))
+KAFKA = f"127.0.0.1:{KAFKA_PORT}"
+
+
+@pytest.fixture(scope="session")
+def kafka():
+    """The KRaft broker of scripts/kafka.sh (idempotent: a no-op when it runs)."""
+    subprocess.run(["bash", str(REPO / "scripts" / "kafka.sh"), "up"], check=True,
+                   capture_output=True, text=True)
+    return KAFKA
+
+
+@pytest.fixture
+def topic(kafka):
+    """A fresh topic (3 partitions), created with the admin client; a factory for more."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+    admin = AdminClient({"bootstrap.servers": kafka})
+
+    def make(partitions: int = 3) -> str:
+        name = _name("topic")
+        for f in admin.create_topics([NewTopic(name, partitions, 1)]).values():
+            f.result(timeout=30)
+        return name
+    make.default = make()
+    return make
+
+
+def produce(bootstrap: str, topic: str, records, key=None) -> int:
+    """Sends dicts as JSON values (key from the field `key` names); returns how many."""
+    import json as _json
+
+    from confluent_kafka import Producer
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all",
+                  "enable.idempotence": True})
+    n = 0
+    for r in records:
+        p.produce(topic, _json.dumps(r).encode(), key=str(r[key]).encode() if key else None)
+        n += 1
+        if n % 10000 == 0:
+            p.poll(0)
+    assert p.flush(60) == 0
+    return n

@@ -71,6 +71,25 @@ class StepSpec(FormatModel):
                                    description="The method's settings; see the method's schema.")
 
 
+class StreamingSettings(FormatModel):
+    """How a streaming pipeline's queries live inside the Dagster run."""
+
+    await_termination: bool = Field(
+        True, description="Keep the run (and its queries) going until the queries end: with "
+        "trigger availableNow/once when the backlog is drained, else at `timeout` or when the "
+        "run is terminated. false: stop gracefully after each query's first micro-batch.")
+    timeout: str | int | None = Field(
+        None, description="Stop the queries gracefully after this long (seconds, or \"10 "
+        "minutes\"); the run then succeeds.")
+    trigger: str | None = Field(None, description="Default trigger of the loads: \"5 "
+                                "seconds\", \"availableNow\" or \"once\".")
+    checkpoint_root: str | None = Field(
+        None, description="Where checkpoints go when a load has no checkpointLocation: "
+        "<root>/<pipeline>/<step> (default PIPELINE_CHECKPOINT_ROOT, else ./checkpoints).")
+    progress_interval_s: float = Field(10.0, gt=0, description="At most one progress line per "
+                                       "query per this many seconds in the run's log.")
+
+
 class PipelineConfig(FormatModel):
     """A pipeline file: named steps that run in order on Spark."""
 
@@ -89,4 +108,6 @@ class PipelineConfig(FormatModel):
     quarantine_root: str | None = Field(None, description="Where quarantined rows go by "
                                         "default: <quarantineRoot>/<pipeline>/<step> (default "
                                         "PIPELINE_QUARANTINE_ROOT, else ./quarantine).")
+    streaming: StreamingSettings = Field(default_factory=StreamingSettings,
+                                         description="Streaming mode: query lifecycle.")
     steps: list[StepSpec] = Field(min_length=1, description="The steps, run in order.")

@@ -1,7 +1,7 @@
 """Extract methods: each reads a source into a (lazy) DataFrame."""
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 from pyspark.sql import DataFrame, DataFrameReader
@@ -9,6 +9,7 @@ from pyspark.sql import DataFrame, DataFrameReader
 from pipeline_defs.steps.connections import (Credentialed, FileFormat, JdbcConnection, PathCredentials,
                                              S3Connection, Scalar, configure_s3, credentials,
                                              jdbc_endpoint, options_of, prepare_path, s3_path)
+from pipeline_defs.errors import UnsupportedError
 from pipeline_defs.steps.context import StepContext
 from pipeline_defs.steps.registry import step
 
@@ -49,7 +50,14 @@ def _reader(ctx: StepContext, fmt: str, options: dict[str, str], ddl: str | None
 @step("extract", "fromFile", FromFile)
 def from_file(df: None, cfg: FromFile, ctx: StepContext) -> DataFrame:
     prepare_path(ctx.spark, cfg, ctx, cfg.path)
-    return _reader(ctx, cfg.format, options_of(cfg.options), cfg.ddl_schema).load(cfg.path)
+    reader = _reader(ctx, cfg.format, options_of(cfg.options), cfg.ddl_schema)
+    if not ctx.options.get("streaming"):
+        return reader.load(cfg.path)
+    # a stream of new files in the directory; without `schema`, the files there now give it
+    schema = cfg.ddl_schema or reader.load(cfg.path).schema
+    opts = {"header": "true"} if cfg.format == "csv" else {}
+    return ctx.spark.readStream.format(cfg.format).options(
+        **{**opts, **options_of(cfg.options)}).schema(schema).load(cfg.path)
 
 
 class FromDeltaLake(Extract):
@@ -73,6 +81,15 @@ class FromDeltaLake(Extract):
 
 @step("extract", "fromDeltaLake", FromDeltaLake)
 def from_delta_lake(df: None, cfg: FromDeltaLake, ctx: StepContext) -> DataFrame:
+    if ctx.options.get("streaming"):  # new commits as they come (from `version` when given)
+        if cfg.timestamp is not None:
+            raise UnsupportedError("fromDeltaLake: a stream starts at a version, not a "
+                                   "timestamp. Use \"version\".")
+        prepare_path(ctx.spark, cfg, ctx, cfg.path or "")
+        rs = ctx.spark.readStream.format("delta")
+        if cfg.version is not None:
+            rs = rs.option("startingVersion", cfg.version)
+        return rs.table(cfg.table) if cfg.table else rs.load(cfg.path)
     r = ctx.spark.read.format("delta")
     if cfg.version is not None:
         r = r.option("versionAsOf", cfg.version)
@@ -207,7 +224,8 @@ def from_s3(df: None, cfg: FromS3, ctx: StepContext) -> DataFrame:
 
 
 class FromKafka(Credentialed):
-    """Read a Kafka topic: in batch from earliest to latest offsets (or the ones given)."""
+    """Read a Kafka topic: in batch from earliest to latest offsets (or the ones given), in a
+    streaming pipeline as a stream (from latest, unless startingOffsets says otherwise)."""
 
     topic: str = Field(description="Topic name (comma-separated for several).")
     bootstrap_servers: str | None = Field(None, description="host:port list, when not in the "
@@ -216,15 +234,35 @@ class FromKafka(Credentialed):
                                          "Batch default earliest; streaming default latest.")
     ending_offsets: str | None = Field(None, description="Batch only: latest (default) or JSON.")
     fail_on_data_loss: bool = Field(True, description="Fail when offsets were deleted before "
-                                    "being read (the original defaulted to false).")
-    max_offsets_per_trigger: int | None = Field(None, description="Streaming: cap per batch.")
+                                    "being read. The original defaulted to false, silently "
+                                    "skipping lost data; set false to get that back.")
+    max_offsets_per_trigger: int | None = Field(None, description="Streaming: at most this many "
+                                                "offsets per micro-batch.")
     min_partitions: int | None = Field(None, description="Minimum Spark partitions to read with.")
+    value_format: Literal["auto", "string", "json", "avro", "raw"] = Field(
+        "auto", description="How values are decoded: json (columns of `schema`), avro (with "
+        "`avroSchema`), string (one `value` column), raw (bytes). auto: json with `schema` "
+        "when given; else json with a schema inferred from up to 1,000 messages of the topic "
+        "when they are JSON objects (pin `schema` in production), else string.")
+    ddl_schema: str | None = Field(None, alias="schema", description="json: the value's schema "
+                                   "as DDL, e.g. \"id BIGINT, amount DOUBLE\".")
+    avro_schema: str | None = Field(None, description="avro: the writer schema (Avro JSON).")
+    include_key: bool = Field(False, description="Keep the message key (as string column "
+                                                 "`key`).")
+    include_metadata: bool = Field(False, description="Keep kafka_topic, kafka_partition, "
+                                   "kafka_offset and kafka_timestamp columns.")
     properties: dict[str, str] = Field(default_factory=dict, description="Extra Kafka consumer "
                                        "properties (without the kafka. prefix).")
     uses_current = False
 
     def location(self) -> str | None:
         return f"kafka://{self.topic}"
+
+    def problems(self):
+        if self.value_format == "avro" and not self.avro_schema:
+            return [("avroSchema", "valueFormat avro needs avroSchema.",
+                     "Give the writer schema as Avro JSON.")]
+        return []
 
 
 def kafka_options(cfg, ctx: StepContext) -> dict[str, str]:
@@ -233,14 +271,68 @@ def kafka_options(cfg, ctx: StepContext) -> dict[str, str]:
     return {f"kafka.{k}": str(v) for k, v in props.items()}
 
 
+def _infer_json_schema(ctx: StepContext, opts: dict[str, str], topic: str) -> str | None:
+    """The schema of the topic's JSON values, from a sample read in batch (None if the values
+    are not all JSON objects, or the topic is empty)."""
+    sample = ctx.spark.read.format("kafka").options(**{
+        **{k: v for k, v in opts.items() if k.startswith("kafka.") or k == "subscribe"},
+        "startingOffsets": "earliest", "endingOffsets": "latest"}).load() \
+        .selectExpr("CAST(value AS STRING) AS v").limit(1000)
+    values = [r.v for r in sample.collect() if r.v is not None]
+    if not values or not all(v.lstrip().startswith("{") for v in values):
+        return None
+    schema = ctx.spark.read.json(ctx.spark.sparkContext.parallelize(values)).schema
+    if "_corrupt_record" in schema.fieldNames():
+        return None
+    ddl = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in schema.fields)
+    ctx.metadata["inferred_schema"] = ddl
+    ctx.log.warning(f"fromKafka: the values of '{topic}' are decoded as JSON with the schema "
+                    f"inferred from {len(values)} messages: {ddl}. Pin it with \"schema\".")
+    return ddl
+
+
+def decode_kafka(raw: DataFrame, cfg: FromKafka, ddl: str | None) -> DataFrame:
+    from pyspark.sql import functions as F
+    cols = [F.col("key").cast("string").alias("key")] if cfg.include_key else []
+    fmt = cfg.value_format
+    if fmt == "auto":
+        fmt = "json" if ddl else "string"
+    if fmt == "json":
+        value = [F.from_json(F.col("value").cast("string"), ddl).alias("v")]
+    elif fmt == "avro":
+        from pyspark.sql.avro.functions import from_avro
+        value = [from_avro(F.col("value"), cfg.avro_schema).alias("v")]
+    elif fmt == "string":
+        value = [F.col("value").cast("string").alias("value")]
+    else:
+        value = [F.col("value")]
+    meta = [F.col(c).alias(f"kafka_{c}") for c in ("topic", "partition", "offset", "timestamp")
+            ] if cfg.include_metadata else []
+    out = raw.select(*cols, *value, *meta)
+    if fmt in ("json", "avro"):
+        out = out.select(*[c for c in out.columns if c != "v"], "v.*")
+    return out
+
+
 @step("extract", "fromKafka", FromKafka)
 def from_kafka(df: None, cfg: FromKafka, ctx: StepContext) -> DataFrame:
+    streaming = bool(ctx.options.get("streaming"))
     opts = {**kafka_options(cfg, ctx), "subscribe": cfg.topic,
             "failOnDataLoss": str(cfg.fail_on_data_loss).lower(),
-            "startingOffsets": cfg.starting_offsets or "earliest",
-            "endingOffsets": cfg.ending_offsets or "latest"}
+            "startingOffsets": cfg.starting_offsets or ("latest" if streaming else "earliest")}
     if cfg.min_partitions:
         opts["minPartitions"] = str(cfg.min_partitions)
-    raw = ctx.spark.read.format("kafka").options(**opts).load()
-    return raw.selectExpr("CAST(key AS STRING) AS key", "CAST(value AS STRING) AS value",
-                          "topic", "partition", "offset", "timestamp")
+    ddl = cfg.ddl_schema
+    if ddl is None and cfg.value_format in ("auto", "json"):
+        ddl = _infer_json_schema(ctx, opts, cfg.topic)
+        if ddl is None and cfg.value_format == "json":
+            raise UnsupportedError(f"fromKafka: valueFormat json needs \"schema\" (the topic "
+                                  f"'{cfg.topic}' has no JSON sample to infer it from).")
+    if streaming:
+        if cfg.max_offsets_per_trigger:
+            opts["maxOffsetsPerTrigger"] = str(cfg.max_offsets_per_trigger)
+        raw = ctx.spark.readStream.format("kafka").options(**opts).load()
+    else:
+        opts["endingOffsets"] = cfg.ending_offsets or "latest"
+        raw = ctx.spark.read.format("kafka").options(**opts).load()
+    return decode_kafka(raw, cfg, ddl)

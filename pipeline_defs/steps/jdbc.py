@@ -217,12 +217,25 @@ def staging_name(table: str, run_id: str) -> tuple[str, str]:
     return (f"{schema}.{stage}" if schema else stage), prefix
 
 
+MARKERS = "_pd_stream_batches"
+
+
 def load(spark: SparkSession, df: DataFrame, ep: Endpoint, spec: LoadSpec, run_id: str,
-         log) -> dict[str, Any]:
-    """Writes df to spec.table so that readers see all of it or nothing of it."""
+         log, marker: tuple[str, int] | None = None) -> dict[str, Any]:
+    """Writes df to spec.table so that readers see all of it or nothing of it. With a marker
+    (streaming query, batch id), the marker is recorded in the same transaction and a batch
+    whose marker exists is skipped: a replayed micro-batch is never loaded twice."""
     cols = df.columns
     stage, prefix = staging_name(spec.table, run_id)
     with Connection(spark, ep) as conn:
+        if marker is not None:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {MARKERS} (query_name varchar(200) NOT "
+                         "NULL, batch_id bigint NOT NULL, loaded_at timestamp DEFAULT "
+                         "CURRENT_TIMESTAMP, PRIMARY KEY (query_name, batch_id))")
+            if conn.query(f"SELECT 1 FROM {MARKERS} WHERE query_name = '{marker[0]}' AND "
+                          f"batch_id = {marker[1]}"):
+                log.info(f"batch {marker[1]} of {marker[0]} was loaded before; skipped")
+                return {"rows": 0, "skipped": "batch already loaded"}
         _drop_leftovers(conn, ep, spec.table, prefix, log)
         exists = conn.table_exists(spec.table)
         if exists and spec.mode in ("errorifexists", "error"):
@@ -243,7 +256,11 @@ def load(spark: SparkSession, df: DataFrame, ep: Endpoint, spec: LoadSpec, run_i
             if spec.mode == "upsert" and spec.key_columns:
                 _refuse_duplicate_keys(conn, ep, stage, spec.key_columns)
             t1 = time.perf_counter()
-            conn.transaction(_publish(ep, spec, stage, cols, exists))
+            statements = _publish(ep, spec, stage, cols, exists)
+            if marker is not None:
+                statements.append(f"INSERT INTO {MARKERS} (query_name, batch_id) VALUES "
+                                  f"('{marker[0]}', {marker[1]})")
+            conn.transaction(statements)
             t2 = time.perf_counter()
         finally:
             conn.execute(f"DROP TABLE IF EXISTS {stage}")

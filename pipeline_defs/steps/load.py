@@ -32,8 +32,18 @@ class Load(PathCredentials):
 class StreamingSink(FormatModel):
     """Keys that only matter in streaming pipelines (accepted in batch, where they are unused)."""
 
+    checkpoint_location: str | None = Field(
+        None, description="Streaming: checkpoint directory. Default: a stable path derived "
+        "from pipeline and step under the checkpoint root, so a new run resumes.")
+    output_mode: Literal["append", "complete", "update"] | None = Field(
+        None, description="Streaming: append (default), complete or update.")
+    trigger: str | None = Field(
+        None, description="Streaming: \"5 seconds\" (processing time), \"availableNow\" or "
+        "\"once\" (the run ends when the backlog is drained). Default: the pipeline's "
+        "streaming.trigger, else micro-batches as fast as possible.")
 
-class FileSink(Load):
+
+class FileSink(Load, StreamingSink):
     mode: WriteMode = Field("errorifexists", description="append, overwrite, errorifexists or "
                                                          "ignore.")
     partition_by: list[str] | None = Field(None, description="Partition columns (one directory "
@@ -125,7 +135,7 @@ class Merge(FormatModel):
                                           "\"s.updated_at > t.updated_at\".")
 
 
-class ToDeltaLake(Load):
+class ToDeltaLake(Load, StreamingSink):
     """Write a Delta table (path or table), or upsert into it with `merge`."""
 
     counts_rows: ClassVar[bool] = True  # Delta's commit metrics count what was written
@@ -141,10 +151,6 @@ class ToDeltaLake(Load):
                                       "matching this predicate, e.g. \"day = '2025-01-01'\".")
     merge: Merge | None = Field(None, description="Upsert on key columns instead of a plain "
                                 "write; creates the table on first run.")
-    checkpoint_location: str | None = Field(None, description="Streaming: checkpoint directory.")
-    output_mode: str | None = Field(None, description="Streaming: append, complete, update.")
-    trigger: str | None = Field(None, description="Streaming: e.g. \"5 seconds\".")
-
     def problems(self):
         if (self.path is None) == (self.table is None):
             return [("path", "give exactly one of path and table.",
@@ -223,7 +229,7 @@ def to_delta_lake(df: DataFrame, cfg: ToDeltaLake, ctx: StepContext) -> LoadResu
 
 
 # ---------------------------------------------------------------- databases and Kafka
-class ToJdbc(JdbcConnection):
+class ToJdbc(JdbcConnection, StreamingSink):
     table: str = Field(description="Target table, e.g. public.customer_summary (created when "
                                    "missing).")
     mode: Literal["append", "overwrite", "upsert", "errorifexists", "error", "ignore"] = Field(
@@ -287,7 +293,7 @@ def to_mysql(df: DataFrame, cfg: ToMySQL, ctx: StepContext) -> LoadResult:
     return _jdbc_write(df, cfg, ctx, "mysql")
 
 
-class ToKafka(Credentialed):
+class ToKafka(Credentialed, StreamingSink):
     """Write rows to a Kafka topic: key/value columns, or each whole row as JSON."""
 
     topic: str = Field(description="Topic name.")
@@ -298,22 +304,24 @@ class ToKafka(Credentialed):
                                      "whole row as JSON.")
     properties: dict[str, str] = Field(default_factory=dict, description="Extra producer "
                                        "properties (without the kafka. prefix).")
-    checkpoint_location: str | None = Field(None, description="Streaming: checkpoint directory.")
-    output_mode: str | None = Field(None, description="Streaming: append, complete, update.")
-    trigger: str | None = Field(None, description="Streaming: e.g. \"5 seconds\".")
     asset_key: list[str] | None = Field(None, description="Dagster asset key for the topic.")
 
     def location(self) -> str | None:
         return f"kafka://{self.topic}"
 
 
-@step("load", "toKafka", ToKafka)
-def to_kafka(df: DataFrame, cfg: ToKafka, ctx: StepContext) -> LoadResult:
+def kafka_frame(df: DataFrame, cfg: ToKafka) -> DataFrame:
+    """key/value columns for Kafka: the given columns, or the whole row as JSON."""
     value = (F.expr(cfg.value_column).cast("string") if cfg.value_column
              else F.to_json(F.struct(*[F.col(c) for c in df.columns])))
     cols = [value.alias("value")]
     if cfg.key_column:
         cols.append(F.expr(cfg.key_column).cast("string").alias("key"))
+    return df.select(*cols)
+
+
+@step("load", "toKafka", ToKafka)
+def to_kafka(df: DataFrame, cfg: ToKafka, ctx: StepContext) -> LoadResult:
     opts = {**kafka_options(cfg, ctx), "topic": cfg.topic}
-    df.select(*cols).write.format("kafka").options(**opts).save()
+    kafka_frame(df, cfg).write.format("kafka").options(**opts).save()
     return LoadResult(f"kafka://{cfg.topic}", "kafka", "append")
