@@ -91,6 +91,10 @@ def cmd_run(args) -> int:
     if home:
         Path(home).mkdir(parents=True, exist_ok=True)
     instance = dg.DagsterInstance.get() if home else dg.DagsterInstance.ephemeral()
+    # SIGTERM (a supervisor, `kill`) ends the run like Ctrl-C: streaming queries stop between
+    # two micro-batches, so what ran is committed and the next run resumes
+    import signal
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.perf_counter()
     result = job.execute_in_process(
         instance=instance, raise_on_error=False,
