@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -99,7 +100,9 @@ def cmd_run(args) -> int:
     result = job.execute_in_process(
         instance=instance, raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
-        tags={"pipeline/params": ",".join(sorted(params))} if params else None)
+        tags={**({"pipeline/params": ",".join(sorted(params))} if params else {}),
+              # lets a later run tell a killed run's leftover STARTED record from a live run
+              "pipeline/pid": str(os.getpid()), "pipeline/host": socket.gethostname()})
     print_summary(result, pipeline, time.perf_counter() - started)
     if args.show and result.success:
         from pipeline_defs.runs import show_outputs

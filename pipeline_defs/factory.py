@@ -382,12 +382,29 @@ def _watch_op(plan: Plan, loads: list[StepNode]) -> dg.OpDefinition:
                     "graceful stop when the run ends or is terminated.")
 
 
+def _gone(instance, run) -> bool:
+    """A run started by `pipeline run` on this host whose process no longer exists (killed):
+    its record still says STARTED. It is marked failed, and does not block a new run."""
+    import socket
+    pid, host = run.tags.get("pipeline/pid"), run.tags.get("pipeline/host")
+    if not pid or host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+        return False
+    except ProcessLookupError:
+        instance.report_run_failed(run, f"process {pid} is gone (killed)")
+        return True
+    except PermissionError:
+        return False
+
+
 def _refuse_concurrent_run(context, plan: Plan) -> None:
     """At most one run of a streaming pipeline at a time: two would fight over checkpoints."""
     others = [r for r in context.instance.get_runs(filters=dg.RunsFilter(
         job_name=plan.job_name, statuses=[dg.DagsterRunStatus.STARTED,
                                           dg.DagsterRunStatus.STARTING]))
-        if r.run_id != context.run_id]
+        if r.run_id != context.run_id and not _gone(context.instance, r)]
     if others:
         raise dg.Failure(description=f"pipeline '{plan.pipeline.name}' is streaming in run "
                          f"{others[0].run_id} already; at most one run of a streaming "
