@@ -176,7 +176,8 @@ def _options(pipeline: LoadedPipeline) -> dict:
     return {"mask_columns": list(pipeline.config.mask_columns),
             "quarantine_root": pipeline.config.quarantine_root or
             os.environ.get("PIPELINE_QUARANTINE_ROOT", "quarantine"),
-            "streaming": pipeline.config.mode == "streaming"}
+            "streaming": pipeline.config.mode == "streaming",
+            "streaming_settings": pipeline.config.streaming}
 
 
 def _log_checks(context, s, ctx: StepContext, targets: list[dg.AssetKey]) -> None:
@@ -233,11 +234,6 @@ def _op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_tar
              consumers[0].step.kind == "validate" and consumers[0].current == s.index)
 
     def compute(context: dg.OpExecutionContext, **inputs):
-        if pipeline.config.mode == "streaming" and s.kind == "validate":
-            raise dg.Failure(description=str(UnsupportedError(
-                f"{pipeline.file}, step {s.index} ({s.label}): validators do not run in "
-                "streaming pipelines yet (per micro-batch validation is planned). Move the "
-                "validation to a batch pipeline that reads the sink.")))
         vault = context.resources.vault
         if vault.required:
             literal = literal_credentials(pipeline.file, pipeline.steps)
@@ -350,6 +346,8 @@ def _watch_op(plan: Plan, loads: list[StepNode]) -> dg.OpDefinition:
         spark = context.resources.spark.spark
         stats = [streaming.QueryStats(spark.streams.get(v["query_id"]), v["step"], v["name"])
                  for v in inputs.values()]
+        stats += [streaming.QueryStats(q, step, name)
+                  for q, step, name in streaming.registered(context.run_id)]
         watcher = streaming.Watcher(stats, context.log, settings)
         try:
             ended = watcher.run(streaming.seconds(settings.timeout),
@@ -361,7 +359,7 @@ def _watch_op(plan: Plan, loads: list[StepNode]) -> dg.OpDefinition:
                              "micro-batches; a new run resumes from their checkpoints")
             raise
         totals = [q.totals() for q in stats]
-        for q, v in zip(stats, inputs.values()):
+        for q, v in zip(stats, inputs.values()):  # the sinks (registered extras come last)
             context.log_event(dg.AssetMaterialization(
                 asset_key=dg.AssetKey.from_user_string(v["asset_key"]),
                 description=f"stream {q.name} ({ended})",

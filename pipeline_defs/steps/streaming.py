@@ -64,7 +64,7 @@ def checkpoint_root(settings) -> str:
             or str(Path("checkpoints").resolve()))
 
 
-def checkpoint_for(cfg, ctx: StepContext, settings) -> str:
+def checkpoint_for(cfg, ctx: StepContext, settings) -> str:  # cfg None: the step's default
     """The step's checkpointLocation, else <root>/<pipeline>/<op>: stable across runs, so a
     new run resumes where the last one committed (the original used a random directory)."""
     if getattr(cfg, "checkpoint_location", None):
@@ -135,6 +135,18 @@ def jdbc_batch_writer(method: str, cfg, ctx: StepContext, query_name: str) -> Ca
 
 
 # ---------------------------------------------------------------- the watcher
+_EXTRA: dict[str, list[tuple]] = {}
+
+
+def register(run_id: str, query: StreamingQuery, step: int, name: str) -> None:
+    """Queries started by other steps than loads (a quarantine), for the run's watcher."""
+    _EXTRA.setdefault(run_id, []).append((query, step, name))
+
+
+def registered(run_id: str) -> list[tuple]:
+    return _EXTRA.pop(run_id, [])
+
+
 @dataclass
 class QueryStats:
     query: StreamingQuery
@@ -143,6 +155,7 @@ class QueryStats:
     batches: int = 0
     rows: int = 0
     output_rows: int = 0
+    warnings: int = 0
     last_batch: int = -1
     last_logged: float = 0.0
     pending_rows: int = 0
@@ -152,6 +165,7 @@ class QueryStats:
     def totals(self) -> dict[str, Any]:
         return {"query": self.name, "step": self.step, "batches": self.batches,
                 "input_rows": self.rows, "output_rows": self.output_rows,
+                "rule_warnings": self.warnings,
                 "id": str(self.query.id),
                 "mean_batch_ms": round(sum(self.durations) / len(self.durations))
                 if self.durations else None}
@@ -178,9 +192,24 @@ class Watcher:
                 q.pending_rows += n
                 q.pending_batches += 1
                 q.durations.append(float(p.get("durationMs", {}).get("triggerExecution", 0)))
+                self._warn_rules(q, p)
                 if now - q.last_logged >= self.settings.progress_interval_s:
                     self._log_progress(q, p)
                     q.last_logged = now
+
+    def _warn_rules(self, q: QueryStats, p: dict) -> None:
+        """Row rules with onFailure warn count their violations per micro-batch (observe)."""
+        for metric, values in (p.get("observedMetrics") or {}).items():
+            if not metric.startswith("dq_step"):
+                continue
+            values = values.asDict() if hasattr(values, "asDict") else dict(values)
+            broken = {k: v for k, v in values.items() if k != "rows" and v}
+            if broken:
+                q.warnings += sum(broken.values())
+                self.log.warning(f"stream {q.name}: batch {p['batchId']}: validation "
+                                 f"{metric[3:]} warns: " + ", ".join(
+                                     f"{k}: {v} of {values.get('rows')} rows"
+                                     for k, v in broken.items()))
 
     def _log_progress(self, q: QueryStats, p: dict) -> None:
         d = p.get("durationMs", {})
@@ -252,6 +281,20 @@ def sys_exc():
     return sys.exc_info()[1]
 
 
+def _java_causes(query: StreamingQuery) -> str:
+    """The messages of the JVM exception's cause chain (PySpark shows only the outer one)."""
+    try:
+        opt = query._jsq.exception()
+        t = opt.get() if opt.isDefined() else None
+        out = []
+        while t is not None and len(out) < 12:
+            out.append(str(t.getMessage()))
+            t = t.getCause()
+        return " ".join(out)
+    except Exception:  # noqa: BLE001
+        return ""
+
+
 _CHECKPOINT_HINTS = ("checkpoint", "offset log", "state schema", "StateSchema",
                      "STATE_STORE", "STREAMING_STATEFUL_OPERATOR", "not compatible")
 
@@ -260,8 +303,12 @@ def explain_failure(q: QueryStats) -> str:
     from pipeline_defs.factory import spark_error_summary
     e = q.query.exception()
     text = spark_error_summary(e) if e is not None else "stopped"
+    full = " ".join([str(e), _java_causes(q.query)])
+    raised = re.search(r"\[USER_RAISED_EXCEPTION\] (.*?)(?: SQLSTATE|\n|$)", full)
+    if raised:  # a validation with onFailure fail: its message, not the writer's wrapper
+        text = raised.group(1).strip()
     msg = f"streaming query '{q.name}' (step {q.step}) failed: {text}"
-    if any(h.lower() in text.lower() for h in _CHECKPOINT_HINTS):
+    if any(h.lower() in full.lower() for h in _CHECKPOINT_HINTS):
         msg += (" The query cannot resume from its checkpoint, probably because it changed "
                 "since the checkpoint was written. The checkpoint is never reset silently: "
                 "undo the change, or give the load a new checkpointLocation (it then starts "

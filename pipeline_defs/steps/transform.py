@@ -12,7 +12,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from pipeline_defs.config.model import StepModel
+from pipeline_defs.config.model import FormatModel, StepModel
 from pipeline_defs.errors import PipelineError
 from pipeline_defs.steps.context import StepContext
 from pipeline_defs.steps.registry import step
@@ -238,6 +238,18 @@ AGG_FUNCTIONS = {"sum", "count", "avg", "mean", "min", "max", "first", "last", "
                  "collect_set", "any_value", "bool_and", "bool_or"}
 
 
+class TimeWindow(FormatModel):
+    column: str = Field(description="Timestamp column, e.g. event_time.")
+    duration: str = Field(description="Window length, e.g. \"1 minute\".")
+    slide: str | None = Field(None, description="Slide for overlapping windows, e.g. \"30 "
+                                                "seconds\" (default: tumbling).")
+
+
+class Watermark(FormatModel):
+    column: str = Field(description="Event-time column (usually the window's column).")
+    delay: str = Field(description="Lateness tolerated, e.g. \"10 minutes\".")
+
+
 class AggregateData(StepModel):
     """Group rows and aggregate. Two forms: {column: "sum"} gives column_sum; {alias:
     "sum(amount)"} gives alias."""
@@ -245,6 +257,12 @@ class AggregateData(StepModel):
     group_by: list[str] = Field(description="Columns to group by (may be empty for a total).")
     aggregations: dict[str, str] = Field(min_length=1, description="{column: function} or "
                                          "{alias: SQL aggregate expression}.")
+    window: TimeWindow | None = Field(None, description="Also group by a time window of a "
+                                      "timestamp column: output columns window_start, "
+                                      "window_end.")
+    watermark: Watermark | None = Field(None, description="Streaming: how late events may "
+                                        "arrive; old windows are then finalized and their "
+                                        "state dropped (needed for outputMode append).")
     passes_filters = True
 
 
@@ -261,7 +279,18 @@ def _aggregate(key: str, value: str):
 @step("transform", "aggregateData", AggregateData)
 def aggregate_data(df: DataFrame, cfg: AggregateData, ctx: StepContext) -> DataFrame:
     aggs = [_aggregate(k, v) for k, v in cfg.aggregations.items()]
-    return df.groupBy(*cfg.group_by).agg(*aggs)
+    if cfg.watermark:
+        df = df.withWatermark(cfg.watermark.column, cfg.watermark.delay)
+    keys = [F.col(c) for c in cfg.group_by]
+    if cfg.window:
+        w = cfg.window
+        keys.insert(0, F.window(w.column, w.duration, w.slide).alias("window"))
+    out = df.groupBy(*keys).agg(*aggs)
+    if cfg.window:
+        out = out.select(F.col("window.start").alias("window_start"),
+                         F.col("window.end").alias("window_end"),
+                         *[c for c in out.columns if c != "window"])
+    return out
 
 
 class ReshapeData(StepModel):

@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from pipeline_defs.config.model import FormatModel, StepModel
-from pipeline_defs.errors import PipelineError
+from pipeline_defs.errors import PipelineError, UnsupportedError
 from pipeline_defs.steps.context import StepContext
 from pipeline_defs.steps.registry import step
 
@@ -149,12 +149,70 @@ def _finish(df: DataFrame, cfg: Validator, ctx: StepContext, rules: list[RowRule
             finalize: Callable | None = None) -> DataFrame:
     """Record the step's rules; evaluate now, or later with the rest of its group when the
     runner says the next step is a validation too (ctx.options["defer_validation"])."""
+    if df.isStreaming:
+        return _per_micro_batch(df, cfg, ctx, rules, schema_errors or [], dataset_rules or [],
+                                finalize)
     pending = Pending(cfg, ctx, rules, dataset_rules or [], schema_errors or [], finalize)
     group = list(ctx.options.get("pending_validations", [])) + [pending]
     ctx.options["pending_validations"] = group
     if ctx.options.get("defer_validation"):
         return df
     return evaluate(df, group)
+
+
+STREAMING_VALIDATORS = ("ValidateNulls", "ValidateRanges", "ValidateBusinessRules",
+                        "ValidateAcceptedValues", "ValidateRegex", "ValidateSchema")
+
+
+def _per_micro_batch(df: DataFrame, cfg: Validator, ctx: StepContext, rules: list[RowRule],
+                     schema_errors: list[str], dataset_rules: list, finalize) -> DataFrame:
+    """A validation inside a stream: its row rules apply to every row of every micro-batch.
+    fail stops the query (and the run) at the first violating row; warn counts violations
+    per micro-batch (logged by the run's stream watcher); drop filters; quarantine writes the
+    violating rows to the quarantine Delta table by a query of their own."""
+    from pipeline_defs.steps import streaming
+    name = type(cfg).__name__
+    if name not in STREAMING_VALIDATORS or dataset_rules or finalize:
+        raise UnsupportedError(
+            f"{ctx.method} checks the whole dataset (or a window of rows), which a stream "
+            "never has; in streaming pipelines only row rules run, per micro-batch: "
+            "validateNulls, validateRanges, validateBusinessRules, validateAcceptedValues, "
+            "validateRegex, validateSchema. Check the sink with a batch pipeline instead.")
+    if schema_errors:
+        msg = "; ".join(schema_errors)
+        if cfg.on_failure == "fail":
+            raise ValidationFailed(f"{ctx.method}: {msg}")
+        ctx.log.warning(f"{ctx.method}: {msg}")
+    if not rules:
+        return df
+    broken = F.greatest(*[F.coalesce(r.violates, F.lit(False)) for r in rules]) \
+        if len(rules) > 1 else F.coalesce(rules[0].violates, F.lit(False))
+    ctx.metadata["rules"] = [r.text for r in rules]
+    if cfg.on_failure == "fail":
+        return df.filter(F.when(broken, F.raise_error(F.concat(
+            F.lit(f"{ctx.method} (step {ctx.step}) failed: a row broke "),
+            F.array_join(_flag(rules), ", ")))).otherwise(F.lit(True)))
+    if cfg.on_failure == "warn":
+        metric = f"dq_step{ctx.step}"
+        ctx.metadata["observed_metric"] = metric
+        return df.observe(metric, F.count(F.lit(1)).alias("rows"),
+                          *[F.count(F.when(r.violates, 1)).alias(r.name) for r in rules])
+    if cfg.on_failure == "quarantine":
+        location = quarantine_location(cfg, ctx)
+        bad = (df.filter(broken).withColumn(RULES_COL, _flag(rules))
+               .withColumn(REASON_COL, F.concat(F.lit("broke: "), F.array_join(RULES_COL, ", ")))
+               .withColumn(RUN_COL, F.lit(ctx.run_id))
+               .withColumn(TIME_COL, F.current_timestamp()))
+        settings = ctx.options["streaming_settings"]
+        q = (bad.writeStream.queryName(f"{ctx.pipeline}.quarantine.s{ctx.step}.{ctx.run_id[:8]}")
+             .format("delta").option("mergeSchema", "true")
+             .option("checkpointLocation", streaming.checkpoint_for(None, ctx, settings)
+                     + "_quarantine")
+             .trigger(**(streaming.trigger_kwargs(settings.trigger) or {}))
+             .start(location))
+        streaming.register(ctx.run_id, q, ctx.step, f"quarantine of step {ctx.step}")
+        ctx.metadata["quarantine_location"] = location
+    return df.filter(~broken)
 
 
 def evaluate(df: DataFrame, group: list[Pending]) -> DataFrame:

@@ -241,3 +241,18 @@ def test_pivot_keeps_columns_that_are_constant_by_construction(spark, ctx):
     assert out.columns == ["c", "stamp", "src", "a", "b"]
     assert sorted((r.c, r.src, r.a, r.b) for r in out.collect()) == [(1, "crm", 2.0, 3.0),
                                                                     (2, "crm", 4.0, None)]
+
+
+def test_aggregate_by_time_window(spark, ctx):
+    from pipeline_defs.steps import transform as T
+    df = spark.createDataFrame(
+        [("a", "2025-01-01 10:00:10", 1), ("a", "2025-01-01 10:00:50", 2),
+         ("a", "2025-01-01 10:01:05", 4), ("b", "2025-01-01 10:00:30", 8)],
+        "k string, ts string, v int").selectExpr("k", "CAST(ts AS timestamp) AS ts", "v")
+    out = T.aggregate_data(df, T.AggregateData.model_validate(
+        {"groupBy": ["k"], "aggregations": {"total": "sum(v)"},
+         "window": {"column": "ts", "duration": "1 minute"},
+         "watermark": {"column": "ts", "delay": "5 minutes"}}), ctx())
+    assert out.columns == ["window_start", "window_end", "k", "total"]
+    assert sorted((str(r.window_start)[11:16], r.k, r.total) for r in out.collect()) == [
+        ("10:00", "a", 3), ("10:00", "b", 8), ("10:01", "a", 4)]
