@@ -20,6 +20,9 @@ ping_kafka() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
 up() {
   [ -d "$ROOT/.cache/kafka-jars" ] || { echo "kafka: run make setup first" >&2; exit 1; }
   if ping_kafka; then return; fi
+  if [ -f "$DIR/broker.pid" ] && kill -0 "$(cat "$DIR/broker.pid")" 2>/dev/null; then
+    wait_up; return  # starting already (a slow machine): wait for it, never start a second
+  fi
   mkdir -p "$DIR"
   cat >"$DIR/server.properties" <<PROPS
 process.roles=broker,controller
@@ -46,9 +49,13 @@ PROPS
   setsid java -Xms256m -Xmx768m -XX:+UseG1GC -Dlog4j2.level=WARN -cp "$CP" kafka.Kafka \
     "$DIR/server.properties" </dev/null >"$DIR/broker.log" 2>&1 &
   echo $! >"$DIR/broker.pid"
-  for _ in $(seq 120); do ping_kafka && break; sleep 0.5; done
-  ping_kafka || { echo "kafka: the broker did not start, see $DIR/broker.log" >&2; exit 1; }
+  wait_up
   echo "kafka: broker on 127.0.0.1:$PORT"
+}
+
+wait_up() {
+  for _ in $(seq 360); do ping_kafka && return; sleep 0.5; done
+  echo "kafka: the broker did not start within 180 s, see $DIR/broker.log" >&2; exit 1
 }
 
 down() {

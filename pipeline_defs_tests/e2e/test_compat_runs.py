@@ -79,14 +79,3 @@ def test_failure_metadata_masks_secrets_in_the_step_config(registry, tmp_path):
     assert data.metadata["config"].data["password"] == "***"
     for e in result.all_events:
         assert "hunter2-very-secret" not in str(e)
-
-
-def test_streaming_pipeline_stops_with_a_clear_message(registry, tmp_path):
-    raw = json.loads((COMPAT / "streaming-kafka.json").read_text())
-    p = load_pipeline(write_json(tmp_path / "s.json", raw), registry)
-    result = definitions_for([p]).get_job_def("streaming_kafka_pipeline").execute_in_process(
-        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
-    assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "runs as Structured Streaming, which this version does not run yet" in \
-        failure.event_specific_data.user_failure_data.description
