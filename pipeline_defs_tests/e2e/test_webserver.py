@@ -37,12 +37,18 @@ def gql(port: int, query: str, variables: dict | None = None) -> dict:
 
 @pytest.fixture
 def webserver(tmp_path, sample_data):
+    yield from serve(tmp_path, copy_configs(tmp_path / "configs"), {
+        "PIPELINE_DATA_DIR": str(sample_data), "PIPELINE_OUTPUT_DIR": str(tmp_path / "out")})
+
+
+def serve(tmp_path, config_dir, extra_env):
+    """dagster-webserver and dagster-daemon on loopback over config_dir; yields (port, out)."""
     port = free_port()
     home = tmp_path / "dagster_home"
     home.mkdir()
+    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     env = {**os.environ, "DAGSTER_HOME": str(home), "SPARK_MASTER": "local[2]",
-           "PIPELINE_CONFIG_DIR": str(copy_configs(tmp_path / "configs")),
-           "PIPELINE_DATA_DIR": str(sample_data), "PIPELINE_OUTPUT_DIR": str(tmp_path / "out")}
+           "PIPELINE_CONFIG_DIR": str(config_dir), **extra_env}
     proc = subprocess.Popen([str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port),
                              "-m", "pipeline_defs.definitions"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "web.log", "w"))
@@ -67,6 +73,23 @@ def webserver(tmp_path, sample_data):
         p.terminate()
     for p in (daemon, proc):
         p.wait(timeout=60)
+
+
+def launch(port: int, job: str) -> str:
+    repo = gql(port, """{ repositoriesOrError { ... on RepositoryConnection { nodes {
+        name location { name } } } } }""")["repositoriesOrError"]["nodes"][0]
+    launched = gql(port, """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
+        __typename ... on LaunchRunSuccess { run { runId } }
+        ... on PythonError { message } } }""", {"p": {"selector": {
+        "repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"],
+        "jobName": job}, "runConfigData": {}}})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return launched["run"]["runId"]
+
+
+def run_status(port: int, run_id: str) -> str:
+    return gql(port, """query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }""",
+               {"id": run_id})["runOrError"]["status"]
 
 
 def test_ui_lists_jobs_and_launches_a_run(webserver):
@@ -97,3 +120,59 @@ def test_ui_lists_jobs_and_launches_a_run(webserver):
         assetMaterializations(limit: 1) { runId } } } } }""")["assetsOrError"]["nodes"]
     written = [a for a in mats if a["key"]["path"][-2:] == ["delta", "customers"]]
     assert written and written[0]["assetMaterializations"][0]["runId"] == run_id
+
+
+@pytest.fixture
+def stream_server(tmp_path):
+    configs, src = tmp_path / "configs", tmp_path / "incoming"
+    configs.mkdir()
+    src.mkdir()
+    (src / "a.json").write_text("\n".join(json.dumps({"id": i}) for i in range(100)))
+    (configs / "stream.json").write_text(json.dumps({
+        "name": "ui-stream", "mode": "streaming",
+        "streaming": {"trigger": "1 second", "checkpointRoot": str(tmp_path / "cp"),
+                      "progressIntervalS": 1},
+        "steps": [
+            {"type": "extract", "method": "fromFile", "config": {
+                "path": str(src), "format": "json", "schema": "id BIGINT"}},
+            {"type": "transform", "method": "enrichData", "config": {"columns": {
+                "twice": "id * 2"}}},
+            {"type": "load", "method": "toDeltaLake", "config": {
+                "path": str(tmp_path / "out" / "stream"), "mode": "append"}}]}))
+    yield from serve(tmp_path, configs, {})
+
+
+def test_terminating_a_streaming_run_from_the_ui_stops_it_and_a_new_run_resumes(
+        stream_server, spark):
+    port, out = stream_server
+    src = out.parent / "incoming"
+    table = out / "stream"
+
+    def ids():
+        if not (table / "_delta_log").is_dir():
+            return []
+        return sorted(r.id for r in spark.read.format("delta").load(str(table)).collect())
+
+    def wait(cond, what, timeout=240):
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.5)
+
+    run_id = launch(port, "ui_stream")
+    wait(lambda: ids() == list(range(100)), "the first file in Delta")
+    t0 = time.monotonic()
+    result = gql(port, """mutation($id: String!) { terminateRun(runId: $id) { __typename
+        ... on TerminateRunFailure { message } ... on PythonError { message } } }""",
+                 {"id": run_id})["terminateRun"]
+    assert result["__typename"] == "TerminateRunSuccess", result
+    wait(lambda: run_status(port, run_id) == "CANCELED", "the run to be canceled", 60)
+    assert time.monotonic() - t0 < 30
+    # the next run resumes from the checkpoint: only the new file, once
+    (src / "b.json").write_text("\n".join(json.dumps({"id": i}) for i in range(100, 150)))
+    second = launch(port, "ui_stream")
+    wait(lambda: len(ids()) >= 150, "the second file in Delta")
+    gql(port, """mutation($id: String!) { terminateRun(runId: $id) { __typename } }""",
+        {"id": second})
+    wait(lambda: run_status(port, second) == "CANCELED", "the second run to stop", 60)
+    assert ids() == list(range(150))
