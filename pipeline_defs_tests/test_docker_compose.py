@@ -27,7 +27,7 @@ def test_compose_file_is_valid_and_complete():
     assert r.returncode == 0, r.stderr
     cfg = yaml.safe_load(r.stdout)
     services = cfg["services"]
-    assert {"postgres", "mysql", "vault", "vault-seed", "minio", "minio-buckets",
+    assert {"postgres", "mysql", "vault", "vault-seed", "minio", "minio-buckets", "kafka",
             "dagster"} <= set(services)
     for name, svc in services.items():
         for port in svc.get("ports", []):
@@ -35,12 +35,12 @@ def test_compose_file_is_valid_and_complete():
             assert str(published).startswith("127.0.0.1:"), (name, port)
     seed = (REPO / "docker" / "seed" / "vault-seed.sh").read_text()
     seeded = set(re.findall(r"^(?:pg|s3|vault kv put) secret/([\w/]+)", seed, re.M))
-    assert len(seeded) == 6
+    assert len(seeded) == 7
     buckets = services["minio-buckets"]["command"][0]
     for f in COMPAT.glob("*.json"):
         for step in json.loads(f.read_text())["steps"]:
             path = step["config"].get("credentialPath")
-            if path and not step["method"].endswith("Kafka"):
+            if path:
                 name = path.removeprefix("secret/data/")
                 assert name in seeded, (f.name, path)
             if step["method"] in ("toS3", "fromS3"):

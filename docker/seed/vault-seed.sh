@@ -12,4 +12,5 @@ s3 secret/s3
 s3 secret/s3/production
 vault kv put secret/mysql host=mysql port=3306 database=pipelines username=pipeline \
   password="$MYSQL_PASSWORD" >/dev/null
+vault kv put secret/kafka bootstrap.servers=kafka:9092 >/dev/null
 echo "vault-seed: secrets written"
