@@ -19,11 +19,17 @@ S3_PORT = int(os.environ.get("PIPELINE_S3_PORT", "55900"))
 S3_ENDPOINT = f"http://127.0.0.1:{S3_PORT}"
 
 
+def start(script: str) -> None:
+    """Runs scripts/<script> up (idempotent: a no-op for what already runs)."""
+    r = subprocess.run(["bash", str(REPO / "scripts" / script), "up"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, f"scripts/{script} up failed:\n{r.stdout}{r.stderr}"
+
+
 @pytest.fixture(scope="session")
 def services():
-    """PostgreSQL, MariaDB and the S3 server, up (idempotent: a no-op when they run)."""
-    subprocess.run(["bash", str(REPO / "scripts" / "services.sh"), "up"], check=True,
-                   capture_output=True, text=True)
+    """PostgreSQL, MariaDB and the S3 server."""
+    start("services.sh")
 
 
 @dataclass
@@ -148,9 +154,8 @@ KAFKA = f"127.0.0.1:{KAFKA_PORT}"
 
 @pytest.fixture(scope="session")
 def kafka():
-    """The KRaft broker of scripts/kafka.sh (idempotent: a no-op when it runs)."""
-    subprocess.run(["bash", str(REPO / "scripts" / "kafka.sh"), "up"], check=True,
-                   capture_output=True, text=True)
+    """The KRaft broker of scripts/kafka.sh."""
+    start("kafka.sh")
     return KAFKA
 
 
