@@ -158,3 +158,68 @@ def test_timeout_ends_a_continuous_stream(vault, tmp_path, registry):
     streams = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"
                and e.step_key == "streams"][0]
     assert streams.event_specific_data.metadata["ended"].value == "timeout"
+
+
+def test_delta_source_to_kafka_and_mysql_sinks_once_and_first_batch(kafka, topic, mysql, vault,
+                                                                    tmp_path, registry, spark):
+    """A Delta table as a stream source; toKafka (rows as JSON, keyed) with trigger once;
+    toMySQL through foreachBatch; awaitTermination false ends after the first micro-batch."""
+    src = str(tmp_path / "src")
+    spark.createDataFrame([(i, f"n{i}") for i in range(1, 31)], "id long, name string") \
+        .write.format("delta").save(src)
+    out = topic()
+    vault.put("secret", "kafka", {"bootstrap.servers": kafka})
+    vault.put("secret", "mysql", mysql.secret())
+    raw = {"name": "delta-fanout", "mode": "streaming",
+           "streaming": {"awaitTermination": False, "checkpointRoot": str(tmp_path / "cp")},
+           "steps": [
+               {"type": "extract", "method": "fromDeltaLake", "config": {"path": src}},
+               {"type": "load", "method": "toKafka", "config": {
+                   "topic": out, "keyColumn": "id", "credentialPath": "secret/data/kafka",
+                   "trigger": "once"}},
+               {"type": "load", "method": "toMySQL", "config": {
+                   "table": "names", "credentialPath": "secret/data/mysql"}}]}
+    result = run(tmp_path, vault, raw, registry)
+    assert result.success, failure(result)
+    ended = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"
+             and e.step_key == "streams"][0].event_specific_data.metadata["ended"].value
+    assert ended in ("first batch", "finished")
+    assert sorted(r[0] for r in mysql.sql("SELECT id FROM names")) == list(range(1, 31))
+    from pipeline_defs.steps import extract as E
+    from pipeline_defs.steps.context import StepContext
+    back = E.from_kafka(None, E.FromKafka.model_validate(
+        {"topic": out, "bootstrapServers": kafka, "includeKey": True,
+         "schema": "id BIGINT, name STRING"}),
+        StepContext(spark=spark, pipeline="t", step=1, method="extract.fromKafka"))
+    assert sorted((int(r.key), r.id, r.name) for r in back.collect()) == [
+        (i, i, f"n{i}") for i in range(1, 31)]
+
+
+def test_avro_values_and_complete_output_mode(kafka, topic, vault, tmp_path, registry, spark):
+    """Avro-encoded Kafka values decoded with avroSchema; a windowless running aggregate
+    written with outputMode complete."""
+    from pyspark.sql.avro.functions import to_avro
+    from pyspark.sql import functions as F
+    t = topic(partitions=1)
+    schema = json.dumps({"type": "record", "name": "Sale", "fields": [
+        {"name": "shop", "type": "string"}, {"name": "amount", "type": "long"}]})
+    sales = spark.createDataFrame([("a", 1), ("b", 2), ("a", 3)], "shop string, amount long")
+    sales.select(to_avro(F.struct("shop", "amount"), schema).alias("value")).write \
+        .format("kafka").option("kafka.bootstrap.servers", kafka).option("topic", t).save()
+    vault.put("secret", "kafka", {"bootstrap.servers": kafka})
+    raw = {"name": "avro-totals", "mode": "streaming",
+           "streaming": {"trigger": "availableNow", "checkpointRoot": str(tmp_path / "cp")},
+           "steps": [
+               {"type": "extract", "method": "fromKafka", "config": {
+                   "topic": t, "credentialPath": "secret/data/kafka",
+                   "startingOffsets": "earliest", "valueFormat": "avro",
+                   "avroSchema": schema}},
+               {"type": "transform", "method": "aggregateData", "config": {
+                   "groupBy": ["shop"], "aggregations": {"amount": "sum"}}},
+               {"type": "load", "method": "toDeltaLake", "config": {
+                   "path": str(tmp_path / "totals"), "mode": "append",
+                   "outputMode": "complete"}}]}
+    result = run(tmp_path, vault, raw, registry)
+    assert result.success, failure(result)
+    got = spark.read.format("delta").load(str(tmp_path / "totals")).collect()
+    assert sorted((r.shop, r.amount_sum) for r in got) == [("a", 4), ("b", 2)]
