@@ -20,7 +20,7 @@ from pyspark.sql.types import StructType
 from pipeline_defs.config.dataflow import Plan, StepNode, build_plan, safe_name
 from pipeline_defs import secrets
 from pipeline_defs.config.loader import LoadedPipeline, literal_credentials
-from pipeline_defs.errors import ConfigError, PipelineError, StepExecutionError, UnsupportedError
+from pipeline_defs.errors import ConfigError, PipelineError, StepExecutionError
 from pipeline_defs.steps.context import LoadResult, StepContext
 from pipeline_defs.steps.registry import Registry
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import dagster as dg
-import pytest
 
 from pipeline_defs.config.loader import load_pipeline
 from pipeline_defs.definitions import default_resources, definitions_for
