@@ -180,10 +180,16 @@ def produce(bootstrap: str, topic: str, records, key=None) -> int:
 
     from confluent_kafka import Producer
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all",
-                  "enable.idempotence": True})
+                  "enable.idempotence": True, "queue.buffering.max.messages": 500_000})
     n = 0
     for r in records:
-        p.produce(topic, _json.dumps(r).encode(), key=str(r[key]).encode() if key else None)
+        value, k = _json.dumps(r).encode(), str(r[key]).encode() if key else None
+        while True:
+            try:
+                p.produce(topic, value, key=k)
+                break
+            except BufferError:  # the local queue is full: let the broker catch up
+                p.poll(0.5)
         n += 1
         if n % 10000 == 0:
             p.poll(0)
