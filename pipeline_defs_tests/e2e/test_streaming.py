@@ -78,7 +78,9 @@ def _wait(cond, proc, timeout=300, what=""):
         time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=60)[0]
-    raise AssertionError(f"timed out waiting for {what}:\n{out[-4000:]}")
+    lines = [ln for ln in out.splitlines() if "stream " in ln or "started" in ln]
+    raise AssertionError(f"timed out waiting for {what}; progress lines:\n" +
+                         "\n".join(lines[-30:]) + "\n...\n" + out[-3000:])
 
 
 def _ids(ex) -> list[int]:
@@ -105,7 +107,8 @@ def test_streaming_example_stops_gracefully_and_resumes_exactly_once(example):
     # is not read, since the example starts at the latest offsets
     produce(ex.kafka, ex.topic, events(900_001, 200), key="id")
     proc = _start(ex)
-    _wait(lambda: (ex.checkpoint / "offsets" / "0").exists(), proc, what="the first batch")
+    # batch 0 committed: the query has resolved its starting offsets and runs
+    _wait(lambda: (ex.checkpoint / "commits" / "0").exists(), proc, what="the first batch")
     first = events(1, 3000)
     produce(ex.kafka, ex.topic, first, key="id")
     _wait(lambda: _ids(ex) == expected_ids(first), proc, what="the first events in Delta")
