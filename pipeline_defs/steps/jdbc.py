@@ -321,7 +321,7 @@ def _publish(ep: Endpoint, spec: LoadSpec, stage: str, cols: list[str],
             # one atomic RENAME swaps both names; the old table is dropped after it
             return [f"RENAME TABLE {target} TO {old}, {stage} TO {target}",
                     f"DROP TABLE {old}"]
-        schema, _, name = target.rpartition(".")
+        name = target.rpartition(".")[2]
         return ([f"DROP TABLE IF EXISTS {target}"] if exists else []) + \
                [f"ALTER TABLE {stage} RENAME TO {name}"]
     c = ", ".join(ep.quote(x) for x in cols)
@@ -333,13 +333,10 @@ def _publish(ep: Endpoint, spec: LoadSpec, stage: str, cols: list[str],
         return [f"TRUNCATE TABLE {target}" if ep.dialect == "postgres"
                 else f"DELETE FROM {target}", insert]
     if spec.mode == "upsert":
-        keys = [ep.quote(k) for k in spec.key_columns]
-        if ep.dialect == "postgres":
-            on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-            delete = f"DELETE FROM {target} t USING {stage} s WHERE {on}"
-        else:
-            on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-            delete = f"DELETE t FROM {target} t JOIN {stage} s ON {on}"
+        on = " AND ".join(f"t.{k} = s.{k}" for k in map(ep.quote, spec.key_columns))
+        delete = (f"DELETE FROM {target} t USING {stage} s WHERE {on}"
+                  if ep.dialect == "postgres"
+                  else f"DELETE t FROM {target} t JOIN {stage} s ON {on}")
         return [delete, insert]
     raise JdbcError(f"unknown mode '{spec.mode}'")
 

@@ -252,9 +252,10 @@ class Watcher:
                     self.stop_all()
                     return "timeout"
                 time.sleep(interval_s)
-        except BaseException:
-            if not isinstance(sys_exc(), StreamingQueryFailed):
-                self.stop_all()
+        except StreamingQueryFailed:
+            raise  # the queries were stopped already
+        except BaseException:  # the run is terminated (KeyboardInterrupt, Dagster's interrupt)
+            self.stop_all()
             raise
         finally:
             self.poll()
@@ -274,11 +275,6 @@ class Watcher:
                 q.query.stop()
             except Exception:  # noqa: BLE001 - already stopped or failed
                 pass
-
-
-def sys_exc():
-    import sys
-    return sys.exc_info()[1]
 
 
 def _java_causes(query: StreamingQuery) -> str:
