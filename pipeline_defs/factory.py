@@ -51,7 +51,10 @@ class StepOutput:
 
 
 def observed_rows(obs: Observation | None, wait: float = 0.0) -> int | None:
-    """The observed row count, if the action that fills it has run (never blocks for long)."""
+    """The observed row count, if the action that fills it has run (never blocks for long).
+
+    None when it has not run, or when an action that never reached the observed node filled
+    it (Spark then leaves an empty row): a missing count, never a wrong one."""
     if obs is None or obs._jo is None:
         return None
     deadline = time.monotonic() + wait
@@ -60,6 +63,8 @@ def observed_rows(obs: Observation | None, wait: float = 0.0) -> int | None:
         if time.monotonic() >= deadline:
             return None
         time.sleep(0.02)
+    if obs._jo.getRow().size() == 0:
+        return None
     return int(obs.get.get("rows", 0))
 
 
@@ -256,7 +261,9 @@ def _op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_tar
             if s.kind == "load":
                 return _run_load(context, plan, node, stepdef.fn, current, ctx, started,
                                  load_keys[s.index])
+            ctx.activity = "building its Spark plan"
             if s.kind == "validate":
+                ctx.activity = "evaluating its rules"
                 ctx.options.update(pending_validations=list(current.pending),
                                    defer_validation=defer)
             try:
@@ -270,7 +277,7 @@ def _op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_tar
         except dg.Failure:
             raise
         except (PipelineError, PySparkException, Exception) as e:  # noqa: BLE001
-            raise _failure(pipeline, s, e) from None
+            raise _failure(pipeline, s, e, context, ctx.activity) from None
         obs = None
         if node.observe and not df.isStreaming:  # a stream's rows come from its progress
             df, obs = _observe(df, context.run_id, node.op_name)
@@ -310,8 +317,50 @@ def _wrap(compute):
     return fn
 
 
-def _failure(pipeline: LoadedPipeline, s, e: BaseException) -> dg.Failure:
-    reason = spark_error_summary(e) if not isinstance(e, PipelineError) else str(e)
+# Errors that no pipeline file can cause: a bug of this product (or of Spark) to report.
+_INTERNAL_PY = (AssertionError, AttributeError, TypeError, KeyError, IndexError, NameError,
+                ZeroDivisionError)
+_INTERNAL_JVM = ("java.lang.AssertionError", "java.lang.NullPointerException",
+                 "java.lang.IllegalStateException", "java.lang.ClassCastException",
+                 "scala.MatchError", "java.lang.NoSuchMethodError", "py4j.Py4JException")
+
+
+def internal_error(e: BaseException) -> str | None:
+    """'java.lang.AssertionError: assertion failed' when `e` is an internal error, else None."""
+    if isinstance(e, PipelineError):
+        return None
+    if isinstance(e, PySparkException):
+        cls = e.getCondition() if hasattr(e, "getCondition") else e.getErrorClass()
+        if cls and cls.startswith("INTERNAL_ERROR"):
+            return f"Spark {cls}: {spark_error_summary(e)[:300]}"
+    je = getattr(e, "java_exception", None)
+    if je is not None:
+        try:
+            name = str(je.getClass().getName())
+            msg = str(je.getMessage() or "").strip().splitlines()
+        except Exception:  # noqa: BLE001 - the gateway itself failed
+            return f"{type(e).__name__}: {str(e)[:200]}"
+        return f"{name}: {msg[0] if msg else '(no message)'}" if name in _INTERNAL_JVM else None
+    if type(e).__name__ == "Py4JError" or isinstance(e, _INTERNAL_PY):
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    return None
+
+
+def _failure(pipeline: LoadedPipeline, s, e: BaseException, context=None,
+             activity: str = "running") -> dg.Failure:
+    internal = internal_error(e)
+    if internal:
+        if context is not None:  # the trace stays in the event log, not on the terminal
+            import traceback
+            context.log.error(secrets.scrub("".join(traceback.format_exception(e))))
+        run = f" with run id {context.run_id}" if context is not None else ""
+        reason = (f"internal error while {activity} ({internal}). This is a bug in "
+                  f"pipeline_defs, not in your pipeline file: please report it{run}; the "
+                  "trace is in the run's event log.")
+    elif isinstance(e, PipelineError):
+        reason = str(e)
+    else:
+        reason = spark_error_summary(e)
     err = StepExecutionError(pipeline.name, s.index, s.label, secrets.scrub(reason),
                              sanitized(s.raw_config))
     return dg.Failure(description=secrets.scrub(f"{err} [{pipeline.file}]"),
@@ -325,6 +374,7 @@ def _start_stream(context, plan: Plan, node: StepNode, current: StepOutput, ctx:
     from pipeline_defs.steps import streaming
     s = node.step
     _refuse_concurrent_run(context, plan)
+    ctx.activity = f"starting its streaming query to {s.config.location()}"
     name = f"{plan.job_name}.{node.op_name}.{context.run_id[:8]}"
     q = streaming.start_sink(s.method, current.df, s.config, ctx, plan.pipeline.config.streaming,
                              name)
@@ -417,7 +467,9 @@ def _run_load(context, plan: Plan, node: StepNode, fn, current: StepOutput, ctx:
     df, obs = current.df, None
     if not s.config.counts_rows:
         df, obs = _observe(df, context.run_id, node.op_name)
+    ctx.activity = f"writing to {s.config.location() or 'its target'}"
     result: LoadResult = fn(df, s.config, ctx)
+    ctx.activity = "reading the row counts of the write"
     rows = result.rows if result.rows is not None else observed_rows(obs, OBSERVE_WAIT_S)
     duration = round(time.perf_counter() - started, 3)
     # Rows per upstream step: from the observations this write filled (each step counted

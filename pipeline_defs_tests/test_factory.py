@@ -81,3 +81,33 @@ def test_ops_describe_their_step(registry):
     op = job.graph.node_named("s01_fromPostgres_users").definition
     assert op.description == "Step 1: extract.fromPostgres (registered as 'users')"
     assert op.tags["pipeline/method"] == "fromPostgres"
+
+
+def test_an_internal_error_is_reported_as_a_product_bug_in_one_line(spark, registry):
+    """A bare JVM assertion (here Spark's own, from reading an Observation that an action
+    which never reached it filled) becomes one line naming step, activity and what to do."""
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    from pipeline_defs.factory import _failure, internal_error, observed_rows
+    obs = Observation("internal_error_test")
+    df = spark.range(10).observe(obs, F.count(F.lit(1)).alias("rows"))
+    df.limit(0).collect()  # fills the observation with an empty row
+    assert observed_rows(obs) is None  # a missing count, not an error
+    with pytest.raises(Exception) as raised:
+        obs.get  # noqa: B018 - what the product used to call
+    assert internal_error(raised.value) == "java.lang.AssertionError: assertion failed"
+    p = load_pipelines([COMPAT / "simple-etl.json"], registry)[0]
+    failure = _failure(p, p.steps[2], raised.value, activity="reading the row counts")
+    text = failure.description
+    assert text.startswith("pipeline 'simple-etl-pipeline', step 3 (load.toS3) failed: internal "
+                           "error while reading the row counts (java.lang.AssertionError: "
+                           "assertion failed). This is a bug in pipeline_defs, not in your "
+                           "pipeline file")
+    assert "\n" not in text and "\tat " not in text
+    # a user's error (a Spark analysis error) is not called a bug
+    with pytest.raises(Exception) as user:
+        spark.range(1).select("no_such_column").collect()
+    assert internal_error(user.value) is None
+    assert "bug" not in _failure(p, p.steps[1], user.value).description
+    assert internal_error(KeyError("x")) == "KeyError: 'x'"

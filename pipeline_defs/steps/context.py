@@ -30,6 +30,9 @@ class StepContext:
     """Pipeline-level settings steps may use: mask_columns, quarantine_root."""
     results: list[Any] = field(default_factory=list)
     """Validation results (RuleResult) of a validate step, for asset checks."""
+    activity: str = "running"
+    """What the step is doing now ("writing to ...", "reading its row counts"), so that an
+    error can say where it happened."""
 
     def frame(self, name: str) -> DataFrame:
         return self.frames[name]

@@ -344,8 +344,12 @@ def _publish(ep: Endpoint, spec: LoadSpec, stage: str, cols: list[str],
 def _fill_stage(spark: SparkSession, df: DataFrame, ep: Endpoint, spec: LoadSpec, stage: str,
                 like_target: bool, log) -> tuple[str, int | None]:
     copyable = spec.fast_path and ep.dialect == "postgres" and _copyable(df)
-    if not like_target:  # let Spark create the staging table from the DataFrame's schema
-        df.limit(0).write.format("jdbc").mode("overwrite").options(
+    if not like_target:
+        # Spark creates the staging table from the schema alone. Not `df.limit(0)`: that would
+        # be a second action on the load's plan, and the first action to run a plan fills its
+        # row-count observations (with nothing, here), so the real write could not count.
+        empty = spark.createDataFrame(spark.sparkContext.emptyRDD(), df.schema)
+        empty.write.format("jdbc").mode("overwrite").options(
             **ep.spark_options(), dbtable=stage).save()
     if copyable:
         return "copy", copy_into(df, ep, stage)
