@@ -8,7 +8,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from pipeline_defs.config.loader import LoadedPipeline, LoadedStep
+from collections.abc import Sequence
+
+from pipeline_defs.config.types import Catalog, LoadedPipeline, LoadedStep, UnparsedConfig
 from pipeline_defs.errors import Problem
 
 
@@ -57,12 +59,12 @@ class Plan:
         return sorted(seen)
 
 
-def _walk(p: LoadedPipeline):
-    """Yield (step, current producer, {name: producer}, problems) in order."""
+def _walk(file: str, steps: Sequence[LoadedStep]):
+    """Yield (step, current producer, {name: producer}, earlier loads, problems) in order."""
     current: int | None = None
     registered: dict[str, int] = {}
     loads: list[int] = []
-    for s in p.steps:
+    for s in steps:
         problems: list[Problem] = []
         named: dict[str, int] = {}
         for fpath, name in s.config.named_inputs(tuple(registered)):
@@ -71,13 +73,13 @@ def _walk(p: LoadedPipeline):
             else:
                 have = ", ".join(sorted(registered)) or "none"
                 problems.append(Problem(
-                    p.file, f"names '{name}', which no earlier step registers. "
+                    file, f"names '{name}', which no earlier step registers. "
                     f"Registered so far: {have}.", s.index, s.label, f"config.{fpath}",
                     "Add \"registerAs\" to the step that produces it, or fix the name."))
         uses = s.config.reads_current()
         if uses and current is None:
             problems.append(Problem(
-                p.file, f"a {s.kind} step needs an input DataFrame, and no earlier step "
+                file, f"a {s.kind} step needs an input DataFrame, and no earlier step "
                 "produces one.", s.index, s.label, None,
                 "Put an extract step before it."))
         yield s, (current if uses else None), named, tuple(loads[-1:]), problems
@@ -91,8 +93,58 @@ def _walk(p: LoadedPipeline):
             registered[s.config.register_as] = out
 
 
-def check_dataflow(p: LoadedPipeline) -> list[Problem]:
-    return [pr for *_, problems in _walk(p) for pr in problems]
+def check_dataflow(file: str, steps: Sequence[LoadedStep]) -> list[Problem]:
+    """Names read before they are registered, steps with no input (stand-ins of steps that
+    did not parse take part with what they register and read)."""
+    return [pr for *_, problems in _walk(file, steps) for pr in problems]
+
+
+def check_streaming(file: str, steps: Sequence[LoadedStep], catalog: Catalog
+                    ) -> list[Problem]:
+    """What a streaming pipeline's runtime would refuse, found before Spark starts: methods
+    without a streaming form (dataset-level validations, sinks with no stream writer),
+    config that has no meaning on a stream, loads that no streaming source feeds."""
+    out: list[Problem] = []
+    sources: dict[int, bool] = {}  # step -> a stream flows out of it
+    def streaming(kind: str) -> list[str]:
+        return sorted(m for k, m in catalog.methods() if k == kind and catalog.streams(k, m))
+    for s, current, named, _, _ in _walk(file, steps):
+        inputs = ([current] if current is not None else []) + list(named.values())
+        fed = any(sources.get(i) for i in inputs)
+        if isinstance(s.config, UnparsedConfig):
+            sources[s.index] = s.kind != "extract" and fed  # unknown: no further claims
+            continue
+        ok = catalog.streams(s.kind, s.method)
+        if s.kind == "extract":
+            sources[s.index] = ok  # a batch extract is a static side (e.g. of a join)
+        elif s.kind == "load":
+            sources[s.index] = fed
+            if not ok:
+                out.append(Problem(file, f"{s.method} has no streaming writer.", s.index,
+                                   s.label, "method", "Streaming sinks: "
+                                   + ", ".join(streaming("load")) +
+                                   ". Or write this target from a batch pipeline."))
+            elif not fed:
+                out.append(Problem(file, "no stream reaches this load: none of the extracts "
+                                   "before it reads a stream.", s.index, s.label, None,
+                                   "Read a stream with " + ", ".join(
+                                       streaming("extract")) +
+                                   ", or set \"mode\": \"batch\"."))
+        else:
+            sources[s.index] = fed
+            if fed and not ok:
+                what = ("checks the whole dataset" if s.kind == "validate"
+                        else "needs the whole dataset")
+                fix = ("In a streaming pipeline only row rules run, per micro-batch: "
+                       + ", ".join(streaming("validate")) +
+                       ". Check the sink with a batch pipeline instead."
+                       if s.kind == "validate" else "Run it in a batch pipeline instead.")
+                out.append(Problem(file, f"{s.method} {what}, which a stream never has.",
+                                   s.index, s.label, "method", fix))
+        if fed or s.kind == "extract":
+            for fpath, msg, fix in s.config.streaming_problems():
+                out.append(Problem(file, msg, s.index, s.label, f"config.{fpath}", fix))
+    return out
 
 
 def _op_name(s: LoadedStep) -> str:
@@ -107,7 +159,7 @@ def _op_name(s: LoadedStep) -> str:
 def build_plan(p: LoadedPipeline) -> Plan:
     """The step graph of a checked pipeline, with where row counts can be observed."""
     plan = Plan(p, safe_name(p.name))
-    for s, current, named, after, _ in _walk(p):
+    for s, current, named, after, _ in _walk(p.file, p.steps):
         # Extracts read sources that an earlier load may have written: keep file order there.
         plan.nodes.append(StepNode(s, _op_name(s), current, named,
                                    after if s.kind in ("load", "extract") else ()))

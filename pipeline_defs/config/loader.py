@@ -8,49 +8,15 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from pydantic import BaseModel, ValidationError
 
+from pipeline_defs.config.dataflow import check_dataflow, check_streaming
 from pipeline_defs.config.model import PipelineConfig, StepModel, StepSpec
 from pipeline_defs.config.params import UnresolvedParameter, resolve_params, substitute
+from pipeline_defs.config.types import Catalog, LoadedPipeline, LoadedStep, UnparsedConfig
 from pipeline_defs.errors import ConfigError, DataFrameResolutionError, Problem
-
-
-class Catalog(Protocol):
-    """What the loader needs to know about methods (the step registry provides it)."""
-
-    def model_for(self, kind: str, method: str) -> type[StepModel] | None: ...
-    def methods(self) -> Iterable[tuple[str, str]]: ...
-
-
-@dataclass(frozen=True)
-class LoadedStep:
-    index: int  # 1-based
-    kind: str
-    method: str
-    name: str | None
-    description: str | None
-    config: StepModel
-    raw_config: dict
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind}.{self.method}"
-
-
-@dataclass(frozen=True)
-class LoadedPipeline:
-    file: str
-    config: PipelineConfig
-    steps: list[LoadedStep]
-    params: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
 
 
 # ---------------------------------------------------------------- pydantic errors, taught
@@ -91,6 +57,8 @@ def _explain(err: dict, model: type[BaseModel]) -> tuple[str, str, str]:
         fix = f"Did you mean '{guess}'?" if guess else (
             f"Known keys: {', '.join(sorted(known))}." if known else "Remove it.")
         return path, f"unknown key '{loc[-1]}'.", fix
+    if kind == "value_error" and isinstance(err.get("ctx", {}).get("error"), ValueError):
+        return path, f"{err['ctx']['error']}.", ""
     if kind == "missing":
         return path, "is required but missing.", "Add it (see `pipeline schema`)."
     given = err.get("input")
@@ -104,8 +72,8 @@ def _problems_from(exc: ValidationError, model: type[BaseModel], file: str, pref
     # Unknown keys first: "did you mean" explains the "missing" that usually follows.
     for err in sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden"):
         path, msg, fix = _explain(err, model)
-        out.append(Problem(file, msg, step, method, f"{prefix}{path}" if path else prefix.rstrip("."),
-                           fix))
+        out.append(Problem(file, msg, step, method,
+                           f"{prefix}{path}" if path else prefix.rstrip("."), fix or None))
     return out
 
 
@@ -139,49 +107,43 @@ def _method_problem(file: str, index: int, spec: StepSpec, catalog: Catalog) -> 
 
 def load_pipeline(path: str | Path, catalog: Catalog, overrides: Mapping[str, str] | None = None,
                   env: Mapping[str, str] | None = None, check: bool = True) -> LoadedPipeline:
-    """Load one pipeline file. Raises ConfigError listing every problem found in it."""
+    """Load one pipeline file. Raises ConfigError listing every problem found in it: every
+    check runs on everything that parsed, so a problem in one step hides none elsewhere."""
     path = Path(path)
     file = str(path)
     data = _read_json(path)
     if isinstance(data, Problem):
         raise ConfigError([data])
     problems: list[Problem] = []
+    raw_steps = data.get("steps")
+    per_step = isinstance(raw_steps, list) and bool(raw_steps)
 
+    # The top level alone (each step is checked on its own below).
+    top_data = {**data, "steps": [{"type": "extract", "method": "-"}]} if per_step else data
     try:
-        top = PipelineConfig.model_validate(data)
+        top: PipelineConfig | None = PipelineConfig.model_validate(top_data)
     except ValidationError as e:
-        raise ConfigError(_problems_from(e, PipelineConfig, file, "")) from None
+        problems += _problems_from(e, PipelineConfig, file, "")
+        top = None
 
+    params: dict[str, str] = {}
     try:
-        params = resolve_params(top.params, overrides or {}, env)
+        defaults = top.params if top else _plain_params(data.get("params"))
+        params = resolve_params(defaults, overrides or {}, env)
     except UnresolvedParameter as e:
-        raise ConfigError([Problem(file, f"parameter default reads ${{{e.name}}}, which is not "
-                                   "set.", field=e.where, fix="Set it, or give a default with "
-                                   "${env:NAME:-default}.")]) from None
+        problems.append(Problem(file, f"parameter default reads ${{{e.name}}}, which is not "
+                                "set.", field=e.where, fix="Set it, or give a default with "
+                                "${env:NAME:-default}."))
 
-    steps: list[LoadedStep] = []
-    for index, spec in enumerate(top.steps, start=1):
-        label = f"{spec.type}.{spec.method}"
-        model = catalog.model_for(spec.type, spec.method)
-        if model is None:
-            problems.append(_method_problem(file, index, spec, catalog))
-            continue
-        try:
-            raw = substitute(spec.config, params, env, "config")
-        except UnresolvedParameter as e:
-            problems.append(Problem(file, f"placeholder ${{{e.name}}} has no value.", index,
-                                    label, e.where, f"Add \"{e.name}\" to the pipeline's "
-                                    f"`params`, or pass --param {e.name}=VALUE."))
-            continue
-        try:
-            cfg = model.model_validate(raw)
-        except ValidationError as e:
-            problems.extend(_problems_from(e, model, file, "config.", index, label))
-            continue
-        for fpath, msg, fix in cfg.problems():
-            problems.append(Problem(file, msg, index, label, f"config.{fpath}", fix))
-        steps.append(LoadedStep(index, spec.type, spec.method, spec.name, spec.description, cfg,
-                                raw))
+    steps: list[LoadedStep] = []  # the steps that parsed
+    seen: list[LoadedStep] = []  # every step, with stand-ins, for the dataflow check
+    for index, raw in enumerate(raw_steps if per_step else [], start=1):
+        loaded, found = _load_step(file, index, raw, catalog, params, env)
+        problems += found
+        if loaded is not None:
+            seen.append(loaded)
+            if not found:
+                steps.append(loaded)
 
     names = [s.name for s in steps if s.name]
     for dup in sorted({n for n in names if names.count(n) > 1}):
@@ -195,16 +157,88 @@ def load_pipeline(path: str | Path, catalog: Catalog, overrides: Mapping[str, st
     env_now = os.environ if env is None else env
     if str(env_now.get("VAULT_REQUIRED", "")).strip().lower() in ("1", "true", "yes", "on"):
         problems.extend(literal_credentials(file, steps))
-    if problems:
-        raise ConfigError(problems)
-
-    loaded = LoadedPipeline(file, top, steps, params)
+    flow: list[Problem] = []
     if check:
-        from pipeline_defs.config.dataflow import check_dataflow
-        flow_problems = check_dataflow(loaded)
-        if flow_problems:
-            raise DataFrameResolutionError(flow_problems)
-    return loaded
+        flow = check_dataflow(file, seen)
+        mode = top.mode if top else data.get("mode")
+        if mode == "streaming":
+            flow += check_streaming(file, seen, catalog)
+    if problems or flow:
+        everything = sorted(problems + flow, key=lambda p: p.step or 0)  # stable: file order
+        raise (ConfigError if problems else DataFrameResolutionError)(everything)
+    return LoadedPipeline(file, top, steps, params)
+
+
+def _plain_params(value) -> dict[str, str]:
+    """The file's params when the top level failed to parse (best effort, for the steps)."""
+    if isinstance(value, dict):
+        return {str(k): v for k, v in value.items() if isinstance(v, str)}
+    return {}
+
+
+def _load_step(file: str, index: int, raw, catalog: Catalog, params: dict[str, str],
+               env: Mapping[str, str] | None) -> tuple[LoadedStep | None, list[Problem]]:
+    """(the step, or a stand-in carrying what it registers and reads; its problems)."""
+    if not isinstance(raw, dict):
+        return None, [Problem(file, "a step must be a JSON object with type, method and "
+                              "config.", index, field="steps")]
+    problems: list[Problem] = []
+    try:
+        spec = StepSpec.model_validate(raw)
+    except ValidationError as e:
+        label = f"{raw.get('type')}.{raw.get('method')}"
+        problems += _problems_from(e, StepSpec, file, "", index, label)
+        known = {k: raw[k] for k in ("type", "method", "name", "description", "config")
+                 if k in raw}
+        try:
+            spec = StepSpec.model_validate(known)
+        except ValidationError:
+            return _stand_in(index, raw, None), problems
+    label = f"{spec.type}.{spec.method}"
+    model = catalog.model_for(spec.type, spec.method)
+    if model is None:
+        problems.append(_method_problem(file, index, spec, catalog))
+        return _stand_in(index, spec.config, None, spec), problems
+    try:
+        cfg_raw = substitute(spec.config, params, env, "config")
+    except UnresolvedParameter as e:
+        problems.append(Problem(file, f"placeholder ${{{e.name}}} has no value.", index,
+                                label, e.where, f"Add \"{e.name}\" to the pipeline's "
+                                f"`params`, or pass --param {e.name}=VALUE."))
+        return _stand_in(index, spec.config, model, spec), problems
+    try:
+        cfg = model.model_validate(cfg_raw)
+    except ValidationError as e:
+        problems += _problems_from(e, model, file, "config.", index, label)
+        return _stand_in(index, cfg_raw, model, spec), problems
+    for fpath, msg, fix in cfg.problems():
+        problems.append(Problem(file, msg, index, label, f"config.{fpath}", fix))
+    return LoadedStep(index, spec.type, spec.method, spec.name, spec.description, cfg,
+                      cfg_raw), problems
+
+
+def _stand_in(index: int, config, model: type[StepModel] | None,
+              spec: StepSpec | None = None) -> LoadedStep:
+    """A step that did not parse, as far as the dataflow check needs it: the name it
+    registers and, when its method is known, the DataFrames its config names."""
+    config = config if isinstance(config, dict) else {}
+    kind = spec.type if spec else "transform"
+    register_as = config.get("registerAs") if isinstance(config.get("registerAs"), str) else None
+    reads, partial = kind != "extract", None
+    if model is not None:
+        reads = model.uses_current
+        try:  # the fields as written (unvalidated): enough to say which DataFrames it names
+            partial = model.model_construct(**{f: config[a] for f, a in _alias_map(model).items()
+                                               if a in config})
+            reads = partial.reads_current()
+        except Exception:  # noqa: BLE001 - a stand-in never adds problems of its own
+            partial = None
+    return LoadedStep(index, kind, spec.method if spec else "?", spec.name if spec else None,
+                      None, UnparsedConfig(register_as, reads, partial), config)
+
+
+def _alias_map(model: type[BaseModel]) -> dict[str, str]:
+    return {name: (f.alias or name) for name, f in model.model_fields.items()}
 
 
 CREDENTIAL_FIELDS = ("password", "accessKeyId", "secretAccessKey", "sessionToken")

@@ -4,8 +4,10 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
+
+from pipeline_defs.config import durations
 
 
 class FormatModel(BaseModel):
@@ -56,6 +58,21 @@ class StepModel(FormatModel):
         """Cross-field problems as (field path, what is wrong, how to fix)."""
         return []
 
+    def streaming_problems(self) -> list[tuple[str, str, str]]:
+        """Problems of this config in a streaming pipeline, as (field path, what, fix)."""
+        return []
+
+
+def check_duration(value):
+    """A pydantic validator: the value parses as a duration (the message says how to write it)."""
+    durations.seconds(value)
+    return value
+
+
+def check_trigger(value):
+    durations.trigger_kwargs(value)
+    return value
+
 
 class StepSpec(FormatModel):
     """One entry of `steps`."""
@@ -88,6 +105,9 @@ class StreamingSettings(FormatModel):
         "<root>/<pipeline>/<step> (default PIPELINE_CHECKPOINT_ROOT, else ./checkpoints).")
     progress_interval_s: float = Field(10.0, gt=0, description="At most one progress line per "
                                        "query per this many seconds in the run's log.")
+
+    _timeout = field_validator("timeout")(check_duration)
+    _trigger = field_validator("trigger")(check_trigger)
 
 
 class PipelineConfig(FormatModel):

@@ -47,7 +47,7 @@ def _reader(ctx: StepContext, fmt: str, options: dict[str, str], ddl: str | None
     return r.schema(ddl) if ddl else r
 
 
-@step("extract", "fromFile", FromFile)
+@step("extract", "fromFile", FromFile, streams=True)
 def from_file(df: None, cfg: FromFile, ctx: StepContext) -> DataFrame:
     prepare_path(ctx.spark, cfg, ctx, cfg.path)
     reader = _reader(ctx, cfg.format, options_of(cfg.options), cfg.ddl_schema)
@@ -78,8 +78,14 @@ class FromDeltaLake(Extract):
             out.append(("version", "version and timestamp both set.", "Keep one of them."))
         return out
 
+    def streaming_problems(self):
+        if self.timestamp is not None:
+            return [("timestamp", "a stream starts at a version, not a timestamp.",
+                     "Use \"version\" (the first version to read), or remove it.")]
+        return []
 
-@step("extract", "fromDeltaLake", FromDeltaLake)
+
+@step("extract", "fromDeltaLake", FromDeltaLake, streams=True)
 def from_delta_lake(df: None, cfg: FromDeltaLake, ctx: StepContext) -> DataFrame:
     if ctx.options.get("streaming"):  # new commits as they come (from `version` when given)
         if cfg.timestamp is not None:
@@ -264,6 +270,13 @@ class FromKafka(Credentialed):
                      "Give the writer schema as Avro JSON.")]
         return []
 
+    def streaming_problems(self):
+        if self.ending_offsets is not None:
+            return [("endingOffsets", "a stream has no end offsets.",
+                     "Remove it; a stream stops at the pipeline's streaming.timeout, with "
+                     "trigger availableNow, or when the run is terminated.")]
+        return []
+
 
 def kafka_options(cfg, ctx: StepContext) -> dict[str, str]:
     props = credentials(cfg, ctx, {"bootstrap.servers": cfg.bootstrap_servers,
@@ -314,7 +327,7 @@ def decode_kafka(raw: DataFrame, cfg: FromKafka, ddl: str | None) -> DataFrame:
     return out
 
 
-@step("extract", "fromKafka", FromKafka)
+@step("extract", "fromKafka", FromKafka, streams=True)
 def from_kafka(df: None, cfg: FromKafka, ctx: StepContext) -> DataFrame:
     streaming = bool(ctx.options.get("streaming"))
     opts = {**kafka_options(cfg, ctx), "subscribe": cfg.topic,

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipeline_defs.config.model import FormatModel
+from pipeline_defs.config.model import FormatModel, check_trigger
 from pipeline_defs.steps.connections import (Credentialed, FileFormat, JdbcConnection,
                                              PathCredentials, S3Connection, Scalar,
                                              configure_s3, jdbc_endpoint, options_of,
@@ -42,6 +42,8 @@ class StreamingSink(FormatModel):
         "\"once\" (the run ends when the backlog is drained). Default: the pipeline's "
         "streaming.trigger, else micro-batches as fast as possible.")
 
+    _trigger = field_validator("trigger")(check_trigger)
+
 
 class FileSink(Load, StreamingSink):
     mode: WriteMode = Field("errorifexists", description="append, overwrite, errorifexists or "
@@ -75,7 +77,7 @@ class ToFile(FileSink):
                                                       "delta.")
 
 
-@step("load", "toFile", ToFile)
+@step("load", "toFile", ToFile, streams=True)
 def to_file(df: DataFrame, cfg: ToFile, ctx: StepContext) -> LoadResult:
     prepare_path(ctx.spark, cfg, ctx, cfg.path)
     extra = {"header": "true"} if cfg.format == "csv" and "header" not in cfg.options else None
@@ -91,7 +93,7 @@ class ToAvro(FileSink):
     record_namespace: str | None = Field(None, description="Avro record namespace.")
 
 
-@step("load", "toAvro", ToAvro)
+@step("load", "toAvro", ToAvro, streams=True)
 def to_avro(df: DataFrame, cfg: ToAvro, ctx: StepContext) -> LoadResult:
     prepare_path(ctx.spark, cfg, ctx, cfg.path)
     extra = {k: v for k, v in {"recordName": cfg.record_name,
@@ -157,6 +159,12 @@ class ToDeltaLake(Load, StreamingSink):
                      "Set \"path\" for a location or \"table\" for a catalog table.")]
         return []
 
+    def streaming_problems(self):
+        if self.merge is not None:
+            return [("merge", "merge (upsert) into Delta from a stream is not supported.",
+                     "Use \"mode\": \"append\", or merge from a batch pipeline.")]
+        return []
+
 
 def _delta_table(ctx: StepContext, cfg: ToDeltaLake):
     from delta.tables import DeltaTable
@@ -192,7 +200,7 @@ def _merge(df: DataFrame, cfg: ToDeltaLake, ctx: StepContext, table) -> None:
         raise
 
 
-@step("load", "toDeltaLake", ToDeltaLake)
+@step("load", "toDeltaLake", ToDeltaLake, streams=True)
 def to_delta_lake(df: DataFrame, cfg: ToDeltaLake, ctx: StepContext) -> LoadResult:
     target = cfg.path or cfg.table
     if cfg.path:
@@ -256,6 +264,13 @@ class ToJdbc(JdbcConnection, StreamingSink):
                      "Remove it, or set \"mode\": \"overwrite\".")]
         return []
 
+    def streaming_problems(self):
+        if self.mode not in ("append", "upsert"):
+            return [("mode", f"mode '{self.mode}' has no meaning for a stream: each "
+                     "micro-batch is loaded on its own.", "Use append, or upsert with "
+                     "keyColumns.")]
+        return []
+
 
 class ToPostgres(ToJdbc):
     """Write to a PostgreSQL table: COPY into a staging table, then one transaction."""
@@ -283,12 +298,12 @@ def _jdbc_write(df: DataFrame, cfg: ToJdbc, ctx: StepContext, dialect: str) -> L
                       cfg.mode, meta, out["rows"])
 
 
-@step("load", "toPostgres", ToPostgres)
+@step("load", "toPostgres", ToPostgres, streams=True)
 def to_postgres(df: DataFrame, cfg: ToPostgres, ctx: StepContext) -> LoadResult:
     return _jdbc_write(df, cfg, ctx, "postgres")
 
 
-@step("load", "toMySQL", ToMySQL)
+@step("load", "toMySQL", ToMySQL, streams=True)
 def to_mysql(df: DataFrame, cfg: ToMySQL, ctx: StepContext) -> LoadResult:
     return _jdbc_write(df, cfg, ctx, "mysql")
 
@@ -320,7 +335,7 @@ def kafka_frame(df: DataFrame, cfg: ToKafka) -> DataFrame:
     return df.select(*cols)
 
 
-@step("load", "toKafka", ToKafka)
+@step("load", "toKafka", ToKafka, streams=True)
 def to_kafka(df: DataFrame, cfg: ToKafka, ctx: StepContext) -> LoadResult:
     opts = {**kafka_options(cfg, ctx), "topic": cfg.topic}
     kafka_frame(df, cfg).write.format("kafka").options(**opts).save()

@@ -18,6 +18,9 @@ class StepDef:
     method: str
     model: type[StepModel]
     fn: Callable
+    streams: bool = False
+    """It works in a streaming pipeline: an extract that reads a stream, a load that writes
+    one, a transform or validation that applies row by row (per micro-batch)."""
 
     @property
     def summary(self) -> str:
@@ -29,7 +32,8 @@ class Registry:
     def __init__(self) -> None:
         self._defs: dict[tuple[str, str], StepDef] = {}
 
-    def register(self, kind: str, method: str, model: type[StepModel], fn: Callable) -> None:
+    def register(self, kind: str, method: str, model: type[StepModel], fn: Callable,
+                 streams: bool = False) -> None:
         if kind not in KINDS:
             raise RegistryError(f"{fn.__qualname__}: kind '{kind}' is not one of {KINDS}.")
         if (kind, method) in self._defs:
@@ -38,7 +42,7 @@ class Registry:
                                 f"{other.__qualname__} and {fn.__module__}.{fn.__qualname__}.")
         if not issubclass(model, StepModel):
             raise RegistryError(f"{kind}.{method}: its model must subclass StepModel.")
-        self._defs[(kind, method)] = StepDef(kind, method, model, fn)
+        self._defs[(kind, method)] = StepDef(kind, method, model, fn, streams)
 
     # Catalog protocol (what config/ needs)
     def model_for(self, kind: str, method: str) -> type[StepModel] | None:
@@ -47,6 +51,10 @@ class Registry:
 
     def methods(self) -> Iterable[tuple[str, str]]:
         return list(self._defs)
+
+    def streams(self, kind: str, method: str) -> bool:
+        d = self._defs.get((kind, method))
+        return bool(d and d.streams)
 
     def get(self, kind: str, method: str) -> StepDef:
         return self._defs[(kind, method)]
@@ -59,10 +67,15 @@ class Registry:
 REGISTRY = Registry()
 
 
-def step(kind: str, method: str, model: type[StepModel]) -> Callable[[Callable], Callable]:
-    """Register `fn(df, cfg, ctx)` as method `kind.method` configured by `model`."""
+def step(kind: str, method: str, model: type[StepModel], *, streams: bool | None = None
+         ) -> Callable[[Callable], Callable]:
+    """Register `fn(df, cfg, ctx)` as method `kind.method` configured by `model`.
+
+    `streams`: whether it works in a streaming pipeline (default: transforms do, being row by
+    row unless they say otherwise; extracts, validations and loads must declare it)."""
     def deco(fn: Callable) -> Callable:
-        REGISTRY.register(kind, method, model, fn)
+        REGISTRY.register(kind, method, model, fn,
+                          streams if streams is not None else kind == "transform")
         return fn
     return deco
 

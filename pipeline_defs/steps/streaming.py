@@ -17,6 +17,7 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql.streaming import StreamingQuery
 
+from pipeline_defs.config import durations
 from pipeline_defs.config.dataflow import safe_name
 from pipeline_defs.errors import PipelineError, UnsupportedError
 from pipeline_defs.steps.context import StepContext
@@ -28,35 +29,18 @@ class StreamingQueryFailed(PipelineError):
 
 # ---------------------------------------------------------------- settings
 def seconds(value: str | int | float | None) -> float | None:
-    """\"90\", 90, \"5 seconds\", \"10 minutes\", \"1 hour\" -> seconds."""
-    if value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|secs?|seconds?|m|mins?|minutes?"
-                     r"|h|hours?)?\s*", str(value), re.I)
-    if not m:
-        raise UnsupportedError(f"'{value}' is not a duration; write e.g. \"30 seconds\" or "
-                               "\"10 minutes\".")
-    n, unit = float(m.group(1)), (m.group(2) or "s").lower()
-    if unit.startswith(("ms", "milli")):
-        return n / 1000
-    return n * {"s": 1, "m": 60, "h": 3600}[unit[0]]
+    """Seconds of a duration of the format (\"10 minutes\"); checked at load time already."""
+    try:
+        return durations.seconds(value)
+    except durations.DurationError as e:
+        raise UnsupportedError(f"{e}.") from None
 
 
 def trigger_kwargs(trigger: str | None) -> dict[str, Any]:
-    """The original's trigger strings as DataStreamWriter.trigger() arguments."""
-    if trigger is None:
-        return {}
-    t = trigger.strip()
-    if t.lower() in ("availablenow", "available_now", "available-now"):
-        return {"availableNow": True}
-    if t.lower() == "once":
-        return {"once": True}
-    if t.lower().startswith("continuous"):
-        return {"continuous": t.split(None, 1)[1] if " " in t else "1 second"}
-    seconds(t)  # validates
-    return {"processingTime": t}
+    try:
+        return durations.trigger_kwargs(trigger)
+    except durations.DurationError as e:
+        raise UnsupportedError(f"{e}.") from None
 
 
 def checkpoint_root(settings) -> str:

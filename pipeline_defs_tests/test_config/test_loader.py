@@ -129,8 +129,9 @@ def test_every_problem_of_every_file_is_reported_together(tmp_path, registry):
     with pytest.raises(ConfigError) as e:
         load_pipelines([tmp_path], registry)
     msg = str(e.value)
-    assert msg.startswith("4 problems:")
+    assert msg.startswith("5 problems:")
     assert "a.json, step 1 (transform.filterRows), config.conditon" in msg
+    assert "a.json, step 1 (transform.filterRows): a transform step needs an input" in msg
     assert "a.json, step 1 (transform.filterRows), config.condition: is required" in msg
     assert "b.json, step 2 (load.toFile), config.pth: unknown key 'pth'. Did you mean 'path'?" \
         in msg
@@ -192,3 +193,53 @@ def test_cross_field_rules(tmp_path, registry):
         load_pipeline(f, registry)
     assert "config.path: give exactly one of path and table." in str(e.value)
     assert "config.version: version and timestamp both set." in str(e.value)
+
+
+def test_one_validate_lists_step_problems_and_dataflow_problems_together(tmp_path, registry):
+    """An unknown method, an unknown key beside `config` and unknown keys inside it hide
+    nothing: the unknown method still registers its name, the dataflow check still runs."""
+    f = write_json(tmp_path / "p.json", {"name": "p", "steps": [
+        {"type": "extract", "method": "fromFiles", "config": {"path": "/x",
+                                                              "registerAs": "users"}},
+        {"type": "extract", "method": "fromFile", "conditon": "x",
+         "config": {"path": "/y", "registerAs": "orders"}},
+        {"type": "transform", "method": "filterRows", "config": {"conditon": "a > 1"}},
+        {"type": "transform", "method": "joinDataFrames",
+         "config": {"inputDataFrames": ["users", "order", "items"],
+                    "joinConditions": ["users.id = order.user_id", "x"], "joinTyp": "left"}},
+        {"type": "load", "method": "toFile", "config": {"pth": "/out"}}]})
+    with pytest.raises(ConfigError) as e:
+        load_pipeline(f, registry)
+    msg = str(e.value)
+    expected = [
+        f"{f}, step 1 (extract.fromFiles), method: unknown extract method 'fromFiles'. "
+        "Did you mean 'fromFile'?",
+        f"{f}, step 2 (extract.fromFile), conditon: unknown key 'conditon'.",
+        f"{f}, step 3 (transform.filterRows), config.conditon: unknown key 'conditon'. Did "
+        "you mean 'condition'?",
+        f"{f}, step 4 (transform.joinDataFrames), config.joinTyp: unknown key 'joinTyp'. Did "
+        "you mean 'joinType'?",
+        # the dataflow of a step that did not parse is still checked: 'order' is unknown,
+        # while 'users' (registered by the step whose method is unknown) is not reported
+        f"{f}, step 4 (transform.joinDataFrames), config.inputDataFrames[1]: names 'order', "
+        "which no earlier step registers. Registered so far: orders, users.",
+        f"{f}, step 4 (transform.joinDataFrames), config.inputDataFrames[2]: names 'items'",
+        f"{f}, step 5 (load.toFile), config.pth: unknown key 'pth'. Did you mean 'path'?"]
+    for line in expected:
+        assert line in msg
+    assert "names 'users'" not in msg
+    assert msg.index("step 1 (") < msg.index("step 2 (") < msg.index("step 3 (") < \
+        msg.index("step 4 (") < msg.index("step 5 (")
+
+
+def test_a_top_level_problem_hides_no_step_problem(tmp_path, registry):
+    f = write_json(tmp_path / "p.json", {"name": "p", "mode": "batchy", "steps": [
+        EXTRACT_STEP, {"type": "transform", "method": "filterRows", "config": {"cond": "x"}}]})
+    with pytest.raises(ConfigError) as e:
+        load_pipeline(f, registry)
+    msg = str(e.value)
+    assert f"{f}, mode: Input should be 'batch' or 'streaming'" in msg
+    assert f"{f}, step 2 (transform.filterRows), config.cond: unknown key 'cond'" in msg
+
+
+EXTRACT_STEP = {"type": "extract", "method": "fromFile", "config": {"path": "/x"}}
