@@ -45,8 +45,9 @@ def cmd_list(args) -> int:
     from pipeline_defs.steps.registry import builtin_registry
     defs = builtin_registry().all()
     width = max(len(f"{d.kind}.{d.method}") for d in defs)
-    for d in defs:
-        print(f"{d.kind + '.' + d.method:<{width}}  {d.summary}")
+    for d in defs:  # "stream": the method also works in streaming pipelines
+        print(f"{d.kind + '.' + d.method:<{width}}  {'stream' if d.streams else '      '}  "
+              f"{d.summary}")
     return 0
 
 

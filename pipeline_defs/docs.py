@@ -33,7 +33,8 @@ def method_reference(registry) -> str:
         parts.append("")
         for d in [d for d in registry.all() if d.kind == kind]:
             doc = " ".join((d.model.__doc__ or "").split())
-            parts.append(f"**`{d.method}`**: {doc}")
+            stream = " *(batch and streaming)*" if d.streams else " *(batch only)*"
+            parts.append(f"**`{d.method}`**{stream}: {doc}")
             parts.append("")
             parts.append("| key | type | default | description |")
             parts.append("|---|---|---|---|")

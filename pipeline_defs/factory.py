@@ -318,7 +318,7 @@ def _wrap(compute):
 
 
 # Errors that no pipeline file can cause: a bug of this product (or of Spark) to report.
-_INTERNAL_PY = (AssertionError, AttributeError, TypeError, KeyError, IndexError, NameError,
+_INTERNAL_PY = (AssertionError, AttributeError, TypeError, KeyError, IndexError, NameError, ImportError,
                 ZeroDivisionError)
 _INTERNAL_JVM = ("java.lang.AssertionError", "java.lang.NullPointerException",
                  "java.lang.IllegalStateException", "java.lang.ClassCastException",

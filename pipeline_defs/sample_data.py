@@ -35,6 +35,7 @@ def orders(rng: random.Random, first_id: int, n: int, year: int, n_customers: in
                     "order_date": day.isoformat(), "status": rng.choice(STATUSES),
                     "product_category": rng.choice(CATEGORIES), "region": rng.choice(REGIONS),
                     "quantity": rng.randint(1, 5),
+                    # money: written with two decimals, read as DECIMAL(10,2) by the examples
                     "amount": round(rng.uniform(5, 500), 2)})
     return out
 

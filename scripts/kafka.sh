@@ -6,41 +6,36 @@
 #   scripts/kafka.sh down    stop it and delete its data
 #
 # PIPELINE_KAFKA_PORT (59092; the controller listens on the next port),
+# PIPELINE_KAFKA_PARTITIONS (1): partitions of a topic created on first use,
 # data under $PIPELINE_SERVICES_DIR/kafka (default /tmp/pipeline_defs-services/kafka).
+# Like a default Kafka, the broker creates a topic when a client first produces to it or
+# reads it. A broker already running with other settings is restarted with these.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 DIR=${PIPELINE_SERVICES_DIR:-/tmp/pipeline_defs-services}/kafka
 PORT=${PIPELINE_KAFKA_PORT:-59092}
 CPORT=$((PORT + 1))
+PARTITIONS=${PIPELINE_KAFKA_PARTITIONS:-1}
 CP="$ROOT/.cache/kafka-jars/*"
 
 ping_kafka() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
 
+running() { [ -f "$DIR/broker.pid" ] && kill -0 "$(cat "$DIR/broker.pid")" 2>/dev/null; }
+
 up() {
   [ -d "$ROOT/.cache/kafka-jars" ] || { echo "kafka: run make setup first" >&2; exit 1; }
+  mkdir -p "$DIR"
+  properties >"$DIR/server.properties.next"
+  if running && ! cmp -s "$DIR/server.properties.next" "$DIR/server.properties"; then
+    echo "kafka: restarting the broker with new settings"
+    stop
+  fi
   if ping_kafka; then return; fi
-  if [ -f "$DIR/broker.pid" ] && kill -0 "$(cat "$DIR/broker.pid")" 2>/dev/null; then
+  if running; then
     wait_up; return  # starting already (a slow machine): wait for it, never start a second
   fi
-  mkdir -p "$DIR"
-  cat >"$DIR/server.properties" <<PROPS
-process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:$CPORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs=$DIR/data
-num.partitions=1
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=false
-PROPS
+  mv "$DIR/server.properties.next" "$DIR/server.properties"
   if [ ! -f "$DIR/data/meta.properties" ]; then
     java -cp "$CP" kafka.tools.StorageTool format --standalone -c "$DIR/server.properties" \
       -t "$(python3 -c 'import uuid,base64;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')" \
@@ -53,18 +48,43 @@ PROPS
   echo "kafka: broker on 127.0.0.1:$PORT"
 }
 
+properties() {
+  cat <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$CPORT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$DIR/data
+num.partitions=$PARTITIONS
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+group.initial.rebalance.delay.ms=0
+PROPS
+}
+
 wait_up() {
   for _ in $(seq 360); do ping_kafka && return; sleep 0.5; done
   echo "kafka: the broker did not start within 180 s, see $DIR/broker.log" >&2; exit 1
 }
 
-down() {
+stop() {
   if [ -f "$DIR/broker.pid" ]; then
     pid=$(cat "$DIR/broker.pid")
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     kill -9 "$pid" 2>/dev/null || true
+    rm -f "$DIR/broker.pid"
   fi
+}
+
+down() {
+  stop
   rm -rf "$DIR"
 }
 

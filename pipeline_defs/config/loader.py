@@ -253,6 +253,7 @@ def literal_credentials(file: str, steps: Iterable[LoadedStep]) -> list[Problem]
         found = [k for k in CREDENTIAL_FIELDS if s.raw_config.get(k) not in (None, "")]
         found += [f"properties.{k}" for k in (s.raw_config.get("properties") or {})
                   if SECRET_KEY.search(k)]
+        found += [k for k in s.raw_config if "." in k and SECRET_KEY.search(k)]  # sasl.jaas...
         out += [Problem(file, "a credential is written in the config, and Vault is required "
                         "(VAULT_REQUIRED=true).", s.index, s.label, f"config.{k}",
                         "Store it in a Vault secret and set \"credentialPath\" instead.")

@@ -1,10 +1,12 @@
 """Connection settings shared by extract and load methods: credentials, JDBC, S3."""
 from __future__ import annotations
 
+import difflib
 import os
-from typing import Any, Literal
+import re
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pyspark.sql import SparkSession
 
 from pipeline_defs import secrets
@@ -99,6 +101,92 @@ def jdbc_endpoint(cfg: JdbcConnection, ctx: StepContext, dialect: str):
     return endpoint(dialect, c, cfg.properties, source)
 
 
+# ---------------------------------------------------------------- Kafka
+# The original format wrote Kafka client properties as literal keys of the step's config
+# ("bootstrap.servers": "...", "security.protocol": "SASL_SSL"): dotted, lower case.
+KAFKA_PROPERTY = re.compile(r"^[a-z][a-z0-9-]*(\.[a-z0-9-]+)+$")
+_KAFKA_PLAIN = ("acks", "retries")  # client properties without a dot
+_KAFKA_KNOWN = (
+    "bootstrap.servers", "security.protocol", "sasl.mechanism", "sasl.jaas.config",
+    "sasl.kerberos.service.name", "sasl.login.callback.handler.class",
+    "sasl.client.callback.handler.class", "sasl.oauthbearer.token.endpoint.url",
+    "ssl.truststore.location", "ssl.truststore.password", "ssl.truststore.type",
+    "ssl.keystore.location", "ssl.keystore.password", "ssl.keystore.type", "ssl.key.password",
+    "ssl.endpoint.identification.algorithm", "ssl.protocol", "client.id", "client.rack",
+    "group.id", "max.poll.records", "fetch.max.bytes", "fetch.min.bytes", "fetch.max.wait.ms",
+    "max.partition.fetch.bytes", "request.timeout.ms", "session.timeout.ms",
+    "default.api.timeout.ms", "metadata.max.age.ms", "linger.ms", "batch.size",
+    "compression.type", "max.request.size", "delivery.timeout.ms", "buffer.memory",
+    "max.in.flight.requests.per.connection", "enable.idempotence", "isolation.level",
+    "connections.max.idle.ms", "receive.buffer.bytes", "send.buffer.bytes",
+    "reconnect.backoff.ms", "retry.backoff.ms")
+# Spark's Kafka source and sink set these themselves and refuse them as options.
+_KAFKA_SPARK_OWNS = {
+    "auto.offset.reset": "use \"startingOffsets\" instead",
+    "enable.auto.commit": "Spark tracks offsets in its checkpoint; remove it",
+    "key.deserializer": "keys are bytes; set \"includeKey\" to keep them as a string",
+    "value.deserializer": "use \"valueFormat\" (json, avro, string, raw)",
+    "key.serializer": "Spark writes the key column as bytes; remove it",
+    "value.serializer": "Spark writes the value column as bytes; remove it",
+    "interceptor.classes": "Spark does not support consumer interceptors; remove it",
+}
+
+
+class KafkaClient(Credentialed):
+    """Kafka's connection: brokers and client properties, from Vault (credentialPath) or the
+    config. Literal client properties in the config (the original's form, e.g.
+    "bootstrap.servers": "broker:9092", "security.protocol": "SASL_SSL") are accepted and
+    mapped onto bootstrapServers and properties."""
+
+    model_config = {"json_schema_extra": {"patternProperties": {
+        pattern: {"type": ["string", "number", "boolean"], "description": "A Kafka client "
+                  "property, as the original format wrote it (e.g. \"security.protocol\")."}
+        for pattern in (KAFKA_PROPERTY.pattern, f"^({'|'.join(_KAFKA_PLAIN)})$")}}}
+
+    bootstrap_servers: str | None = Field(None, description="host:port list, when not in the "
+                                                            "credential secret.")
+    properties: dict[str, str] = Field(default_factory=dict, description="Kafka client "
+                                       "properties (without the kafka. prefix), e.g. "
+                                       "{\"security.protocol\": \"SASL_SSL\"}.")
+    client_kind: ClassVar[str] = "client"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _literal_properties(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        literal = {k: v for k, v in data.items() if isinstance(k, str) and
+                   (KAFKA_PROPERTY.match(k) or k in _KAFKA_PLAIN)}
+        if not literal:
+            return data
+        rest = {k: v for k, v in data.items() if k not in literal}
+        props = dict(rest.get("properties") or {})
+        brokers = literal.pop("bootstrap.servers", None)
+        if brokers is not None and "bootstrapServers" not in rest:
+            rest["bootstrapServers"] = brokers
+        props.update({k: str(v).lower() if isinstance(v, bool) else str(v)
+                      for k, v in literal.items()})
+        rest["properties"] = props
+        return rest
+
+    def problems(self):
+        out = []
+        for key in self.properties:
+            if key in _KAFKA_SPARK_OWNS:
+                out.append((key, f"Spark sets '{key}' itself.",
+                            _KAFKA_SPARK_OWNS[key][0].upper() + _KAFKA_SPARK_OWNS[key][1:]
+                            + "."))
+            elif key == "bootstrap.servers":
+                out.append((key, "the brokers go in bootstrapServers.",
+                            "Move it to \"bootstrapServers\"."))
+            elif key not in _KAFKA_KNOWN and key not in _KAFKA_PLAIN:
+                guess = difflib.get_close_matches(key, _KAFKA_KNOWN, n=1, cutoff=0.85)
+                if guess:
+                    out.append((key, f"'{key}' is no Kafka client property.",
+                                f"Did you mean '{guess[0]}'?"))
+        return out
+
+
 # ---------------------------------------------------------------- S3 (s3a)
 class S3Connection(Credentialed):
     access_key_id: SecretStr | None = Field(None, description="AWS access key id; prefer "
@@ -163,6 +251,31 @@ def options_of(cfg_options: dict[str, Scalar]) -> dict[str, str]:
     return {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in cfg_options.items()}
 
 
-__all__ = ["Credentialed", "FileFormat", "FormatModel", "JdbcConnection", "PathCredentials",
-           "S3Connection", "Scalar", "configure_s3", "credentials", "jdbc_endpoint", "options_of",
-           "prepare_path", "s3_path"]
+def with_defaults(defaults: dict[str, str], options: dict[str, str]) -> dict[str, str]:
+    """Spark options: the defaults, then the user's, which win (Spark's option names are
+    case-insensitive, so a user's "multiline" replaces a default "multiLine")."""
+    given = {k.lower() for k in options}
+    return {**{k: v for k, v in defaults.items() if k.lower() not in given}, **options}
+
+
+# CSV as RFC 4180 has it, and as PostgreSQL COPY, pandas, Excel and DuckDB write it: a quote
+# inside a quoted field is doubled (Spark's own default escape is a backslash, which reads
+# `""` back literally), and a quoted field may hold line breaks (multiLine: each file is then
+# read by one task; "multiLine": false splits large files whose fields hold none).
+CSV_READ = {"header": "true", "escape": '"', "multiLine": "true"}
+CSV_WRITE = {"header": "true", "escape": '"'}
+
+
+def csv_read_options(options: dict[str, str], ddl: str | None) -> dict[str, str]:
+    return with_defaults({**CSV_READ, **({} if ddl else {"inferSchema": "true"})}, options)
+
+
+def write_options(fmt: str, options: dict[str, str]) -> dict[str, str]:
+    return with_defaults(CSV_WRITE, options) if fmt == "csv" else options
+
+
+__all__ = ["Credentialed", "FileFormat", "FormatModel", "JdbcConnection", "KafkaClient",
+           "PathCredentials",
+           "S3Connection", "Scalar", "configure_s3", "credentials", "csv_read_options",
+           "jdbc_endpoint", "options_of", "prepare_path", "s3_path", "with_defaults",
+           "write_options"]

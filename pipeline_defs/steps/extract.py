@@ -6,9 +6,11 @@ from typing import ClassVar, Literal
 from pydantic import Field
 from pyspark.sql import DataFrame, DataFrameReader
 
-from pipeline_defs.steps.connections import (Credentialed, FileFormat, JdbcConnection, PathCredentials,
-                                             S3Connection, Scalar, configure_s3, credentials,
-                                             jdbc_endpoint, options_of, prepare_path, s3_path)
+from pipeline_defs.steps.connections import (CSV_READ, FileFormat, JdbcConnection,
+                                             KafkaClient, PathCredentials, S3Connection, Scalar,
+                                             configure_s3, credentials, csv_read_options,
+                                             jdbc_endpoint, options_of, prepare_path, s3_path,
+                                             with_defaults)
 from pipeline_defs.errors import UnsupportedError
 from pipeline_defs.steps.context import StepContext
 from pipeline_defs.steps.registry import step
@@ -32,7 +34,9 @@ class FromFile(Extract):
                                                       "delta.")
     options: dict[str, Scalar] = Field(
         default_factory=dict, description="Spark reader options, e.g. {\"header\": true}. CSV "
-        "defaults: header true, and inferSchema true unless `schema` is given.")
+        "defaults (RFC 4180): header true, escape '\"' (a doubled quote is a quote), multiLine "
+        "true (quoted fields may hold line breaks; false splits big files for parallel reads), "
+        "and inferSchema true unless `schema` is given.")
     ddl_schema: str | None = Field(
         None, alias="schema", description="Schema as a DDL string, e.g. \"id BIGINT, name "
         "STRING\". Giving it saves the inference pass over CSV and JSON.")
@@ -42,7 +46,7 @@ def _reader(ctx: StepContext, fmt: str, options: dict[str, str], ddl: str | None
             ) -> DataFrameReader:
     r = ctx.spark.read.format(fmt)
     if fmt == "csv":
-        options = {"header": "true", **({} if ddl else {"inferSchema": "true"}), **options}
+        options = csv_read_options(options, ddl)
     r = r.options(**options)
     return r.schema(ddl) if ddl else r
 
@@ -55,9 +59,10 @@ def from_file(df: None, cfg: FromFile, ctx: StepContext) -> DataFrame:
         return reader.load(cfg.path)
     # a stream of new files in the directory; without `schema`, the files there now give it
     schema = cfg.ddl_schema or reader.load(cfg.path).schema
-    opts = {"header": "true"} if cfg.format == "csv" else {}
-    return ctx.spark.readStream.format(cfg.format).options(
-        **{**opts, **options_of(cfg.options)}).schema(schema).load(cfg.path)
+    opts = options_of(cfg.options)
+    if cfg.format == "csv":
+        opts = with_defaults(CSV_READ, opts)
+    return ctx.spark.readStream.format(cfg.format).options(**opts).schema(schema).load(cfg.path)
 
 
 class FromDeltaLake(Extract):
@@ -229,13 +234,11 @@ def from_s3(df: None, cfg: FromS3, ctx: StepContext) -> DataFrame:
     return _reader(ctx, cfg.format, opts, cfg.ddl_schema).load(s3_path(cfg.bucket, cfg.path))
 
 
-class FromKafka(Credentialed):
+class FromKafka(KafkaClient):
     """Read a Kafka topic: in batch from earliest to latest offsets (or the ones given), in a
     streaming pipeline as a stream (from latest, unless startingOffsets says otherwise)."""
 
     topic: str = Field(description="Topic name (comma-separated for several).")
-    bootstrap_servers: str | None = Field(None, description="host:port list, when not in the "
-                                                            "credential secret.")
     starting_offsets: str | None = Field(None, description="earliest, latest or JSON offsets. "
                                          "Batch default earliest; streaming default latest.")
     ending_offsets: str | None = Field(None, description="Batch only: latest (default) or JSON.")
@@ -251,24 +254,23 @@ class FromKafka(Credentialed):
         "when given; else json with a schema inferred from up to 1,000 messages of the topic "
         "when they are JSON objects (pin `schema` in production), else string.")
     ddl_schema: str | None = Field(None, alias="schema", description="json: the value's schema "
-                                   "as DDL, e.g. \"id BIGINT, amount DOUBLE\".")
+                                   "as DDL, e.g. \"id BIGINT, amount DECIMAL(10,2)\".")
     avro_schema: str | None = Field(None, description="avro: the writer schema (Avro JSON).")
     include_key: bool = Field(False, description="Keep the message key (as string column "
                                                  "`key`).")
     include_metadata: bool = Field(False, description="Keep kafka_topic, kafka_partition, "
                                    "kafka_offset and kafka_timestamp columns.")
-    properties: dict[str, str] = Field(default_factory=dict, description="Extra Kafka consumer "
-                                       "properties (without the kafka. prefix).")
     uses_current = False
 
     def location(self) -> str | None:
         return f"kafka://{self.topic}"
 
     def problems(self):
+        out = super().problems()
         if self.value_format == "avro" and not self.avro_schema:
-            return [("avroSchema", "valueFormat avro needs avroSchema.",
-                     "Give the writer schema as Avro JSON.")]
-        return []
+            out.append(("avroSchema", "valueFormat avro needs avroSchema.",
+                        "Give the writer schema as Avro JSON."))
+        return out
 
     def streaming_problems(self):
         if self.ending_offsets is not None:

@@ -8,10 +8,11 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pipeline_defs.config.model import FormatModel, check_trigger
-from pipeline_defs.steps.connections import (Credentialed, FileFormat, JdbcConnection,
+from pipeline_defs.steps.connections import (FileFormat, JdbcConnection, KafkaClient,
                                              PathCredentials, S3Connection, Scalar,
                                              configure_s3, jdbc_endpoint, options_of,
-                                             prepare_path, s3_path)
+                                             prepare_path, s3_path, with_defaults,
+                                             write_options)
 from pipeline_defs.steps.context import LoadResult, StepContext
 from pipeline_defs.steps.extract import kafka_options
 from pipeline_defs.steps.registry import step
@@ -51,7 +52,9 @@ class FileSink(Load, StreamingSink):
     partition_by: list[str] | None = Field(None, description="Partition columns (one directory "
                                                              "level each).")
     compression: str | None = Field(None, description="Codec, e.g. snappy, gzip, zstd.")
-    options: dict[str, Scalar] = Field(default_factory=dict, description="Spark writer options.")
+    options: dict[str, Scalar] = Field(default_factory=dict, description="Spark writer options. "
+                                       "CSV defaults (RFC 4180): header true, escape '\"' (a "
+                                       "quote in a value is doubled).")
 
 
 def _write_files(df: DataFrame, cfg: FileSink, ctx: StepContext, fmt: str, path: str,
@@ -59,7 +62,8 @@ def _write_files(df: DataFrame, cfg: FileSink, ctx: StepContext, fmt: str, path:
     if cfg.partition_by:
         from pipeline_defs.steps.transform import _missing
         _missing(df, cfg.partition_by, "partitionBy")
-    w = df.write.format(fmt).mode(cfg.mode).options(**options_of(cfg.options), **(extra or {}))
+    opts = write_options(fmt, with_defaults(extra or {}, options_of(cfg.options)))
+    w = df.write.format(fmt).mode(cfg.mode).options(**opts)
     if cfg.compression:
         w = w.option("compression", cfg.compression)
     if cfg.partition_by:
@@ -80,8 +84,7 @@ class ToFile(FileSink):
 @step("load", "toFile", ToFile, streams=True)
 def to_file(df: DataFrame, cfg: ToFile, ctx: StepContext) -> LoadResult:
     prepare_path(ctx.spark, cfg, ctx, cfg.path)
-    extra = {"header": "true"} if cfg.format == "csv" and "header" not in cfg.options else None
-    return _write_files(df, cfg, ctx, cfg.format, cfg.path, extra)
+    return _write_files(df, cfg, ctx, cfg.format, cfg.path)
 
 
 class ToAvro(FileSink):
@@ -308,17 +311,13 @@ def to_mysql(df: DataFrame, cfg: ToMySQL, ctx: StepContext) -> LoadResult:
     return _jdbc_write(df, cfg, ctx, "mysql")
 
 
-class ToKafka(Credentialed, StreamingSink):
+class ToKafka(KafkaClient, StreamingSink):
     """Write rows to a Kafka topic: key/value columns, or each whole row as JSON."""
 
     topic: str = Field(description="Topic name.")
-    bootstrap_servers: str | None = Field(None, description="host:port list, when not in the "
-                                                            "credential secret.")
     key_column: str | None = Field(None, description="Column (or SQL expression) for the key.")
     value_column: str | None = Field(None, description="Column for the value; default: the "
                                      "whole row as JSON.")
-    properties: dict[str, str] = Field(default_factory=dict, description="Extra producer "
-                                       "properties (without the kafka. prefix).")
     asset_key: list[str] | None = Field(None, description="Dagster asset key for the topic.")
 
     def location(self) -> str | None:

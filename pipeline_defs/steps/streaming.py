@@ -61,7 +61,7 @@ def checkpoint_for(cfg, ctx: StepContext, settings) -> str:  # cfg None: the ste
 def start_sink(method: str, df: DataFrame, cfg, ctx: StepContext, settings,
                query_name: str) -> StreamingQuery:
     """Starts the load's streaming query (returns at once)."""
-    from pipeline_defs.steps.connections import options_of, prepare_path
+    from pipeline_defs.steps.connections import options_of, prepare_path, write_options
     checkpoint = checkpoint_for(cfg, ctx, settings)
     w = df.writeStream.queryName(query_name).option("checkpointLocation", checkpoint) \
         .outputMode(getattr(cfg, "output_mode", None) or "append")
@@ -82,7 +82,7 @@ def start_sink(method: str, df: DataFrame, cfg, ctx: StepContext, settings,
     if method in ("toFile", "toAvro"):
         prepare_path(ctx.spark, cfg, ctx, cfg.path)
         fmt = "avro" if method == "toAvro" else cfg.format
-        w = w.format(fmt).options(**options_of(cfg.options))
+        w = w.format(fmt).options(**write_options(fmt, options_of(cfg.options)))
         if cfg.compression:
             w = w.option("compression", cfg.compression)
         if cfg.partition_by:

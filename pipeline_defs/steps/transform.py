@@ -112,6 +112,13 @@ class Deduplicate(StepModel):
             return [("orderBy", "orderBy needs key columns.", "Add \"columns\": the key.")]
         return []
 
+    def streaming_problems(self):
+        if self.order_by:
+            return [("orderBy", "picking a row by orderBy needs the whole dataset, which a "
+                     "stream never has.", "Remove orderBy: in a stream the first row to "
+                     "arrive per key is kept.")]
+        return []
+
 
 @step("transform", "deduplicate", Deduplicate)
 def deduplicate(df: DataFrame, cfg: Deduplicate, ctx: StepContext) -> DataFrame:

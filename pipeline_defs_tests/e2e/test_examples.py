@@ -16,15 +16,16 @@ from pipeline_defs.definitions import build_definitions
 from pipeline_defs_tests.conftest import copy_configs
 
 
-def spark_round(x: float, digits: int = 2) -> float:
-    """Spark's round(): HALF_UP on the double's shortest decimal form."""
-    return float(Decimal(repr(x)).quantize(Decimal(1).scaleb(-digits), ROUND_HALF_UP))
+def spark_round(x: Decimal, digits: int = 2) -> Decimal:
+    """Spark's round() of a DECIMAL: HALF_UP."""
+    return x.quantize(Decimal(1).scaleb(-digits), ROUND_HALF_UP)
 
 
 def _orders(data: Path) -> list[dict]:
+    """The sample orders, money as exact decimals (as the examples read it: DECIMAL(10,2))."""
     out = []
     for f in sorted(data.glob("orders*/*.jsonl")):
-        out += [json.loads(line) for line in f.read_text().splitlines()]
+        out += [json.loads(line, parse_float=Decimal) for line in f.read_text().splitlines()]
     return out
 
 
@@ -74,17 +75,20 @@ def test_orders_enrichment(run, spark, sample_data):
     assert sorted(DeltaTable.forPath(spark, str(run.out / "delta" / "enriched_orders"))
                   .detail().first()["partitionColumns"]) == ["year"]
     monthly = spark.read.parquet(str(run.out / "files" / "monthly_sales"))
-    expect: dict = defaultdict(lambda: [0.0, 0])
+    expect: dict = defaultdict(lambda: [Decimal(0), 0])
     for o in completed:
         k = (customers[o["customer_id"]]["country"], int(o["order_date"][:4]),
              int(o["order_date"][5:7]))
         expect[k][0] += o["amount"]
         expect[k][1] += 1
-    got = {(r.country, r.year, r.month): (round(r.amount_sum, 6), r.order_id_count)
+    got = {(r.country, r.year, r.month): (r.amount_sum, r.order_id_count)
            for r in monthly.collect()}
-    assert got == {k: (round(v[0], 6), v[1]) for k, v in expect.items()}
+    assert got == {k: (v[0], v[1]) for k, v in expect.items()}  # exact: money is DECIMAL
     assert monthly.columns == ["country", "year", "month", "amount_sum", "order_id_count",
                                "avg_unit_price"]
+    types = dict(monthly.dtypes)
+    assert types["amount_sum"] == "decimal(20,2)" and types["avg_unit_price"].startswith(
+        "decimal(")
     mats = _materializations(result)
     assert mats["enriched_orders"]["dagster/row_count"] == len(completed)
     assert mats["enriched_orders"]["delta_version"] == 0
@@ -99,15 +103,18 @@ def test_sales_pivot(run, spark, sample_data):
     run("sales_pivot")
     completed_2024 = [o for o in _orders(sample_data) if o["status"] == "completed" and
                       o["order_date"].startswith("2024")]
-    expect: dict = defaultdict(float)
+    expect: dict = defaultdict(Decimal)
     for o in completed_2024:
         expect[(o["region"], o["product_category"])] += o["amount"]
-    pivot = spark.read.option("header", True).option("inferSchema", True).csv(
-        str(run.out / "files" / "region_by_category"))
-    assert pivot.columns == ["region", "books", "electronics", "garden", "toys"]
-    for r in pivot.collect():
+    with_text = {}
+    for f in sorted((run.out / "files" / "region_by_category").glob("part-*.csv")):
+        with f.open(newline="") as fh:
+            with_text.update({r["region"]: r for r in csv.DictReader(fh)})
+    assert sorted(with_text) == sorted({k[0] for k in expect})
+    for region, r in with_text.items():
+        assert list(r) == ["region", "books", "electronics", "garden", "toys"]
         for cat in ("books", "electronics", "garden", "toys"):
-            assert r[cat] == pytest.approx(expect[(r.region, cat)])
+            assert Decimal(r[cat]) == expect[(region, cat)]  # written exactly, no float noise
     ranking = spark.read.format("delta").load(str(run.out / "delta" / "category_ranking"))
     got = {(r.region, r.product_category): (r.revenue, r.rank_in_region)
            for r in ranking.collect()}
@@ -116,8 +123,7 @@ def test_sales_pivot(run, spark, sample_data):
         ordered = sorted((c for (rg, c) in expect if rg == region),
                          key=lambda c: -expect[(region, c)])
         assert [got[(region, c)][1] for c in ordered] == [1, 2, 3, 4]
-        assert all(got[(region, c)][0] == pytest.approx(expect[(region, c)], abs=0.006)
-                   for c in ordered)
+        assert all(got[(region, c)][0] == expect[(region, c)] for c in ordered)
 
 
 def test_customer_upsert_merges_latest_change(run, spark, sample_data, tmp_path):

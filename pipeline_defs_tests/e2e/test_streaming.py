@@ -34,12 +34,20 @@ def example(kafka, topic, s3, vault, tmp_path, spark):
     raw = json.loads((COMPAT / "streaming-kafka.json").read_text())
     # hosts and paths rewritten, keys not: the topic name is the example's own
     t = "user-events"
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
     admin = AdminClient({"bootstrap.servers": kafka})
     admin.delete_topics([t])
-    time.sleep(1)
-    for f in admin.create_topics([NewTopic(t, 2, 1)]).values():
-        f.result(timeout=30)
+    deadline = time.time() + 60
+    while True:  # the deletion is done when the broker no longer lists it and takes a create
+        if t not in admin.list_topics(timeout=10).topics:
+            try:
+                admin.create_topics([NewTopic(t, 2, 1)])[t].result(timeout=30)
+                break
+            except KafkaException as e:  # still being deleted
+                if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS or time.time() > deadline:
+                    raise
+        time.sleep(0.2)
     checkpoint = tmp_path / "checkpoints" / "purchases"
     raw["steps"][-1]["config"]["checkpointLocation"] = str(checkpoint)
     f = write_json(tmp_path / "streaming-kafka.json", raw)

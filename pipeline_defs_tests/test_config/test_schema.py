@@ -45,3 +45,13 @@ def test_readme_method_reference_is_current(registry):
         "the method reference in README.md is stale: run `pipeline docs`")
     for d in registry.all():
         assert f"**`{d.method}`**" in readme
+
+
+def test_schema_takes_the_original_kafka_literal_keys(registry):
+    step = {"type": "extract", "method": "fromKafka",
+            "config": {"topic": "t", "bootstrap.servers": "b:9092",
+                       "security.protocol": "PLAINTEXT", "acks": "all", "linger.ms": 5}}
+    jsonschema.validate({"name": "p", "steps": [step]}, pipeline_schema(registry))
+    step["config"]["bootstrapServer"] = "typo"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"name": "p", "steps": [step]}, pipeline_schema(registry))

@@ -110,3 +110,11 @@ def test_batch_files_may_use_all_of_it(tmp_path, registry):
         {"type": "validate", "method": "validateUnique", "config": {"columns": ["id"]}},
         {"type": "load", "method": "toS3", "config": {"bucket": "b", "path": "e/"}}]})
     assert len(load_pipeline(f, registry).steps) == 3
+
+
+def test_deduplicate_by_order_needs_the_whole_dataset(tmp_path, registry):
+    msg = problems(tmp_path, registry, streaming(
+        KAFKA, {"type": "transform", "method": "deduplicate",
+                "config": {"columns": ["id"], "orderBy": ["amount DESC"]}}, DELTA_SINK))
+    assert "s.json, step 2 (transform.deduplicate), config.orderBy: picking a row by orderBy " \
+        "needs the whole dataset, which a stream never has." in msg

@@ -62,3 +62,22 @@ def test_to_kafka_whole_rows_as_json_with_keys(kafka, topic, kctx, spark):
     back = E.from_kafka(None, cfg(E.FromKafka, topic=out, credentialPath=path,
                                   includeKey=True), c)
     assert rows(back.select("key", "id", "name")) == [("1", 1, "a"), ("2", 2, "b")]
+
+
+def test_the_development_broker_creates_a_topic_on_first_use(kafka):
+    """As a default Kafka does (issue 9.6): producing to a new topic just works, with
+    PIPELINE_KAFKA_PARTITIONS partitions (1 unless set), instead of a 60 s metadata timeout."""
+    import os
+    import secrets
+
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient
+    name = f"new_{secrets.token_hex(4)}"
+    errors = []
+    p = Producer({"bootstrap.servers": kafka, "message.timeout.ms": 15000})
+    p.produce(name, b"hello", on_delivery=lambda err, msg: errors.append(err))
+    assert p.flush(30) == 0
+    assert errors == [None]
+    meta = AdminClient({"bootstrap.servers": kafka}).list_topics(name, timeout=10)
+    assert len(meta.topics[name].partitions) == int(os.environ.get("PIPELINE_KAFKA_PARTITIONS",
+                                                                    "1"))

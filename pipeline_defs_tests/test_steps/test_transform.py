@@ -256,3 +256,23 @@ def test_aggregate_by_time_window(spark, ctx):
     assert out.columns == ["window_start", "window_end", "k", "total"]
     assert sorted((str(r.window_start)[11:16], r.k, r.total) for r in out.collect()) == [
         ("10:00", "a", 3), ("10:00", "b", 8), ("10:01", "a", 4)]
+
+
+def test_sum_and_avg_of_money_stay_decimal(spark, ctx):
+    """Money in DECIMAL stays DECIMAL through aggregateData, in both forms: exact sums, no
+    float noise such as 1619.0500000000002 (issue 9.7)."""
+    from decimal import Decimal
+
+    from pipeline_defs.steps import transform as T
+    df = spark.createDataFrame([("a", Decimal("0.10")), ("a", Decimal("0.20")),
+                                ("a", Decimal("1618.75")), ("b", Decimal("3.33"))],
+                               "k string, amount decimal(10,2)")
+    out = T.aggregate_data(df, T.AggregateData.model_validate(
+        {"groupBy": ["k"], "aggregations": {"amount": "sum", "avg_amount": "avg(amount)",
+                                            "total": "sum(amount)"}}), ctx())
+    types = dict(out.dtypes)
+    assert types["amount_sum"] == "decimal(20,2)" and types["total"] == "decimal(20,2)"
+    assert types["avg_amount"] == "decimal(14,6)"
+    got = {r.k: (r.amount_sum, r.total, r.avg_amount) for r in out.collect()}
+    assert got == {"a": (Decimal("1619.05"), Decimal("1619.05"), Decimal("539.683333")),
+                   "b": (Decimal("3.33"), Decimal("3.33"), Decimal("3.330000"))}
