@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 
 import dagster as dg
+import pytest
 
 from pipeline_defs.config.loader import load_pipeline
 from pipeline_defs.definitions import default_resources, definitions_for
+from pipeline_defs.errors import ConfigError
 from pipeline_defs.resources.vault import VaultResource
 from pipeline_defs_tests.conftest import write_json
 
@@ -97,7 +99,9 @@ def test_fail_action_stops_the_stream_with_the_rule(vault, tmp_path, registry):
     assert "rule[0]" in msg
 
 
-def test_dataset_validators_are_refused_in_streams(vault, tmp_path, registry):
+def test_dataset_validators_are_refused_before_anything_runs(vault, tmp_path, registry):
+    """Refused when the file loads (the check `pipeline validate` runs too), not once Spark
+    has started."""
     src = tmp_path / "in"
     write_batch(src, "a.json", [{"id": 1}])
     raw = {"name": "unique-stream", "mode": "streaming",
@@ -108,9 +112,11 @@ def test_dataset_validators_are_refused_in_streams(vault, tmp_path, registry):
                {"type": "validate", "method": "validateUnique", "config": {"columns": ["id"]}},
                {"type": "load", "method": "toDeltaLake", "config": {
                    "path": str(tmp_path / "out"), "mode": "append"}}]}
-    result = run(tmp_path, vault, raw, registry)
-    assert not result.success
-    assert "only row rules run, per micro-batch" in failure(result)
+    with pytest.raises(ConfigError, match=r"step 2 \(validate.validateUnique\), method: "
+                       "validateUnique checks the whole dataset, which a stream never has. "
+                       "In a streaming pipeline only row rules run, per micro-batch"):
+        run(tmp_path, vault, raw, registry)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cp").exists()
 
 
 def test_a_changed_stateful_query_does_not_resume_silently(vault, tmp_path, registry, spark):
