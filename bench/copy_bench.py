@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE))
 from results import write_section  # noqa: E402
 
 from pipeline_defs.resources.spark import SparkSettings, session  # noqa: E402
-from pipeline_defs.steps import load as L  # noqa: E402
+from pipeline_defs.steps import jdbc as L  # noqa: E402
 from pipeline_defs.steps.context import StepContext  # noqa: E402
 
 PG_PORT = int(os.environ.get("PIPELINE_PG_PORT", "55432"))

@@ -23,7 +23,7 @@ from plain_pyspark import LINEITEM  # noqa: E402
 from results import write_section  # noqa: E402
 
 from pipeline_defs.resources.spark import SparkSettings, session  # noqa: E402
-from pipeline_defs.steps import validate as V  # noqa: E402
+from pipeline_defs.steps.validate import ValidationGroup, rows as V  # noqa: E402
 from pipeline_defs.steps.context import StepContext  # noqa: E402
 
 VALIDATORS = [
@@ -46,11 +46,10 @@ def single_pass(spark, df) -> dict:
     contexts = []
     for i, (fn, model, cfg) in enumerate(VALIDATORS):
         ctx = StepContext(spark=spark, pipeline="bench", step=i + 1, method=model.__name__,
-                          op_name=f"v{i}")
-        ctx.options.update(pending_validations=pending,
-                           defer_validation=i < len(VALIDATORS) - 1)
+                          op_name=f"v{i}",
+                          validation=ValidationGroup(pending, i < len(VALIDATORS) - 1))
         df = fn(df, model.model_validate({**cfg, "onFailure": "warn"}), ctx)
-        pending = ctx.options["pending_validations"]
+        pending = ctx.validation.pending
         contexts.append(ctx)
     return {k: v for c in contexts for k, v in c.metadata["violations"].items()}
 

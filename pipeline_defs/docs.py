@@ -1,6 +1,7 @@
 """The method reference in README.md, generated from the registry (`pipeline docs`)."""
 from __future__ import annotations
 
+import re
 import typing
 
 from pydantic import BaseModel
@@ -21,8 +22,7 @@ def _type(annotation) -> str:
     origin = typing.get_origin(annotation)
     if origin is typing.Literal:
         return " \\| ".join(repr(a).replace("'", "") for a in typing.get_args(annotation))
-    for noise in ("pipeline_defs.steps.", "connections.", "validate.", "load.", "transform."):
-        text = text.replace(noise, "")
+    text = re.sub(r"\b(?:pipeline_defs\.steps\.)?(?:[a-z_]+\.)+(?=[A-Z])", "", text)
     return text.replace(" | None", "").replace("|", "\\|")
 
 

@@ -21,8 +21,11 @@ from pipeline_defs.config.dataflow import Plan, StepNode, build_plan, safe_name
 from pipeline_defs import secrets
 from pipeline_defs.config.loader import LoadedPipeline, literal_credentials
 from pipeline_defs.errors import ConfigError, PipelineError, StepExecutionError
+from pipeline_defs.steps import streaming
 from pipeline_defs.steps.context import LoadResult, StepContext
-from pipeline_defs.steps.registry import Registry
+from pipeline_defs.steps.errors import internal_error, spark_error_summary
+from pipeline_defs.steps.registry import Registry, StepDef
+from pipeline_defs.steps.validate import ValidationGroup
 
 OBSERVE_WAIT_S = 2.0
 
@@ -107,17 +110,6 @@ def _plain(v):
     return dg.MetadataValue.json(v) if isinstance(v, (dict, list)) else str(v)
 
 
-def spark_error_summary(e: BaseException) -> str:
-    """One readable line from a Spark/Py4J error instead of a JVM stack trace."""
-    if isinstance(e, PySparkException):
-        text = str(e)
-    else:
-        text = str(e) or type(e).__name__
-    text = text.split("\n\tat ", 1)[0].split("\nJVM stacktrace:", 1)[0]
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return " ".join(lines[:6])[:1500]
-
-
 def sanitized(config: dict) -> dict:
     """The step config as shown in failures: secret-looking keys masked, at any depth."""
     def mask(k: str, v):
@@ -137,6 +129,8 @@ class PipelineDefs:
     load_keys: dict[int, dg.AssetKey] = field(default_factory=dict)
     source_keys: dict[int, dg.AssetKey] = field(default_factory=dict)
     check_targets: dict[int, list[dg.AssetKey]] = field(default_factory=dict)
+    asset_kinds: dict[int, str] = field(default_factory=dict)
+    """What each extract reads and each load writes, as its method's registration says."""
 
     def check_specs(self) -> list[dg.AssetCheckSpec]:
         out = []
@@ -177,12 +171,13 @@ def _input_name(name: str) -> str:
     return f"ref_{safe_name(name)}"
 
 
-def _options(pipeline: LoadedPipeline) -> dict:
-    return {"mask_columns": list(pipeline.config.mask_columns),
-            "quarantine_root": pipeline.config.quarantine_root or
-            os.environ.get("PIPELINE_QUARANTINE_ROOT", "quarantine"),
-            "streaming": pipeline.config.mode == "streaming",
-            "streaming_settings": pipeline.config.streaming}
+def _pipeline_settings(pipeline: LoadedPipeline) -> dict:
+    """What every step of the pipeline gets in its StepContext."""
+    c = pipeline.config
+    return {"mask_columns": tuple(c.mask_columns),
+            "quarantine_root": c.quarantine_root or os.environ.get("PIPELINE_QUARANTINE_ROOT",
+                                                                  "quarantine"),
+            "streaming": c.streaming if c.mode == "streaming" else None}
 
 
 def _log_checks(context, s, ctx: StepContext, targets: list[dg.AssetKey]) -> None:
@@ -241,7 +236,7 @@ def _op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_tar
     def compute(context: dg.OpExecutionContext, **inputs):
         vault = context.resources.vault
         if vault.required:
-            literal = literal_credentials(pipeline.file, pipeline.steps)
+            literal = literal_credentials(pipeline.file, pipeline.steps, registry)
             if literal:
                 raise dg.Failure(description=str(ConfigError(literal)))
         spark = context.resources.spark.spark
@@ -252,25 +247,27 @@ def _op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_tar
                           log=context.log,
                           read_secret=vault.read_secret if vault.configured else None,
                           audit=_auditor(context, vault),
-                          op_name=node.op_name, options=_options(pipeline))
+                          op_name=node.op_name, **_pipeline_settings(pipeline))
         parents = tuple(([current] if current else []) + list(named.values()))
         spark.sparkContext.setJobGroup(f"{plan.job_name}.{node.op_name}",
                                        f"{pipeline.name} step {s.index} {s.label}")
         started = time.perf_counter()
         try:
             if s.kind == "load":
-                return _run_load(context, plan, node, stepdef.fn, current, ctx, started,
+                return _run_load(context, plan, node, stepdef, current, ctx, started,
                                  load_keys[s.index])
             ctx.activity = "building its Spark plan"
             if s.kind == "validate":
                 ctx.activity = "evaluating its rules"
-                ctx.options.update(pending_validations=list(current.pending),
-                                   defer_validation=defer)
+                ctx.validation = ValidationGroup(list(current.pending), defer)
             try:
-                df = stepdef.fn(current.df if current else None, s.config, ctx)
+                if s.kind == "extract" and ctx.streaming is not None and stepdef.stream_read:
+                    df = stepdef.stream_read(s.config, ctx)
+                else:
+                    df = stepdef.fn(current.df if current else None, s.config, ctx)
             finally:
                 if s.kind == "validate" and not defer:
-                    for p in ctx.options.get("pending_validations", []):
+                    for p in ctx.validation.pending:
                         if "passed" in p.ctx.metadata:  # evaluated (not cut short by an error)
                                 _log_checks(context, plan.node(p.ctx.step).step, p.ctx,
                                         check_targets.get(p.ctx.step, []))
@@ -286,7 +283,7 @@ def _op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_tar
                 **{k: _plain(v) for k, v in ctx.metadata.items()}}
         if "rows" in ctx.metadata:
             meta["dagster/row_count"] = int(ctx.metadata["rows"])
-        pending = tuple(ctx.options.get("pending_validations", ())) if defer else ()
+        pending = tuple(ctx.validation.pending) if defer else ()
         if defer:
             meta["evaluated_with"] = consumers[0].op_name
         return dg.Output(StepOutput(df, s.index, node.op_name, obs, parents, pending),
@@ -317,35 +314,6 @@ def _wrap(compute):
     return fn
 
 
-# Errors that no pipeline file can cause: a bug of this product (or of Spark) to report.
-_INTERNAL_PY = (AssertionError, AttributeError, TypeError, KeyError, IndexError, NameError, ImportError,
-                ZeroDivisionError)
-_INTERNAL_JVM = ("java.lang.AssertionError", "java.lang.NullPointerException",
-                 "java.lang.IllegalStateException", "java.lang.ClassCastException",
-                 "scala.MatchError", "java.lang.NoSuchMethodError", "py4j.Py4JException")
-
-
-def internal_error(e: BaseException) -> str | None:
-    """'java.lang.AssertionError: assertion failed' when `e` is an internal error, else None."""
-    if isinstance(e, PipelineError):
-        return None
-    if isinstance(e, PySparkException):
-        cls = e.getCondition() if hasattr(e, "getCondition") else e.getErrorClass()
-        if cls and cls.startswith("INTERNAL_ERROR"):
-            return f"Spark {cls}: {spark_error_summary(e)[:300]}"
-    je = getattr(e, "java_exception", None)
-    if je is not None:
-        try:
-            name = str(je.getClass().getName())
-            msg = str(je.getMessage() or "").strip().splitlines()
-        except Exception:  # noqa: BLE001 - the gateway itself failed
-            return f"{type(e).__name__}: {str(e)[:200]}"
-        return f"{name}: {msg[0] if msg else '(no message)'}" if name in _INTERNAL_JVM else None
-    if type(e).__name__ == "Py4JError" or isinstance(e, _INTERNAL_PY):
-        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-    return None
-
-
 def _failure(pipeline: LoadedPipeline, s, e: BaseException, context=None,
              activity: str = "running") -> dg.Failure:
     internal = internal_error(e)
@@ -369,15 +337,13 @@ def _failure(pipeline: LoadedPipeline, s, e: BaseException, context=None,
                                 "config": dg.MetadataValue.json(err.config)})
 
 
-def _start_stream(context, plan: Plan, node: StepNode, current: StepOutput, ctx: StepContext,
-                  key: dg.AssetKey) -> dg.Output:
-    from pipeline_defs.steps import streaming
+def _start_stream(context, plan: Plan, node: StepNode, stepdef: StepDef, current: StepOutput,
+                  ctx: StepContext, key: dg.AssetKey) -> dg.Output:
     s = node.step
     _refuse_concurrent_run(context, plan)
     ctx.activity = f"starting its streaming query to {s.config.location()}"
     name = f"{plan.job_name}.{node.op_name}.{context.run_id[:8]}"
-    q = streaming.start_sink(s.method, current.df, s.config, ctx, plan.pipeline.config.streaming,
-                             name)
+    q = streaming.start_query(stepdef.stream_write, current.df, s.config, ctx, name)
     meta = {"location": s.config.location(), "query": name, "query_id": str(q.id),
             "dagster/column_schema": table_schema(current.df.schema),
             **{k: _plain(v) for k, v in ctx.metadata.items()}}
@@ -392,7 +358,6 @@ def _watch_op(plan: Plan, loads: list[StepNode]) -> dg.OpDefinition:
     settings = plan.pipeline.config.streaming
 
     def compute(context: dg.OpExecutionContext, **inputs):
-        from pipeline_defs.steps import streaming
         spark = context.resources.spark.spark
         stats = [streaming.QueryStats(spark.streams.get(v["query_id"]), v["step"], v["name"])
                  for v in inputs.values()]
@@ -459,16 +424,16 @@ def _refuse_concurrent_run(context, plan: Plan) -> None:
                          "pipeline runs at a time. Terminate that run first.")
 
 
-def _run_load(context, plan: Plan, node: StepNode, fn, current: StepOutput, ctx: StepContext,
-              started: float, key: dg.AssetKey) -> dg.Output:
+def _run_load(context, plan: Plan, node: StepNode, stepdef: StepDef, current: StepOutput,
+              ctx: StepContext, started: float, key: dg.AssetKey) -> dg.Output:
     if current.df.isStreaming:
-        return _start_stream(context, plan, node, current, ctx, key)
+        return _start_stream(context, plan, node, stepdef, current, ctx, key)
     s = node.step
     df, obs = current.df, None
     if not s.config.counts_rows:
         df, obs = _observe(df, context.run_id, node.op_name)
     ctx.activity = f"writing to {s.config.location() or 'its target'}"
-    result: LoadResult = fn(df, s.config, ctx)
+    result: LoadResult = stepdef.fn(df, s.config, ctx)
     ctx.activity = "reading the row counts of the write"
     rows = result.rows if result.rows is not None else observed_rows(obs, OBSERVE_WAIT_S)
     duration = round(time.perf_counter() - started, 3)
@@ -535,7 +500,10 @@ def build_pipeline(p: LoadedPipeline, registry: Registry) -> PipelineDefs:
                  else {})},
         metadata={"pipeline_file": p.file, "steps": len(p.steps)},
         description=p.config.description or f"Pipeline '{p.name}' from {p.file}")
-    return PipelineDefs(job, plan, load_keys, source_keys, check_targets)
+    kinds = {n.step.index: registry.get(n.step.kind, n.step.method).kind_of(n.step.config)
+             for n in plan.nodes if n.step.kind in ("extract", "load")}
+    return PipelineDefs(job, plan, load_keys, source_keys, check_targets,
+                        {i: k for i, k in kinds.items() if k})
 
 
 def asset_specs(pipelines: Iterable[PipelineDefs]) -> list[dg.AssetSpec]:
@@ -552,7 +520,7 @@ def asset_specs(pipelines: Iterable[PipelineDefs]) -> list[dg.AssetSpec]:
                 "group_name": pd.plan.job_name,
                 "description": f"Written by pipeline '{pd.plan.pipeline.name}' "
                                f"({node.step.label})",
-                "kinds": {"spark", node.step.method.removeprefix("to").lower()},
+                "kinds": {"spark", *filter(None, [pd.asset_kinds.get(i)])},
                 "metadata": {"location": node.step.config.location() or ""}})
         for i, key in pd.source_keys.items():
             deps.setdefault(key, set())
@@ -560,7 +528,7 @@ def asset_specs(pipelines: Iterable[PipelineDefs]) -> list[dg.AssetSpec]:
             info.setdefault(key, {
                 "group_name": "sources",
                 "description": f"Read by pipeline '{pd.plan.pipeline.name}' ({node.step.label})",
-                "kinds": {node.step.method.removeprefix("from").lower()},
+                "kinds": set(filter(None, [pd.asset_kinds.get(i)])),
                 "metadata": {"location": node.step.config.location() or ""}})
     return [dg.AssetSpec(k, deps=sorted(deps[k], key=lambda a: a.to_user_string()), **info[k])
             for k in sorted(deps, key=lambda a: a.to_user_string())]

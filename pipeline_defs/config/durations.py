@@ -5,7 +5,8 @@ import re
 from typing import Any
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|secs?|seconds?|m|mins?|"
-                       r"minutes?|h|hours?)?\s*", re.I)
+                       r"minutes?|h|hours?|d|days?|w|weeks?)?\s*", re.I)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 TRIGGER_WORDS = ("availableNow", "once", "continuous")
 
 
@@ -14,7 +15,8 @@ class DurationError(ValueError):
 
 
 def seconds(value: str | int | float | None) -> float | None:
-    """\"90\", 90, \"5 seconds\", \"10 minutes\", \"1 hour\" -> seconds (None stays None)."""
+    """\"90\", 90, \"5 seconds\", \"10 minutes\", \"1 hour\", \"2 days\" -> seconds (None stays
+    None)."""
     if value is None:
         return None
     if isinstance(value, (int, float)):
@@ -26,7 +28,7 @@ def seconds(value: str | int | float | None) -> float | None:
     n, unit = float(m.group(1)), (m.group(2) or "s").lower()
     if unit.startswith(("ms", "milli")):
         return n / 1000
-    return n * {"s": 1, "m": 60, "h": 3600}[unit[0]]
+    return n * _UNIT_SECONDS[unit[0]]
 
 
 def trigger_kwargs(trigger: str | None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pipeline_defs.config.model import PipelineConfig, StepModel, StepSpec
 from pipeline_defs.config.params import UnresolvedParameter, resolve_params, substitute
 from pipeline_defs.config.types import Catalog, LoadedPipeline, LoadedStep, UnparsedConfig
 from pipeline_defs.errors import ConfigError, DataFrameResolutionError, Problem
+from pipeline_defs.secrets import SECRET_KEY
 
 
 # ---------------------------------------------------------------- pydantic errors, taught
@@ -156,7 +157,7 @@ def load_pipeline(path: str | Path, catalog: Catalog, overrides: Mapping[str, st
                                     s.label, "name", "Use letters, digits and _ only."))
     env_now = os.environ if env is None else env
     if str(env_now.get("VAULT_REQUIRED", "")).strip().lower() in ("1", "true", "yes", "on"):
-        problems.extend(literal_credentials(file, steps))
+        problems.extend(literal_credentials(file, steps, catalog))
     flow: list[Problem] = []
     if check:
         flow = check_dataflow(file, seen)
@@ -241,16 +242,15 @@ def _alias_map(model: type[BaseModel]) -> dict[str, str]:
     return {name: (f.alias or name) for name, f in model.model_fields.items()}
 
 
-CREDENTIAL_FIELDS = ("password", "accessKeyId", "secretAccessKey", "sessionToken")
-
-
-def literal_credentials(file: str, steps: Iterable[LoadedStep]) -> list[Problem]:
+def literal_credentials(file: str, steps: Iterable[LoadedStep], catalog: Catalog
+                        ) -> list[Problem]:
     """Credentials written in the config (literally or through ${env:...}), which
-    VAULT_REQUIRED forbids: with it, every secret comes from Vault."""
-    from pipeline_defs.secrets import SECRET_KEY
+    VAULT_REQUIRED forbids: with it, every secret comes from Vault. The credential keys are
+    the method's secret fields, and the secret-looking keys of free-form properties."""
     out = []
     for s in steps:
-        found = [k for k in CREDENTIAL_FIELDS if s.raw_config.get(k) not in (None, "")]
+        found = [k for k in catalog.secret_fields(s.kind, s.method)
+                 if s.raw_config.get(k) not in (None, "")]
         found += [f"properties.{k}" for k in (s.raw_config.get("properties") or {})
                   if SECRET_KEY.search(k)]
         found += [k for k in s.raw_config if "." in k and SECRET_KEY.search(k)]  # sasl.jaas...

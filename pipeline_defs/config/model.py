@@ -63,6 +63,17 @@ class StepModel(FormatModel):
         return []
 
 
+def exactly_one(cfg: BaseModel, first: str, second: str, fix: str) -> list[tuple[str, str, str]]:
+    """The rule "give exactly one of `first` and `second`" (field names) as problems(),
+    naming the keys as the file writes them."""
+    a, b = (getattr(cfg, n) for n in (first, second))
+    if (a is None) == (b is None):
+        key = type(cfg).model_fields[first].alias or first
+        other = type(cfg).model_fields[second].alias or second
+        return [(key, f"give exactly one of {key} and {other}.", fix)]
+    return []
+
+
 def check_duration(value):
     """A pydantic validator: the value parses as a duration (the message says how to write it)."""
     durations.seconds(value)

@@ -8,9 +8,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import random
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from pydantic import Field, PrivateAttr
 
 from pipeline_defs import secrets
 from pipeline_defs.errors import CredentialError
+from pipeline_defs.retry import GaveUp, with_backoff
 
 
 def default_audit_log() -> str:
@@ -96,21 +95,16 @@ class VaultResource(dg.ConfigurableResource):
         import requests
         transient = (requests.ConnectionError, requests.Timeout, hv.VaultDown,
                      hv.InternalServerError, hv.BadGateway, hv.RateLimitExceeded)
-        delay = self.backoff_s
-        for attempt in range(self.retries + 1):
-            try:
-                return fn(*args, **kwargs)
-            except transient as e:
-                if attempt == self.retries:
-                    kind = ("unreachable" if isinstance(e, (requests.ConnectionError,
-                                                            requests.Timeout))
-                            else f"unavailable ({type(e).__name__})")
-                    raise CredentialError(
-                        f"Vault at {self.url} is {kind}: {what} failed after "
-                        f"{self.retries + 1} attempts. Check VAULT_ADDR and that Vault is up "
-                        "and unsealed.") from None
-                time.sleep(delay * (1 + random.random() / 4))
-                delay *= 2
+        try:
+            return with_backoff(lambda: fn(*args, **kwargs), lambda e: isinstance(e, transient),
+                                self.retries, self.backoff_s)
+        except GaveUp as e:
+            kind = ("unreachable" if isinstance(e.last, (requests.ConnectionError,
+                                                         requests.Timeout))
+                    else f"unavailable ({type(e.last).__name__})")
+            raise CredentialError(
+                f"Vault at {self.url} is {kind}: {what} failed after {e.attempts} attempts. "
+                "Check VAULT_ADDR and that Vault is up and unsealed.") from None
 
     def _connect(self):
         import hvac

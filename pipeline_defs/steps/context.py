@@ -4,9 +4,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import DataFrame, SparkSession
+
+if TYPE_CHECKING:
+    from pipeline_defs.config.model import StreamingSettings
+    from pipeline_defs.steps.validate.engine import ValidationGroup
 
 
 @dataclass
@@ -26,8 +30,13 @@ class StepContext:
     metadata: dict[str, Any] = field(default_factory=dict)
     """What the step wants shown in Dagster (plain values; never secrets)."""
     op_name: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    """Pipeline-level settings steps may use: mask_columns, quarantine_root."""
+    mask_columns: tuple[str, ...] = ()
+    """Columns shown as *** in validation samples."""
+    quarantine_root: str = "quarantine"
+    streaming: StreamingSettings | None = None
+    """The pipeline's streaming settings when it is a streaming pipeline, else None."""
+    validation: ValidationGroup | None = None
+    """Validate steps: the group of consecutive validations this step belongs to."""
     results: list[Any] = field(default_factory=list)
     """Validation results (RuleResult) of a validate step, for asset checks."""
     activity: str = "running"

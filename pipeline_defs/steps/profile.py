@@ -82,7 +82,7 @@ def suggest(rows: int, prof: list[dict]) -> list[dict]:
     return steps
 
 
-@step("transform", "profileData", ProfileData, streams=False)
+@step("transform", "profileData", ProfileData, row_level=False)
 def profile_data(df: DataFrame, cfg: ProfileData, ctx: StepContext) -> DataFrame:
     rows, prof = profile(df, cfg)
     ctx.metadata.update(rows=rows, profile=prof, suggested_validators=suggest(rows, prof))

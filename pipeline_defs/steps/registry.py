@@ -1,15 +1,27 @@
-"""The method registry: `@step(kind, method, Model)` on a function is all a method needs."""
+"""The method registry: a method's registration says everything the rest of the product needs.
+
+    @step("load", "toDeltaLake", ToDeltaLake, asset_kind="delta")
+    def to_delta_lake(df, cfg, ctx) -> LoadResult: ...
+
+    @stream_writer("toDeltaLake")
+    def write_delta_stream(df, cfg, ctx, sink) -> StreamingQuery: ...
+
+The static checks, the streaming runtime, the Dagster layer, the docs and `pipeline list` read
+it; none of them switch on method names. A connector is one module of registrations."""
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from pydantic import SecretStr
 
 from pipeline_defs.config.model import StepModel
 from pipeline_defs.errors import RegistryError
 
 KINDS = ("extract", "transform", "validate", "load")
-_BUILTIN_MODULES = ("extract", "transform", "validate", "load", "profile")
+_BUILTIN_MODULES = ("files", "delta", "jdbc", "kafka", "transform", "reshape", "profile",
+                    "validate")
 
 
 @dataclass(frozen=True)
@@ -18,9 +30,35 @@ class StepDef:
     method: str
     model: type[StepModel]
     fn: Callable
-    streams: bool = False
-    """It works in a streaming pipeline: an extract that reads a stream, a load that writes
-    one, a transform or validation that applies row by row (per micro-batch)."""
+    """The batch function: (current DataFrame or None, config, StepContext) -> DataFrame;
+    a load returns a LoadResult."""
+    row_level: bool = True
+    """A transform or validation that works row by row, so it applies to every micro-batch of
+    a stream; False for ones that need the whole dataset."""
+    stream_read: Callable | None = None
+    """Extracts that read a stream: (config, StepContext) -> streaming DataFrame."""
+    stream_write: Callable | None = None
+    """Loads that write a stream: (DataFrame, config, StepContext, Sink) -> StreamingQuery."""
+    asset_kind: str | Callable[[StepModel], str] | None = None
+    """What an extract reads or a load writes, as a Dagster kind: "delta", "postgres", or a
+    function of the config (a file's format)."""
+
+    @property
+    def streams(self) -> bool:
+        """Works in a streaming pipeline."""
+        if self.kind == "extract":
+            return self.stream_read is not None
+        if self.kind == "load":
+            return self.stream_write is not None
+        return self.row_level
+
+    def kind_of(self, cfg: StepModel) -> str | None:
+        return self.asset_kind(cfg) if callable(self.asset_kind) else self.asset_kind
+
+    @property
+    def secret_fields(self) -> tuple[str, ...]:
+        """The config keys holding credentials: the model's SecretStr fields."""
+        return secret_fields(self.model)
 
     @property
     def summary(self) -> str:
@@ -28,23 +66,73 @@ class StepDef:
         return " ".join(doc.split("\n\n")[0].split())
 
 
+def secret_fields(model: type[StepModel]) -> tuple[str, ...]:
+    out = []
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        if ann is SecretStr or SecretStr in getattr(ann, "__args__", ()):
+            out.append(f.alias or name)
+    return tuple(out)
+
+
 class Registry:
     def __init__(self) -> None:
         self._defs: dict[tuple[str, str], StepDef] = {}
 
-    def register(self, kind: str, method: str, model: type[StepModel], fn: Callable,
-                 streams: bool = False) -> None:
-        if kind not in KINDS:
-            raise RegistryError(f"{fn.__qualname__}: kind '{kind}' is not one of {KINDS}.")
-        if (kind, method) in self._defs:
-            other = self._defs[(kind, method)].fn
-            raise RegistryError(f"{kind}.{method} is registered twice: by {other.__module__}."
-                                f"{other.__qualname__} and {fn.__module__}.{fn.__qualname__}.")
-        if not issubclass(model, StepModel):
-            raise RegistryError(f"{kind}.{method}: its model must subclass StepModel.")
-        self._defs[(kind, method)] = StepDef(kind, method, model, fn, streams)
+    def register(self, d: StepDef) -> None:
+        if d.kind not in KINDS:
+            raise RegistryError(f"{d.fn.__qualname__}: kind '{d.kind}' is not one of {KINDS}.")
+        if (d.kind, d.method) in self._defs:
+            other = self._defs[(d.kind, d.method)].fn
+            raise RegistryError(f"{d.kind}.{d.method} is registered twice: by "
+                                f"{other.__module__}.{other.__qualname__} and "
+                                f"{d.fn.__module__}.{d.fn.__qualname__}.")
+        if not issubclass(d.model, StepModel):
+            raise RegistryError(f"{d.kind}.{d.method}: its model must subclass StepModel.")
+        self._defs[(d.kind, d.method)] = d
 
-    # Catalog protocol (what config/ needs)
+    # ------------------------------------------------------------ decorators
+    def step(self, kind: str, method: str, model: type[StepModel], *,
+             row_level: bool | None = None,
+             asset_kind: str | Callable[[StepModel], str] | None = None
+             ) -> Callable[[Callable], Callable]:
+        """Register `fn(df, cfg, ctx)` as method `kind.method` configured by `model`.
+        `row_level` (transforms and validations): it applies row by row, so also to streams;
+        transforms are unless they say otherwise, validations must say so."""
+        def deco(fn: Callable) -> Callable:
+            self.register(StepDef(kind, method, model, fn,
+                                  row_level if row_level is not None else kind == "transform",
+                                  asset_kind=asset_kind))
+            return fn
+        return deco
+
+    def stream_reader(self, method: str) -> Callable[[Callable], Callable]:
+        """`fn(cfg, ctx) -> DataFrame` reads extract `method` as a stream."""
+        return self._attach("extract", method, "stream_read")
+
+    def stream_writer(self, method: str) -> Callable[[Callable], Callable]:
+        """`fn(df, cfg, ctx, sink) -> StreamingQuery` writes a stream for load `method`."""
+        return self._attach("load", method, "stream_write")
+
+    def _attach(self, kind: str, method: str, what: str) -> Callable[[Callable], Callable]:
+        def deco(fn: Callable) -> Callable:
+            d = self._defs.get((kind, method))
+            if d is None:
+                raise RegistryError(f"{fn.__qualname__}: register {kind}.{method} with @step "
+                                    "before its streaming form.")
+            if getattr(d, what) is not None:
+                raise RegistryError(f"{kind}.{method} has a {what} already.")
+            self._defs[(kind, method)] = replace(d, **{what: fn})
+            return fn
+        return deco
+
+    def extended(self) -> Registry:
+        """A copy to add methods to (a plugin, a test) without changing this registry."""
+        out = Registry()
+        out._defs = dict(self._defs)
+        return out
+
+    # ------------------------------------------------------------ the catalog config/ reads
     def model_for(self, kind: str, method: str) -> type[StepModel] | None:
         d = self._defs.get((kind, method))
         return d.model if d else None
@@ -56,6 +144,11 @@ class Registry:
         d = self._defs.get((kind, method))
         return bool(d and d.streams)
 
+    def secret_fields(self, kind: str, method: str) -> tuple[str, ...]:
+        d = self._defs.get((kind, method))
+        return d.secret_fields if d else ()
+
+    # ------------------------------------------------------------ lookups
     def get(self, kind: str, method: str) -> StepDef:
         return self._defs[(kind, method)]
 
@@ -65,19 +158,9 @@ class Registry:
 
 
 REGISTRY = Registry()
-
-
-def step(kind: str, method: str, model: type[StepModel], *, streams: bool | None = None
-         ) -> Callable[[Callable], Callable]:
-    """Register `fn(df, cfg, ctx)` as method `kind.method` configured by `model`.
-
-    `streams`: whether it works in a streaming pipeline (default: transforms do, being row by
-    row unless they say otherwise; extracts, validations and loads must declare it)."""
-    def deco(fn: Callable) -> Callable:
-        REGISTRY.register(kind, method, model, fn,
-                          streams if streams is not None else kind == "transform")
-        return fn
-    return deco
+step = REGISTRY.step
+stream_reader = REGISTRY.stream_reader
+stream_writer = REGISTRY.stream_writer
 
 
 def builtin_registry() -> Registry:

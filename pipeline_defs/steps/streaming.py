@@ -12,15 +12,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field, field_validator
 from pyspark.sql import DataFrame
-from pyspark.sql.streaming import StreamingQuery
+from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
 
 from pipeline_defs.config import durations
 from pipeline_defs.config.dataflow import safe_name
+from pipeline_defs.config.model import FormatModel, check_trigger
 from pipeline_defs.errors import PipelineError, UnsupportedError
 from pipeline_defs.steps.context import StepContext
+from pipeline_defs.steps.errors import spark_error_summary
 
 
 class StreamingQueryFailed(PipelineError):
@@ -58,64 +61,50 @@ def checkpoint_for(cfg, ctx: StepContext, settings) -> str:  # cfg None: the ste
 
 
 # ---------------------------------------------------------------- sinks
-def start_sink(method: str, df: DataFrame, cfg, ctx: StepContext, settings,
-               query_name: str) -> StreamingQuery:
-    """Starts the load's streaming query (returns at once)."""
-    from pipeline_defs.steps.connections import options_of, prepare_path, write_options
-    checkpoint = checkpoint_for(cfg, ctx, settings)
-    w = df.writeStream.queryName(query_name).option("checkpointLocation", checkpoint) \
-        .outputMode(getattr(cfg, "output_mode", None) or "append")
-    trig = trigger_kwargs(getattr(cfg, "trigger", None) or settings.trigger)
-    if trig:
-        w = w.trigger(**trig)
-    ctx.metadata.update(checkpoint=checkpoint, trigger=str(trig or "default"))
-    if method == "toDeltaLake":
-        if cfg.merge is not None:
-            raise UnsupportedError("toDeltaLake: merge in a streaming pipeline is not supported "
-                                   "yet; use mode append.")
-        if cfg.path:
-            prepare_path(ctx.spark, cfg, ctx, cfg.path)
-        w = w.format("delta").option("mergeSchema", str(cfg.merge_schema).lower())
-        if cfg.partition_by:
-            w = w.partitionBy(*cfg.partition_by)
-        return w.toTable(cfg.table) if cfg.table else w.start(cfg.path)
-    if method in ("toFile", "toAvro"):
-        prepare_path(ctx.spark, cfg, ctx, cfg.path)
-        fmt = "avro" if method == "toAvro" else cfg.format
-        w = w.format(fmt).options(**write_options(fmt, options_of(cfg.options)))
-        if cfg.compression:
-            w = w.option("compression", cfg.compression)
-        if cfg.partition_by:
-            w = w.partitionBy(*cfg.partition_by)
-        return w.start(cfg.path)
-    if method == "toKafka":
-        from pipeline_defs.steps.extract import kafka_options
-        from pipeline_defs.steps.load import kafka_frame
-        return kafka_frame(df, cfg).writeStream.queryName(query_name) \
-            .option("checkpointLocation", checkpoint).outputMode("append") \
-            .format("kafka").options(**kafka_options(cfg, ctx), topic=cfg.topic) \
-            .trigger(**(trig or {"processingTime": "0 seconds"})).start()
-    if method in ("toPostgres", "toMySQL"):
-        return w.foreachBatch(jdbc_batch_writer(method, cfg, ctx, query_name)).start()
-    raise UnsupportedError(f"{method} cannot write a stream. Streaming sinks: toDeltaLake, "
-                           "toFile, toAvro, toKafka, toPostgres, toMySQL.")
+class StreamingSink(FormatModel):
+    """Keys of loads that can write a stream (accepted in batch, where they are unused)."""
+
+    checkpoint_location: str | None = Field(
+        None, description="Streaming: checkpoint directory. Default: a stable path derived "
+        "from pipeline and step under the checkpoint root, so a new run resumes.")
+    output_mode: Literal["append", "complete", "update"] | None = Field(
+        None, description="Streaming: append (default), complete or update.")
+    trigger: str | None = Field(
+        None, description="Streaming: \"5 seconds\" (processing time), \"availableNow\" or "
+        "\"once\" (the run ends when the backlog is drained). Default: the pipeline's "
+        "streaming.trigger, else micro-batches as fast as possible.")
+
+    _trigger = field_validator("trigger")(check_trigger)
 
 
-def jdbc_batch_writer(method: str, cfg, ctx: StepContext, query_name: str) -> Callable:
-    """foreachBatch for databases, idempotent by batch id: each micro-batch is loaded in one
-    transaction together with a (query, batch id) marker, and a replayed batch is skipped."""
-    from pipeline_defs.steps import jdbc
-    from pipeline_defs.steps.connections import jdbc_endpoint
-    dialect = "postgres" if method == "toPostgres" else "mysql"
-    ep = jdbc_endpoint(cfg, ctx, dialect)
-    mode = cfg.mode if cfg.mode in ("append", "upsert") else "append"
-    spec = jdbc.LoadSpec(cfg.table, mode, tuple(cfg.key_columns or ()), False, cfg.batch_size,
-                         getattr(cfg, "fast_path", False))
+@dataclass(frozen=True)
+class Sink:
+    """How a load's streaming query runs: its name, checkpoint, trigger and output mode. A
+    method's stream writer gets one and calls `writer(frame)` for a DataStreamWriter."""
 
-    def write(batch: DataFrame, batch_id: int) -> None:
-        jdbc.load(batch.sparkSession, batch, ep, spec, f"{query_name}{batch_id}", ctx.log,
-                  marker=(query_name, int(batch_id)))
-    return write
+    query_name: str
+    checkpoint: str
+    trigger: dict[str, Any]
+    output_mode: str
+
+    def writer(self, df: DataFrame, default_trigger: dict[str, Any] | None = None
+               ) -> DataStreamWriter:
+        w = df.writeStream.queryName(self.query_name) \
+            .option("checkpointLocation", self.checkpoint).outputMode(self.output_mode)
+        trig = self.trigger or default_trigger
+        return w.trigger(**trig) if trig else w
+
+
+def start_query(write: Callable, df: DataFrame, cfg, ctx: StepContext,
+                query_name: str) -> StreamingQuery:
+    """Starts a load's streaming query with the method's registered stream writer (returns
+    at once)."""
+    settings = ctx.streaming
+    sink = Sink(query_name, checkpoint_for(cfg, ctx, settings),
+                trigger_kwargs(getattr(cfg, "trigger", None) or settings.trigger),
+                getattr(cfg, "output_mode", None) or "append")
+    ctx.metadata.update(checkpoint=sink.checkpoint, trigger=str(sink.trigger or "default"))
+    return write(df, cfg, ctx, sink)
 
 
 # ---------------------------------------------------------------- the watcher
@@ -280,7 +269,6 @@ _CHECKPOINT_HINTS = ("checkpoint", "offset log", "state schema", "StateSchema",
 
 
 def explain_failure(q: QueryStats) -> str:
-    from pipeline_defs.factory import spark_error_summary
     e = q.query.exception()
     text = spark_error_summary(e) if e is not None else "stopped"
     full = " ".join([str(e), _java_causes(q.query)])

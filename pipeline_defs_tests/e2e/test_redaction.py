@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline_defs.steps import jdbc
 from pipeline_defs_tests.conftest import REPO, write_json
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
@@ -93,12 +94,11 @@ def test_no_secret_value_anywhere(pg, mysql, s3, vault, tmp_path, spark):
 
     # Spark's plans and the JDBC options they show, for a read like the pipeline's
     from pipeline_defs.resources.vault import VaultResource
-    from pipeline_defs.steps import extract as E
     from pipeline_defs.steps.context import StepContext
     res = VaultResource(url=vault.url, token=vault.root_token, audit_log=str(audit))
     c = StepContext(spark=spark, pipeline="p", step=1, method="extract.fromPostgres",
                     read_secret=res.read_secret)
-    df = E.from_postgres(None, E.FromPostgres.model_validate(
+    df = jdbc.from_postgres(None, jdbc.FromPostgres.model_validate(
         {"table": "users", "credentialPath": paths["pg"]}), c).filter("active")
     qe = df._jdf.queryExecution()
     texts["spark plans"] = (qe.toString() + qe.executedPlan().toString() +

@@ -9,6 +9,7 @@ import json
 import dagster as dg
 import pytest
 
+from pipeline_defs.steps import kafka as kafka_steps
 from pipeline_defs.config.loader import load_pipeline
 from pipeline_defs.definitions import default_resources, definitions_for
 from pipeline_defs.errors import ConfigError
@@ -190,9 +191,8 @@ def test_delta_source_to_kafka_and_mysql_sinks_once_and_first_batch(kafka, topic
              and e.step_key == "streams"][0].event_specific_data.metadata["ended"].value
     assert ended in ("first batch", "finished")
     assert sorted(r[0] for r in mysql.sql("SELECT id FROM names")) == list(range(1, 31))
-    from pipeline_defs.steps import extract as E
     from pipeline_defs.steps.context import StepContext
-    back = E.from_kafka(None, E.FromKafka.model_validate(
+    back = kafka_steps.from_kafka(None, kafka_steps.FromKafka.model_validate(
         {"topic": out, "bootstrapServers": kafka, "includeKey": True,
          "schema": "id BIGINT, name STRING"}),
         StepContext(spark=spark, pipeline="t", step=1, method="extract.fromKafka"))

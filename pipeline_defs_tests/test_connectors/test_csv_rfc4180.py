@@ -3,15 +3,13 @@ is doubled, fields may hold commas, line breaks and non-ASCII text. Files writte
 `csv` module (as PostgreSQL COPY, pandas, Excel and DuckDB write them) are read exactly, and
 what the product writes is read exactly by Python's `csv` module: locally and on S3 (moto)."""
 from __future__ import annotations
+from pipeline_defs.steps import files
 
 import csv
 import io
 from pathlib import Path
 
 import pytest
-
-from pipeline_defs.steps import extract as E
-from pipeline_defs.steps import load as L
 
 ROWS = [
     (1, 'She said "hi", then left', "plain"),
@@ -55,7 +53,7 @@ def test_files_written_by_python_csv_are_read_exactly(ctx, tmp_path, schema):
     f = tmp_path / "in.csv"
     f.write_text(rfc4180(ROWS), encoding="utf-8")
     kw = {"schema": schema} if schema else {}
-    df = E.from_file(None, cfg(E.FromFile, path=str(f), format="csv", **kw), ctx())
+    df = files.from_file(None, cfg(files.FromFile, path=str(f), format="csv", **kw), ctx())
     assert df.columns == ["id", "text", "other"]
     assert spark_rows(df) == sorted(ROWS)
 
@@ -63,23 +61,23 @@ def test_files_written_by_python_csv_are_read_exactly(ctx, tmp_path, schema):
 def test_what_to_file_writes_python_csv_reads_exactly(ctx, spark, tmp_path):
     out = tmp_path / "out"
     df = spark.createDataFrame(ROWS, SCHEMA)
-    L.to_file(df, cfg(L.ToFile, path=str(out), format="csv", mode="overwrite"), ctx())
+    files.to_file(df, cfg(files.ToFile, path=str(out), format="csv", mode="overwrite"), ctx())
     parts = sorted(Path(out).glob("part-*.csv"))
     assert parts
     assert read_back([p.read_text(encoding="utf-8") for p in parts]) == sorted(ROWS)
     # and the product reads its own output back exactly
-    back = E.from_file(None, cfg(E.FromFile, path=str(out), format="csv", schema=SCHEMA), ctx())
+    back = files.from_file(None, cfg(files.FromFile, path=str(out), format="csv", schema=SCHEMA), ctx())
     assert spark_rows(back) == sorted(ROWS)
 
 
 def test_options_still_override_the_defaults(ctx, tmp_path):
     f = tmp_path / "backslash.csv"
     f.write_text('id,text,other\n1,"say \\"x\\"",y\n', encoding="utf-8")
-    df = E.from_file(None, cfg(E.FromFile, path=str(f), format="csv", schema=SCHEMA,
+    df = files.from_file(None, cfg(files.FromFile, path=str(f), format="csv", schema=SCHEMA,
                                options={"escape": "\\"}), ctx())
     assert [(r.text, r.other) for r in df.collect()] == [('say "x"', "y")]
     # a lower-case option name replaces the default of the same name (Spark ignores case)
-    split = E.from_file(None, cfg(E.FromFile, path=str(f), format="csv", schema=SCHEMA,
+    split = files.from_file(None, cfg(files.FromFile, path=str(f), format="csv", schema=SCHEMA,
                                   options={"multiline": False}), ctx())
     assert split.count() == 1
 
@@ -89,10 +87,10 @@ def test_s3_round_trip_is_rfc4180(s3, vault, vault_resource, ctx, spark):
     path = vault.put("secret", "s3/csv", s3.secret())
     c = ctx(read_secret=vault_resource.read_secret, audit=vault_resource.audit)
     s3.client.put_object(Bucket="lake", Key="raw/in.csv", Body=rfc4180(ROWS).encode("utf-8"))
-    df = E.from_s3(None, cfg(E.FromS3, bucket="lake", path="raw/in.csv", format="csv",
+    df = files.from_s3(None, cfg(files.FromS3, bucket="lake", path="raw/in.csv", format="csv",
                              schema=SCHEMA, credentialPath=path), c)
     assert spark_rows(df) == sorted(ROWS)
-    L.to_s3(df, cfg(L.ToS3, bucket="lake", path="out/", format="csv", mode="overwrite",
+    files.to_s3(df, cfg(files.ToS3, bucket="lake", path="out/", format="csv", mode="overwrite",
                     credentialPath=path), c)
     texts = [s3.client.get_object(Bucket="lake", Key=k)["Body"].read().decode("utf-8")
              for k in s3.keys("lake", "out/") if k.endswith(".csv")]

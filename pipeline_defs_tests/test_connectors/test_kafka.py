@@ -4,9 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from pipeline_defs.steps import extract as E
-from pipeline_defs.steps import load as L
+from pipeline_defs.steps import kafka as kafka_steps
 from pipeline_defs_tests.conftest import rows
 from pipeline_defs_tests.servers import produce
 
@@ -28,7 +26,7 @@ def kctx(kafka, vault, vault_resource, ctx):
 def test_batch_read_decodes_json_keys_and_metadata(kafka, topic, kctx):
     path, c = kctx
     produce(kafka, topic.default, EVENTS, key="id")
-    df = E.from_kafka(None, cfg(E.FromKafka, topic=topic.default, credentialPath=path,
+    df = kafka_steps.from_kafka(None, cfg(kafka_steps.FromKafka, topic=topic.default, credentialPath=path,
                                 schema="id BIGINT, event_type STRING, amount DOUBLE",
                                 includeKey=True, includeMetadata=True), c)
     assert df.columns == ["key", "kafka_topic", "kafka_partition", "kafka_offset",
@@ -37,10 +35,10 @@ def test_batch_read_decodes_json_keys_and_metadata(kafka, topic, kctx):
     assert got == sorted((e["id"], e["event_type"], e["amount"]) for e in EVENTS)
     assert all(r.key == str(r.id) for r in df.collect())
     # without a schema, the JSON values give one (inferred from a sample, with a warning)
-    auto = E.from_kafka(None, cfg(E.FromKafka, topic=topic.default, credentialPath=path), c)
+    auto = kafka_steps.from_kafka(None, cfg(kafka_steps.FromKafka, topic=topic.default, credentialPath=path), c)
     assert sorted(auto.columns) == ["amount", "event_type", "id"]
     assert c.metadata["inferred_schema"] == "`amount` double, `event_type` string, `id` bigint"
-    raw = E.from_kafka(None, cfg(E.FromKafka, topic=topic.default, credentialPath=path,
+    raw = kafka_steps.from_kafka(None, cfg(kafka_steps.FromKafka, topic=topic.default, credentialPath=path,
                                  valueFormat="string"), c)
     assert sorted(json.loads(r.value)["id"] for r in raw.collect()) == list(range(1, 101))
 
@@ -49,7 +47,7 @@ def test_ending_offsets_bound_a_batch_read(kafka, topic, kctx):
     path, c = kctx
     t = topic(partitions=1)
     produce(kafka, t, EVENTS)
-    df = E.from_kafka(None, cfg(E.FromKafka, topic=t, credentialPath=path, valueFormat="json",
+    df = kafka_steps.from_kafka(None, cfg(kafka_steps.FromKafka, topic=t, credentialPath=path, valueFormat="json",
                                 schema="id BIGINT", endingOffsets=json.dumps({t: {"0": 10}})), c)
     assert [r.id for r in df.collect()] == list(range(1, 11))
 
@@ -58,8 +56,8 @@ def test_to_kafka_whole_rows_as_json_with_keys(kafka, topic, kctx, spark):
     path, c = kctx
     out = topic()
     df = spark.createDataFrame([(1, "a"), (2, "b")], "id long, name string")
-    L.to_kafka(df, cfg(L.ToKafka, topic=out, keyColumn="id", credentialPath=path), c)
-    back = E.from_kafka(None, cfg(E.FromKafka, topic=out, credentialPath=path,
+    kafka_steps.to_kafka(df, cfg(kafka_steps.ToKafka, topic=out, keyColumn="id", credentialPath=path), c)
+    back = kafka_steps.from_kafka(None, cfg(kafka_steps.FromKafka, topic=out, credentialPath=path,
                                   includeKey=True), c)
     assert rows(back.select("key", "id", "name")) == [("1", 1, "a"), ("2", 2, "b")]
 

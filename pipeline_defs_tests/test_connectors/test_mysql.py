@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline_defs.steps import jdbc, transform
 from pipeline_defs.errors import CredentialError
-from pipeline_defs.steps import extract as E
-from pipeline_defs.steps import load as L
-from pipeline_defs.steps import transform as T
 from pipeline_defs.steps.jdbc import JdbcError
 from pipeline_defs_tests.conftest import rows
 
@@ -29,14 +27,14 @@ def test_reads_table_and_query_in_parallel_with_pushdown(db):
     db.sql("INSERT INTO orders VALUES " + ", ".join(
         f"({i}, {i % 7}, {i}.25)" for i in range(1, 501)))
     c = db.ctx("extract.fromMySQL")
-    df = E.from_mysql(None, cfg(E.FromMySQL, table="orders", credentialPath=db.path,
+    df = jdbc.from_mysql(None, cfg(jdbc.FromMySQL, table="orders", credentialPath=db.path,
                                 partitionColumn="order_id", numPartitions=3), c)
     assert df.rdd.getNumPartitions() == 3 and c.metadata["partition_bounds"] == "1 .. 500"
     assert rows(df) == sorted(db.sql("SELECT * FROM orders"))
-    f = T.filter_rows(df, cfg(T.FilterRows, condition="user_id = 3"), c)
+    f = transform.filter_rows(df, cfg(transform.FilterRows, condition="user_id = 3"), c)
     assert "PushedFilters: [*IsNotNull(user_id), *EqualTo(user_id,3)]" in \
         f._jdf.queryExecution().executedPlan().toString()
-    q = E.from_mysql(None, cfg(E.FromMySQL, credentialPath=db.path, query=
+    q = jdbc.from_mysql(None, cfg(jdbc.FromMySQL, credentialPath=db.path, query=
                                "SELECT user_id, sum(amount) AS total FROM orders GROUP BY "
                                "user_id"), db.ctx())
     assert sorted((r.user_id, float(r.total)) for r in q.collect()) == sorted(
@@ -47,9 +45,9 @@ def test_load_modes_are_atomic_and_keep_the_table(db, spark):
     db.sql("CREATE TABLE users (user_id int PRIMARY KEY, name varchar(40) NOT NULL, "
            "score int DEFAULT 0, KEY by_name (name))")
     db.sql("INSERT INTO users VALUES (1, 'ada', 1), (2, 'bob', 2)")
-    load = lambda data, **kw: L.to_mysql(  # noqa: E731
+    load = lambda data, **kw: jdbc.to_mysql(  # noqa: E731
         spark.createDataFrame(data, "user_id int, name string, score int"),
-        cfg(L.ToMySQL, table="users", credentialPath=db.path, **kw), db.ctx("load.toMySQL"))
+        cfg(jdbc.ToMySQL, table="users", credentialPath=db.path, **kw), db.ctx("load.toMySQL"))
     r = load([(3, "cy", 3)], mode="append", batchSize=500)
     assert r.rows == 1 and r.metadata["write_path"] == "jdbc-batch-insert"
     load([(7, "gus", 7), (8, "hal", 8)], mode="overwrite")
@@ -74,10 +72,10 @@ def test_wrong_password_and_unknown_database(db, vault, vault_resource, ctx):
     c = ctx(read_secret=vault_resource.read_secret)
     wrong = vault.put("secret", "mysql/wrong", {**db.secret(), "password": "nope-1234y"})
     with pytest.raises(CredentialError) as e:
-        E.from_mysql(None, cfg(E.FromMySQL, table="t", credentialPath=wrong), c)
+        jdbc.from_mysql(None, cfg(jdbc.FromMySQL, table="t", credentialPath=wrong), c)
     msg = str(e.value)
     assert f"MySQL at 127.0.0.1:{db.port}, database '{db.database}', user '{db.username}'" in msg
     assert "the login was rejected" in msg and "nope-1234y" not in msg
     nodb = vault.put("secret", "mysql/nodb", {**db.secret(), "database": "no_such_db"})
     with pytest.raises(JdbcError, match="database 'no_such_db'"):
-        E.from_mysql(None, cfg(E.FromMySQL, table="t", credentialPath=nodb), c)
+        jdbc.from_mysql(None, cfg(jdbc.FromMySQL, table="t", credentialPath=nodb), c)

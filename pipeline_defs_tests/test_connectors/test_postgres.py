@@ -6,10 +6,8 @@ import time
 
 import pytest
 
+from pipeline_defs.steps import jdbc, transform
 from pipeline_defs.errors import CredentialError
-from pipeline_defs.steps import extract as E
-from pipeline_defs.steps import load as L
-from pipeline_defs.steps import transform as T
 from pipeline_defs.steps.jdbc import JdbcError
 from pipeline_defs_tests.conftest import rows
 
@@ -42,7 +40,7 @@ def cfg(model, **kw):
 
 def test_reads_a_table_in_parallel_with_bounds_from_one_query(events):
     c = events.ctx("extract.fromPostgres")
-    df = E.from_postgres(None, cfg(E.FromPostgres, table="events", credentialPath=events.path,
+    df = jdbc.from_postgres(None, cfg(jdbc.FromPostgres, table="events", credentialPath=events.path,
                                    partitionColumn="id", numPartitions=4), c)
     assert df.rdd.getNumPartitions() == 4
     assert c.metadata["partition_bounds"] == "1 .. 1000"
@@ -55,8 +53,8 @@ def test_reads_a_table_in_parallel_with_bounds_from_one_query(events):
 
 def test_reads_a_query_with_a_partition_column(events):
     c = events.ctx("extract.fromPostgres")
-    df = E.from_postgres(None, cfg(
-        E.FromPostgres, credentialPath=events.path, partitionColumn="id", numPartitions=3,
+    df = jdbc.from_postgres(None, cfg(
+        jdbc.FromPostgres, credentialPath=events.path, partitionColumn="id", numPartitions=3,
         query="SELECT id, amount FROM events WHERE event_type = 'purchase' ORDER BY id"), c)
     assert df.rdd.getNumPartitions() == 3
     assert c.metadata["partition_bounds"] == "3 .. 999"
@@ -65,10 +63,10 @@ def test_reads_a_query_with_a_partition_column(events):
 
 def test_filters_and_columns_of_later_steps_are_pushed_to_postgres(events, spark):
     c = events.ctx("extract.fromPostgres")
-    df = E.from_postgres(None, cfg(E.FromPostgres, table="events", credentialPath=events.path), c)
-    df = T.filter_rows(df, cfg(T.FilterRows, condition="amount > 100 AND event_type = "
+    df = jdbc.from_postgres(None, cfg(jdbc.FromPostgres, table="events", credentialPath=events.path), c)
+    df = transform.filter_rows(df, cfg(transform.FilterRows, condition="amount > 100 AND event_type = "
                                                        "'purchase'"), c)
-    df = T.select_columns(df, cfg(T.SelectColumns, columns=["id", "amount"]), c)
+    df = transform.select_columns(df, cfg(transform.SelectColumns, columns=["id", "amount"]), c)
     plan = df._jdf.queryExecution().executedPlan().toString()
     assert ("PushedFilters: [*IsNotNull(amount), *IsNotNull(event_type), "
             "*GreaterThan(amount,100.00), *EqualTo(event_type,pur") in plan
@@ -94,9 +92,9 @@ def _grants(db, table="customers"):
 def test_append_overwrite_upsert_keep_ddl_and_grants(db, spark):
     reader = f"reader_{db.database}"
     _customers(db, reader)
-    load = lambda data, **kw: L.to_postgres(  # noqa: E731
+    load = lambda data, **kw: jdbc.to_postgres(  # noqa: E731
         spark.createDataFrame(data, "id int, name string, score int"),
-        cfg(L.ToPostgres, table="customers", credentialPath=db.path, **kw),
+        cfg(jdbc.ToPostgres, table="customers", credentialPath=db.path, **kw),
         db.ctx("load.toPostgres"))
     r = load([(3, "cy", 1)], mode="append")
     assert r.rows == 1 and r.metadata["write_path"] == "copy"
@@ -119,7 +117,7 @@ def test_append_overwrite_upsert_keep_ddl_and_grants(db, spark):
 def test_overwrite_with_recreate_takes_the_new_schema(db, spark):
     _customers(db, f"reader_{db.database}")
     df = spark.createDataFrame([(1, "x", 2.5)], "id long, label string, weight double")
-    L.to_postgres(df, cfg(L.ToPostgres, table="customers", mode="overwrite", recreate=True,
+    jdbc.to_postgres(df, cfg(jdbc.ToPostgres, table="customers", mode="overwrite", recreate=True,
                           credentialPath=db.path), db.ctx("load.toPostgres"))
     assert db.sql("SELECT * FROM customers") == [(1, "x", 2.5)]
     assert _grants(db) == []  # a recreated table starts without the old grants (documented)
@@ -127,13 +125,13 @@ def test_overwrite_with_recreate_takes_the_new_schema(db, spark):
 
 def test_a_missing_target_is_created_and_upsert_refuses_duplicate_keys(db, spark):
     df = spark.createDataFrame([(1, "a"), (2, "b")], "k int, v string")
-    r = L.to_postgres(df, cfg(L.ToPostgres, table="fresh", credentialPath=db.path),
+    r = jdbc.to_postgres(df, cfg(jdbc.ToPostgres, table="fresh", credentialPath=db.path),
                       db.ctx("load.toPostgres"))
     assert r.metadata["created"] is True and db.sql("SELECT * FROM fresh ORDER BY k") == [
         (1, "a"), (2, "b")]
     dup = spark.createDataFrame([(1, "x"), (1, "y")], "k int, v string")
     with pytest.raises(JdbcError, match=r"2 rows for key \{'k': '1'\}.*target was not changed"):
-        L.to_postgres(dup, cfg(L.ToPostgres, table="fresh", mode="upsert", keyColumns=["k"],
+        jdbc.to_postgres(dup, cfg(jdbc.ToPostgres, table="fresh", mode="upsert", keyColumns=["k"],
                                credentialPath=db.path), db.ctx("load.toPostgres"))
     assert db.sql("SELECT * FROM fresh ORDER BY k") == [(1, "a"), (2, "b")]
 
@@ -142,7 +140,7 @@ def test_a_failed_load_leaves_the_target_as_it_was(db, spark):
     _customers(db, f"reader_{db.database}")
     bad = spark.createDataFrame([(5, "ok", 1), (6, None, 1)], "id int, name string, score int")
     with pytest.raises(Exception, match="null value in column \"name\""):
-        L.to_postgres(bad.repartition(2), cfg(L.ToPostgres, table="customers", mode="overwrite",
+        jdbc.to_postgres(bad.repartition(2), cfg(jdbc.ToPostgres, table="customers", mode="overwrite",
                                               credentialPath=db.path),
                       db.ctx("load.toPostgres"))
     assert db.sql("SELECT * FROM customers ORDER BY id") == [(1, "ada", 5), (2, "bob", 7)]
@@ -152,11 +150,11 @@ def test_a_failed_load_leaves_the_target_as_it_was(db, spark):
 
 def test_batched_insert_path_and_fallback_for_nested_columns(db, spark):
     df = spark.createDataFrame([(1, "a"), (2, "b")], "k int, v string")
-    r = L.to_postgres(df, cfg(L.ToPostgres, table="plain", fastPath=False,
+    r = jdbc.to_postgres(df, cfg(jdbc.ToPostgres, table="plain", fastPath=False,
                               credentialPath=db.path), db.ctx("load.toPostgres"))
     assert r.metadata["write_path"] == "jdbc-batch-insert" and r.rows == 2
     arr = spark.createDataFrame([(1, [1, 2])], "k int, xs array<int>")
-    r = L.to_postgres(arr, cfg(L.ToPostgres, table="arrays", credentialPath=db.path),
+    r = jdbc.to_postgres(arr, cfg(jdbc.ToPostgres, table="arrays", credentialPath=db.path),
                       db.ctx("load.toPostgres"))
     assert r.metadata["write_path"] == "jdbc-batch-insert"
     assert db.sql("SELECT k, xs FROM arrays") == [(1, [1, 2])]
@@ -165,8 +163,8 @@ def test_batched_insert_path_and_fallback_for_nested_columns(db, spark):
 def test_leftovers_of_a_killed_load_are_dropped_by_the_next(db, spark):
     db.sql("CREATE TABLE t (k int)")
     db.sql("CREATE TABLE _pd_stage_t_deadbeef00 (k int)")
-    L.to_postgres(spark.createDataFrame([(1,)], "k int"),
-                  cfg(L.ToPostgres, table="t", credentialPath=db.path), db.ctx("load.toPostgres"))
+    jdbc.to_postgres(spark.createDataFrame([(1,)], "k int"),
+                  cfg(jdbc.ToPostgres, table="t", credentialPath=db.path), db.ctx("load.toPostgres"))
     assert db.sql("SELECT table_name FROM information_schema.tables WHERE table_schema = "
                   "'public' ORDER BY 1") == [("t",)]
 
@@ -178,7 +176,7 @@ def test_wrong_password_names_host_database_user_never_the_password(db, vault, c
     c = ctx(read_secret=vault_resource.read_secret)
     t0 = time.perf_counter()
     with pytest.raises(CredentialError) as e:
-        E.from_postgres(None, cfg(E.FromPostgres, table="t", credentialPath=wrong), c)
+        jdbc.from_postgres(None, cfg(jdbc.FromPostgres, table="t", credentialPath=wrong), c)
     msg = str(e.value)
     assert time.perf_counter() - t0 < 5, "authentication failures are not retried"
     assert f"PostgreSQL at 127.0.0.1:{db.port}, database '{db.database}'" in msg
@@ -191,15 +189,15 @@ def test_unknown_database_and_unreachable_host(db, vault, ctx, vault_resource):
     c = ctx(read_secret=vault_resource.read_secret)
     nodb = vault.put("secret", "pg/nodb", {**db.secret(), "database": "no_such_db"})
     with pytest.raises(JdbcError, match="database 'no_such_db'.*the database does not exist"):
-        E.from_postgres(None, cfg(E.FromPostgres, table="t", credentialPath=nodb), c)
+        jdbc.from_postgres(None, cfg(jdbc.FromPostgres, table="t", credentialPath=nodb), c)
     down = vault.put("secret", "pg/down", {**db.secret(), "port": 9})
     t0 = time.perf_counter()
     with pytest.raises(JdbcError, match=r"127.0.0.1:9.*could not be reached after 4 attempts"):
-        E.from_postgres(None, cfg(E.FromPostgres, table="t", credentialPath=down), c)
+        jdbc.from_postgres(None, cfg(jdbc.FromPostgres, table="t", credentialPath=down), c)
     assert time.perf_counter() - t0 > 3  # 0.5 + 1 + 2 s of backoff between the attempts
 
 
 def test_a_missing_table_names_it(db):
     with pytest.raises(JdbcError, match="cannot read table nope from PostgreSQL at .*nope"):
-        E.from_postgres(None, cfg(E.FromPostgres, table="nope", credentialPath=db.path),
+        jdbc.from_postgres(None, cfg(jdbc.FromPostgres, table="nope", credentialPath=db.path),
                         db.ctx())

@@ -3,9 +3,7 @@ credentials and endpoint from the Vault double."""
 from __future__ import annotations
 
 import pytest
-
-from pipeline_defs.steps import extract as E
-from pipeline_defs.steps import load as L
+from pipeline_defs.steps import delta, files
 from pipeline_defs_tests.conftest import rows
 
 
@@ -26,11 +24,11 @@ def bucket(s3, vault, vault_resource, ctx):
 def test_csv_in_partitioned_parquet_out(bucket, spark):
     bucket.client.put_object(Bucket="lake", Key="raw/users.csv", Body=(
         "id;name;year;month\n1;ada;2024;1\n2;bob;2024;2\n3;cy;2025;1\n").encode())
-    df = E.from_s3(None, cfg(E.FromS3, bucket="lake", path="raw/users.csv", format="csv",
+    df = files.from_s3(None, cfg(files.FromS3, bucket="lake", path="raw/users.csv", format="csv",
                              delimiter=";", inferSchema=True, credentialPath=bucket.path),
                    bucket.ctx("extract.fromS3"))
     assert rows(df) == [(1, "ada", 2024, 1), (2, "bob", 2024, 2), (3, "cy", 2025, 1)]
-    r = L.to_s3(df, cfg(L.ToS3, bucket="lake", path="/processed/users", format="parquet",
+    r = files.to_s3(df, cfg(files.ToS3, bucket="lake", path="/processed/users", format="parquet",
                         mode="overwrite", compression="snappy", partitionBy=["year", "month"],
                         credentialPath=bucket.path), bucket.ctx("load.toS3"))
     assert r.location == "s3a://lake/processed/users"
@@ -39,7 +37,7 @@ def test_csv_in_partitioned_parquet_out(bucket, spark):
     assert parts == ["processed/users/year=2024/month=1", "processed/users/year=2024/month=2",
                      "processed/users/year=2025/month=1"]
     assert all(k.endswith(".snappy.parquet") for k in keys if "/part-" in k)
-    back = E.from_s3(None, cfg(E.FromS3, bucket="lake", path="processed/users",
+    back = files.from_s3(None, cfg(files.FromS3, bucket="lake", path="processed/users",
                                credentialPath=bucket.path), bucket.ctx())
     assert rows(back.select("id", "name", "year", "month")) == rows(df)
 
@@ -47,27 +45,27 @@ def test_csv_in_partitioned_parquet_out(bucket, spark):
 def test_delta_and_avro_on_s3a(bucket, spark):
     df = spark.createDataFrame([(1, "a"), (2, "b")], "k int, v string")
     c = bucket.ctx("load.toDeltaLake")
-    r = L.to_delta_lake(df, cfg(L.ToDeltaLake, path="s3a://lake/delta/t", mode="overwrite",
+    r = delta.to_delta_lake(df, cfg(delta.ToDeltaLake, path="s3a://lake/delta/t", mode="overwrite",
                                 credentialPath=bucket.path), c)
     assert r.rows == 2 and any(k.startswith("delta/t/_delta_log/00000000000000000000.json")
                                for k in bucket.keys("lake"))
-    L.to_delta_lake(spark.createDataFrame([(3, "c")], "k int, v string"),
-                    cfg(L.ToDeltaLake, path="s3a://lake/delta/t", mode="append",
+    delta.to_delta_lake(spark.createDataFrame([(3, "c")], "k int, v string"),
+                    cfg(delta.ToDeltaLake, path="s3a://lake/delta/t", mode="append",
                         credentialPath=bucket.path), c)
-    back = E.from_delta_lake(None, cfg(E.FromDeltaLake, path="s3a://lake/delta/t",
+    back = delta.from_delta_lake(None, cfg(delta.FromDeltaLake, path="s3a://lake/delta/t",
                                        credentialPath=bucket.path), c)
     assert rows(back) == [(1, "a"), (2, "b"), (3, "c")]
-    v0 = E.from_delta_lake(None, cfg(E.FromDeltaLake, path="s3a://lake/delta/t", version=0,
+    v0 = delta.from_delta_lake(None, cfg(delta.FromDeltaLake, path="s3a://lake/delta/t", version=0,
                                      credentialPath=bucket.path), c)
     assert rows(v0) == [(1, "a"), (2, "b")]
-    L.to_avro(df, cfg(L.ToAvro, path="s3a://lake/avro/t", mode="overwrite",
+    files.to_avro(df, cfg(files.ToAvro, path="s3a://lake/avro/t", mode="overwrite",
                       compression="snappy", credentialPath=bucket.path), c)
-    avro = E.from_avro(None, cfg(E.FromAvro, path="s3a://lake/avro/t",
+    avro = files.from_avro(None, cfg(files.FromAvro, path="s3a://lake/avro/t",
                                  credentialPath=bucket.path), c)
     assert rows(avro) == [(1, "a"), (2, "b")]
 
 
 def test_missing_bucket_is_named(bucket, spark):
     with pytest.raises(Exception, match="no-such-bucket"):
-        E.from_s3(None, cfg(E.FromS3, bucket="no-such-bucket", path="x.parquet",
+        files.from_s3(None, cfg(files.FromS3, bucket="no-such-bucket", path="x.parquet",
                             credentialPath=bucket.path), bucket.ctx()).collect()

@@ -99,7 +99,7 @@ def test_forbidden_missing_and_bad_token_are_not_retried(vault, vault_resource):
 
 
 def test_missing_keys_and_audit_records(vault, vault_resource, ctx, tmp_path):
-    from pipeline_defs.steps.connections import JdbcConnection, jdbc_endpoint
+    from pipeline_defs.steps.jdbc.connection import JdbcConnection, jdbc_endpoint
     incomplete = vault.put("secret", "pg-incomplete",
                            {"host": "db.internal", "database": "sales", "username": "etl"})
     full = vault.put("secret", "pg", JDBC)

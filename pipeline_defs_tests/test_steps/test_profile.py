@@ -1,7 +1,7 @@
 """profileData: exact profile of a tiny DataFrame, one Spark pass, suggestions that pass."""
 from __future__ import annotations
-
-from pipeline_defs.steps import profile as P
+from pipeline_defs.steps import profile
+from pipeline_defs.steps.validate import rows
 
 
 def test_profile_values_and_suggestions(spark, ctx, tmp_path):
@@ -9,7 +9,7 @@ def test_profile_values_and_suggestions(spark, ctx, tmp_path):
                                 (4, None, 40.0)], "id long, tag string, amount double")
     c = ctx()
     c.run_id = "r1"
-    out = P.profile_data(df, P.ProfileData.model_validate(
+    out = profile.profile_data(df, profile.ProfileData.model_validate(
         {"quantiles": [0.5], "outputPath": str(tmp_path / "prof")}), c)
     assert out is df
     prof = {p["column"]: p for p in c.metadata["profile"]}
@@ -32,13 +32,12 @@ def test_profile_values_and_suggestions(spark, ctx, tmp_path):
 
 
 def test_suggested_validators_pass_on_the_profiled_data(spark, ctx):
-    from pipeline_defs.steps import validate as V
     df = spark.range(50).selectExpr("id", "id * 2.5 AS x", "CAST(id % 3 AS STRING) AS g")
     c = ctx()
-    P.profile_data(df, P.ProfileData(), c)
-    fns = {"validateNulls": (V.validate_nulls, V.ValidateNulls),
-           "validateRanges": (V.validate_ranges, V.ValidateRanges),
-           "validateUnique": (V.validate_unique, V.ValidateUnique)}
+    profile.profile_data(df, profile.ProfileData(), c)
+    fns = {"validateNulls": (rows.validate_nulls, rows.ValidateNulls),
+           "validateRanges": (rows.validate_ranges, rows.ValidateRanges),
+           "validateUnique": (rows.validate_unique, rows.ValidateUnique)}
     for s in c.metadata["suggested_validators"]:
         fn, model = fns[s["method"]]
         v = ctx()
@@ -52,6 +51,6 @@ def test_profile_reads_the_data_once(spark, ctx, counted_reads):
     df = spark.range(300).select(counted("id").alias("id"), (F.col("id") % 7).alias("g"),
                                  F.col("id").cast("string").alias("s"))
     c = ctx()
-    P.profile_data(df, P.ProfileData(), c)
+    profile.profile_data(df, profile.ProfileData(), c)
     assert reads.value == 300
     assert c.metadata["profile"][1]["approx_distinct"] == 7

@@ -5,9 +5,8 @@ import datetime as dt
 import json
 
 import pytest
-
-from pipeline_defs.steps import transform as T
-from pipeline_defs.steps.transform import StepDataError
+from pipeline_defs.steps import reshape, transform
+from pipeline_defs.steps.errors import StepDataError
 from pipeline_defs_tests.conftest import rows
 
 
@@ -31,13 +30,13 @@ def orders(spark):
 
 
 def test_filter_rows(people, ctx):
-    out = T.filter_rows(people, cfg(T.FilterRows, condition="active = true AND age >= 18"),
+    out = transform.filter_rows(people, cfg(transform.FilterRows, condition="active = true AND age >= 18"),
                         ctx())
     assert rows(out) == [(1, "ann", 34, "DE", True)]
 
 
 def test_enrich_data_in_order_later_columns_use_earlier(people, ctx):
-    out = T.enrich_data(people, cfg(T.EnrichData, columns={
+    out = transform.enrich_data(people, cfg(transform.EnrichData, columns={
         "age2": "age * 2", "age4": "age2 * 2", "name": "upper(name)"}), ctx())
     assert out.columns == ["id", "name", "age", "country", "active", "age2", "age4"]
     assert [(r.id, r.name, r.age4) for r in out.orderBy("id").collect()] == [
@@ -45,12 +44,12 @@ def test_enrich_data_in_order_later_columns_use_earlier(people, ctx):
 
 
 def test_select_drop_rename(people, ctx):
-    sel = T.select_columns(people, cfg(T.SelectColumns, columns=["id", "age + 1 AS next_age"]),
+    sel = transform.select_columns(people, cfg(transform.SelectColumns, columns=["id", "age + 1 AS next_age"]),
                            ctx())
     assert rows(sel) == [(1, 35), (2, 18), (3, 53), (4, None)]
-    dropped = T.drop_columns(people, cfg(T.DropColumns, columns=["age", "active"]), ctx())
+    dropped = transform.drop_columns(people, cfg(transform.DropColumns, columns=["age", "active"]), ctx())
     assert dropped.columns == ["id", "name", "country"]
-    renamed = T.rename_columns(people, cfg(T.RenameColumns, columns={"name": "first_name"}),
+    renamed = transform.rename_columns(people, cfg(transform.RenameColumns, columns={"name": "first_name"}),
                                ctx())
     assert renamed.columns == ["id", "first_name", "age", "country", "active"]
 
@@ -58,7 +57,7 @@ def test_select_drop_rename(people, ctx):
 def test_rename_or_drop_of_a_missing_column_says_which(people, ctx):
     with pytest.raises(StepDataError, match="columns names 'nmae', which the input does not "
                                             "have. Columns: id, name, age, country, active."):
-        T.rename_columns(people, cfg(T.RenameColumns, columns={"nmae": "x"}), ctx())
+        transform.rename_columns(people, cfg(transform.RenameColumns, columns={"nmae": "x"}), ctx())
 
 
 @pytest.mark.parametrize("how,expected", [
@@ -73,23 +72,23 @@ def test_rename_or_drop_of_a_missing_column_says_which(people, ctx):
 def test_join_with_conditions_drops_duplicate_key(people, orders, ctx, how, expected):
     users = people.select("id", "name")
     ords = orders.withColumnRenamed("user_id", "id").select("id", "order_id", "amount")
-    c = cfg(T.JoinDataFrames, inputDataFrames=["users", "orders"],
+    c = cfg(reshape.JoinDataFrames, inputDataFrames=["users", "orders"],
             joinConditions=["users.id = orders.id"], joinType=how)
-    out = T.join_data_frames(None, c, ctx({"users": users, "orders": ords}))
+    out = reshape.join_data_frames(None, c, ctx({"users": users, "orders": ords}))
     assert out.columns == ["id", "name", "order_id", "amount"]
     assert rows(out) == expected
 
 
 def test_join_with_differently_named_keys_and_semi_anti(people, orders, ctx):
     frames = {"users": people.select("id", "name"), "orders": orders}
-    c = cfg(T.JoinDataFrames, inputDataFrames=["users", "orders"],
+    c = cfg(reshape.JoinDataFrames, inputDataFrames=["users", "orders"],
             joinConditions=["users.id = orders.user_id AND orders.amount > 6"])
-    out = T.join_data_frames(None, c, ctx(frames))
+    out = reshape.join_data_frames(None, c, ctx(frames))
     assert rows(out.select("id", "order_id")) == [(1, 10), (3, 12)]
     for how, ids in (("semi", [1, 3]), ("anti", [2, 4])):
-        c = cfg(T.JoinDataFrames, inputDataFrames=["users", "orders"],
+        c = cfg(reshape.JoinDataFrames, inputDataFrames=["users", "orders"],
                 joinConditions=["users.id = orders.user_id"], joinType=how)
-        out = T.join_data_frames(None, c, ctx(frames))
+        out = reshape.join_data_frames(None, c, ctx(frames))
         assert out.columns == ["id", "name"] and [r.id for r in out.orderBy("id").collect()] \
             == ids
 
@@ -98,7 +97,7 @@ def test_join_column_form_and_three_way_join(spark, ctx):
     a = spark.createDataFrame([(1, "x"), (2, "y")], "k long, a string")
     b = spark.createDataFrame([(1, "p"), (2, "q")], "k long, b string")
     c = spark.createDataFrame([(1, True)], "k long, c boolean")
-    out = T.join_data_frames(None, cfg(T.JoinDataFrames, inputDataFrames=["a", "b", "c"],
+    out = reshape.join_data_frames(None, cfg(reshape.JoinDataFrames, inputDataFrames=["a", "b", "c"],
                                        joinColumn="k", joinType="left"),
                              ctx({"a": a, "b": b, "c": c}))
     assert out.columns == ["k", "a", "b", "c"]
@@ -108,38 +107,38 @@ def test_join_column_form_and_three_way_join(spark, ctx):
 def test_union_by_name_distinct_and_missing_columns(spark, ctx):
     cur = spark.createDataFrame([(1, "a"), (2, "b")], "id long, v string")
     other = spark.createDataFrame([("b", 2), ("c", 3)], "v string, id long")
-    out = T.union_data_frames(cur, cfg(T.UnionDataFrames, inputDataFrames=["o"]),
+    out = reshape.union_data_frames(cur, cfg(reshape.UnionDataFrames, inputDataFrames=["o"]),
                               ctx({"o": other}))
     assert rows(out) == [(1, "a"), (2, "b"), (2, "b"), (3, "c")]
-    out = T.union_data_frames(cur, cfg(T.UnionDataFrames, inputDataFrames=["o"],
+    out = reshape.union_data_frames(cur, cfg(reshape.UnionDataFrames, inputDataFrames=["o"],
                                        distinct=True), ctx({"o": other}))
     assert rows(out) == [(1, "a"), (2, "b"), (3, "c")]
     narrow = spark.createDataFrame([(5,)], "id long")
-    out = T.union_data_frames(cur, cfg(T.UnionDataFrames, inputDataFrames=["n"],
+    out = reshape.union_data_frames(cur, cfg(reshape.UnionDataFrames, inputDataFrames=["n"],
                                        allowMissingColumns=True), ctx({"n": narrow}))
     assert rows(out) == [(1, "a"), (2, "b"), (5, None)]
 
 
 def test_aggregate_both_forms(orders, ctx):
-    short = T.aggregate_data(orders, cfg(T.AggregateData, groupBy=["category"], aggregations={
+    short = reshape.aggregate_data(orders, cfg(reshape.AggregateData, groupBy=["category"], aggregations={
         "amount": "sum", "order_id": "count", "user_id": "countDistinct"}), ctx())
     assert short.columns == ["category", "amount_sum", "order_id_count",
                              "user_id_countDistinct"]
     assert rows(short) == [("books", 27.0, 2, 2), ("toys", 6.5, 2, 2)]
-    long = T.aggregate_data(orders, cfg(T.AggregateData, groupBy=["category"], aggregations={
+    long = reshape.aggregate_data(orders, cfg(reshape.AggregateData, groupBy=["category"], aggregations={
         "n": "count(*)", "big": "sum(CASE WHEN amount > 6 THEN 1 ELSE 0 END)"}), ctx())
     assert rows(long) == [("books", 2, 2), ("toys", 2, 0)]
 
 
 def test_pivot_sum_with_and_without_values_and_count(orders, ctx):
     for values in (None, ["books", "toys"]):
-        out = T.reshape_data(orders, cfg(T.ReshapeData, operation="pivot",
+        out = reshape.reshape_data(orders, cfg(reshape.ReshapeData, operation="pivot",
                                          pivotColumn="category", pivotValues=values,
                                          groupByColumns=["user_id"], aggregateColumn="amount"),
                              ctx())
         assert out.columns == ["user_id", "books", "toys"]
         assert rows(out) == [(1, 20.0, 5.5), (3, 7.0, None), (9, None, 1.0)]
-    counted = T.reshape_data(orders, cfg(T.ReshapeData, operation="pivot",
+    counted = reshape.reshape_data(orders, cfg(reshape.ReshapeData, operation="pivot",
                                          pivotColumn="category", groupByColumns=["user_id"]),
                              ctx())
     assert rows(counted) == [(1, 1, 1), (3, 1, None), (9, None, 1)]
@@ -147,26 +146,26 @@ def test_pivot_sum_with_and_without_values_and_count(orders, ctx):
 
 def test_unpivot(spark, ctx):
     wide = spark.createDataFrame([(1, 2.0, 3.0)], "id long, q1 double, q2 double")
-    out = T.reshape_data(wide, cfg(T.ReshapeData, operation="unpivot", idCols=["id"],
+    out = reshape.reshape_data(wide, cfg(reshape.ReshapeData, operation="unpivot", idCols=["id"],
                                    variableColName="quarter", valueColName="sales"), ctx())
     assert out.columns == ["id", "quarter", "sales"]
     assert rows(out) == [(1, "q1", 2.0), (1, "q2", 3.0)]
 
 
 def test_repartition_family(people, ctx):
-    assert T.repartition(people, cfg(T.Repartition, numPartitions=3), ctx()) \
+    assert transform.repartition(people, cfg(transform.Repartition, numPartitions=3), ctx()) \
         .rdd.getNumPartitions() == 3
-    assert T.repartition_by_columns(people, cfg(T.RepartitionByColumns, columns=["country"],
+    assert transform.repartition_by_columns(people, cfg(transform.RepartitionByColumns, columns=["country"],
                                                 numPartitions=4), ctx()).rdd \
         .getNumPartitions() == 4
-    assert T.coalesce(people.repartition(4), cfg(T.Coalesce, numPartitions=1), ctx()) \
+    assert transform.coalesce(people.repartition(4), cfg(transform.Coalesce, numPartitions=1), ctx()) \
         .rdd.getNumPartitions() == 1
-    out = T.repartition(people, cfg(T.Repartition, numPartitions=2, columns=["country"]), ctx())
+    out = transform.repartition(people, cfg(transform.Repartition, numPartitions=2, columns=["country"]), ctx())
     assert rows(out) == rows(people)
 
 
 def test_cache_persists_with_level(people, ctx):
-    out = T.cache(people, cfg(T.Cache, storageLevel="DISK_ONLY"), ctx())
+    out = transform.cache(people, cfg(transform.Cache, storageLevel="DISK_ONLY"), ctx())
     assert out.storageLevel.useDisk and not out.storageLevel.useMemory
     out.unpersist()
 
@@ -174,26 +173,26 @@ def test_cache_persists_with_level(people, ctx):
 def test_deduplicate_keeps_latest(spark, ctx):
     df = spark.createDataFrame([(1, "old", 1), (1, "new", 2), (2, "only", 1), (2, "only", 1)],
                                "k long, v string, ts int")
-    latest = T.deduplicate(df, cfg(T.Deduplicate, columns=["k"], orderBy=["ts DESC"]), ctx())
+    latest = transform.deduplicate(df, cfg(transform.Deduplicate, columns=["k"], orderBy=["ts DESC"]), ctx())
     assert rows(latest) == [(1, "new", 2), (2, "only", 1)]
-    assert rows(T.deduplicate(df, cfg(T.Deduplicate), ctx())) == [
+    assert rows(transform.deduplicate(df, cfg(transform.Deduplicate), ctx())) == [
         (1, "new", 2), (1, "old", 1), (2, "only", 1)]
 
 
 def test_sql_over_registered_views_and_this(people, orders, ctx):
-    c = cfg(T.Sql, query="SELECT u.name, sum(o.amount) AS total FROM users u JOIN orders o "
+    c = cfg(transform.Sql, query="SELECT u.name, sum(o.amount) AS total FROM users u JOIN orders o "
                          "ON u.id = o.user_id GROUP BY u.name")
     assert [n for _, n in c.named_inputs(["users", "orders", "other"])] == ["users", "orders"]
-    out = T.sql(None, c, ctx({"users": people, "orders": orders}))
+    out = transform.sql(None, c, ctx({"users": people, "orders": orders}))
     assert rows(out) == [("ann", 25.5), ("cid", 7.0)]
-    this = T.sql(people, cfg(T.Sql, query="SELECT count(*) AS n FROM __THIS__ WHERE active"),
+    this = transform.sql(people, cfg(transform.Sql, query="SELECT count(*) AS n FROM __THIS__ WHERE active"),
                  ctx())
     assert rows(this) == [(3,)]
 
 
 def test_to_avro_schema_reports_schema(people, ctx):
     c = ctx()
-    out = T.to_avro_schema(people, cfg(T.ToAvroSchema, name="Person", namespace="com.x"), c)
+    out = reshape.to_avro_schema(people, cfg(reshape.ToAvroSchema, name="Person", namespace="com.x"), c)
     assert out is people
     schema = c.metadata["avro_schema"]
     assert schema["name"] == "Person" and schema["namespace"] == "com.x"
@@ -208,7 +207,7 @@ def test_evolve_avro_schema(spark, ctx):
         {"name": "new_field", "type": ["null", "string"], "default": None},
         {"name": "score", "type": "double", "default": 1.5}]}
     c = ctx()
-    out = T.evolve_avro_schema(df, cfg(T.EvolveAvroSchema, targetSchema=json.dumps(target)), c)
+    out = reshape.evolve_avro_schema(df, cfg(reshape.EvolveAvroSchema, targetSchema=json.dumps(target)), c)
     assert [(f.name, f.dataType.simpleString()) for f in out.schema.fields] == [
         ("id", "bigint"), ("event_type", "string"), ("new_field", "string"),
         ("score", "double")]
@@ -218,23 +217,22 @@ def test_evolve_avro_schema(spark, ctx):
     target["fields"].append({"name": "required", "type": "long"})
     with pytest.raises(StepDataError, match="field 'required' is missing from the data and has "
                                             "no default"):
-        T.evolve_avro_schema(df, cfg(T.EvolveAvroSchema, targetSchema=target), ctx())
+        reshape.evolve_avro_schema(df, cfg(reshape.EvolveAvroSchema, targetSchema=target), ctx())
 
 
 def test_filter_on_dates(spark, ctx):
     df = spark.createDataFrame([(dt.date(2024, 1, 1),), (dt.date(2025, 6, 1),)], "d date")
-    out = T.filter_rows(df, cfg(T.FilterRows, condition="d >= DATE'2025-01-01'"), ctx())
+    out = transform.filter_rows(df, cfg(transform.FilterRows, condition="d >= DATE'2025-01-01'"), ctx())
     assert rows(out) == [(dt.date(2025, 6, 1),)]
 
 
 def test_pivot_keeps_columns_that_are_constant_by_construction(spark, ctx):
-    from pipeline_defs.steps import transform as T
     df = spark.createDataFrame([(1, "a", 2.0, 7), (1, "b", 3.0, 8), (2, "a", 4.0, 9)],
                                "c int, cat string, amt double, other int")
-    df = T.enrich_data(df, T.EnrichData.model_validate(
+    df = transform.enrich_data(df, transform.EnrichData.model_validate(
         {"columns": {"stamp": "current_date()", "src": "'crm'", "twice": "amt * 2"}}), ctx())
     c = ctx()
-    out = T.reshape_data(df, T.ReshapeData.model_validate(
+    out = reshape.reshape_data(df, reshape.ReshapeData.model_validate(
         {"operation": "pivot", "pivotColumn": "cat", "groupByColumns": ["c"],
          "aggregateColumn": "amt"}), c)
     assert c.metadata["kept_constant_columns"] == ["stamp", "src"]
@@ -244,12 +242,11 @@ def test_pivot_keeps_columns_that_are_constant_by_construction(spark, ctx):
 
 
 def test_aggregate_by_time_window(spark, ctx):
-    from pipeline_defs.steps import transform as T
     df = spark.createDataFrame(
         [("a", "2025-01-01 10:00:10", 1), ("a", "2025-01-01 10:00:50", 2),
          ("a", "2025-01-01 10:01:05", 4), ("b", "2025-01-01 10:00:30", 8)],
         "k string, ts string, v int").selectExpr("k", "CAST(ts AS timestamp) AS ts", "v")
-    out = T.aggregate_data(df, T.AggregateData.model_validate(
+    out = reshape.aggregate_data(df, reshape.AggregateData.model_validate(
         {"groupBy": ["k"], "aggregations": {"total": "sum(v)"},
          "window": {"column": "ts", "duration": "1 minute"},
          "watermark": {"column": "ts", "delay": "5 minutes"}}), ctx())
@@ -262,12 +259,10 @@ def test_sum_and_avg_of_money_stay_decimal(spark, ctx):
     """Money in DECIMAL stays DECIMAL through aggregateData, in both forms: exact sums, no
     float noise such as 1619.0500000000002 (issue 9.7)."""
     from decimal import Decimal
-
-    from pipeline_defs.steps import transform as T
     df = spark.createDataFrame([("a", Decimal("0.10")), ("a", Decimal("0.20")),
                                 ("a", Decimal("1618.75")), ("b", Decimal("3.33"))],
                                "k string, amount decimal(10,2)")
-    out = T.aggregate_data(df, T.AggregateData.model_validate(
+    out = reshape.aggregate_data(df, reshape.AggregateData.model_validate(
         {"groupBy": ["k"], "aggregations": {"amount": "sum", "avg_amount": "avg(amount)",
                                             "total": "sum(amount)"}}), ctx())
     types = dict(out.dtypes)

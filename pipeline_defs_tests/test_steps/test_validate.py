@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import pytest
-
-from pipeline_defs.steps import validate as V
-from pipeline_defs.steps.validate import ValidationFailed
+from pipeline_defs.steps.validate import dataset, history, rows
+from pipeline_defs.steps.validate import ValidationFailed, ValidationGroup
 
 
 def cfg(model, **kw):
@@ -20,21 +19,21 @@ def tx(spark):
 
 
 def test_schema_pass_and_fail(tx, ctx):
-    ok = cfg(V.ValidateSchema, expectedColumns=[{"name": "transaction_id", "type": "long"},
+    ok = cfg(rows.ValidateSchema, expectedColumns=[{"name": "transaction_id", "type": "long"},
                                                  {"name": "amount", "type": "double"}])
-    assert V.validate_schema(tx, ok, ctx()) is tx
-    bad = cfg(V.ValidateSchema, expectedColumns=[{"name": "amount", "type": "int"},
+    assert rows.validate_schema(tx, ok, ctx()) is tx
+    bad = cfg(rows.ValidateSchema, expectedColumns=[{"name": "amount", "type": "int"},
                                                   {"name": "day", "type": "date"}])
     with pytest.raises(ValidationFailed, match="column 'amount' is double, expected int; "
                                                "column 'day' is missing"):
-        V.validate_schema(tx, bad, ctx())
+        rows.validate_schema(tx, bad, ctx())
 
 
 def test_nulls_counts_per_column(tx, ctx):
     c = ctx()
     with pytest.raises(ValidationFailed, match=r"not_null\(customer_id\): 1 of 4 rows violate "
                                                r"`customer_id IS NOT NULL`; not_null\(amount\)"):
-        V.validate_nulls(tx, cfg(V.ValidateNulls, notNullColumns=["transaction_id",
+        rows.validate_nulls(tx, cfg(rows.ValidateNulls, notNullColumns=["transaction_id",
                                                                   "customer_id", "amount"]), c)
     assert c.metadata["violations"] == {"not_null(transaction_id)": 0,
                                         "not_null(customer_id)": 1, "not_null(amount)": 1}
@@ -43,14 +42,14 @@ def test_nulls_counts_per_column(tx, ctx):
 def test_ranges_ignore_nulls(tx, ctx):
     c = ctx()
     with pytest.raises(ValidationFailed):
-        V.validate_ranges(tx, cfg(V.ValidateRanges, ranges={
+        rows.validate_ranges(tx, cfg(rows.ValidateRanges, ranges={
             "amount": {"min": 0.01, "max": 1000000}, "customer_id": {"min": 1}}), c)
     assert c.metadata["violations"] == {"range(amount)": 2, "range(customer_id)": 0}
 
 
 def test_business_rules_warn_goes_on(tx, ctx):
     c = ctx()
-    out = V.validate_business_rules(tx, cfg(V.ValidateBusinessRules, onFailure="warn", rules=[
+    out = rows.validate_business_rules(tx, cfg(rows.ValidateBusinessRules, onFailure="warn", rules=[
         "status IN ('pending', 'completed', 'failed')", "amount > 0"]), c)
     assert out is tx
     assert c.metadata["violations"] == {"rule[0]": 1, "rule[1]": 2}
@@ -61,8 +60,8 @@ def test_referential_integrity_null_keys_are_not_violations(spark, tx, ctx):
     customers = spark.createDataFrame([(10,), (11,)], "id long")
     c = ctx({"customers": customers})
     with pytest.raises(ValidationFailed, match=r"references\(customer_id\): 1 of 4 rows"):
-        V.validate_referential_integrity(tx, cfg(
-            V.ValidateReferentialIntegrity, foreignKey="customer_id",
+        rows.validate_referential_integrity(tx, cfg(
+            rows.ValidateReferentialIntegrity, foreignKey="customer_id",
             referencedDataFrame="customers", referencedColumn="id"), c)
     assert c.metadata["violations"] == {"references(customer_id)": 1}
 
@@ -73,7 +72,7 @@ def test_all_rules_of_a_step_read_the_data_once(spark, ctx, counted_reads):
     counted, reads = counted_reads
     df = spark.range(200).select(counted("id").alias("id"), (F.col("id") % 7).alias("g"))
     c = ctx()
-    V.validate_business_rules(df, cfg(V.ValidateBusinessRules, onFailure="warn",
+    rows.validate_business_rules(df, cfg(rows.ValidateBusinessRules, onFailure="warn",
                                       rules=["id >= 0", "g < 7", "id < 200", "g + id >= 0"]), c)
     assert reads.value == 200
     assert c.metadata["violations"] == {"rule[0]": 0, "rule[1]": 0, "rule[2]": 0,
@@ -84,7 +83,7 @@ def test_counts_and_samples_of_violations(spark, ctx):
     from pyspark.sql import functions as F
     df = spark.range(200).select(F.col("id"), (F.col("id") % 7).alias("g"))
     c = ctx()
-    V.validate_business_rules(df, cfg(V.ValidateBusinessRules, onFailure="warn",
+    rows.validate_business_rules(df, cfg(rows.ValidateBusinessRules, onFailure="warn",
                                       rules=["id > 0", "g <> 3", "id < 150", "g + id > 2"]), c)
     assert c.metadata["violations"] == {"rule[0]": 1, "rule[1]": 29, "rule[2]": 50,
                                         "rule[3]": 2}
@@ -106,35 +105,35 @@ def people(spark):
 def test_unique_flags_every_row_of_a_duplicated_key(people, ctx):
     c = ctx()
     with pytest.raises(ValidationFailed, match=r"unique\(id\): 2 of 4 rows violate"):
-        V.validate_unique(people, cfg(V.ValidateUnique, columns=["id"]), c)
-    out = V.validate_unique(people, cfg(V.ValidateUnique, columns=["id", "country"]), ctx())
+        rows.validate_unique(people, cfg(rows.ValidateUnique, columns=["id"]), c)
+    out = rows.validate_unique(people, cfg(rows.ValidateUnique, columns=["id", "country"]), ctx())
     assert out.count() == 4
 
 
 def test_accepted_values_and_regex_ignore_nulls(people, ctx):
     c = ctx()
-    V.validate_accepted_values(people, cfg(V.ValidateAcceptedValues, column="country",
+    rows.validate_accepted_values(people, cfg(rows.ValidateAcceptedValues, column="country",
                                            values=["DE", "FR"], onFailure="warn"), c)
     assert c.metadata["violations"] == {"accepted_values(country)": 1}
     c = ctx()
-    V.validate_regex(people, cfg(V.ValidateRegex, column="email", pattern=r"[^@]+@[^@]+",
+    rows.validate_regex(people, cfg(rows.ValidateRegex, column="email", pattern=r"[^@]+@[^@]+",
                                  onFailure="warn"), c)
     assert c.metadata["violations"] == {"regex(email)": 1}
     assert c.results[0].samples == [{"id": 2, "email": "bad-mail", "country": "FR", "age": 40}]
 
 
 def test_row_count_and_freshness(spark, people, ctx):
-    V.validate_row_count(people, cfg(V.ValidateRowCount, min=1, max=4), ctx())
+    dataset.validate_row_count(people, cfg(dataset.ValidateRowCount, min=1, max=4), ctx())
     with pytest.raises(ValidationFailed, match=r"row_count: `rows >= 5` does not hold "
                                                r"\(4 rows, fewer than 5\)"):
-        V.validate_row_count(people, cfg(V.ValidateRowCount, min=5), ctx())
+        dataset.validate_row_count(people, cfg(dataset.ValidateRowCount, min=5), ctx())
     import datetime as dt
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     ts = spark.createDataFrame([(now - dt.timedelta(hours=30),), (now - dt.timedelta(hours=2),)],
                                "t timestamp")
-    V.validate_freshness(ts, cfg(V.ValidateFreshness, column="t", maxAge="3 hours"), ctx())
+    dataset.validate_freshness(ts, cfg(dataset.ValidateFreshness, column="t", maxAge="3 hours"), ctx())
     with pytest.raises(ValidationFailed, match=r"freshness\(t\)"):
-        V.validate_freshness(ts, cfg(V.ValidateFreshness, column="t", maxAge="1 hour"), ctx())
+        dataset.validate_freshness(ts, cfg(dataset.ValidateFreshness, column="t", maxAge="1 hour"), ctx())
 
 
 def test_dataset_validators_refuse_row_actions(tmp_path, registry):
@@ -152,21 +151,21 @@ def test_dataset_validators_refuse_row_actions(tmp_path, registry):
 
 def test_thresholds_turn_small_counts_into_a_pass(people, ctx):
     c = ctx()
-    V.validate_nulls(people, cfg(V.ValidateNulls, notNullColumns=["email", "age"],
+    rows.validate_nulls(people, cfg(rows.ValidateNulls, notNullColumns=["email", "age"],
                                  maxViolations=2), c)
     assert c.metadata["passed"] is True
     with pytest.raises(ValidationFailed):
-        V.validate_nulls(people, cfg(V.ValidateNulls, notNullColumns=["email", "age"],
+        rows.validate_nulls(people, cfg(rows.ValidateNulls, notNullColumns=["email", "age"],
                                      maxViolationFraction=0.25), ctx())
     c = ctx()
-    V.validate_nulls(people, cfg(V.ValidateNulls, notNullColumns=["email", "age"],
+    rows.validate_nulls(people, cfg(rows.ValidateNulls, notNullColumns=["email", "age"],
                                  maxViolationFraction=0.5), c)
     assert c.metadata["passed"] is True
 
 
 def test_drop_removes_violating_rows(people, ctx):
     c = ctx()
-    out = V.validate_nulls(people, cfg(V.ValidateNulls, notNullColumns=["email", "age"],
+    out = rows.validate_nulls(people, cfg(rows.ValidateNulls, notNullColumns=["email", "age"],
                                        onFailure="drop"), c)
     assert sorted(r.id for r in out.collect()) == [1, 2]
     assert c.metadata["violations"] == {"not_null(email)": 1, "not_null(age)": 1}
@@ -176,8 +175,8 @@ def test_quarantine_writes_each_bad_row_once_with_every_rule(spark, people, ctx,
     c = ctx()
     c.run_id = "run-123"
     q = str(tmp_path / "q")
-    out = V.validate_business_rules(people, cfg(
-        V.ValidateBusinessRules, rules=["age >= 35", "country IN ('DE', 'FR')"],
+    out = rows.validate_business_rules(people, cfg(
+        rows.ValidateBusinessRules, rules=["age >= 35", "country IN ('DE', 'FR')"],
         onFailure="quarantine", quarantinePath=q), c)
     assert sorted(r.id for r in out.collect()) == [2, 4]
     bad = {r.id: (r._dq_rules, r._dq_reason, r._dq_run_id)
@@ -190,8 +189,8 @@ def test_quarantine_writes_each_bad_row_once_with_every_rule(spark, people, ctx,
 
 def test_samples_mask_columns(people, ctx):
     c = ctx()
-    c.options["mask_columns"] = ["email"]
-    V.validate_ranges(people, cfg(V.ValidateRanges, ranges={"age": {"max": 35}},
+    c.mask_columns = ("email",)
+    rows.validate_ranges(people, cfg(rows.ValidateRanges, ranges={"age": {"max": 35}},
                                   onFailure="warn"), c)
     assert c.results[0].samples == [{"id": 2, "email": "***", "country": "FR", "age": 40},
                                     {"id": 4, "email": "***", "country": "DE", "age": 50}] or \
@@ -206,12 +205,12 @@ def test_schema_modes(spark, ctx):
     with pytest.raises(ValidationFailed, match="column 'id' is int, expected bigint; column "
                                                "'amount' is float, expected double; column "
                                                "'new_col' is missing; unexpected columns extra"):
-        V.validate_schema(df, cfg(V.ValidateSchema, expectedColumns=exp, mode="strict"), ctx())
-    V.validate_schema(df, cfg(V.ValidateSchema, expectedColumns=exp[:1] + [
+        rows.validate_schema(df, cfg(rows.ValidateSchema, expectedColumns=exp, mode="strict"), ctx())
+    rows.validate_schema(df, cfg(rows.ValidateSchema, expectedColumns=exp[:1] + [
         {"name": "gone", "type": "int"}], allowMissingColumns=True, mode="lenient",
         onFailure="warn"), ctx())
     c = ctx()
-    out = V.validate_schema(df, cfg(V.ValidateSchema, expectedColumns=exp, mode="evolve"), c)
+    out = rows.validate_schema(df, cfg(rows.ValidateSchema, expectedColumns=exp, mode="evolve"), c)
     assert [(f.name, f.dataType.simpleString()) for f in out.schema.fields] == [
         ("id", "bigint"), ("amount", "double"), ("extra", "string"), ("new_col", "string")]
     assert c.metadata["added_columns"] == ["new_col"]
@@ -222,8 +221,8 @@ def test_referential_integrity_allow_nulls_false(spark, tx, ctx):
     customers = spark.createDataFrame([(10,), (11,), (12,)], "id long")
     c = ctx({"customers": customers})
     with pytest.raises(ValidationFailed, match=r"references\(customer_id\): 1 of 4"):
-        V.validate_referential_integrity(tx, cfg(
-            V.ValidateReferentialIntegrity, foreignKey="customer_id", allowNulls=False,
+        rows.validate_referential_integrity(tx, cfg(
+            rows.ValidateReferentialIntegrity, foreignKey="customer_id", allowNulls=False,
             referencedDataFrame="customers", referencedColumn="id"), c)
 
 
@@ -235,12 +234,13 @@ def test_consecutive_validations_are_one_pass_and_see_earlier_drops(spark, ctx, 
     df = spark.range(100).select(counted("id").alias("id"), (F.col("id") % 10).alias("g"))
     first, second = ctx(), ctx()
     first.op_name, second.op_name = "a", "b"
-    first.options["defer_validation"] = True
-    mid = V.validate_business_rules(df, cfg(V.ValidateBusinessRules, rules=["g <> 0"],
+    group = ValidationGroup(defer=True)  # what the runner gives the first of two
+    first.validation = group
+    mid = rows.validate_business_rules(df, cfg(rows.ValidateBusinessRules, rules=["g <> 0"],
                                             onFailure="drop"), first)
     assert reads.value == 0  # deferred: nothing ran yet
-    second.options["pending_validations"] = first.options["pending_validations"]
-    out = V.validate_ranges(mid, cfg(V.ValidateRanges, ranges={"id": {"max": 49}},
+    second.validation = ValidationGroup(list(group.pending))
+    out = rows.validate_ranges(mid, cfg(rows.ValidateRanges, ranges={"id": {"max": 49}},
                                      onFailure="warn"), second)
     assert 100 <= reads.value <= 200  # one counting pass, plus a limited scan for samples
     assert first.metadata["violations"] == {"a:rule[0]": 10}
@@ -257,20 +257,20 @@ def readings(spark):
 
 def test_anomalies_zscore_flag_and_drop(readings, ctx):
     c = ctx()
-    out = V.detect_anomalies(readings, cfg(V.DetectAnomalies, column="v", threshold=2.5), c)
+    out = dataset.detect_anomalies(readings, cfg(dataset.DetectAnomalies, column="v", threshold=2.5), c)
     assert [r.id for r in out.filter("v_is_anomaly").collect()] == [9]
     assert c.metadata["violations"] == {"anomaly(v)": 1} and c.metadata["action"] == "flag"
-    dropped = V.detect_anomalies(readings, cfg(V.DetectAnomalies, column="v", threshold=2.5,
+    dropped = dataset.detect_anomalies(readings, cfg(dataset.DetectAnomalies, column="v", threshold=2.5,
                                                onFailure="drop"), ctx())
     assert dropped.count() == 9 and "v_is_anomaly" not in dropped.columns
 
 
 def test_anomalies_iqr_fail(readings, ctx):
     with pytest.raises(ValidationFailed, match=r"anomaly\(v\): 1 of 10 rows violate"):
-        V.detect_anomalies(readings, cfg(V.DetectAnomalies, column="v", method="iqr",
+        dataset.detect_anomalies(readings, cfg(dataset.DetectAnomalies, column="v", method="iqr",
                                          onFailure="fail"), ctx())
     c = ctx()
-    V.detect_anomalies(readings, cfg(V.DetectAnomalies, column="v", method="iqr",
+    dataset.detect_anomalies(readings, cfg(dataset.DetectAnomalies, column="v", method="iqr",
                                      threshold=100, onFailure="fail"), c)
     assert c.metadata["passed"] is True
 
@@ -283,7 +283,7 @@ def test_metrics_history_flags_a_jump_and_survives_restarts(spark, ctx, tmp_path
             "id", f"CASE WHEN id < {nulls} THEN NULL ELSE id END AS x")
         c = ctx()
         c.run_id, c.op_name = run_id, "history"
-        V.validate_metrics_history(df, cfg(V.ValidateMetricsHistory, historyPath=path,
+        history.validate_metrics_history(df, cfg(history.ValidateMetricsHistory, historyPath=path,
                                            columns=["x"], threshold=3), c)
         return c
 

@@ -1,0 +1,290 @@
+"""The single-pass validation engine: rules of consecutive validate steps counted in one
+Spark job, then each step's action (fail, warn, drop, quarantine), samples and reports.
+
+Each validator turns its config into row rules (a boolean "violates" column each), dataset
+rules (an aggregate and a test of its value) or schema rules (checked without reading data)."""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from pipeline_defs.config.model import StepModel
+from pipeline_defs.errors import PipelineError
+from pipeline_defs.steps.context import StepContext
+
+SAMPLES = 5
+RULES_COL, REASON_COL, RUN_COL, TIME_COL = "_dq_rules", "_dq_reason", "_dq_run_id", "_dq_time"
+
+
+class ValidationFailed(PipelineError):
+    """Data broke a validation rule whose action is `fail`."""
+
+
+@dataclass(frozen=True)
+class RowRule:
+    name: str  # e.g. "not_null(amount)"
+    text: str  # the rule as a person reads it
+    violates: Column  # true for a violating row
+    columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DatasetRule:
+    name: str
+    text: str
+    value: Column  # an aggregate over the whole DataFrame
+    judge: Callable[[Any, int], tuple[int, str]]  # (value, rows) -> (violations, detail)
+    columns: tuple[str, ...] = ()
+
+
+@dataclass
+class RuleResult:
+    name: str
+    text: str
+    columns: tuple[str, ...]
+    violations: int
+    detail: str = ""
+    samples: list[dict] = field(default_factory=list)
+
+
+Action = Literal["fail", "warn", "drop", "quarantine"]
+
+
+class Validator(StepModel):
+    on_failure: Action = Field("fail", description="fail: the run fails, nothing downstream is "
+                               "loaded; warn: the check fails with WARN and the run goes on; "
+                               "drop: violating rows are removed; quarantine: they are written "
+                               "to the quarantine table with the rules they broke.")
+    max_violations: int | None = Field(None, ge=0, description="Up to this many violating "
+                                       "rows still count as a pass.")
+    max_violation_fraction: float | None = Field(None, ge=0, le=1, description="Up to this "
+                                                 "fraction of rows violating still passes.")
+    quarantine_path: str | None = Field(None, description="Delta table for quarantined rows "
+                                        "(default <quarantine root>/<pipeline>/<step>).")
+    passes_filters = True  # rows go on unchanged or filtered: later filters still reach the source
+    row_actions: ClassVar[bool] = True  # drop/quarantine make sense (False: dataset rules)
+
+    def keeps_rows(self) -> bool:
+        return self.on_failure in ("fail", "warn")
+
+    def problems(self):
+        if self.on_failure in ("drop", "quarantine") and not type(self).row_actions:
+            return [("onFailure", f"'{self.on_failure}' needs row rules; this validator "
+                     "checks the whole dataset.", "Use fail or warn.")]
+        return []
+
+
+def passes(cfg: Validator, violations: int, rows: int) -> bool:
+    if violations == 0:
+        return True
+    if cfg.max_violations is not None and violations <= cfg.max_violations:
+        return True
+    return bool(cfg.max_violation_fraction is not None and rows and
+                violations / rows <= cfg.max_violation_fraction)
+
+
+def _mask(row: dict, masked: set[str]) -> dict:
+    return {k: ("***" if k in masked else v) for k, v in row.items()}
+
+
+def _collect_samples(base: DataFrame, data_cols: list[str], rules: list[RowRule],
+                     counts: list[int], masked: set[str]) -> list[list[dict]]:
+    """Up to SAMPLES violating rows per rule that has violations, from one query of limited
+    parts (each stops reading once it has enough); nothing runs when every rule passed."""
+    failing = [i for i, n in enumerate(counts) if n]
+    out: list[list[dict]] = [[] for _ in rules]
+    if not failing:
+        return out
+    picked = None
+    for i in failing:
+        part = base.filter(rules[i].violates).select(F.lit(i).alias("__rule"), *data_cols) \
+            .limit(SAMPLES)
+        picked = part if picked is None else picked.unionByName(part)
+    for row in picked.collect():
+        d = row.asDict()
+        out[d.pop("__rule")].append(_mask(
+            {c: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
+             for c, v in d.items()}, masked))
+    return out
+
+
+def quarantine_location(cfg: Validator, ctx: StepContext) -> str:
+    if cfg.quarantine_path:
+        return cfg.quarantine_path
+    root = ctx.quarantine_root or "quarantine"
+    op = re.sub(r"[^A-Za-z0-9_]+", "_", ctx.op_name or f"step{ctx.step}")
+    return f"{root.rstrip('/')}/{re.sub(r'[^A-Za-z0-9_]+', '_', ctx.pipeline)}/{op}"
+
+
+def _flag(rules: list[RowRule]) -> Column:
+    return F.array_compact(F.array(*[F.when(r.violates, F.lit(r.name)) for r in rules]))
+
+
+@dataclass
+class Pending:
+    """What one validate step checks; evaluated with its group (consecutive validations)."""
+
+    cfg: Validator
+    ctx: StepContext
+    rules: list[RowRule]
+    dataset_rules: list[DatasetRule]
+    schema_errors: list[str]
+    finalize: Callable[[list[RuleResult], int | None], None] | None = None
+
+
+@dataclass
+class ValidationGroup:
+    """Consecutive validate steps, evaluated together in one Spark pass by the last of them.
+    The runner gives each validate step the group so far (`pending`) and says whether a
+    validation follows (`defer`: record this step's rules, evaluate them later)."""
+
+    pending: list[Pending] = field(default_factory=list)
+    defer: bool = False
+
+
+def finish(df: DataFrame, cfg: Validator, ctx: StepContext, rules: list[RowRule],
+           schema_errors: list[str] | None = None,
+           dataset_rules: list[DatasetRule] | None = None,
+           finalize: Callable | None = None) -> DataFrame:
+    """Record the step's rules; evaluate now, or later with the rest of its group."""
+    if df.isStreaming:
+        from pipeline_defs.steps.validate.stream import per_micro_batch
+        return per_micro_batch(df, cfg, ctx, rules, schema_errors or [], dataset_rules or [],
+                               finalize)
+    pending = Pending(cfg, ctx, rules, dataset_rules or [], schema_errors or [], finalize)
+    group = ctx.validation if ctx.validation is not None else ValidationGroup()
+    group.pending.append(pending)
+    ctx.validation = group
+    if group.defer:
+        return df
+    return evaluate(df, group.pending)
+
+
+def evaluate(df: DataFrame, group: list[Pending]) -> DataFrame:
+    """Count every rule of every validation in the group in ONE Spark job (quarantined rows
+    are written by that same job), then act: fail, warn, drop or quarantine. Returns the
+    rows that go on. A rule only counts rows that earlier drop/quarantine steps kept.
+    Samples of violating rows come from one limited query, run only when a rule has
+    violations."""
+    multi = len(group) > 1
+    flags, rules, owner = [], [], []
+    removed_before: list[Column | None] = []
+    removed: Column | None = None
+    for k, p in enumerate(group):
+        removed_before.append(removed)
+        prefix = f"{p.ctx.op_name or p.ctx.step}:" if multi else ""
+        mine = []
+        for r in p.rules:
+            name = f"__dq_v{len(flags)}"
+            verdict = F.coalesce(r.violates, F.lit(False))
+            if removed is not None:
+                verdict = verdict & ~removed
+            flags.append((name, verdict))
+            rule = RowRule(prefix + r.name, r.text, F.col(name), r.columns)
+            rules.append(rule)
+            owner.append(k)
+            mine.append(rule)
+        if p.cfg.on_failure in ("drop", "quarantine") and mine:
+            gone = F.greatest(*[r.violates for r in mine]) if len(mine) > 1 else mine[0].violates
+            removed = gone if removed is None else (removed | gone)
+    dataset = [(k, r) for k, p in enumerate(group) for r in p.dataset_rules]
+    masked = set(group[-1].ctx.mask_columns)
+    data_cols = [c for c in df.columns if not c.startswith("__dq_")]
+    base = df.withColumns(dict(flags)) if flags else df
+    aggs = [F.count(F.lit(1)).alias("__rows")]
+    aggs += [F.count(F.when(r.violates, 1)).alias(f"r{i}") for i, r in enumerate(rules)]
+    aggs += [r.value.alias(f"d{i}") for i, (_, r) in enumerate(dataset)]
+    kept = df if data_cols == df.columns else df.select(*data_cols)
+    if removed is not None:
+        kept = base.filter(~removed).select(*data_cols)
+    quarantined = [k for k, p in enumerate(group) if p.cfg.on_failure == "quarantine"
+                   and p.rules]
+    agg = None
+    if rules or dataset:
+        if quarantined:
+            agg = _quarantine(base, data_cols, aggs, rules, owner, group, quarantined)
+        else:
+            agg = base.agg(*aggs).first().asDict()
+    rows = agg["__rows"] if agg else None
+    counts = [int(agg[f"r{i}"]) for i in range(len(rules))]
+    samples = _collect_samples(base, data_cols, rules, counts, masked)
+    failures = []
+    for k, p in enumerate(group):
+        results = [RuleResult(r.name, r.text, r.columns, counts[i], "", samples[i])
+                   for i, r in enumerate(rules) if owner[i] == k]
+        for i, (kk, r) in enumerate(dataset):
+            if kk == k:
+                n, detail = r.judge(agg[f"d{i}"], rows)
+                results.append(RuleResult(r.name, r.text, r.columns, n, detail))
+        results += [RuleResult("schema", e, (), 1, e) for e in p.schema_errors]
+        message = _report(p, results, rows, {r.name for _, r in dataset})
+        if p.finalize:
+            p.finalize(results, rows)
+        if message and p.cfg.on_failure == "fail" and not p.ctx.metadata["passed"]:
+            failures.append(message)
+    if failures:
+        raise ValidationFailed(" ".join(failures))
+    return kept
+
+
+def _quarantine(base: DataFrame, data_cols: list[str], aggs: list[Column],
+                rules: list[RowRule], owner: list[int], group: list[Pending],
+                quarantined: list[int]) -> dict:
+    """One job: count everything (observe) while writing the violating rows of
+    the quarantine steps, once each, listing every rule of the group they broke."""
+    from pyspark.sql import Observation
+    first = group[quarantined[0]]
+    ctx = first.ctx
+    obs = Observation(f"dq_{ctx.run_id.replace('-', '')[:12]}_{ctx.step}")
+    all_broken = _flag(rules)
+    in_quarantine = F.greatest(*[r.violates for i, r in enumerate(rules)
+                                 if owner[i] in quarantined] + [F.lit(False)])
+    locations = {k: quarantine_location(group[k].cfg, group[k].ctx) for k in quarantined}
+    bad = (base.observe(obs, *aggs).filter(in_quarantine)
+           .select(*data_cols, all_broken.alias(RULES_COL))
+           .withColumn(REASON_COL, F.concat(F.lit("broke: "), F.array_join(RULES_COL, ", ")))
+           .withColumn(RUN_COL, F.lit(ctx.run_id))
+           .withColumn(TIME_COL, F.lit(datetime.now(timezone.utc)).cast("timestamp")))
+    location = locations[quarantined[0]]
+    bad.write.format("delta").mode("append").option("mergeSchema", "true").save(location)
+    for k in quarantined:
+        group[k].ctx.metadata["quarantine_location"] = location
+    return obs.get
+
+
+def _report(p: Pending, results: list[RuleResult], rows: int | None, dataset: set[str]
+            ) -> str | None:
+    """Fill the step's metadata and results; warn; return the failure message if any."""
+    cfg, ctx = p.cfg, p.ctx
+    violations = sum(r.violations for r in results)
+    ok = passes(cfg, violations, rows or 0)
+    if rows is not None:
+        ctx.metadata["rows"] = rows
+    ctx.metadata["violations"] = {r.name: r.violations for r in results}
+    ctx.metadata["passed"] = ok
+    ctx.metadata["action"] = cfg.on_failure
+    ctx.results = results
+    if ok and not violations:
+        return None
+    parts = []
+    for r in (r for r in results if r.violations):
+        if r.name == "schema":
+            parts.append(r.text)
+        elif r.name in dataset:
+            parts.append(f"{r.name}: `{r.text}` does not hold ({r.detail})")
+        else:
+            parts.append(f"{r.name}: {r.violations} of {rows} rows violate `{r.text}`")
+    message = f"{ctx.method} found problems: " + "; ".join(parts) + "."
+    samples = [f"{r.name}: {r.samples[:SAMPLES]}" for r in results if r.samples]
+    if samples:
+        message += " Samples: " + "; ".join(samples) + "."
+    if not (cfg.on_failure == "fail" and not ok):
+        ctx.log.warning(message + f" [action: {cfg.on_failure}]")
+    return message
