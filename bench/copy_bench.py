@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -110,7 +110,7 @@ def main() -> None:
     stage_med = {k: statistics.median(x[0] for x in v) for k, v in phases.items()}
     pub_med = {k: statistics.median(x[1] for x in v) for k, v in phases.items()}
     print(f"COPY path is {ratio:.2f}x faster than Spark's JDBC writer")
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     rows = "\n".join(
         f"| {label} | {', '.join(f'{x:.2f}' for x in times[k])} | {med[k]:.2f} | "
         f"{args.rows / med[k]:,.0f} | {med['plain'] / med[k]:.2f} |"

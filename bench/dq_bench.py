@@ -23,8 +23,9 @@ from plain_pyspark import LINEITEM  # noqa: E402
 from results import write_section  # noqa: E402
 
 from pipeline_defs.resources.spark import SparkSettings, session  # noqa: E402
-from pipeline_defs.steps.validate import ValidationGroup, rows as V  # noqa: E402
 from pipeline_defs.steps.context import StepContext  # noqa: E402
+from pipeline_defs.steps.validate import ValidationGroup  # noqa: E402
+from pipeline_defs.steps.validate import rows as V
 
 VALIDATORS = [
     (V.validate_nulls, V.ValidateNulls, {"notNullColumns": ["l_orderkey", "l_partkey"]}),

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from results import write_section
@@ -79,7 +79,7 @@ def write_results(args, times, med, ratio) -> None:
     section = "## Batch core: TPC-H lineitem pipeline vs plain PySpark"
     body = f"""{section}
 
-Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores,
+Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores,
 {platform.python_version()}, master `{args.master}`, TPC-H scale {args.scale} CSV
 (lineitem 6M rows, orders 1.5M). Work: lineitem -> filter shipdate -> derive disc_price and
 charge -> join orders -> aggregate by returnflag, linestatus, orderpriority -> Delta.

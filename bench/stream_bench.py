@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -196,7 +196,7 @@ def main() -> None:
               f"p50 {p50:.2f}s p95 {p95:.2f}s max {lat[-1]:.2f}s ({len(lat):,} events)")
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     write_section("## Streaming: Kafka -> filter/enrich -> Delta", f"""\
 ## Streaming: Kafka -> filter/enrich -> Delta
 

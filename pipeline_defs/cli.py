@@ -114,9 +114,9 @@ def cmd_run(args) -> int:
 def cmd_docs(args) -> int:
     from pipeline_defs.docs import replace_reference
     from pipeline_defs.steps.registry import builtin_registry
-    readme = Path(args.readme)
-    readme.write_text(replace_reference(readme.read_text(), builtin_registry()))
-    print(f"updated the method reference in {readme}")
+    doc = Path(args.output)
+    doc.write_text(replace_reference(doc.read_text(), builtin_registry()))
+    print(f"updated the method reference in {doc}")
     return 0
 
 
@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("schema", help="print the JSON Schema of pipeline files")
     s.add_argument("--output", "-o", help="write to this file instead of stdout")
     s.set_defaults(fn=cmd_schema)
-    d = sub.add_parser("docs", help="regenerate the method reference in README.md")
-    d.add_argument("--readme", default="README.md")
+    d = sub.add_parser("docs", help="regenerate the method reference in docs/methods.md")
+    d.add_argument("-o", "--output", default="docs/methods.md")
     d.set_defaults(fn=cmd_docs)
     args = ap.parse_args(argv)
     try:

@@ -13,7 +13,7 @@ from pipeline_defs.config.loader import LoadedPipeline, load_pipelines
 from pipeline_defs.factory import asset_checks, asset_specs, build_pipeline
 from pipeline_defs.resources import SparkResource, VaultResource
 from pipeline_defs.resources.spark import REPO_ROOT
-from pipeline_defs.steps.registry import builtin_registry
+from pipeline_defs.steps.registry import Registry, builtin_registry
 
 
 def config_dir() -> Path:
@@ -30,9 +30,11 @@ def default_resources() -> dict:
     }
 
 
-def definitions_for(pipelines: Iterable[LoadedPipeline], resources: Mapping | None = None
-                    ) -> dg.Definitions:
-    registry = builtin_registry()
+def definitions_for(pipelines: Iterable[LoadedPipeline], resources: Mapping | None = None,
+                    registry: Registry | None = None) -> dg.Definitions:
+    """Jobs, assets and checks of loaded pipelines; `registry`: the methods they were loaded
+    with (the built-in ones unless a plugin or test extended them)."""
+    registry = registry or builtin_registry()
     built = [build_pipeline(p, registry) for p in pipelines]
     return dg.Definitions(jobs=[b.job for b in built], assets=asset_specs(built),
                           asset_checks=asset_checks(built),

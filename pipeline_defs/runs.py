@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from pipeline_defs.config.dataflow import build_plan
 from pipeline_defs.config.loader import LoadedPipeline
+from pipeline_defs.plan import build_plan
 
 
 @dataclass

@@ -89,7 +89,8 @@ def test_an_internal_error_is_reported_as_a_product_bug_in_one_line(spark, regis
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
-    from pipeline_defs.factory import _failure, internal_error, observed_rows
+    from pipeline_defs.ops import _failure, observed_rows
+    from pipeline_defs.steps.errors import internal_error
     obs = Observation("internal_error_test")
     df = spark.range(10).observe(obs, F.count(F.lit(1)).alias("rows"))
     df.limit(0).collect()  # fills the observation with an empty row

@@ -34,7 +34,7 @@ class VaultDouble:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def start(self) -> "VaultDouble":
+    def start(self) -> VaultDouble:
         self._thread.start()
         return self
 

@@ -31,7 +31,7 @@ def pipeline_schema(catalog) -> dict:
     defs.update(base.pop("$defs", {}))
     spec = StepSpec.model_json_schema()["properties"]
     branches = []
-    for (kind, method), model in zip(methods, models):
+    for (kind, method), model in zip(methods, models, strict=True):
         doc = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
         branches.append({
             "title": f"{kind}.{method}", "description": doc, "type": "object",

@@ -9,7 +9,7 @@ import getpass
 import json
 import os
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ class VaultResource(dg.ConfigurableResource):
         return f"VaultResource(url={self.url!r}, token={'***' if self.token else None})"
 
     @classmethod
-    def from_env(cls) -> "VaultResource":
+    def from_env(cls) -> VaultResource:
         env = os.environ
         return cls(url=env.get("VAULT_ADDR"),
                    token=dg.EnvVar("VAULT_TOKEN") if env.get("VAULT_TOKEN") else None,
@@ -191,7 +191,7 @@ class VaultResource(dg.ConfigurableResource):
     # ------------------------------------------------------------ audit
     def audit(self, record: dict[str, Any]) -> dict[str, Any]:
         """Appends one credential-access record (never a value) to the audit log."""
-        full = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        full = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 "user": _user(), **record}
         path = Path(self.audit_log or default_audit_log())
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,6 @@ from pipeline_defs.steps.credentials import Credentialed, credentials
 from pipeline_defs.steps.registry import step, stream_reader, stream_writer
 from pipeline_defs.steps.streaming import Sink, StreamingSink
 
-
 # ---------------------------------------------------------------- the connection
 # The original format wrote Kafka client properties as literal keys of the step's config
 # ("bootstrap.servers": "...", "security.protocol": "SASL_SSL"): dotted, lower case.

@@ -1,7 +1,7 @@
 """profileData: a one-pass profile of the current DataFrame, and validators it suggests."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pydantic import Field
 from pyspark.sql import DataFrame
@@ -53,7 +53,7 @@ def profile(df: DataFrame, cfg: ProfileData) -> tuple[int, list[dict]]:
             "min": _plain(row[f"min{i}"]), "max": _plain(row[f"max{i}"]),
             "mean": row.get(f"mean{i}") if numeric else None,
             "stddev": row.get(f"sd{i}") if numeric else None,
-            "quantiles": dict(zip(map(str, cfg.quantiles), row[f"q{i}"] or []))
+            "quantiles": dict(zip(map(str, cfg.quantiles), row[f"q{i}"] or [], strict=False))
             if numeric else None})
     return rows, out
 
@@ -87,7 +87,7 @@ def profile_data(df: DataFrame, cfg: ProfileData, ctx: StepContext) -> DataFrame
     rows, prof = profile(df, cfg)
     ctx.metadata.update(rows=rows, profile=prof, suggested_validators=suggest(rows, prof))
     if cfg.output_path:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         records = [{**{k: (str(v) if k in ("min", "max", "quantiles") and v is not None
                            else v) for k, v in p.items()},
                     "pipeline": ctx.pipeline, "step": ctx.op_name or str(ctx.step),

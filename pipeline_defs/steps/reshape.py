@@ -16,7 +16,6 @@ from pipeline_defs.steps.context import StepContext
 from pipeline_defs.steps.errors import StepDataError
 from pipeline_defs.steps.registry import step
 
-
 # ---------------------------------------------------------------- joins and unions
 JoinType = Literal["inner", "left", "right", "full", "semi", "anti", "cross", "left_outer",
                    "right_outer", "full_outer", "outer", "left_semi", "left_anti"]

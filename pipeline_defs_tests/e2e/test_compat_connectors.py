@@ -122,7 +122,7 @@ def _transactions(world) -> str:
           for i in range(1, 61)]
     world.spark.createDataFrame(v0, cols).write.format("delta").save(path)
     commit0 = os.path.join(path, "_delta_log", "00000000000000000000.json")
-    t2024 = dt.datetime(2024, 6, 1, tzinfo=dt.timezone.utc).timestamp()
+    t2024 = dt.datetime(2024, 6, 1, tzinfo=dt.UTC).timestamp()
     os.utime(commit0, (t2024, t2024))
     # a table read as of 2024/2025 keeps its old files that long (Delta refuses otherwise)
     world.spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES "
@@ -137,13 +137,14 @@ def test_aggregation_pipeline(world):
     v0 = _transactions(world)
     result = run_example(world, "aggregation-pipeline.json")
     groups: dict = {}
-    for _, cust, cat, region, amount, discount, status in v0:
+    for _, cust, cat, region, amount, _discount, status in v0:
         if status == "completed" and amount > 0:
             groups.setdefault((cust, region), {}).setdefault(cat, []).append(amount)
     expected = {k: {cat: sum(a) for cat, a in cats.items()} for k, cats in groups.items()}
     table = world.pg.sql("SELECT customer_id, region, books, games, tools FROM "
                          "customer_sales_summary")
-    got = {(c, r): {k: v for k, v in zip(("books", "games", "tools"), vals) if v is not None}
+    cats = ("books", "games", "tools")
+    got = {(c, r): {k: v for k, v in zip(cats, vals, strict=True) if v is not None}
            for c, r, *vals in table}
     assert got == expected
     s3 = world.spark.read.parquet("s3a://analytics-reports/sales-summary/")

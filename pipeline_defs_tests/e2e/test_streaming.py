@@ -138,5 +138,5 @@ def test_streaming_example_stops_gracefully_and_resumes_exactly_once(example):
     r = rows.filter("id = 1001").collect()[0]
     import datetime as dt
     assert (r.high_value, str(r.event_timestamp)) == (
-        1001 % 700 >= 500, dt.datetime.fromtimestamp(1_750_000_000 + 1001, dt.timezone.utc)
+        1001 % 700 >= 500, dt.datetime.fromtimestamp(1_750_000_000 + 1001, dt.UTC)
         .strftime("%Y-%m-%d %H:%M:%S"))

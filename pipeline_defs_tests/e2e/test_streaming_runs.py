@@ -9,11 +9,11 @@ import json
 import dagster as dg
 import pytest
 
-from pipeline_defs.steps import kafka as kafka_steps
 from pipeline_defs.config.loader import load_pipeline
 from pipeline_defs.definitions import default_resources, definitions_for
 from pipeline_defs.errors import ConfigError
 from pipeline_defs.resources.vault import VaultResource
+from pipeline_defs.steps import kafka as kafka_steps
 from pipeline_defs_tests.conftest import write_json
 
 
@@ -203,8 +203,8 @@ def test_delta_source_to_kafka_and_mysql_sinks_once_and_first_batch(kafka, topic
 def test_avro_values_and_complete_output_mode(kafka, topic, vault, tmp_path, registry, spark):
     """Avro-encoded Kafka values decoded with avroSchema; a windowless running aggregate
     written with outputMode complete."""
-    from pyspark.sql.avro.functions import to_avro
     from pyspark.sql import functions as F
+    from pyspark.sql.avro.functions import to_avro
     t = topic(partitions=1)
     schema = json.dumps({"type": "record", "name": "Sale", "fields": [
         {"name": "shop", "type": "string"}, {"name": "amount", "type": "long"}]})

@@ -66,7 +66,7 @@ def serve(tmp_path, config_dir, extra_env):
                 proc.kill()
                 daemon.kill()
                 raise RuntimeError("webserver did not start:\n" +
-                                   (tmp_path / "web.log").read_text()[-3000:])
+                                   (tmp_path / "web.log").read_text()[-3000:]) from None
             time.sleep(0.5)
     yield port, tmp_path / "out"
     for p in (daemon, proc):

@@ -1,5 +1,6 @@
 """profileData: exact profile of a tiny DataFrame, one Spark pass, suggestions that pass."""
 from __future__ import annotations
+
 from pipeline_defs.steps import profile
 from pipeline_defs.steps.validate import rows
 

@@ -11,8 +11,13 @@ from pyspark.sql.streaming import StreamingQuery
 
 from pipeline_defs.config.model import exactly_one
 from pipeline_defs.steps.context import LoadResult, StepContext
-from pipeline_defs.steps.jdbc.connection import (Connection, JdbcConnection, JdbcError,
-                                                 java_message, jdbc_endpoint)
+from pipeline_defs.steps.jdbc.connection import (
+    Connection,
+    JdbcConnection,
+    JdbcError,
+    java_message,
+    jdbc_endpoint,
+)
 from pipeline_defs.steps.jdbc.staging import LoadSpec, load
 from pipeline_defs.steps.registry import step, stream_writer
 from pipeline_defs.steps.streaming import Sink, StreamingSink
@@ -25,7 +30,8 @@ class FromJdbc(JdbcConnection):
     uses_current = False
 
     def location(self) -> str | None:
-        return f"{self.kind}://{self.database or self.credential_path or ''}/{self.table or 'query'}"
+        where = self.database or self.credential_path or ""
+        return f"{self.kind}://{where}/{self.table or 'query'}"
 
     table: str | None = Field(None, description="Table to read, e.g. public.users.")
     query: str | None = Field(None, description="SELECT to run instead of a table.")

@@ -123,7 +123,7 @@ class Connection:
         except Exception as e:  # noqa: BLE001 - Py4JJavaError carries the SQLException
             raise connect_error(ep, e, 1) from None
 
-    def __enter__(self) -> "Connection":
+    def __enter__(self) -> Connection:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -11,6 +11,9 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
+from pipeline_defs import secrets
+from pipeline_defs.errors import PipelineError
+from pipeline_defs.steps.errors import spark_error_summary
 from pipeline_defs.steps.jdbc.connection import Connection, Endpoint, JdbcError, java_message
 from pipeline_defs.steps.jdbc.copy import copy_into
 
@@ -68,7 +71,13 @@ def load(spark: SparkSession, df: DataFrame, ep: Endpoint, spec: LoadSpec, run_i
             conn.execute(_create_like(ep, stage, spec.table))
         try:
             t0 = time.perf_counter()
-            method, rows = _fill_stage(spark, df, ep, spec, stage, like_target, log)
+            try:
+                method, rows = _fill_stage(spark, df, ep, spec, stage, like_target, log)
+            except PipelineError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the database refused rows (or Spark failed)
+                raise JdbcError(f"writing the rows for {spec.table} into {ep.describe()} "
+                                f"failed: {_refusal(e)}. The target was not changed.") from e
             if rows is None:
                 rows = int(conn.query(f"SELECT count(*) FROM {stage}")[0][0])
             if spec.mode == "upsert" and spec.key_columns:
@@ -84,6 +93,22 @@ def load(spark: SparkSession, df: DataFrame, ep: Endpoint, spec: LoadSpec, run_i
             conn.execute(f"DROP TABLE IF EXISTS {stage}")
     return {"rows": rows, "write_path": method, "created": not exists,
             "staging_s": round(t1 - t0, 3), "publish_s": round(t2 - t1, 3)}
+
+
+def _refusal(e: BaseException) -> str:
+    """The database's own reason, dug out of Spark's wrapping (a BatchUpdateException or
+    SQLException deep in the cause chain), else Spark's one-line summary."""
+    t = getattr(e, "java_exception", None)
+    seen = 0
+    while t is not None and seen < 12:
+        try:
+            if t.getClass().getName().startswith(("java.sql.", "org.postgresql.", "com.mysql.")):
+                return secrets.scrub(str(t.getMessage()).strip().splitlines()[0])
+            t = t.getCause()
+        except Exception:  # noqa: BLE001 - the gateway failed: use the summary
+            break
+        seen += 1
+    return secrets.scrub(spark_error_summary(e)[:400])
 
 
 def _drop_leftovers(conn: Connection, ep: Endpoint, table: str, prefix: str, log) -> None:
@@ -123,8 +148,9 @@ def _refuse_duplicate_keys(conn: Connection, ep: Endpoint, stage: str,
                      "LIMIT 1")
     if dup:
         raise JdbcError(f"upsert input has {dup[0][-1]} rows for key "
-                        f"{dict(zip(keys, dup[0][:-1]))}; each key must appear once. Add a "
-                        "deduplicate step before the load. The target was not changed.")
+                        f"{dict(zip(keys, dup[0][:-1], strict=True))}; each key must appear "
+                        "once. Add a deduplicate step before the load. The target was not "
+                        "changed.")
 
 
 def _publish(ep: Endpoint, spec: LoadSpec, stage: str, cols: list[str],

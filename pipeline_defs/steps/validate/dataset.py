@@ -2,7 +2,7 @@
 column)."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -64,8 +64,8 @@ def validate_freshness(df: DataFrame, cfg: ValidateFreshness, ctx: StepContext) 
         if not isinstance(newest, datetime):
             newest = datetime.combine(newest, datetime.min.time())
         if newest.tzinfo is None:
-            newest = newest.replace(tzinfo=timezone.utc)
-        age = (datetime.now(timezone.utc) - newest).total_seconds()
+            newest = newest.replace(tzinfo=UTC)
+        age = (datetime.now(UTC) - newest).total_seconds()
         return (1 if age > limit else 0), f"newest {newest.isoformat()}, {age / 3600:.1f} h old"
     rule = DatasetRule(f"freshness({cfg.column})", f"max({cfg.column}) >= now - {cfg.max_age}",
                        F.max(F.col(cfg.column).cast("timestamp")), judge, (cfg.column,))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -251,7 +251,7 @@ def _quarantine(base: DataFrame, data_cols: list[str], aggs: list[Column],
            .select(*data_cols, all_broken.alias(RULES_COL))
            .withColumn(REASON_COL, F.concat(F.lit("broke: "), F.array_join(RULES_COL, ", ")))
            .withColumn(RUN_COL, F.lit(ctx.run_id))
-           .withColumn(TIME_COL, F.lit(datetime.now(timezone.utc)).cast("timestamp")))
+           .withColumn(TIME_COL, F.lit(datetime.now(UTC)).cast("timestamp")))
     location = locations[quarantined[0]]
     bad.write.format("delta").mode("append").option("mergeSchema", "true").save(location)
     for k in quarantined:

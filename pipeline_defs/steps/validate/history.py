@@ -2,7 +2,7 @@
 the history kept in a Delta table."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pydantic import Field
 from pyspark.sql import DataFrame
@@ -86,7 +86,7 @@ def validate_metrics_history(df: DataFrame, cfg: ValidateMetricsHistory, ctx: St
 
     def record(results: list[RuleResult], rows: int | None) -> None:
         passed = bool(ctx.metadata.get("passed"))
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         values = [("row_count", float(rows or 0))]
         for r in results:
             if r.name.startswith("null_fraction("):

@@ -1,13 +1,14 @@
 """fromPostgres / toPostgres against a real PostgreSQL server on loopback, credentials from the
 Vault double through real hvac."""
+
 from __future__ import annotations
 
 import time
 
 import pytest
 
-from pipeline_defs.steps import jdbc, transform
 from pipeline_defs.errors import CredentialError
+from pipeline_defs.steps import jdbc, transform
 from pipeline_defs.steps.jdbc import JdbcError
 from pipeline_defs_tests.conftest import rows
 
@@ -18,19 +19,25 @@ def db(pg, vault, vault_resource, ctx):
     path = vault.put("secret", "postgres/test", pg.secret())
 
     def make(method="test.method"):
-        return ctx(method=method, read_secret=vault_resource.read_secret,
-                   audit=vault_resource.audit)
+        return ctx(
+            method=method, read_secret=vault_resource.read_secret, audit=vault_resource.audit
+        )
+
     pg.path, pg.ctx = path, make
     return pg
 
 
 @pytest.fixture
 def events(db):
-    db.sql("CREATE TABLE events (id int PRIMARY KEY, event_type text NOT NULL, "
-           "amount numeric(10,2), ts timestamp)")
-    db.sql("INSERT INTO events SELECT g, CASE WHEN g % 3 = 0 THEN 'purchase' ELSE 'view' END, "
-           "g * 1.5, timestamp '2025-01-01' + g * interval '1 minute' "
-           "FROM generate_series(1, 1000) g")
+    db.sql(
+        "CREATE TABLE events (id int PRIMARY KEY, event_type text NOT NULL, "
+        "amount numeric(10,2), ts timestamp)"
+    )
+    db.sql(
+        "INSERT INTO events SELECT g, CASE WHEN g % 3 = 0 THEN 'purchase' ELSE 'view' END, "
+        "g * 1.5, timestamp '2025-01-01' + g * interval '1 minute' "
+        "FROM generate_series(1, 1000) g"
+    )
     return db
 
 
@@ -40,8 +47,17 @@ def cfg(model, **kw):
 
 def test_reads_a_table_in_parallel_with_bounds_from_one_query(events):
     c = events.ctx("extract.fromPostgres")
-    df = jdbc.from_postgres(None, cfg(jdbc.FromPostgres, table="events", credentialPath=events.path,
-                                   partitionColumn="id", numPartitions=4), c)
+    df = jdbc.from_postgres(
+        None,
+        cfg(
+            jdbc.FromPostgres,
+            table="events",
+            credentialPath=events.path,
+            partitionColumn="id",
+            numPartitions=4,
+        ),
+        c,
+    )
     assert df.rdd.getNumPartitions() == 4
     assert c.metadata["partition_bounds"] == "1 .. 1000"
     expected = events.sql("SELECT id, event_type, amount, ts FROM events")
@@ -53,9 +69,17 @@ def test_reads_a_table_in_parallel_with_bounds_from_one_query(events):
 
 def test_reads_a_query_with_a_partition_column(events):
     c = events.ctx("extract.fromPostgres")
-    df = jdbc.from_postgres(None, cfg(
-        jdbc.FromPostgres, credentialPath=events.path, partitionColumn="id", numPartitions=3,
-        query="SELECT id, amount FROM events WHERE event_type = 'purchase' ORDER BY id"), c)
+    df = jdbc.from_postgres(
+        None,
+        cfg(
+            jdbc.FromPostgres,
+            credentialPath=events.path,
+            partitionColumn="id",
+            numPartitions=3,
+            query="SELECT id, amount FROM events WHERE event_type = 'purchase' ORDER BY id",
+        ),
+        c,
+    )
     assert df.rdd.getNumPartitions() == 3
     assert c.metadata["partition_bounds"] == "3 .. 999"
     assert [r[0] for r in rows(df)] == list(range(3, 1000, 3))
@@ -63,21 +87,25 @@ def test_reads_a_query_with_a_partition_column(events):
 
 def test_filters_and_columns_of_later_steps_are_pushed_to_postgres(events, spark):
     c = events.ctx("extract.fromPostgres")
-    df = jdbc.from_postgres(None, cfg(jdbc.FromPostgres, table="events", credentialPath=events.path), c)
-    df = transform.filter_rows(df, cfg(transform.FilterRows, condition="amount > 100 AND event_type = "
-                                                       "'purchase'"), c)
+    df = jdbc.from_postgres(
+        None, cfg(jdbc.FromPostgres, table="events", credentialPath=events.path), c
+    )
+    df = transform.filter_rows(
+        df, cfg(transform.FilterRows, condition="amount > 100 AND event_type = 'purchase'"), c
+    )
     df = transform.select_columns(df, cfg(transform.SelectColumns, columns=["id", "amount"]), c)
     plan = df._jdf.queryExecution().executedPlan().toString()
-    assert ("PushedFilters: [*IsNotNull(amount), *IsNotNull(event_type), "
-            "*GreaterThan(amount,100.00), *EqualTo(event_type,pur") in plan
+    assert (
+        "PushedFilters: [*IsNotNull(amount), *IsNotNull(event_type), "
+        "*GreaterThan(amount,100.00), *EqualTo(event_type,pur"
+    ) in plan
     assert "ReadSchema: struct<id:int,amount:decimal(10,2)>" in plan
     assert events.password not in plan
     assert len(df.collect()) == len([i for i in range(1, 1001) if i % 3 == 0 and i * 1.5 > 100])
 
 
 def _customers(db, grant_to: str):
-    db.sql("CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, "
-           "score int DEFAULT 0)")
+    db.sql("CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, score int DEFAULT 0)")
     db.sql("CREATE INDEX customers_name ON customers (name)")
     db.sql(f"CREATE ROLE {grant_to}")
     db.sql(f"GRANT SELECT ON customers TO {grant_to}")
@@ -85,8 +113,10 @@ def _customers(db, grant_to: str):
 
 
 def _grants(db, table="customers"):
-    return db.sql("SELECT grantee, privilege_type FROM information_schema.role_table_grants "
-                  f"WHERE table_name = '{table}' AND grantee LIKE 'reader%'")
+    return db.sql(
+        "SELECT grantee, privilege_type FROM information_schema.role_table_grants "
+        f"WHERE table_name = '{table}' AND grantee LIKE 'reader%'"
+    )
 
 
 def test_append_overwrite_upsert_keep_ddl_and_grants(db, spark):
@@ -95,67 +125,109 @@ def test_append_overwrite_upsert_keep_ddl_and_grants(db, spark):
     load = lambda data, **kw: jdbc.to_postgres(  # noqa: E731
         spark.createDataFrame(data, "id int, name string, score int"),
         cfg(jdbc.ToPostgres, table="customers", credentialPath=db.path, **kw),
-        db.ctx("load.toPostgres"))
+        db.ctx("load.toPostgres"),
+    )
     r = load([(3, "cy", 1)], mode="append")
     assert r.rows == 1 and r.metadata["write_path"] == "copy"
-    assert db.sql("SELECT * FROM customers ORDER BY id") == [(1, "ada", 5), (2, "bob", 7),
-                                                            (3, "cy", 1)]
+    assert db.sql("SELECT * FROM customers ORDER BY id") == [
+        (1, "ada", 5),
+        (2, "bob", 7),
+        (3, "cy", 1),
+    ]
     load([(10, "dee", 2), (11, "eve", 3)], mode="overwrite", batchSize=5000)
     assert db.sql("SELECT * FROM customers ORDER BY id") == [(10, "dee", 2), (11, "eve", 3)]
     assert _grants(db) == [(reader, "SELECT")]
-    assert db.sql("SELECT indexname FROM pg_indexes WHERE tablename = 'customers' "
-                  "ORDER BY 1") == [("customers_name",), ("customers_pkey",)]
+    assert db.sql("SELECT indexname FROM pg_indexes WHERE tablename = 'customers' ORDER BY 1") == [
+        ("customers_name",),
+        ("customers_pkey",),
+    ]
     load([(11, "EVE", 9), (12, "fay", 4)], mode="upsert", keyColumns=["id"])
-    assert db.sql("SELECT * FROM customers ORDER BY id") == [(10, "dee", 2), (11, "EVE", 9),
-                                                            (12, "fay", 4)]
+    assert db.sql("SELECT * FROM customers ORDER BY id") == [
+        (10, "dee", 2),
+        (11, "EVE", 9),
+        (12, "fay", 4),
+    ]
     with pytest.raises(JdbcError, match="already exists.*mode is 'errorifexists'"):
         load([(1, "x", 1)], mode="errorifexists")
-    assert db.sql("SELECT table_name FROM information_schema.tables WHERE table_name LIKE "
-                  "'\\_pd\\_stage%'") == []
+    assert (
+        db.sql(
+            "SELECT table_name FROM information_schema.tables WHERE table_name LIKE "
+            "'\\_pd\\_stage%'"
+        )
+        == []
+    )
 
 
 def test_overwrite_with_recreate_takes_the_new_schema(db, spark):
     _customers(db, f"reader_{db.database}")
     df = spark.createDataFrame([(1, "x", 2.5)], "id long, label string, weight double")
-    jdbc.to_postgres(df, cfg(jdbc.ToPostgres, table="customers", mode="overwrite", recreate=True,
-                          credentialPath=db.path), db.ctx("load.toPostgres"))
+    jdbc.to_postgres(
+        df,
+        cfg(
+            jdbc.ToPostgres,
+            table="customers",
+            mode="overwrite",
+            recreate=True,
+            credentialPath=db.path,
+        ),
+        db.ctx("load.toPostgres"),
+    )
     assert db.sql("SELECT * FROM customers") == [(1, "x", 2.5)]
     assert _grants(db) == []  # a recreated table starts without the old grants (documented)
 
 
 def test_a_missing_target_is_created_and_upsert_refuses_duplicate_keys(db, spark):
     df = spark.createDataFrame([(1, "a"), (2, "b")], "k int, v string")
-    r = jdbc.to_postgres(df, cfg(jdbc.ToPostgres, table="fresh", credentialPath=db.path),
-                      db.ctx("load.toPostgres"))
+    r = jdbc.to_postgres(
+        df, cfg(jdbc.ToPostgres, table="fresh", credentialPath=db.path), db.ctx("load.toPostgres")
+    )
     assert r.metadata["created"] is True and db.sql("SELECT * FROM fresh ORDER BY k") == [
-        (1, "a"), (2, "b")]
+        (1, "a"),
+        (2, "b"),
+    ]
     dup = spark.createDataFrame([(1, "x"), (1, "y")], "k int, v string")
     with pytest.raises(JdbcError, match=r"2 rows for key \{'k': '1'\}.*target was not changed"):
-        jdbc.to_postgres(dup, cfg(jdbc.ToPostgres, table="fresh", mode="upsert", keyColumns=["k"],
-                               credentialPath=db.path), db.ctx("load.toPostgres"))
+        jdbc.to_postgres(
+            dup,
+            cfg(
+                jdbc.ToPostgres,
+                table="fresh",
+                mode="upsert",
+                keyColumns=["k"],
+                credentialPath=db.path,
+            ),
+            db.ctx("load.toPostgres"),
+        )
     assert db.sql("SELECT * FROM fresh ORDER BY k") == [(1, "a"), (2, "b")]
 
 
 def test_a_failed_load_leaves_the_target_as_it_was(db, spark):
     _customers(db, f"reader_{db.database}")
     bad = spark.createDataFrame([(5, "ok", 1), (6, None, 1)], "id int, name string, score int")
-    with pytest.raises(Exception, match="null value in column \"name\""):
-        jdbc.to_postgres(bad.repartition(2), cfg(jdbc.ToPostgres, table="customers", mode="overwrite",
-                                              credentialPath=db.path),
-                      db.ctx("load.toPostgres"))
+    with pytest.raises(Exception, match='null value in column "name"'):
+        jdbc.to_postgres(
+            bad.repartition(2),
+            cfg(jdbc.ToPostgres, table="customers", mode="overwrite", credentialPath=db.path),
+            db.ctx("load.toPostgres"),
+        )
     assert db.sql("SELECT * FROM customers ORDER BY id") == [(1, "ada", 5), (2, "bob", 7)]
-    assert db.sql("SELECT count(*) FROM information_schema.tables WHERE table_name LIKE "
-                  "'\\_pd\\_stage%'") == [(0,)]
+    assert db.sql(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name LIKE '\\_pd\\_stage%'"
+    ) == [(0,)]
 
 
 def test_batched_insert_path_and_fallback_for_nested_columns(db, spark):
     df = spark.createDataFrame([(1, "a"), (2, "b")], "k int, v string")
-    r = jdbc.to_postgres(df, cfg(jdbc.ToPostgres, table="plain", fastPath=False,
-                              credentialPath=db.path), db.ctx("load.toPostgres"))
+    r = jdbc.to_postgres(
+        df,
+        cfg(jdbc.ToPostgres, table="plain", fastPath=False, credentialPath=db.path),
+        db.ctx("load.toPostgres"),
+    )
     assert r.metadata["write_path"] == "jdbc-batch-insert" and r.rows == 2
     arr = spark.createDataFrame([(1, [1, 2])], "k int, xs array<int>")
-    r = jdbc.to_postgres(arr, cfg(jdbc.ToPostgres, table="arrays", credentialPath=db.path),
-                      db.ctx("load.toPostgres"))
+    r = jdbc.to_postgres(
+        arr, cfg(jdbc.ToPostgres, table="arrays", credentialPath=db.path), db.ctx("load.toPostgres")
+    )
     assert r.metadata["write_path"] == "jdbc-batch-insert"
     assert db.sql("SELECT k, xs FROM arrays") == [(1, [1, 2])]
 
@@ -163,15 +235,18 @@ def test_batched_insert_path_and_fallback_for_nested_columns(db, spark):
 def test_leftovers_of_a_killed_load_are_dropped_by_the_next(db, spark):
     db.sql("CREATE TABLE t (k int)")
     db.sql("CREATE TABLE _pd_stage_t_deadbeef00 (k int)")
-    jdbc.to_postgres(spark.createDataFrame([(1,)], "k int"),
-                  cfg(jdbc.ToPostgres, table="t", credentialPath=db.path), db.ctx("load.toPostgres"))
-    assert db.sql("SELECT table_name FROM information_schema.tables WHERE table_schema = "
-                  "'public' ORDER BY 1") == [("t",)]
+    jdbc.to_postgres(
+        spark.createDataFrame([(1,)], "k int"),
+        cfg(jdbc.ToPostgres, table="t", credentialPath=db.path),
+        db.ctx("load.toPostgres"),
+    )
+    assert db.sql(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"
+    ) == [("t",)]
 
 
 # ---------------------------------------------------------------- errors name everything
-def test_wrong_password_names_host_database_user_never_the_password(db, vault, ctx,
-                                                                   vault_resource):
+def test_wrong_password_names_host_database_user_never_the_password(db, vault, ctx, vault_resource):
     wrong = vault.put("secret", "postgres/wrong", {**db.secret(), "password": "nope-4242x"})
     c = ctx(read_secret=vault_resource.read_secret)
     t0 = time.perf_counter()
@@ -199,5 +274,6 @@ def test_unknown_database_and_unreachable_host(db, vault, ctx, vault_resource):
 
 def test_a_missing_table_names_it(db):
     with pytest.raises(JdbcError, match="cannot read table nope from PostgreSQL at .*nope"):
-        jdbc.from_postgres(None, cfg(jdbc.FromPostgres, table="nope", credentialPath=db.path),
-                        db.ctx())
+        jdbc.from_postgres(
+            None, cfg(jdbc.FromPostgres, table="nope", credentialPath=db.path), db.ctx()
+        )

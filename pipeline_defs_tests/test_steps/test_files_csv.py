@@ -2,8 +2,8 @@
 is doubled, fields may hold commas, line breaks and non-ASCII text. Files written by Python's
 `csv` module (as PostgreSQL COPY, pandas, Excel and DuckDB write them) are read exactly, and
 what the product writes is read exactly by Python's `csv` module: locally and on S3 (moto)."""
+
 from __future__ import annotations
-from pipeline_defs.steps import files
 
 import csv
 import io
@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from pipeline_defs.steps import files
+
 ROWS = [
     (1, 'She said "hi", then left', "plain"),
     (2, "a, b, and c", 'ends with a quote"'),
     (3, "two\nlines", "Zürich — 東京 — naïve café"),
     (4, '""', ""),  # a value of two quotes; an empty string
-    (5, "back\\slash \\\"escaped\\\"", "tab\there"),
+    (5, 'back\\slash \\"escaped\\"', "tab\there"),
 ]
 SCHEMA = "id BIGINT, text STRING, other STRING"
 
@@ -66,19 +68,27 @@ def test_what_to_file_writes_python_csv_reads_exactly(ctx, spark, tmp_path):
     assert parts
     assert read_back([p.read_text(encoding="utf-8") for p in parts]) == sorted(ROWS)
     # and the product reads its own output back exactly
-    back = files.from_file(None, cfg(files.FromFile, path=str(out), format="csv", schema=SCHEMA), ctx())
+    back = files.from_file(
+        None, cfg(files.FromFile, path=str(out), format="csv", schema=SCHEMA), ctx()
+    )
     assert spark_rows(back) == sorted(ROWS)
 
 
 def test_options_still_override_the_defaults(ctx, tmp_path):
     f = tmp_path / "backslash.csv"
     f.write_text('id,text,other\n1,"say \\"x\\"",y\n', encoding="utf-8")
-    df = files.from_file(None, cfg(files.FromFile, path=str(f), format="csv", schema=SCHEMA,
-                               options={"escape": "\\"}), ctx())
+    df = files.from_file(
+        None,
+        cfg(files.FromFile, path=str(f), format="csv", schema=SCHEMA, options={"escape": "\\"}),
+        ctx(),
+    )
     assert [(r.text, r.other) for r in df.collect()] == [('say "x"', "y")]
     # a lower-case option name replaces the default of the same name (Spark ignores case)
-    split = files.from_file(None, cfg(files.FromFile, path=str(f), format="csv", schema=SCHEMA,
-                                  options={"multiline": False}), ctx())
+    split = files.from_file(
+        None,
+        cfg(files.FromFile, path=str(f), format="csv", schema=SCHEMA, options={"multiline": False}),
+        ctx(),
+    )
     assert split.count() == 1
 
 
@@ -87,11 +97,34 @@ def test_s3_round_trip_is_rfc4180(s3, vault, vault_resource, ctx, spark):
     path = vault.put("secret", "s3/csv", s3.secret())
     c = ctx(read_secret=vault_resource.read_secret, audit=vault_resource.audit)
     s3.client.put_object(Bucket="lake", Key="raw/in.csv", Body=rfc4180(ROWS).encode("utf-8"))
-    df = files.from_s3(None, cfg(files.FromS3, bucket="lake", path="raw/in.csv", format="csv",
-                             schema=SCHEMA, credentialPath=path), c)
+    df = files.from_s3(
+        None,
+        cfg(
+            files.FromS3,
+            bucket="lake",
+            path="raw/in.csv",
+            format="csv",
+            schema=SCHEMA,
+            credentialPath=path,
+        ),
+        c,
+    )
     assert spark_rows(df) == sorted(ROWS)
-    files.to_s3(df, cfg(files.ToS3, bucket="lake", path="out/", format="csv", mode="overwrite",
-                    credentialPath=path), c)
-    texts = [s3.client.get_object(Bucket="lake", Key=k)["Body"].read().decode("utf-8")
-             for k in s3.keys("lake", "out/") if k.endswith(".csv")]
+    files.to_s3(
+        df,
+        cfg(
+            files.ToS3,
+            bucket="lake",
+            path="out/",
+            format="csv",
+            mode="overwrite",
+            credentialPath=path,
+        ),
+        c,
+    )
+    texts = [
+        s3.client.get_object(Bucket="lake", Key=k)["Body"].read().decode("utf-8")
+        for k in s3.keys("lake", "out/")
+        if k.endswith(".csv")
+    ]
     assert texts and read_back(texts) == sorted(ROWS)

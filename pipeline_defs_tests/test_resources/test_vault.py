@@ -116,7 +116,7 @@ def test_missing_keys_and_audit_records(vault, vault_resource, ctx, tmp_path):
 
     records = [json.loads(x) for x in open(tmp_path / "audit.jsonl")]
     assert [r["outcome"] for r in records] == ["failure", "success"]
-    for r, path in zip(records, (incomplete, full)):
+    for r, path in zip(records, (incomplete, full), strict=True):
         assert r["credentialPath"] == path and r["type"] == "jdbc" and r["source"] == "vault"
         assert {"time", "user", "pipeline", "run_id", "step"} <= set(r)
     assert records[0]["error"] == "CredentialError"

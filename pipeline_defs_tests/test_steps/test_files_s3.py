@@ -3,6 +3,7 @@ credentials and endpoint from the Vault double."""
 from __future__ import annotations
 
 import pytest
+
 from pipeline_defs.steps import delta, files
 from pipeline_defs_tests.conftest import rows
 
@@ -23,7 +24,7 @@ def bucket(s3, vault, vault_resource, ctx):
 
 def test_csv_in_partitioned_parquet_out(bucket, spark):
     bucket.client.put_object(Bucket="lake", Key="raw/users.csv", Body=(
-        "id;name;year;month\n1;ada;2024;1\n2;bob;2024;2\n3;cy;2025;1\n").encode())
+        b"id;name;year;month\n1;ada;2024;1\n2;bob;2024;2\n3;cy;2025;1\n"))
     df = files.from_s3(None, cfg(files.FromS3, bucket="lake", path="raw/users.csv", format="csv",
                              delimiter=";", inferSchema=True, credentialPath=bucket.path),
                    bucket.ctx("extract.fromS3"))

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline_defs.steps import jdbc, transform
 from pipeline_defs.errors import CredentialError
+from pipeline_defs.steps import jdbc, transform
 from pipeline_defs.steps.jdbc import JdbcError
 from pipeline_defs_tests.conftest import rows
 
@@ -58,7 +58,8 @@ def test_load_modes_are_atomic_and_keep_the_table(db, spark):
     assert db.sql("SELECT * FROM users ORDER BY 1") == [(7, "gus", 7), (8, "HAL", 80),
                                                        (9, "ivy", 9)]
     bad = [(20, "ok", 1), (21, None, 1)]  # NOT NULL violated in the staging table
-    with pytest.raises(Exception):
+    with pytest.raises(JdbcError, match=r"writing the rows for users into MySQL at .* failed: "
+                       r".*'name' cannot be null.*The target was not changed"):
         load(bad, mode="overwrite")
     assert db.sql("SELECT * FROM users ORDER BY 1") == [(7, "gus", 7), (8, "HAL", 80),
                                                        (9, "ivy", 9)]

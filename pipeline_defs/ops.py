@@ -1,0 +1,333 @@
+"""The op of one step: runs the step's function on the run's SparkSession, passes lazy
+DataFrames on, logs loads as asset materializations and validations as asset check
+evaluations, and turns failures into one clear line."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import dagster as dg
+from pyspark.errors import PySparkException
+from pyspark.sql import DataFrame, Observation
+from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
+
+from pipeline_defs import secrets
+from pipeline_defs.config.dataflow import safe_name
+from pipeline_defs.config.loader import LoadedPipeline, literal_credentials
+from pipeline_defs.errors import ConfigError, PipelineError, StepExecutionError
+from pipeline_defs.plan import Plan, StepNode
+from pipeline_defs.steps.context import LoadResult, StepContext
+from pipeline_defs.steps.errors import internal_error, spark_error_summary
+from pipeline_defs.steps.registry import Registry, StepDef
+from pipeline_defs.steps.validate import ValidationGroup
+
+OBSERVE_WAIT_S = 2.0
+
+
+# ---------------------------------------------------------------- values passed between ops
+@dataclass(frozen=True)
+class StepOutput:
+    """An op's output: the lazy DataFrame and the row counter riding on it."""
+
+    df: DataFrame
+    step: int
+    op_name: str
+    observation: Observation | None = None
+    parents: tuple[StepOutput, ...] = ()
+    pending: tuple = ()  # validations recorded here, evaluated with the group's last step
+
+    def lineage(self) -> list[StepOutput]:
+        seen: dict[int, StepOutput] = {}
+        todo = [self]
+        while todo:
+            o = todo.pop()
+            if o.step not in seen:
+                seen[o.step] = o
+                todo.extend(o.parents)
+        return [seen[k] for k in sorted(seen)]
+
+
+def observed_rows(obs: Observation | None, wait: float = 0.0) -> int | None:
+    """The observed row count, if the action that fills it has run (never blocks for long).
+
+    None when it has not run, or when an action that never reached the observed node filled
+    it (Spark then leaves an empty row): a missing count, never a wrong one."""
+    if obs is None or obs._jo is None:
+        return None
+    deadline = time.monotonic() + wait
+    future = obs._jo.future()
+    while not future.isCompleted():
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.02)
+    if obs._jo.getRow().size() == 0:
+        return None
+    return int(obs.get.get("rows", 0))
+
+
+def _observe(df: DataFrame, run_id: str, op_name: str) -> tuple[DataFrame, Observation]:
+    obs = Observation(f"rows_{op_name}_{run_id.replace('-', '')[:12]}")
+    return df.observe(obs, F.count(F.lit(1)).alias("rows")), obs
+
+
+# ---------------------------------------------------------------- metadata helpers
+def table_schema(schema: StructType) -> dg.TableSchema:
+    return dg.TableSchema(columns=[
+        dg.TableColumn(f.name, f.dataType.simpleString(),
+                       constraints=dg.TableColumnConstraints(nullable=f.nullable))
+        for f in schema.fields])
+
+
+def _cell(v):
+    return v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
+
+
+def _plain(v):
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, list) and v and all(isinstance(r, dict) for r in v) and \
+            len({tuple(r) for r in v}) == 1:  # rows of one shape: a table in the UI
+        return dg.MetadataValue.table(
+            records=[dg.TableRecord({k: _cell(x) for k, x in r.items()}) for r in v],
+            schema=dg.TableSchema(columns=[dg.TableColumn(k, "string") for k in v[0]]))
+    return dg.MetadataValue.json(v) if isinstance(v, (dict, list)) else str(v)
+
+
+def sanitized(config: dict) -> dict:
+    """The step config as shown in failures: secret-looking keys masked, at any depth."""
+    def mask(k: str, v):
+        if isinstance(v, dict):
+            return sanitized(v)
+        if secrets.SECRET_KEY.search(k) and not k.lower().endswith("path"):
+            return secrets.MASK
+        return v
+    return {k: mask(k, v) for k, v in config.items()}
+
+
+# ---------------------------------------------------------------- the job of one pipeline
+def input_name(name: str) -> str:
+    return f"ref_{safe_name(name)}"
+
+
+def _pipeline_settings(pipeline: LoadedPipeline) -> dict:
+    """What every step of the pipeline gets in its StepContext."""
+    c = pipeline.config
+    return {"mask_columns": tuple(c.mask_columns),
+            "quarantine_root": c.quarantine_root or os.environ.get("PIPELINE_QUARANTINE_ROOT",
+                                                                  "quarantine"),
+            "streaming": c.streaming if c.mode == "streaming" else None}
+
+
+def _log_checks(context, s, ctx: StepContext, targets: list[dg.AssetKey]) -> None:
+    """One asset check evaluation per asset this validation protects."""
+    cfg = s.config
+    rows = ctx.metadata.get("rows")
+    violations = sum(r.violations for r in ctx.results)
+    meta = {
+        "rules": dg.MetadataValue.json([{"rule": r.name, "text": r.text,
+                                         "columns": list(r.columns),
+                                         "violations": r.violations,
+                                         "fraction": (r.violations / rows) if rows else None,
+                                         **({"detail": r.detail} if r.detail else {})}
+                                        for r in ctx.results]),
+        "violations": violations,
+        "violation_fraction": float(violations / rows) if rows else 0.0,
+        "action": cfg.on_failure,
+        "samples": dg.MetadataValue.json({r.name: r.samples for r in ctx.results
+                                          if r.samples}),
+    }
+    if rows is not None:
+        meta["rows"] = int(rows)
+    if "quarantine_location" in ctx.metadata:
+        meta["quarantine_location"] = ctx.metadata["quarantine_location"]
+    severity = dg.AssetCheckSeverity.ERROR if cfg.on_failure == "fail" else \
+        dg.AssetCheckSeverity.WARN
+    for key in targets:
+        context.log_event(dg.AssetCheckEvaluation(
+            asset_key=key, check_name=check_name(s), passed=bool(ctx.metadata.get("passed")),
+            severity=severity, metadata=meta,
+            description=f"{s.label} (step {s.index}), action {cfg.on_failure}"))
+
+
+def check_name(s) -> str:
+    return safe_name(s.name or f"s{s.index:02d}_{s.method}")
+
+
+def _op_inputs(node: StepNode) -> dict[str, dg.In]:
+    ins: dict[str, dg.In] = {}
+    if node.current is not None:
+        ins["df"] = dg.In(description="The current DataFrame")
+    for name in node.named:
+        ins[input_name(name)] = dg.In(description=f"The DataFrame registered as '{name}'")
+    for j in node.after:
+        ins[f"after_s{j:02d}"] = dg.In(dg.Nothing, description="An earlier load runs first")
+    return ins
+
+
+def _step_context(context: dg.OpExecutionContext, plan: Plan, node: StepNode,
+                  registry: Registry, named: dict[str, StepOutput]) -> StepContext:
+    """The step's StepContext; refuses literal credentials first when Vault is required."""
+    pipeline, s = plan.pipeline, node.step
+    vault = context.resources.vault
+    if vault.required:
+        literal = literal_credentials(pipeline.file, pipeline.steps, registry)
+        if literal:
+            raise dg.Failure(description=str(ConfigError(literal)))
+    spark = context.resources.spark.spark
+    spark.sparkContext.setJobGroup(f"{plan.job_name}.{node.op_name}",
+                                   f"{pipeline.name} step {s.index} {s.label}")
+    return StepContext(spark=spark, pipeline=pipeline.name, step=s.index, method=s.label,
+                       run_id=context.run_id, frames={n: o.df for n, o in named.items()},
+                       log=context.log,
+                       read_secret=vault.read_secret if vault.configured else None,
+                       audit=_auditor(context, vault), op_name=node.op_name,
+                       **_pipeline_settings(pipeline))
+
+
+def _run_step(context, plan: Plan, node: StepNode, stepdef: StepDef, current: StepOutput | None,
+              ctx: StepContext, defer: bool, check_targets) -> DataFrame:
+    """An extract, transform or validate step: its (lazy) output DataFrame. A validation
+    that ends its group logs the group's asset check evaluations, pass or fail."""
+    s = node.step
+    ctx.activity = "building its Spark plan"
+    if s.kind == "validate":
+        ctx.activity = "evaluating its rules"
+        ctx.validation = ValidationGroup(list(current.pending), defer)
+    try:
+        if s.kind == "extract" and ctx.streaming is not None and stepdef.stream_read:
+            return stepdef.stream_read(s.config, ctx)
+        return stepdef.fn(current.df if current else None, s.config, ctx)
+    finally:
+        if s.kind == "validate" and not defer:
+            for p in ctx.validation.pending:
+                if "passed" in p.ctx.metadata:  # evaluated (not cut short by an error)
+                    _log_checks(context, plan.node(p.ctx.step).step, p.ctx,
+                                check_targets.get(p.ctx.step, []))
+
+
+def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targets
+           ) -> dg.OpDefinition:
+    pipeline = plan.pipeline
+    s = node.step
+    stepdef = registry.get(s.kind, s.method)
+    # A validation followed (only) by another validation is evaluated with it, in one pass.
+    consumers = plan.consumers(s.index)
+    defer = (s.kind == "validate" and len(consumers) == 1 and
+             consumers[0].step.kind == "validate" and consumers[0].current == s.index)
+
+    def compute(context: dg.OpExecutionContext, **inputs):
+        current: StepOutput | None = inputs.get("df")
+        named = {n: inputs[input_name(n)] for n in node.named}
+        ctx = _step_context(context, plan, node, registry, named)
+        parents = tuple(([current] if current else []) + list(named.values()))
+        started = time.perf_counter()
+        try:
+            if s.kind == "load":
+                return _run_load(context, plan, node, stepdef, current, ctx, started,
+                                 load_keys[s.index])
+            df = _run_step(context, plan, node, stepdef, current, ctx, defer, check_targets)
+        except dg.Failure:
+            raise
+        except (PipelineError, PySparkException, Exception) as e:  # noqa: BLE001
+            raise _failure(pipeline, s, e, context, ctx.activity) from None
+        obs = None
+        if node.observe and not df.isStreaming:  # a stream's rows come from its progress
+            df, obs = _observe(df, context.run_id, node.op_name)
+        meta = {"dagster/column_schema": table_schema(df.schema) if not df.isStreaming
+                else None, "duration_s": round(time.perf_counter() - started, 3),
+                **{k: _plain(v) for k, v in ctx.metadata.items()}}
+        if "rows" in ctx.metadata:
+            meta["dagster/row_count"] = int(ctx.metadata["rows"])
+        pending = tuple(ctx.validation.pending) if defer else ()
+        if defer:
+            meta["evaluated_with"] = consumers[0].op_name
+        return dg.Output(StepOutput(df, s.index, node.op_name, obs, parents, pending),
+                         metadata={k: v for k, v in meta.items() if v is not None})
+
+    tags = {"pipeline/kind": s.kind, "pipeline/method": s.method}
+    return dg.OpDefinition(
+        # unique in the repository; the node in the job is aliased to the readable op_name
+        name=f"{plan.job_name}__{node.op_name}",
+        ins=_op_inputs(node), outs={"result": dg.Out(dg.Any)}, compute_fn=_wrap(compute),
+        required_resource_keys={"spark", "vault"}, tags=tags,
+        description=s.description or f"Step {s.index}: {s.label}"
+        + (f" (registered as '{s.config.register_as}')" if s.config.register_as else ""))
+
+
+def _auditor(context: dg.OpExecutionContext, vault):
+    """Credential accesses go to the audit log and, as the same record, into the run's events."""
+    def audit(record: dict) -> None:
+        full = vault.audit(record)
+        context.log.info("credential access " + json.dumps(full, default=str))
+    return audit
+
+
+def _wrap(compute):
+    """OpDefinition calls compute_fn(context, inputs_dict) and wants its results yielded."""
+    def fn(context, inputs):
+        yield compute(context, **inputs)
+    return fn
+
+
+def _failure(pipeline: LoadedPipeline, s, e: BaseException, context=None,
+             activity: str = "running") -> dg.Failure:
+    internal = internal_error(e)
+    if internal:
+        if context is not None:  # the trace stays in the event log, not on the terminal
+            import traceback
+            context.log.error(secrets.scrub("".join(traceback.format_exception(e))))
+        run = f" with run id {context.run_id}" if context is not None else ""
+        reason = (f"internal error while {activity} ({internal}). This is a bug in "
+                  f"pipeline_defs, not in your pipeline file: please report it{run}; the "
+                  "trace is in the run's event log.")
+    elif isinstance(e, PipelineError):
+        reason = str(e)
+    else:
+        reason = spark_error_summary(e)
+    err = StepExecutionError(pipeline.name, s.index, s.label, secrets.scrub(reason),
+                             sanitized(s.raw_config))
+    return dg.Failure(description=secrets.scrub(f"{err} [{pipeline.file}]"),
+                      metadata={"pipeline": pipeline.name, "step": s.index,
+                                "method": s.label, "error_type": type(e).__name__,
+                                "config": dg.MetadataValue.json(err.config)})
+
+
+def _run_load(context, plan: Plan, node: StepNode, stepdef: StepDef, current: StepOutput,
+              ctx: StepContext, started: float, key: dg.AssetKey) -> dg.Output:
+    if current.df.isStreaming:
+        from pipeline_defs.stream_runs import start_stream
+        return start_stream(context, plan, node, stepdef, current, ctx, key)
+    s = node.step
+    df, obs = current.df, None
+    if not s.config.counts_rows:
+        df, obs = _observe(df, context.run_id, node.op_name)
+    ctx.activity = f"writing to {s.config.location() or 'its target'}"
+    result: LoadResult = stepdef.fn(df, s.config, ctx)
+    ctx.activity = "reading the row counts of the write"
+    rows = result.rows if result.rows is not None else observed_rows(obs, OBSERVE_WAIT_S)
+    duration = round(time.perf_counter() - started, 3)
+    # Rows per upstream step: from the observations this write filled (each step counted
+    # where build_plan placed its count), and from the load itself.
+    observed = {o.step: observed_rows(o.observation) for o in current.lineage()
+                if o.observation is not None}
+    observed[s.index] = rows
+    step_rows = {plan.node(i).op_name: observed[plan.node(i).counted_by]
+                 for i in plan.upstream(s.index)
+                 if observed.get(plan.node(i).counted_by) is not None}
+    meta = {"location": result.location, "format": result.format, "mode": result.mode,
+            "dagster/column_schema": table_schema(current.df.schema),
+            "duration_s": duration, "step_rows": dg.MetadataValue.json(step_rows),
+            **{k: _plain(v) for k, v in result.metadata.items()}}
+    if rows is not None:
+        meta["dagster/row_count"] = int(rows)
+    context.log_event(dg.AssetMaterialization(
+        asset_key=key, description=f"{plan.pipeline.name} step {s.index} ({s.label})",
+        metadata=meta))
+    context.log.info(f"{s.label} wrote {rows if rows is not None else '?'} rows to "
+                     f"{result.location} in {duration:.1f}s")
+    return dg.Output({"location": result.location, "rows": rows}, metadata=meta)
+
+

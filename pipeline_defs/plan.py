@@ -1,0 +1,114 @@
+"""How a checked pipeline runs: one node per step with the DataFrames it reads, the loads it
+waits for, and where its rows are counted (observe() placed so that it costs no pass and
+blocks no pushdown). Read by the Dagster layer and the run summary."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline_defs.config.dataflow import safe_name, walk
+from pipeline_defs.config.types import LoadedPipeline, LoadedStep
+
+
+@dataclass(frozen=True)
+class StepNode:
+    step: LoadedStep
+    op_name: str
+    current: int | None  # index of the step whose output is this step's current DataFrame
+    named: dict[str, int]  # DataFrame name -> index of the step that registered it
+    after: tuple[int, ...]  # side effects that must happen first (earlier loads)
+    observe: bool = False  # count this step's output rows with observe()
+    counted_by: int | None = None  # the step whose count is this step's row count
+
+    @property
+    def inputs(self) -> list[int]:
+        return ([self.current] if self.current is not None else []) + list(self.named.values())
+
+
+@dataclass
+class Plan:
+    pipeline: LoadedPipeline
+    job_name: str
+    nodes: list[StepNode] = field(default_factory=list)
+
+    def node(self, index: int) -> StepNode:
+        return self.nodes[index - 1]
+
+    def consumers(self, index: int) -> list[StepNode]:
+        return [n for n in self.nodes if index in n.inputs]
+
+    def upstream(self, index: int) -> list[int]:
+        """Every step whose output flows into step `index` (transitively), in order."""
+        seen: set[int] = set()
+        todo = list(self.node(index).inputs)
+        while todo:
+            i = todo.pop()
+            if i not in seen:
+                seen.add(i)
+                todo.extend(self.node(i).inputs)
+        return sorted(seen)
+
+
+def _op_name(s: LoadedStep) -> str:
+    if s.name:
+        return s.name
+    base = f"s{s.index:02d}_{s.method}"
+    if s.config.register_as:
+        base += f"_{s.config.register_as}"
+    return safe_name(base)
+
+
+def build_plan(p: LoadedPipeline) -> Plan:
+    """The step graph of a checked pipeline, with where row counts can be observed."""
+    plan = Plan(p, safe_name(p.name))
+    for s, current, named, after, _ in walk(p.file, p.steps):
+        # Extracts read sources that an earlier load may have written: keep file order there.
+        plan.nodes.append(StepNode(s, _op_name(s), current, named,
+                                   after if s.kind in ("load", "extract") else ()))
+    counted = {n.step.index: _counted_by(plan, n) for n in plan.nodes}
+    for i, n in enumerate(plan.nodes):
+        observe = n.step.kind != "load" and n.step.index in counted.values()
+        plan.nodes[i] = StepNode(n.step, n.op_name, n.current, n.named, n.after, observe,
+                                 counted[n.step.index])
+    return plan
+
+
+def _reaches_filter(plan: Plan, index: int, seen: set[int] | None = None) -> bool:
+    """Could a filter in a later step be pushed down through this step's output?"""
+    seen = seen if seen is not None else set()
+    for c in plan.consumers(index):
+        if c.step.index in seen:
+            continue
+        seen.add(c.step.index)
+        model = type(c.step.config)
+        if model.filters or (model.passes_filters and _reaches_filter(plan, c.step.index, seen)):
+            return True
+    return False
+
+
+def _counted_by(plan: Plan, n: StepNode) -> int | None:
+    """Where this step's output rows are counted, at the lowest cost:
+
+    * row-preserving steps (enrichData, renameColumns, validations, ...) share the count of
+      the step after them, so a chain of them is counted once, at its end;
+    * a chain that ends in loads is counted by the first load (it observes what it writes);
+    * otherwise at the chain's end, unless an observe() there would block a filter that
+      Spark could push further down (then the step is not counted: None);
+    * a load's own input is counted by the load."""
+    if n.step.kind == "load":
+        return n.step.index
+    if n.step.kind == "validate":
+        return None  # a validation reports the rows it checked, from its own pass
+    end = n
+    while True:
+        consumers = plan.consumers(end.step.index)
+        if len(consumers) == 1 and consumers[0].step.kind != "load" and \
+                consumers[0].step.config.keeps_rows():
+            end = consumers[0]
+            continue
+        break
+    if not consumers:
+        return None
+    loads = [c for c in consumers if c.step.kind == "load"]
+    if len(loads) == len(consumers):
+        return loads[0].step.index
+    return None if _reaches_filter(plan, end.step.index) else end.step.index

@@ -1,0 +1,55 @@
+"""The step graph: who reads what, where rows are counted."""
+from __future__ import annotations
+
+from pipeline_defs.config.dataflow import safe_name
+from pipeline_defs.config.loader import load_pipeline
+from pipeline_defs.plan import build_plan
+from pipeline_defs_tests.conftest import COMPAT, write_json
+
+
+def test_independent_extracts_are_parallel_branches(registry):
+    plan = build_plan(load_pipeline(COMPAT / "multi-source-join.json", registry))
+    users, orders, join, agg, load = plan.nodes
+    assert users.inputs == [] and orders.inputs == []
+    assert join.named == {"users": 1, "orders": 2} and join.current is None
+    assert agg.current == 3 and load.current == 4
+
+
+def test_load_leaves_current_and_loads_keep_file_order(registry):
+    plan = build_plan(load_pipeline(COMPAT / "incremental-load-pipeline.json", registry))
+    first_load, second_load = plan.nodes[3], plan.nodes[4]
+    assert first_load.current == 3 and second_load.current == 3
+    assert second_load.after == (4,)
+
+
+def test_extract_after_a_load_waits_for_it(tmp_path, registry):
+    f = write_json(tmp_path / "p.json", {"name": "p", "steps": [
+        {"type": "extract", "method": "fromFile", "config": {"path": "/a"}},
+        {"type": "load", "method": "toDeltaLake", "config": {"path": "/t"}},
+        {"type": "extract", "method": "fromDeltaLake", "config": {"path": "/t"}},
+        {"type": "load", "method": "toFile", "config": {"path": "/o"}}]})
+    plan = build_plan(load_pipeline(f, registry))
+    assert plan.nodes[2].after == (2,) and plan.nodes[3].current == 3
+
+
+def test_no_observe_where_it_would_block_a_pushed_filter(registry):
+    plan = build_plan(load_pipeline(COMPAT / "data-quality-pipeline.json", registry))
+    # extract -> validations (pass rows through) -> filterRows: the filter must reach the scan
+    assert [n.observe for n in plan.nodes] == [False] * 7
+    plan = build_plan(load_pipeline(COMPAT / "aggregation-pipeline.json", registry))
+    observed = [n.op_name for n in plan.nodes if n.observe]
+    assert observed == ["s02_filterRows", "s04_enrichData"]
+    # the aggregate's rows are the enrichment's (it keeps rows); the pivot is counted by the
+    # first load; the extract is not counted (its consumer filter must reach the scan)
+    assert [n.counted_by for n in plan.nodes] == [None, 2, 4, 4, 6, 6, 7]
+
+
+def test_row_preserving_chains_are_counted_once(registry):
+    plan = build_plan(load_pipeline(COMPAT / "incremental-load-pipeline.json", registry))
+    assert [n.counted_by for n in plan.nodes] == [None, 4, 4, 4, 5]
+    assert not any(n.observe for n in plan.nodes)
+
+
+def test_names_are_dagster_safe():
+    assert safe_name("sales-aggregation pipeline") == "sales_aggregation_pipeline"
+    assert safe_name("2024 report") == "_2024_report"

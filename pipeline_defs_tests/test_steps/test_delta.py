@@ -1,0 +1,122 @@
+"""fromDeltaLake / toDeltaLake on local tables: modes, time travel, merge, metadata."""
+
+from __future__ import annotations
+
+import pytest
+from delta.tables import DeltaTable
+
+from pipeline_defs.steps import delta
+from pipeline_defs.steps.errors import StepDataError
+from pipeline_defs_tests.conftest import rows
+
+
+def cfg(model, **kw):
+    return model.model_validate(kw)
+
+
+@pytest.fixture
+def people(spark):
+    return spark.createDataFrame(
+        [(1, "ann", 2024), (2, "bob", 2025), (3, "cid", 2025)], "id long, name string, year int"
+    )
+
+
+def test_delta_write_modes_time_travel_and_metadata(spark, people, ctx, tmp_path):
+    path = str(tmp_path / "delta")
+    r0 = delta.to_delta_lake(people, cfg(delta.ToDeltaLake, path=path, partitionBy=["year"]), ctx())
+    assert r0.metadata["delta_version"] == 0 and r0.metadata["delta_numOutputRows"] == 3
+    more = spark.createDataFrame([(4, "dan", 2025)], "id long, name string, year int")
+    r1 = delta.to_delta_lake(more, cfg(delta.ToDeltaLake, path=path, mode="append"), ctx())
+    assert r1.metadata["delta_version"] == 1
+    now = delta.from_delta_lake(None, cfg(delta.FromDeltaLake, path=path), ctx())
+    assert len(rows(now)) == 4
+    v0 = delta.from_delta_lake(None, cfg(delta.FromDeltaLake, path=path, version=0), ctx())
+    assert rows(v0) == rows(people)
+    # replaceWhere: replace only 2025
+    new_2025 = spark.createDataFrame([(9, "zed", 2025)], "id long, name string, year int")
+    delta.to_delta_lake(
+        new_2025,
+        cfg(delta.ToDeltaLake, path=path, mode="overwrite", replaceWhere="year = 2025"),
+        ctx(),
+    )
+    assert rows(delta.from_delta_lake(None, cfg(delta.FromDeltaLake, path=path), ctx())) == [
+        (1, "ann", 2024),
+        (9, "zed", 2025),
+    ]
+    # mergeSchema adds a column; overwriteSchema replaces the schema
+    wider = spark.createDataFrame(
+        [(5, "eve", 2026, "x")], "id long, name string, year int, tag string"
+    )
+    with pytest.raises(Exception, match="(?i)schema"):
+        delta.to_delta_lake(wider, cfg(delta.ToDeltaLake, path=path, mode="append"), ctx())
+    delta.to_delta_lake(
+        wider, cfg(delta.ToDeltaLake, path=path, mode="append", mergeSchema=True), ctx()
+    )
+    assert DeltaTable.forPath(spark, path).toDF().columns == ["id", "name", "year", "tag"]
+    other = spark.createDataFrame([("only",)], "c string")
+    delta.to_delta_lake(
+        other, cfg(delta.ToDeltaLake, path=path, mode="overwrite", overwriteSchema=True), ctx()
+    )
+    assert rows(DeltaTable.forPath(spark, path).toDF()) == [("only",)]
+
+
+def test_delta_timestamp_time_travel(spark, people, ctx, tmp_path):
+    path = str(tmp_path / "tt")
+    delta.to_delta_lake(people, cfg(delta.ToDeltaLake, path=path), ctx())
+    ts = DeltaTable.forPath(spark, path).history(1).first()["timestamp"]
+    delta.to_delta_lake(people.limit(1), cfg(delta.ToDeltaLake, path=path, mode="overwrite"), ctx())
+    back = delta.from_delta_lake(
+        None,
+        cfg(delta.FromDeltaLake, path=path, timestamp=ts.strftime("%Y-%m-%d %H:%M:%S.%f")),
+        ctx(),
+    )
+    assert rows(back) == rows(people)
+
+
+def test_delta_merge_upserts_and_creates_on_first_run(spark, ctx, tmp_path):
+    path = str(tmp_path / "m")
+    first = spark.createDataFrame([(1, "a", 1), (2, "b", 1)], "k long, v string, ts int")
+    c = cfg(
+        delta.ToDeltaLake, path=path, merge={"keyColumns": ["k"], "matchedCondition": "s.ts > t.ts"}
+    )
+    r = delta.to_delta_lake(first, c, ctx())
+    assert r.mode == "overwrite" and r.metadata["delta_version"] == 0
+    second = spark.createDataFrame(
+        [(2, "B", 2), (3, "c", 1), (1, "stale", 0)], "k long, v string, ts int"
+    )
+    r = delta.to_delta_lake(second, c, ctx())
+    assert r.mode == "merge" and r.metadata["delta_operation"] == "MERGE"
+    assert r.metadata["delta_numTargetRowsInserted"] == 1
+    assert r.metadata["delta_numTargetRowsUpdated"] == 1
+    assert rows(DeltaTable.forPath(spark, path).toDF()) == [(1, "a", 1), (2, "B", 2), (3, "c", 1)]
+
+
+def test_delta_merge_delete_and_duplicate_keys(spark, ctx, tmp_path):
+    path = str(tmp_path / "md")
+    base = spark.createDataFrame([(1, "a"), (2, "b")], "k long, v string")
+    delta.to_delta_lake(base, cfg(delta.ToDeltaLake, path=path), ctx())
+    gone = spark.createDataFrame([(1, "x")], "k long, v string")
+    delta.to_delta_lake(
+        gone,
+        cfg(
+            delta.ToDeltaLake,
+            path=path,
+            merge={"keyColumns": ["k"], "whenMatched": "delete", "whenNotMatched": "ignore"},
+        ),
+        ctx(),
+    )
+    assert rows(DeltaTable.forPath(spark, path).toDF()) == [(2, "b")]
+    dup = spark.createDataFrame([(2, "x"), (2, "y")], "k long, v string")
+    with pytest.raises(StepDataError, match="several input rows share a merge key \\(k\\)"):
+        delta.to_delta_lake(
+            dup, cfg(delta.ToDeltaLake, path=path, merge={"keyColumns": ["k"]}), ctx()
+        )
+
+
+def test_delta_by_table_name(spark, people, ctx):
+    delta.to_delta_lake(people, cfg(delta.ToDeltaLake, table="people_t", mode="overwrite"), ctx())
+    back = delta.from_delta_lake(None, cfg(delta.FromDeltaLake, table="people_t"), ctx())
+    assert rows(back) == rows(people)
+    spark.sql("DROP TABLE people_t")
+
+
