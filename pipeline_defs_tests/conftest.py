@@ -86,3 +86,23 @@ def counted_reads(spark):
         return x
 
     return F.udf(touch, "long").asNondeterministic(), reads
+
+
+def step_failures(result) -> list[str]:
+    """The one-line failure descriptions of a run's failed steps."""
+    return [e.event_specific_data.user_failure_data.description
+            for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+
+
+def run_job(pipeline, resources=None, registry=None, expect_success: bool = True):
+    """Runs a loaded pipeline's job in process on an ephemeral instance."""
+    import dagster as dg
+
+    from pipeline_defs.definitions import default_resources, definitions_for
+    defs = definitions_for([pipeline], resources or default_resources(), registry)
+    job = defs.get_job_def(pipeline.name.replace("-", "_"))
+    result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(),
+                                    raise_on_error=False)
+    if expect_success:
+        assert result.success, step_failures(result)
+    return result

@@ -6,27 +6,15 @@ from __future__ import annotations
 
 import json
 
-import dagster as dg
 import pytest
 from confluent_kafka import Consumer
 
 from pipeline_defs.config.loader import load_pipeline
-from pipeline_defs.definitions import default_resources, definitions_for
 from pipeline_defs.errors import ConfigError
-from pipeline_defs_tests.conftest import COMPAT, write_json
+from pipeline_defs_tests.conftest import COMPAT, run_job, write_json
 
 EVENTS = [{"user_id": i, "event_type": ("view", "purchase")[i % 2], "amount": (i * 37) % 900,
            "timestamp": 1735689600 + i} for i in range(1, 121)]
-
-
-def _run(p):
-    job = definitions_for([p], default_resources()).get_job_def(p.name.replace("-", "_"))
-    result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(),
-                                    raise_on_error=False)
-    failures = [e.event_specific_data.user_failure_data.description
-                for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert result.success, failures
-    return result
 
 
 def _consume_raw(bootstrap: str, topic: str, n: int) -> list[bytes]:
@@ -58,7 +46,7 @@ def test_original_kafka_files_with_literal_client_properties(kafka, topic, tmp_p
         {"type": "load", "method": "toKafka", "config": {
             "topic": events, "bootstrap.servers": kafka, "acks": "all", "linger.ms": 5,
             "client.id": "pipeline-defs-compat", "keyColumn": "user_id"}}]})
-    _run(load_pipeline(produce, registry))
+    run_job(load_pipeline(produce, registry))
     raw = _consume_raw(kafka, events, len(EVENTS))
     assert sorted(json.loads(v)["user_id"] for v in raw) == [e["user_id"] for e in EVENTS]
 
@@ -76,7 +64,7 @@ def test_original_kafka_files_with_literal_client_properties(kafka, topic, tmp_p
     p = load_pipeline(write_json(tmp_path / "streaming-kafka.json", example), registry)
     assert p.steps[0].config.bootstrap_servers == kafka
     assert p.steps[0].config.properties == {"client.id": "pipeline-defs-compat"}
-    _run(p)
+    run_job(p)
     got = sorted((r.user_id, r.high_value) for r in spark.read.format("delta").load(str(out))
                  .collect())
     assert got == sorted((e["user_id"], e["amount"] >= 500) for e in EVENTS

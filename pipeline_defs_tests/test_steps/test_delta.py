@@ -14,16 +14,9 @@ def cfg(model, **kw):
     return model.model_validate(kw)
 
 
-@pytest.fixture
-def people(spark):
-    return spark.createDataFrame(
-        [(1, "ann", 2024), (2, "bob", 2025), (3, "cid", 2025)], "id long, name string, year int"
-    )
-
-
-def test_delta_write_modes_time_travel_and_metadata(spark, people, ctx, tmp_path):
+def test_delta_write_modes_time_travel_and_metadata(spark, yearly, ctx, tmp_path):
     path = str(tmp_path / "delta")
-    r0 = delta.to_delta_lake(people, cfg(delta.ToDeltaLake, path=path, partitionBy=["year"]), ctx())
+    r0 = delta.to_delta_lake(yearly, cfg(delta.ToDeltaLake, path=path, partitionBy=["year"]), ctx())
     assert r0.metadata["delta_version"] == 0 and r0.metadata["delta_numOutputRows"] == 3
     more = spark.createDataFrame([(4, "dan", 2025)], "id long, name string, year int")
     r1 = delta.to_delta_lake(more, cfg(delta.ToDeltaLake, path=path, mode="append"), ctx())
@@ -31,7 +24,7 @@ def test_delta_write_modes_time_travel_and_metadata(spark, people, ctx, tmp_path
     now = delta.from_delta_lake(None, cfg(delta.FromDeltaLake, path=path), ctx())
     assert len(rows(now)) == 4
     v0 = delta.from_delta_lake(None, cfg(delta.FromDeltaLake, path=path, version=0), ctx())
-    assert rows(v0) == rows(people)
+    assert rows(v0) == rows(yearly)
     # replaceWhere: replace only 2025
     new_2025 = spark.createDataFrame([(9, "zed", 2025)], "id long, name string, year int")
     delta.to_delta_lake(
@@ -60,17 +53,17 @@ def test_delta_write_modes_time_travel_and_metadata(spark, people, ctx, tmp_path
     assert rows(DeltaTable.forPath(spark, path).toDF()) == [("only",)]
 
 
-def test_delta_timestamp_time_travel(spark, people, ctx, tmp_path):
+def test_delta_timestamp_time_travel(spark, yearly, ctx, tmp_path):
     path = str(tmp_path / "tt")
-    delta.to_delta_lake(people, cfg(delta.ToDeltaLake, path=path), ctx())
+    delta.to_delta_lake(yearly, cfg(delta.ToDeltaLake, path=path), ctx())
     ts = DeltaTable.forPath(spark, path).history(1).first()["timestamp"]
-    delta.to_delta_lake(people.limit(1), cfg(delta.ToDeltaLake, path=path, mode="overwrite"), ctx())
+    delta.to_delta_lake(yearly.limit(1), cfg(delta.ToDeltaLake, path=path, mode="overwrite"), ctx())
     back = delta.from_delta_lake(
         None,
         cfg(delta.FromDeltaLake, path=path, timestamp=ts.strftime("%Y-%m-%d %H:%M:%S.%f")),
         ctx(),
     )
-    assert rows(back) == rows(people)
+    assert rows(back) == rows(yearly)
 
 
 def test_delta_merge_upserts_and_creates_on_first_run(spark, ctx, tmp_path):
@@ -113,10 +106,10 @@ def test_delta_merge_delete_and_duplicate_keys(spark, ctx, tmp_path):
         )
 
 
-def test_delta_by_table_name(spark, people, ctx):
-    delta.to_delta_lake(people, cfg(delta.ToDeltaLake, table="people_t", mode="overwrite"), ctx())
+def test_delta_by_table_name(spark, yearly, ctx):
+    delta.to_delta_lake(yearly, cfg(delta.ToDeltaLake, table="people_t", mode="overwrite"), ctx())
     back = delta.from_delta_lake(None, cfg(delta.FromDeltaLake, table="people_t"), ctx())
-    assert rows(back) == rows(people)
+    assert rows(back) == rows(yearly)
     spark.sql("DROP TABLE people_t")
 
 

@@ -14,25 +14,18 @@ def cfg(model, **kw):
     return model.model_validate(kw)
 
 
-@pytest.fixture
-def people(spark):
-    return spark.createDataFrame(
-        [(1, "ann", 2024), (2, "bob", 2025), (3, "cid", 2025)], "id long, name string, year int"
-    )
-
-
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "json", "avro", "orc", "delta"])
-def test_to_file_and_from_file_round_trip(people, ctx, tmp_path, fmt):
+def test_to_file_and_from_file_round_trip(yearly, ctx, tmp_path, fmt):
     path = str(tmp_path / fmt)
     res = files.to_file(
-        people,
+        yearly,
         cfg(files.ToFile, path=path, format=fmt, mode="overwrite", partitionBy=["year"]),
         ctx(),
     )
     assert (res.location, res.format, res.mode) == (path, fmt, "overwrite")
     schema = "id BIGINT, name STRING, year INT" if fmt in ("csv", "json") else None
     back = files.from_file(None, cfg(files.FromFile, path=path, format=fmt, schema=schema), ctx())
-    assert rows(back.select("id", "name", "year")) == rows(people)
+    assert rows(back.select("id", "name", "year")) == rows(yearly)
     assert (tmp_path / fmt / "year=2025").is_dir()
 
 
@@ -68,29 +61,29 @@ def test_text_format_and_options(spark, ctx, tmp_path):
     assert rows(df) == [("a", "b"), ("c", "d")]
 
 
-def test_write_mode_errorifexists_is_the_default(people, ctx, tmp_path):
+def test_write_mode_errorifexists_is_the_default(yearly, ctx, tmp_path):
     c = cfg(files.ToFile, path=str(tmp_path / "o"))
-    files.to_file(people, c, ctx())
+    files.to_file(yearly, c, ctx())
     with pytest.raises(Exception, match="already exists"):
-        files.to_file(people, c, ctx())
-    files.to_file(people, cfg(files.ToFile, path=str(tmp_path / "o"), mode="ignore"), ctx())
-    files.to_file(people, cfg(files.ToFile, path=str(tmp_path / "o"), mode="append"), ctx())
+        files.to_file(yearly, c, ctx())
+    files.to_file(yearly, cfg(files.ToFile, path=str(tmp_path / "o"), mode="ignore"), ctx())
+    files.to_file(yearly, cfg(files.ToFile, path=str(tmp_path / "o"), mode="append"), ctx())
     assert (
         len(rows(files.from_file(None, cfg(files.FromFile, path=str(tmp_path / "o")), ctx()))) == 6
     )
 
 
-def test_partition_by_a_missing_column_names_it(people, ctx, tmp_path):
+def test_partition_by_a_missing_column_names_it(yearly, ctx, tmp_path):
     with pytest.raises(StepDataError, match="partitionBy names 'month'"):
         files.to_file(
-            people, cfg(files.ToFile, path=str(tmp_path / "o"), partitionBy=["month"]), ctx()
+            yearly, cfg(files.ToFile, path=str(tmp_path / "o"), partitionBy=["month"]), ctx()
         )
 
 
-def test_avro_round_trip_with_record_name(people, ctx, tmp_path):
+def test_avro_round_trip_with_record_name(yearly, ctx, tmp_path):
     path = str(tmp_path / "avro")
     files.to_avro(
-        people,
+        yearly,
         cfg(
             files.ToAvro,
             path=path,
@@ -101,10 +94,10 @@ def test_avro_round_trip_with_record_name(people, ctx, tmp_path):
         ),
         ctx(),
     )
-    assert rows(files.from_avro(None, cfg(files.FromAvro, path=path), ctx())) == rows(people)
+    assert rows(files.from_avro(None, cfg(files.FromAvro, path=path), ctx())) == rows(yearly)
 
 
-def test_credential_path_without_vault_is_a_clear_error(people, ctx):
+def test_credential_path_without_vault_is_a_clear_error(yearly, ctx):
     c = cfg(jdbc.FromPostgres, table="t", credentialPath="secret/data/pg")
     with pytest.raises(CredentialError, match="credentialPath 'secret/data/pg' needs Vault"):
         jdbc.from_postgres(None, c, ctx())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import dagster as dg
 import pytest
 
 from pipeline_defs.config.loader import load_pipeline
@@ -13,7 +12,7 @@ from pipeline_defs.definitions import default_resources, definitions_for
 from pipeline_defs.errors import ConfigError, RegistryError
 from pipeline_defs.steps.registry import Registry, StepDef, builtin_registry
 from pipeline_defs_tests import toy_connector
-from pipeline_defs_tests.conftest import write_json
+from pipeline_defs_tests.conftest import run_job, write_json
 
 
 @pytest.fixture
@@ -33,16 +32,6 @@ def _inbox(tmp_path, name, ids):
 def _outbox_ids(path) -> list[int]:
     return sorted(json.loads(line)["id"] for f in path.glob("part-*.json")
                   for line in f.read_text().splitlines() if line)
-
-
-def _run(p, registry):
-    job = definitions_for([p], default_resources(), registry).get_job_def(p.name)
-    result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(),
-                                    raise_on_error=False)
-    failures = [e.event_specific_data.user_failure_data.description
-                for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert result.success, failures
-    return result
 
 
 def pipeline(tmp_path, mode: str, outbox) -> dict:
@@ -73,7 +62,7 @@ def test_a_connector_registered_from_outside_validates_and_runs(toy_registry, tm
     batch = load_pipeline(write_json(tmp_path / "batch.json",
                                      pipeline(tmp_path, "batch", tmp_path / "out_batch")),
                           toy_registry)
-    result = _run(batch, toy_registry)
+    result = run_job(batch, registry=toy_registry)
     assert _outbox_ids(tmp_path / "out_batch") == list(range(3, 11))
     mat = next(e.event_specific_data.materialization for e in result.all_events
                if e.event_type_value == "ASSET_MATERIALIZATION")
@@ -86,10 +75,10 @@ def test_a_connector_registered_from_outside_validates_and_runs(toy_registry, tm
     stream = load_pipeline(write_json(tmp_path / "stream.json",
                                       pipeline(tmp_path, "streaming", tmp_path / "out_stream")),
                            toy_registry)
-    _run(stream, toy_registry)
+    run_job(stream, registry=toy_registry)
     assert _outbox_ids(tmp_path / "out_stream") == list(range(3, 11))
     _inbox(tmp_path, "b.json", range(11, 14))
-    result = _run(stream, toy_registry)
+    result = run_job(stream, registry=toy_registry)
     assert _outbox_ids(tmp_path / "out_stream") == list(range(3, 14))
     assert result.output_for_node("streams")[0]["input_rows"] == 3
 

@@ -15,27 +15,6 @@ def cfg(model, **kw):
     return model.model_validate(kw)
 
 
-@pytest.fixture
-def people(spark):
-    return spark.createDataFrame(
-        [
-            (1, "ann", 34, "DE", True),
-            (2, "bob", 17, "FR", True),
-            (3, "cid", 52, "DE", False),
-            (4, "dan", None, "NL", True),
-        ],
-        "id long, name string, age int, country string, active boolean",
-    )
-
-
-@pytest.fixture
-def orders(spark):
-    return spark.createDataFrame(
-        [(10, 1, 20.0, "books"), (11, 1, 5.5, "toys"), (12, 3, 7.0, "books"), (13, 9, 1.0, "toys")],
-        "order_id long, user_id long, amount double, category string",
-    )
-
-
 @pytest.mark.parametrize(
     "how,expected",
     [

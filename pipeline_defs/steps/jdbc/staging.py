@@ -108,6 +108,12 @@ def _refusal(e: BaseException) -> str:
         except Exception:  # noqa: BLE001 - the gateway failed: use the summary
             break
         seen += 1
+    # a refusal raised in a Python worker (the COPY path): the last exception line of the
+    # worker's traceback, e.g. "NotNullViolation: null value in column ..."
+    raised = re.findall(r"(?m)^\s*((?:\w+\.)*\w*(?:Error|Exception|Violation)\w*): (.+)$", str(e))
+    if raised:
+        name, text = raised[-1]
+        return secrets.scrub(f"{name.rsplit('.', 1)[-1]}: {text.strip()}"[:400])
     return secrets.scrub(spark_error_summary(e)[:400])
 
 
