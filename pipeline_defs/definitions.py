@@ -9,7 +9,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from pipeline_defs.config.assets import asset_names
 from pipeline_defs.config.loader import LoadedPipeline, load_pipelines
+from pipeline_defs.errors import ConfigError
 from pipeline_defs.factory import asset_checks, asset_specs, build_pipeline
 from pipeline_defs.resources import SparkResource, VaultResource
 from pipeline_defs.resources.spark import REPO_ROOT
@@ -35,8 +37,12 @@ def definitions_for(pipelines: Iterable[LoadedPipeline], resources: Mapping | No
     """Jobs, assets and checks of loaded pipelines; `registry`: the methods they were loaded
     with (the built-in ones unless a plugin or test extended them)."""
     registry = registry or builtin_registry()
-    built = [build_pipeline(p, registry) for p in pipelines]
-    return dg.Definitions(jobs=[b.job for b in built], assets=asset_specs(built),
+    pipelines = list(pipelines)
+    names, problems = asset_names(pipelines)
+    if problems:
+        raise ConfigError(problems)
+    built = [build_pipeline(p, registry, names) for p in pipelines]
+    return dg.Definitions(jobs=[b.job for b in built], assets=asset_specs(built, names),
                           asset_checks=asset_checks(built),
                           resources=dict(resources or default_resources()))
 

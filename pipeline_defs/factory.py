@@ -5,29 +5,18 @@ DataFrames pass between ops as lazy plans (in-memory IO manager, in-process exec
 SparkSession per run). Row counts come from `observe()` on the plans that run anyway."""
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import dagster as dg
 
+from pipeline_defs.config.assets import AssetNames, asset_names, uri
 from pipeline_defs.config.dataflow import safe_name
 from pipeline_defs.config.loader import LoadedPipeline
 from pipeline_defs.ops import check_name, input_name, op_for
 from pipeline_defs.plan import Plan, build_plan
 from pipeline_defs.steps.registry import Registry
 from pipeline_defs.stream_runs import watch_op
-
-
-def asset_key_for(location: str, override: list[str] | None = None) -> dg.AssetKey:
-    """A stable asset key from a path, table or topic: s3a://b/x/y -> s3a/b/x/y."""
-    if override:
-        return dg.AssetKey(override)
-    scheme, sep, rest = location.partition("://")
-    if not sep:
-        scheme, rest = ("file", location) if "/" in location else ("table", location)
-    parts = [safe_name(p) for p in re.split(r"[/.]", rest) if p and p not in (".", "..")]
-    return dg.AssetKey([safe_name(scheme), *parts])
 
 
 @dataclass
@@ -75,14 +64,16 @@ def _declared_checks(plan: Plan, specs: list[dg.AssetCheckSpec]):
     return _declared
 
 
-def build_pipeline(p: LoadedPipeline, registry: Registry) -> PipelineDefs:
+def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | None = None
+                   ) -> PipelineDefs:
+    names = names if names is not None else asset_names([p])[0]
     plan = build_plan(p)
-    load_keys = {n.step.index: asset_key_for(n.step.config.location() or n.op_name,
-                                             getattr(n.step.config, "asset_key", None))
-                 for n in plan.nodes if n.step.kind == "load"}
-    source_keys = {n.step.index: asset_key_for(n.step.config.location())
-                   for n in plan.nodes
-                   if n.step.kind == "extract" and n.step.config.location()}
+    tables = {n.step.index: names.of(n.step) for n in plan.nodes
+              if n.step.kind in ("extract", "load")}
+    load_keys = {i: dg.AssetKey(list(t.key)) for i, t in tables.items()
+                 if t is not None and plan.node(i).step.kind == "load"}
+    source_keys = {i: dg.AssetKey(list(t.key)) for i, t in tables.items()
+                   if t is not None and plan.node(i).step.kind == "extract"}
     check_targets = {n.step.index: [load_keys[j] for j in load_keys
                                     if n.step.index in plan.upstream(j)]
                      for n in plan.nodes if n.step.kind == "validate"}
@@ -122,29 +113,38 @@ def build_pipeline(p: LoadedPipeline, registry: Registry) -> PipelineDefs:
                         {i: k for i, k in kinds.items() if k})
 
 
-def asset_specs(pipelines: Iterable[PipelineDefs]) -> list[dg.AssetSpec]:
-    """One spec per asset key across all pipelines: load targets (with lineage from the
-    sources they read) and the sources themselves."""
+def asset_specs(pipelines: Iterable[PipelineDefs], names: AssetNames) -> list[dg.AssetSpec]:
+    """One spec per table: those pipelines write (grouped by their owner pipeline, with
+    lineage from the tables their data came from) and those they only read (group
+    `sources`, listing every pipeline that reads them)."""
     deps: dict[dg.AssetKey, set[dg.AssetKey]] = {}
-    info: dict[dg.AssetKey, dict] = {}
+    kinds: dict[dg.AssetKey, set[str]] = {}
     for pd in pipelines:
         for i, key in pd.load_keys.items():
             upstream = [pd.source_keys[j] for j in pd.plan.upstream(i) if j in pd.source_keys]
             deps.setdefault(key, set()).update(k for k in upstream if k != key)
-            node = pd.plan.node(i)
-            info.setdefault(key, {
-                "group_name": pd.plan.job_name,
-                "description": f"Written by pipeline '{pd.plan.pipeline.name}' "
-                               f"({node.step.label})",
-                "kinds": {"spark", *filter(None, [pd.asset_kinds.get(i)])},
-                "metadata": {"location": node.step.config.location() or ""}})
+            kinds.setdefault(key, {"spark"}).update(filter(None, [pd.asset_kinds.get(i)]))
         for i, key in pd.source_keys.items():
             deps.setdefault(key, set())
-            node = pd.plan.node(i)
-            info.setdefault(key, {
-                "group_name": "sources",
-                "description": f"Read by pipeline '{pd.plan.pipeline.name}' ({node.step.label})",
-                "kinds": set(filter(None, [pd.asset_kinds.get(i)])),
-                "metadata": {"location": node.step.config.location() or ""}})
-    return [dg.AssetSpec(k, deps=sorted(deps[k], key=lambda a: a.to_user_string()), **info[k])
-            for k in sorted(deps, key=lambda a: a.to_user_string())]
+            if key not in pd.load_keys.values():
+                kinds.setdefault(key, set()).update(filter(None, [pd.asset_kinds.get(i)]))
+    specs = []
+    for table in sorted(names.tables.values(), key=lambda t: t.key):
+        key = dg.AssetKey(list(table.key))
+        if key not in deps:
+            continue
+        writers = sorted({p for p, _ in table.writers})
+        readers = sorted({p for p, _ in table.readers})
+        if writers:
+            text = f"Written by pipeline {', '.join(map(repr, writers))}"
+            group = safe_name(table.owner)
+        else:
+            text = f"Read by pipeline {', '.join(map(repr, readers))}"
+            group = "sources"
+        if writers and readers:
+            text += f"; read by {', '.join(map(repr, readers))}"
+        specs.append(dg.AssetSpec(
+            key, deps=sorted(deps[key], key=lambda a: a.to_user_string()), group_name=group,
+            description=f"{text}. Location: {table.location}", kinds=kinds.get(key, set()),
+            metadata={"dagster/uri": uri(table.location), "location": table.location}))
+    return specs

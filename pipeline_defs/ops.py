@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from pipeline_defs import secrets
+from pipeline_defs.config.assets import uri
 from pipeline_defs.config.dataflow import safe_name
 from pipeline_defs.config.loader import LoadedPipeline, literal_credentials
 from pipeline_defs.errors import ConfigError, PipelineError, StepExecutionError
@@ -156,12 +157,34 @@ def check_name(s) -> str:
     return safe_name(s.name or f"s{s.index:02d}_{s.method}")
 
 
+def _is(cls):
+    return lambda _context, value: isinstance(value, cls)
+
+
+SPARK_DATAFRAME = dg.DagsterType(
+    name="SparkDataFrame", type_check_fn=_is(object),
+    description="A Spark DataFrame passed on as a lazy plan (nothing is computed between "
+    "steps), with the row counter riding on it.")
+LOADED_TABLE = dg.DagsterType(
+    name="LoadedTable", type_check_fn=_is(dict),
+    description="What a load wrote: its location and the rows written (its materialization "
+    "carries schema, counts and the table's own metrics).")
+
+
+def config_summary(raw: dict, width: int = 140) -> str:
+    """The step's config on one line, secrets masked: `condition="amount > 0"`."""
+    parts = [f"{k}={json.dumps(v, default=str)}" for k, v in sanitized(raw).items()]
+    text = ", ".join(parts)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def _op_inputs(node: StepNode) -> dict[str, dg.In]:
     ins: dict[str, dg.In] = {}
     if node.current is not None:
-        ins["df"] = dg.In(description="The current DataFrame")
+        ins["df"] = dg.In(SPARK_DATAFRAME, description="The current DataFrame")
     for name in node.named:
-        ins[input_name(name)] = dg.In(description=f"The DataFrame registered as '{name}'")
+        ins[input_name(name)] = dg.In(SPARK_DATAFRAME,
+                                      description=f"The DataFrame registered as '{name}'")
     for j in node.after:
         ins[f"after_s{j:02d}"] = dg.In(dg.Nothing, description="An earlier load runs first")
     return ins
@@ -251,10 +274,13 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
     return dg.OpDefinition(
         # unique in the repository; the node in the job is aliased to the readable op_name
         name=f"{plan.job_name}__{node.op_name}",
-        ins=_op_inputs(node), outs={"result": dg.Out(dg.Any)}, compute_fn=_wrap(compute),
+        ins=_op_inputs(node), compute_fn=_wrap(compute),
+        outs={"result": dg.Out(LOADED_TABLE if s.kind == "load" else SPARK_DATAFRAME)},
         required_resource_keys={"spark", "vault"}, tags=tags,
-        description=s.description or f"Step {s.index}: {s.label}"
-        + (f" (registered as '{s.config.register_as}')" if s.config.register_as else ""))
+        description=(s.description + "\n\n" if s.description else "")
+        + f"Step {s.index}: {s.label}"
+        + (f" (registered as '{s.config.register_as}')" if s.config.register_as else "")
+        + (f": {config_summary(s.raw_config)}" if s.raw_config else ""))
 
 
 def _auditor(context: dg.OpExecutionContext, vault):
@@ -317,7 +343,8 @@ def _run_load(context, plan: Plan, node: StepNode, stepdef: StepDef, current: St
     step_rows = {plan.node(i).op_name: observed[plan.node(i).counted_by]
                  for i in plan.upstream(s.index)
                  if observed.get(plan.node(i).counted_by) is not None}
-    meta = {"location": result.location, "format": result.format, "mode": result.mode,
+    meta = {"location": result.location, "dagster/uri": uri(result.location),
+            "format": result.format, "mode": result.mode,
             "dagster/column_schema": table_schema(current.df.schema),
             "duration_s": duration, "step_rows": dg.MetadataValue.json(step_rows),
             **{k: _plain(v) for k, v in result.metadata.items()}}

@@ -6,8 +6,9 @@ import pytest
 
 from pipeline_defs.config.loader import load_pipelines
 from pipeline_defs.definitions import build_definitions, definitions_for
-from pipeline_defs.factory import asset_key_for, build_pipeline
-from pipeline_defs_tests.conftest import COMPAT, copy_configs
+from pipeline_defs.errors import ConfigError
+from pipeline_defs.factory import build_pipeline
+from pipeline_defs_tests.conftest import COMPAT, copy_configs, write_json
 
 
 @pytest.fixture(scope="module")
@@ -54,33 +55,99 @@ def test_all_nine_compat_examples_build(compat_defs):
 
 def test_load_targets_are_assets_with_lineage_from_sources(compat_defs):
     specs = {s.key: s for s in compat_defs.resolve_all_asset_specs()}
-    target = dg.AssetKey(["s3a", "data_lake", "delta", "user_order_summary"])
-    assert target in specs
+    target = dg.AssetKey(["user_order_summary"])
+    assert specs[target].group_name == "multi_source_join_pipeline"
+    assert {"delta", "spark"} <= set(specs[target].kinds)
+    assert specs[target].metadata["dagster/uri"] == "s3a://data-lake/delta/user_order_summary"
+    # two different `users` tables are read (two databases): told apart by location
     assert {d.asset_key for d in specs[target].deps} == {
-        dg.AssetKey(["postgres", "secret", "data", "postgres", "users"]),
-        dg.AssetKey(["mysql", "secret", "data", "mysql", "orders"])}
+        dg.AssetKey(["sources", "postgres", "secret", "data", "postgres", "users"]),
+        dg.AssetKey(["sources", "orders"])}
+    assert specs[dg.AssetKey(["sources", "orders"])].group_name == "sources"
     # a table that one pipeline reads and writes is one asset
-    ckpt = dg.AssetKey(["file", "data", "delta", "checkpoint"])
+    ckpt = dg.AssetKey(["checkpoint"])
     assert ckpt in specs and specs[ckpt].group_name == "incremental_load_pipeline"
+    assert not specs[ckpt].deps
 
 
-@pytest.mark.parametrize("location,key", [
-    ("/data/delta/orders", ["file", "data", "delta", "orders"]),
-    ("s3a://data-lake/events-avro/", ["s3a", "data_lake", "events_avro"]),
-    ("analytics.orders", ["table", "analytics", "orders"]),
-    ("kafka://user-events", ["kafka", "user_events"]),
+@pytest.mark.parametrize("location,name", [
+    ("/data/delta/orders", "orders"),
+    (".cache/sample-data/customers.csv", "customers"),
+    ("s3a://data-lake/events-avro/", "events-avro"),
+    ("/data/.hidden", "hidden"),
 ])
-def test_asset_keys_from_locations(location, key):
-    assert asset_key_for(location) == dg.AssetKey(key)
-    assert asset_key_for(location, ["my", "key"]) == dg.AssetKey(["my", "key"])
+def test_a_table_is_named_by_its_last_segment(location, name):
+    from pipeline_defs.steps.files import ToFile
+    assert ToFile.model_validate({"path": location}).table_name() == name
+
+
+def _writer(tmp_path, name, path, **extra):
+    return write_json(tmp_path / f"{name}.json", {"name": name, "steps": [
+        {"type": "extract", "method": "fromFile", "config": {"path": "${src}/in.csv",
+                                                             "format": "csv"}},
+        {"type": "load", "method": "toDeltaLake", "config": {"path": path, **extra}}],
+        "params": {"src": "/data"}})
+
+
+def test_keys_do_not_depend_on_the_working_directory_or_parameters(tmp_path, registry,
+                                                                   monkeypatch):
+    f = _writer(tmp_path, "a", "${out}/delta/orders")
+    keys = []
+    for cwd, out in ((tmp_path, "/srv"), (tmp_path.parent, "relative/out")):
+        monkeypatch.chdir(cwd)
+        p = load_pipelines([f], registry, {"out": out})
+        keys.append(sorted(s.key.to_user_string() for s in
+                           definitions_for(p).resolve_all_asset_specs()))
+    assert keys[0] == keys[1] == ["orders", "sources/in"]
+
+
+def test_two_tables_with_one_key_are_an_error_naming_both_files(tmp_path, registry):
+    a = _writer(tmp_path, "a", "/lake/eu/orders")
+    b = _writer(tmp_path, "b", "/lake/us/orders")
+    with pytest.raises(ConfigError) as e:
+        load_pipelines([a, b], registry)
+    msg = str(e.value)
+    assert (f"{b}, step 2 (load.toDeltaLake), config.assetKey: writes /lake/us/orders as asset "
+            f"orders, the key of /lake/eu/orders written by {a} (step 2). Two tables cannot "
+            "share an asset key: give one of the loads \"assetKey\"") in msg
+    b = _writer(tmp_path, "b", "/lake/us/orders", assetKey=["us", "orders"])
+    keys = {s.key for s in definitions_for(load_pipelines([a, b], registry))
+            .resolve_all_asset_specs()}
+    assert {dg.AssetKey(["orders"]), dg.AssetKey(["us", "orders"])} <= keys
+
+
+def test_a_table_written_by_two_pipelines_is_one_asset_owned_by_the_first(tmp_path, registry):
+    a = _writer(tmp_path, "a", "/lake/orders")
+    b = _writer(tmp_path, "b", "/lake/./orders/")
+    specs = {s.key: s for s in definitions_for(load_pipelines([b, a], registry))
+             .resolve_all_asset_specs()}
+    spec = specs[dg.AssetKey(["orders"])]
+    assert spec.group_name == "a" and "Written by pipeline 'a', 'b'" in spec.description
 
 
 def test_ops_describe_their_step(registry):
     p = load_pipelines([COMPAT / "simple-etl.json"], registry)[0]
     job = build_pipeline(p, registry).job
     op = job.graph.node_named("s01_fromPostgres_users").definition
-    assert op.description == "Step 1: extract.fromPostgres (registered as 'users')"
+    assert op.description == (
+        "Step 1: extract.fromPostgres (registered as 'users'): table=\"users\", "
+        "credentialPath=\"secret/data/postgres/production\", registerAs=\"users\"")
     assert op.tags["pipeline/method"] == "fromPostgres"
+    assert op.output_defs[0].dagster_type.display_name == "SparkDataFrame"
+    load = job.graph.node_named("s03_toS3").definition
+    assert load.input_defs[0].dagster_type.display_name == "SparkDataFrame"
+    assert load.output_defs[0].dagster_type.display_name == "LoadedTable"
+
+
+def test_op_descriptions_mask_secrets(tmp_path, registry):
+    f = write_json(tmp_path / "p.json", {"name": "p", "steps": [
+        {"type": "extract", "method": "fromPostgres", "config": {
+            "table": "t", "host": "db", "database": "d", "username": "u",
+            "password": "hunter2-secret"}},
+        {"type": "load", "method": "toFile", "config": {"path": "/o"}}]})
+    job = build_pipeline(load_pipelines([f], registry)[0], registry).job
+    text = job.graph.node_named("s01_fromPostgres").definition.description
+    assert 'password="***"' in text and "hunter2" not in text
 
 
 def test_an_internal_error_is_reported_as_a_product_bug_in_one_line(spark, registry):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from pipeline_defs.config.assets import asset_names
 from pipeline_defs.config.dataflow import check_dataflow, check_streaming
 from pipeline_defs.config.model import PipelineConfig, StepModel, StepSpec
 from pipeline_defs.config.params import UnresolvedParameter, resolve_params, substitute
@@ -281,6 +282,7 @@ def load_pipelines(paths: Iterable[str | Path], catalog: Catalog,
             loaded.append(load_pipeline(f, catalog, overrides))
         except ConfigError as e:
             problems.extend(e.problems)
+    problems += asset_names(loaded)[1]  # two tables, one key: across files
     seen: dict[str, str] = {}
     for p in loaded:
         if p.name in seen:

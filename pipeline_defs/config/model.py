@@ -54,6 +54,16 @@ class StepModel(FormatModel):
         """Where an extract reads or a load writes (path, table, topic), for asset keys."""
         return None
 
+    def table_name(self) -> str | None:
+        """The name people call what it reads or writes: a path's last segment without its
+        extension (`.../customers.csv` -> customers); tables and topics override it."""
+        loc = self.location()
+        if not loc:
+            return None
+        tail = loc.rstrip("/").rsplit("/", 1)[-1]
+        stem = tail.rsplit(".", 1)[0] if "." in tail.lstrip(".") else tail
+        return stem.lstrip(".") or None
+
     def problems(self) -> list[tuple[str, str, str]]:
         """Cross-field problems as (field path, what is wrong, how to fix)."""
         return []

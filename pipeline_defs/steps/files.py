@@ -120,6 +120,12 @@ class Extract(PathCredentials):
     def location(self) -> str | None:
         return getattr(self, "path", None) or getattr(self, "table", None)
 
+    def table_name(self) -> str | None:
+        table = getattr(self, "table", None)  # a catalog table (Delta): db.name -> name
+        if not getattr(self, "path", None) and table:
+            return table.rsplit(".", 1)[-1]
+        return super().table_name()
+
 
 class FromFile(Extract):
     """Read files from any Hadoop path (local, s3a://, hdfs://) in any Spark format."""
@@ -215,6 +221,12 @@ class Load(PathCredentials):
 
     def location(self) -> str | None:
         return getattr(self, "path", None) or getattr(self, "table", None)
+
+    def table_name(self) -> str | None:
+        table = getattr(self, "table", None)  # a catalog table (Delta): db.name -> name
+        if not getattr(self, "path", None) and table:
+            return table.rsplit(".", 1)[-1]
+        return super().table_name()
 
 
 class FileSink(Load, StreamingSink):

@@ -142,6 +142,9 @@ class FromKafka(KafkaClient):
     def location(self) -> str | None:
         return f"kafka://{self.topic}"
 
+    def table_name(self) -> str | None:
+        return self.topic.split(",")[0].strip()
+
     def problems(self):
         out = super().problems()
         if self.value_format == "avro" and not self.avro_schema:
@@ -249,6 +252,9 @@ class ToKafka(KafkaClient, StreamingSink):
 
     def location(self) -> str | None:
         return f"kafka://{self.topic}"
+
+    def table_name(self) -> str | None:
+        return self.topic
 
 
 def kafka_frame(df: DataFrame, cfg: ToKafka) -> DataFrame:

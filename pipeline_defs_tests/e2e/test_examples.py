@@ -200,7 +200,7 @@ def test_orders_quality_quarantines_exactly_the_bad_rows(run, spark, sample_data
     assert samples and all(s["customer_id"] == "***" for v in samples.values() for s in v)
     assert all(len(v) <= 5 for v in samples.values())
     assert checks["one_row_per_order"].passed and checks["enough_orders"].passed
-    assert rules.asset_key.path[-2:] == ["delta", "orders_2025"]
+    assert rules.asset_key.path == ["orders_2025"]
 
 
 def test_asset_checks_are_declared(tmp_path):

@@ -33,6 +33,9 @@ class FromJdbc(JdbcConnection):
         where = self.database or self.credential_path or ""
         return f"{self.kind}://{where}/{self.table or 'query'}"
 
+    def table_name(self) -> str | None:
+        return self.table.rsplit(".", 1)[-1] if self.table else None
+
     table: str | None = Field(None, description="Table to read, e.g. public.users.")
     query: str | None = Field(None, description="SELECT to run instead of a table.")
     partition_column: str | None = Field(None, description="Numeric/date column to split the "
@@ -117,6 +120,9 @@ class ToJdbc(JdbcConnection, StreamingSink):
 
     def location(self) -> str | None:
         return f"{self.kind}://{self.database or self.credential_path or ''}/{self.table}"
+
+    def table_name(self) -> str | None:
+        return self.table.rsplit(".", 1)[-1]
 
     def problems(self):
         if self.mode == "upsert" and not self.key_columns:

@@ -1,0 +1,124 @@
+"""The names of the tables pipelines read and write, as Dagster will show them (plain
+strings here; the Dagster layer makes AssetKeys of them).
+
+* A written table's key is its `assetKey`, else its own name: a path's last segment without
+  its extension, the table of a database or catalog, the Kafka topic. Keys do not depend on
+  the working directory. Two different locations with one key are a config error naming both
+  files and suggesting `assetKey`.
+* A table written by several pipelines is one asset, owned by the pipeline whose file sorts
+  first; the others' runs record materializations of the same key, so its history is one.
+* A table only read is a source, keyed `sources/<name>`; two different sources with one name
+  are told apart by their location (`sources/<storage>/<location parts>`).
+* An extract of a written table depends on that table's asset."""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pipeline_defs.config.types import LoadedPipeline, LoadedStep
+from pipeline_defs.errors import Problem
+
+Key = tuple[str, ...]
+
+
+def key_part(text: str) -> str:
+    """Letters, digits and _ (what Dagster's UI and selection syntax read without quoting)."""
+    out = re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_") or "unnamed"
+    return out if not out[0].isdigit() else f"_{out}"
+
+
+def normalized(location: str) -> str:
+    """One spelling per location: `a/./b/` and `a/b` are the same table."""
+    if "://" in location:
+        return location.rstrip("/")
+    return os.path.normpath(location)
+
+
+def uri(location: str) -> str:
+    """Where a table is, absolute: a local path resolved, URLs and tables as written."""
+    if "://" in location or "/" not in location:
+        return location
+    return "file://" + os.path.abspath(location)
+
+
+def _qualified(location: str) -> Key:
+    scheme, sep, rest = location.partition("://")
+    if not sep:
+        scheme, rest = ("file", location) if "/" in location else ("table", location)
+    parts = [key_part(p) for p in re.split(r"[/.]", rest) if p and p not in (".", "..")]
+    return ("sources", key_part(scheme), *parts)
+
+
+@dataclass
+class Table:
+    key: Key
+    location: str  # as the file writes it (after parameters)
+    writers: list[tuple[str, LoadedStep]] = field(default_factory=list)  # (pipeline, step)
+    readers: list[tuple[str, LoadedStep]] = field(default_factory=list)
+
+    @property
+    def owner(self) -> str | None:
+        return self.writers[0][0] if self.writers else None
+
+
+@dataclass
+class AssetNames:
+    tables: dict[str, Table] = field(default_factory=dict)  # normalized location -> table
+
+    def of(self, step: LoadedStep) -> Table | None:
+        loc = step.config.location()
+        return self.tables.get(normalized(loc)) if loc else None
+
+
+def asset_names(pipelines: Iterable[LoadedPipeline]) -> tuple[AssetNames, list[Problem]]:
+    names, problems = AssetNames(), []
+    ordered = sorted(pipelines, key=lambda p: p.file)
+    by_key: dict[Key, tuple[str, LoadedPipeline, LoadedStep]] = {}
+    for p in ordered:
+        for s in p.steps:
+            loc = s.config.location()
+            if s.kind != "load" or not loc:
+                continue
+            norm = normalized(loc)
+            override = getattr(s.config, "asset_key", None)
+            key = tuple(override) if override else (key_part(s.config.table_name() or
+                                                             s.name or f"s{s.index}"),)
+            table = names.tables.setdefault(norm, Table(key, loc))
+            if override and table.key != key:
+                problems.append(Problem(p.file, f"assetKey {list(key)} names {loc}, which "
+                                        f"{table.owner} writes as {list(table.key)}.", s.index,
+                                        s.label, "config.assetKey", "One table is one asset: "
+                                        "use the same assetKey, or none."))
+            table.writers.append((p.name, s))
+            other = by_key.get(table.key)
+            if other and other[0] != norm:
+                _, op, os_ = other
+                problems.append(Problem(
+                    p.file, f"writes {loc} as asset {'/'.join(table.key)}, the key of "
+                    f"{os_.config.location()} written by {op.file} (step {os_.index}).",
+                    s.index, s.label, "config.assetKey", "Two tables cannot share an asset "
+                    "key: give one of the loads \"assetKey\": [\"...\"]."))
+            by_key.setdefault(table.key, (norm, p, s))
+    sources: dict[str, list[tuple[str, LoadedStep]]] = {}
+    for p in ordered:
+        for s in p.steps:
+            loc = s.config.location()
+            if s.kind != "extract" or not loc or not s.config.table_name():
+                continue
+            table = names.tables.get(normalized(loc))
+            if table is not None:
+                table.readers.append((p.name, s))
+            else:
+                sources.setdefault(normalized(loc), []).append((p.name, s))
+    short: dict[str, list[str]] = {}
+    for norm, readers in sources.items():
+        short.setdefault(key_part(readers[0][1].config.table_name()), []).append(norm)
+    for name, locations in short.items():
+        for norm in locations:
+            readers = sources[norm]
+            loc = readers[0][1].config.location()
+            key = ("sources", name) if len(locations) == 1 else _qualified(loc)
+            names.tables[norm] = Table(key, loc, [], readers)
+    return names, problems
