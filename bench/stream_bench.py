@@ -86,7 +86,7 @@ def run_pipeline(f: Path) -> float:
     from pipeline_defs.definitions import default_resources, definitions_for
     from pipeline_defs.steps.registry import builtin_registry
     p = load_pipeline(f, builtin_registry())
-    job = definitions_for([p], default_resources()).get_job_def("stream_bench")
+    job = definitions_for([p], default_resources()).resolve_job_def("stream_bench")
     t0 = time.perf_counter()
     result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(),
                                     run_config={"loggers": {"console": {"config": {

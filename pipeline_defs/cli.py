@@ -88,7 +88,7 @@ def cmd_run(args) -> int:
     resources["spark"] = resources["spark"].model_copy(update={"master": settings.master})
     defs = definitions_for([pipeline], resources)
     from pipeline_defs.config.dataflow import safe_name
-    job = defs.get_job_def(safe_name(pipeline.name))
+    job = defs.resolve_job_def(safe_name(pipeline.name))
     home = os.environ.get("DAGSTER_HOME")
     if home:
         Path(home).mkdir(parents=True, exist_ok=True)

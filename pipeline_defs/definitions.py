@@ -12,7 +12,7 @@ import dagster as dg
 from pipeline_defs.config.assets import asset_names
 from pipeline_defs.config.loader import LoadedPipeline, load_pipelines
 from pipeline_defs.errors import ConfigError
-from pipeline_defs.factory import asset_checks, asset_specs, build_pipeline
+from pipeline_defs.factory import asset_checks, build_pipeline, source_specs
 from pipeline_defs.resources import SparkResource, VaultResource
 from pipeline_defs.resources.spark import REPO_ROOT
 from pipeline_defs.steps.registry import Registry, builtin_registry
@@ -42,9 +42,12 @@ def definitions_for(pipelines: Iterable[LoadedPipeline], resources: Mapping | No
     if problems:
         raise ConfigError(problems)
     built = [build_pipeline(p, registry, names) for p in pipelines]
-    return dg.Definitions(jobs=[b.job for b in built], assets=asset_specs(built, names),
-                          asset_checks=asset_checks(built),
-                          resources=dict(resources or default_resources()))
+    return dg.Definitions(
+        assets=[b.assets for b in built] + source_specs(built, names),
+        jobs=[b.job for b in built], asset_checks=asset_checks(built),
+        # one process, one SparkSession: also for materializations launched from the catalog
+        executor=dg.in_process_executor,
+        resources=dict(resources or default_resources()))
 
 
 def build_definitions(directory: str | Path | None = None,

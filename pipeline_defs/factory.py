@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from pipeline_defs.config.assets import AssetNames, asset_names, uri
-from pipeline_defs.config.dataflow import safe_name
 from pipeline_defs.config.loader import LoadedPipeline
-from pipeline_defs.ops import check_name, input_name, op_for
+from pipeline_defs.ops import check_name, evaluated_checks, input_name, op_for
 from pipeline_defs.plan import Plan, build_plan
 from pipeline_defs.steps.registry import Registry
 from pipeline_defs.stream_runs import watch_op
@@ -21,7 +20,11 @@ from pipeline_defs.stream_runs import watch_op
 
 @dataclass
 class PipelineDefs:
-    job: dg.JobDefinition
+    assets: dg.AssetsDefinition
+    """The pipeline as graph-backed assets: one op per step, each load's output an asset."""
+    job: dg.UnresolvedAssetJobDefinition
+    """The pipeline's job: materializes all of its assets (a selection materializes part)."""
+    graph: dg.GraphDefinition
     plan: Plan
     load_keys: dict[int, dg.AssetKey] = field(default_factory=dict)
     source_keys: dict[int, dg.AssetKey] = field(default_factory=dict)
@@ -54,18 +57,49 @@ def asset_checks(pipelines: Iterable[PipelineDefs]) -> list:
 
 
 def _declared_checks(plan: Plan, specs: list[dg.AssetCheckSpec]):
+    """The pipeline's checks as one op that runs once the assets it checks are written, and
+    reports what the validate steps found in the same pass (validations are part of the
+    pipeline's dataflow: they cannot be run alone against a stored table)."""
     job = plan.job_name
 
-    @dg.multi_asset_check(specs=specs, name=f"{job}__checks",
+    @dg.multi_asset_check(specs=specs, name=f"{job}__checks", can_subset=True,
                           description=f"Validations of pipeline '{plan.pipeline.name}'")
     def _declared(context):
-        raise dg.Failure(description=f"These checks run inside job '{job}': launch that job "
-                                     "to evaluate them.")
+        found = evaluated_checks(context.op_execution_context.run_id)
+        missing = [k for k in context.selected_asset_check_keys if k not in found]
+        for key in sorted(context.selected_asset_check_keys, key=str):
+            if key in found:
+                yield found[key]
+        if missing:
+            names = ", ".join(f"{k.name} on {k.asset_key.to_user_string()}" for k in missing)
+            raise dg.Failure(description=(
+                f"{names}: these checks are evaluated while pipeline '{plan.pipeline.name}' "
+                "writes the assets they check (its validate steps run in the same Spark pass "
+                "as the write); materialize those assets, or launch job "
+                f"'{job}', to evaluate them."))
     return _declared
+
+
+def _dependencies(plan: Plan, ops: dict[int, dg.OpDefinition]) -> dict:
+    deps: dict[dg.NodeInvocation, dict[str, dg.DependencyDefinition]] = {}
+    for n in plan.nodes:
+        d = {}
+        if n.current is not None:
+            d["df"] = dg.DependencyDefinition(plan.node(n.current).op_name, "result")
+        for name, i in n.named.items():
+            d[input_name(name)] = dg.DependencyDefinition(plan.node(i).op_name, "result")
+        for j in n.after:
+            d[f"after_s{j:02d}"] = dg.DependencyDefinition(plan.node(j).op_name, "result")
+        deps[dg.NodeInvocation(ops[n.step.index].name, alias=n.op_name)] = d
+    return deps
 
 
 def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | None = None
                    ) -> PipelineDefs:
+    """The pipeline's graph (one op per step) as assets: each load's output is the asset of
+    its table (in a streaming pipeline, the `streams` op's output per sink, recorded when the
+    run's queries end); an extract of a known table (a source, or another pipeline's table)
+    is a graph input, so lineage crosses pipelines."""
     names = names if names is not None else asset_names([p])[0]
     plan = build_plan(p)
     tables = {n.step.index: names.of(n.step) for n in plan.nodes
@@ -77,29 +111,64 @@ def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | No
     check_targets = {n.step.index: [load_keys[j] for j in load_keys
                                     if n.step.index in plan.upstream(j)]
                      for n in plan.nodes if n.step.kind == "validate"}
-    ops = {n.step.index: op_for(plan, n, registry, load_keys, check_targets)
-           for n in plan.nodes}
-    deps: dict[str, dict[str, dg.DependencyDefinition]] = {}
-    for n in plan.nodes:
-        d = {}
-        if n.current is not None:
-            d["df"] = dg.DependencyDefinition(plan.node(n.current).op_name, "result")
-        for name, i in n.named.items():
-            d[input_name(name)] = dg.DependencyDefinition(plan.node(i).op_name, "result")
-        for j in n.after:
-            d[f"after_s{j:02d}"] = dg.DependencyDefinition(plan.node(j).op_name, "result")
-        deps[dg.NodeInvocation(ops[n.step.index].name, alias=n.op_name)] = d
+    written = set(load_keys.values())
+    inputs = {i: key for i, key in source_keys.items() if key not in written}
+    ops = {n.step.index: op_for(plan, n, registry, load_keys, check_targets,
+                                source=n.step.index in inputs) for n in plan.nodes}
+    deps = _dependencies(plan, ops)
     node_defs = list(ops.values())
+    # graph outputs: one per table (the first load of it), each an asset
+    outputs: dict[str, tuple[str, str, dg.AssetKey]] = {}
+    first_load = {}
+    for i, key in load_keys.items():
+        first_load.setdefault(key, i)
     if p.config.mode == "streaming":
         loads = [n for n in plan.nodes if n.step.kind == "load"]
-        watch = watch_op(plan, loads)
+        watch = watch_op(plan, loads, {first_load[k]: k for k in first_load})
         node_defs.append(watch)
         deps[dg.NodeInvocation(watch.name, alias="streams")] = {
             f"s{n.step.index:02d}": dg.DependencyDefinition(n.op_name, "result")
             for n in loads}
-    graph = dg.GraphDefinition(name=plan.job_name, node_defs=node_defs,
-                               dependencies=deps, description=p.config.description)
-    job = graph.to_job(
+        for key, i in first_load.items():
+            outputs[f"t{i:02d}"] = ("streams", f"sink_s{i:02d}", key)
+    else:
+        for key, i in first_load.items():
+            outputs[f"t{i:02d}"] = (plan.node(i).op_name, "result", key)
+    source_by_key: dict[dg.AssetKey, str] = {}
+    input_mappings = []
+    for i, key in inputs.items():
+        name = source_by_key.setdefault(key, f"src{len(source_by_key):02d}")
+        input_mappings.append(dg.InputMapping(graph_input_name=name,
+                                              mapped_node_name=plan.node(i).op_name,
+                                              mapped_node_input_name="source"))
+    graph = dg.GraphDefinition(
+        # not the job's name: an asset job's own graph carries that one
+        name=f"{plan.job_name}_steps", node_defs=node_defs, dependencies=deps,
+        description=p.config.description, input_mappings=input_mappings,
+        output_mappings=[dg.OutputMapping(graph_output_name=out, mapped_node_name=node,
+                                          mapped_node_output_name=node_out)
+                         for out, (node, node_out, _) in outputs.items()])
+    kinds = {n.step.index: registry.get(n.step.kind, n.step.method).kind_of(n.step.config)
+             for n in plan.nodes if n.step.kind in ("extract", "load")}
+    lineage = {out: {source_keys[j] for j in plan.upstream(int(out[1:]))
+                     if j in inputs} for out in outputs}
+    assets = dg.AssetsDefinition.from_graph(
+        graph, keys_by_input_name={v: k for k, v in source_by_key.items()},
+        keys_by_output_name={out: key for out, (_, _, key) in outputs.items()},
+        internal_asset_deps=lineage, group_name=plan.job_name, can_subset=True,
+        tags_by_output_name={  # Dagster's kinds: the storage, and spark
+            out: {f"dagster/kind/{k}": "" for k in ("spark", kinds.get(int(out[1:]))) if k}
+            for out in outputs},
+        descriptions_by_output_name={
+            out: f"Written by pipeline '{p.name}' (step {int(out[1:])}, "
+                 f"{plan.node(int(out[1:])).step.label}). Location: "
+                 f"{plan.node(int(out[1:])).step.config.location()}" for out in outputs},
+        metadata_by_output_name={
+            out: {"dagster/uri": uri(plan.node(int(out[1:])).step.config.location() or ""),
+                  "location": plan.node(int(out[1:])).step.config.location() or "",
+                  "pipeline_file": p.file} for out in outputs})
+    job = dg.define_asset_job(
+        plan.job_name, selection=dg.AssetSelection.assets(assets),
         executor_def=dg.in_process_executor,
         tags={"pipeline/name": p.name, "pipeline/mode": p.config.mode, **p.config.tags,
               # dagster.yaml limits runs per value of this tag to one (streaming pipelines)
@@ -107,44 +176,26 @@ def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | No
                  else {})},
         metadata={"pipeline_file": p.file, "steps": len(p.steps)},
         description=p.config.description or f"Pipeline '{p.name}' from {p.file}")
-    kinds = {n.step.index: registry.get(n.step.kind, n.step.method).kind_of(n.step.config)
-             for n in plan.nodes if n.step.kind in ("extract", "load")}
-    return PipelineDefs(job, plan, load_keys, source_keys, check_targets,
+    return PipelineDefs(assets, job, graph, plan, load_keys, source_keys, check_targets,
                         {i: k for i, k in kinds.items() if k})
 
 
-def asset_specs(pipelines: Iterable[PipelineDefs], names: AssetNames) -> list[dg.AssetSpec]:
-    """One spec per table: those pipelines write (grouped by their owner pipeline, with
-    lineage from the tables their data came from) and those they only read (group
-    `sources`, listing every pipeline that reads them)."""
-    deps: dict[dg.AssetKey, set[dg.AssetKey]] = {}
+def source_specs(pipelines: Iterable[PipelineDefs], names: AssetNames) -> list[dg.AssetSpec]:
+    """The tables pipelines only read: external assets in group `sources`, listing every
+    pipeline that reads them."""
     kinds: dict[dg.AssetKey, set[str]] = {}
     for pd in pipelines:
-        for i, key in pd.load_keys.items():
-            upstream = [pd.source_keys[j] for j in pd.plan.upstream(i) if j in pd.source_keys]
-            deps.setdefault(key, set()).update(k for k in upstream if k != key)
-            kinds.setdefault(key, {"spark"}).update(filter(None, [pd.asset_kinds.get(i)]))
         for i, key in pd.source_keys.items():
-            deps.setdefault(key, set())
-            if key not in pd.load_keys.values():
-                kinds.setdefault(key, set()).update(filter(None, [pd.asset_kinds.get(i)]))
+            kinds.setdefault(key, set()).update(filter(None, [pd.asset_kinds.get(i)]))
     specs = []
     for table in sorted(names.tables.values(), key=lambda t: t.key):
         key = dg.AssetKey(list(table.key))
-        if key not in deps:
+        if table.writers or key not in kinds:
             continue
-        writers = sorted({p for p, _ in table.writers})
         readers = sorted({p for p, _ in table.readers})
-        if writers:
-            text = f"Written by pipeline {', '.join(map(repr, writers))}"
-            group = safe_name(table.owner)
-        else:
-            text = f"Read by pipeline {', '.join(map(repr, readers))}"
-            group = "sources"
-        if writers and readers:
-            text += f"; read by {', '.join(map(repr, readers))}"
         specs.append(dg.AssetSpec(
-            key, deps=sorted(deps[key], key=lambda a: a.to_user_string()), group_name=group,
-            description=f"{text}. Location: {table.location}", kinds=kinds.get(key, set()),
+            key, group_name="sources", kinds=kinds[key],
+            description=f"Read by pipeline {', '.join(map(repr, readers))}. Location: "
+                        f"{table.location}",
             metadata={"dagster/uri": uri(table.location), "location": table.location}))
     return specs

@@ -122,8 +122,18 @@ def _pipeline_settings(pipeline: LoadedPipeline) -> dict:
             "streaming": c.streaming if c.mode == "streaming" else None}
 
 
-def _log_checks(context, s, ctx: StepContext, targets: list[dg.AssetKey]) -> None:
-    """One asset check evaluation per asset this validation protects."""
+# Check results of the validations that ran in this process, by run: the pipeline's check op
+# (which runs once the assets it checks are written) reports them.
+_EVALUATED: dict[str, dict[dg.AssetCheckKey, dg.AssetCheckResult]] = {}
+
+
+def evaluated_checks(run_id: str) -> dict[dg.AssetCheckKey, dg.AssetCheckResult]:
+    return _EVALUATED.get(run_id, {})
+
+
+def _log_checks(context, s, ctx: StepContext, targets: list[dg.AssetKey], now: bool) -> None:
+    """One asset check result per asset this validation protects: kept for the pipeline's
+    check op, or (`now`: the step fails the run, and no check op will run) logged at once."""
     cfg = s.config
     rows = ctx.metadata.get("rows")
     violations = sum(r.violations for r in ctx.results)
@@ -147,10 +157,14 @@ def _log_checks(context, s, ctx: StepContext, targets: list[dg.AssetKey]) -> Non
     severity = dg.AssetCheckSeverity.ERROR if cfg.on_failure == "fail" else \
         dg.AssetCheckSeverity.WARN
     for key in targets:
-        context.log_event(dg.AssetCheckEvaluation(
-            asset_key=key, check_name=check_name(s), passed=bool(ctx.metadata.get("passed")),
-            severity=severity, metadata=meta,
-            description=f"{s.label} (step {s.index}), action {cfg.on_failure}"))
+        args = dict(asset_key=key, check_name=check_name(s),
+                    passed=bool(ctx.metadata.get("passed")), severity=severity, metadata=meta,
+                    description=f"{s.label} (step {s.index}), action {cfg.on_failure}")
+        if now:
+            context.log_event(dg.AssetCheckEvaluation(**args))
+        else:
+            _EVALUATED.setdefault(context.run_id, {})[dg.AssetCheckKey(key, check_name(s))] = \
+                dg.AssetCheckResult(**args)
 
 
 def check_name(s) -> str:
@@ -178,8 +192,11 @@ def config_summary(raw: dict, width: int = 140) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def _op_inputs(node: StepNode) -> dict[str, dg.In]:
+def _op_inputs(node: StepNode, source: bool) -> dict[str, dg.In]:
     ins: dict[str, dg.In] = {}
+    if source:
+        ins["source"] = dg.In(dg.Nothing, description="The table this extract reads (its "
+                              "asset), for lineage; nothing is passed")
     if node.current is not None:
         ins["df"] = dg.In(SPARK_DATAFRAME, description="The current DataFrame")
     for name in node.named:
@@ -219,20 +236,24 @@ def _run_step(context, plan: Plan, node: StepNode, stepdef: StepDef, current: St
     if s.kind == "validate":
         ctx.activity = "evaluating its rules"
         ctx.validation = ValidationGroup(list(current.pending), defer)
+    failed = True
     try:
         if s.kind == "extract" and ctx.streaming is not None and stepdef.stream_read:
-            return stepdef.stream_read(s.config, ctx)
-        return stepdef.fn(current.df if current else None, s.config, ctx)
+            df = stepdef.stream_read(s.config, ctx)
+        else:
+            df = stepdef.fn(current.df if current else None, s.config, ctx)
+        failed = False
+        return df
     finally:
         if s.kind == "validate" and not defer:
             for p in ctx.validation.pending:
                 if "passed" in p.ctx.metadata:  # evaluated (not cut short by an error)
                     _log_checks(context, plan.node(p.ctx.step).step, p.ctx,
-                                check_targets.get(p.ctx.step, []))
+                                check_targets.get(p.ctx.step, []), now=failed)
 
 
-def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targets
-           ) -> dg.OpDefinition:
+def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targets,
+           source: bool = False) -> dg.OpDefinition:
     pipeline = plan.pipeline
     s = node.step
     stepdef = registry.get(s.kind, s.method)
@@ -274,7 +295,7 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
     return dg.OpDefinition(
         # unique in the repository; the node in the job is aliased to the readable op_name
         name=f"{plan.job_name}__{node.op_name}",
-        ins=_op_inputs(node), compute_fn=_wrap(compute),
+        ins=_op_inputs(node, source), compute_fn=_wrap(compute),
         outs={"result": dg.Out(LOADED_TABLE if s.kind == "load" else SPARK_DATAFRAME)},
         required_resource_keys={"spark", "vault"}, tags=tags,
         description=(s.description + "\n\n" if s.description else "")
@@ -350,9 +371,6 @@ def _run_load(context, plan: Plan, node: StepNode, stepdef: StepDef, current: St
             **{k: _plain(v) for k, v in result.metadata.items()}}
     if rows is not None:
         meta["dagster/row_count"] = int(rows)
-    context.log_event(dg.AssetMaterialization(
-        asset_key=key, description=f"{plan.pipeline.name} step {s.index} ({s.label})",
-        metadata=meta))
     context.log.info(f"{s.label} wrote {rows if rows is not None else '?'} rows to "
                      f"{result.location} in {duration:.1f}s")
     return dg.Output({"location": result.location, "rows": rows}, metadata=meta)

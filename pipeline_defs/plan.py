@@ -64,12 +64,29 @@ def build_plan(p: LoadedPipeline) -> Plan:
         # Extracts read sources that an earlier load may have written: keep file order there.
         plan.nodes.append(StepNode(s, _op_name(s), current, named,
                                    after if s.kind in ("load", "extract") else ()))
+    _run_dead_ends(plan)
     counted = {n.step.index: _counted_by(plan, n) for n in plan.nodes}
     for i, n in enumerate(plan.nodes):
         observe = n.step.kind != "load" and n.step.index in counted.values()
         plan.nodes[i] = StepNode(n.step, n.op_name, n.current, n.named, n.after, observe,
                                  counted[n.step.index])
     return plan
+
+
+def _run_dead_ends(plan: Plan) -> None:
+    """A step whose output nothing reads (an extract kept only for its check that the source
+    is there, say) still runs: the next load waits for it (else the last load)."""
+    loads = [n for n in plan.nodes if n.step.kind == "load"]
+    if not loads:
+        return
+    for n in plan.nodes:
+        if n.step.kind == "load" or plan.consumers(n.step.index) or \
+                any(n.step.index in m.after for m in plan.nodes):
+            continue
+        target = next((m for m in loads if m.step.index > n.step.index), loads[-1])
+        k = plan.nodes.index(target)
+        plan.nodes[k] = StepNode(target.step, target.op_name, target.current, target.named,
+                                 tuple(sorted({*target.after, n.step.index})))
 
 
 def _reaches_filter(plan: Plan, index: int, seen: set[int] | None = None) -> bool:

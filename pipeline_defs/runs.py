@@ -28,7 +28,8 @@ def step_rows(result: dg.ExecuteInProcessResult, pipeline: LoadedPipeline) -> li
     rows = {n.op_name: StepRow(n.op_name, n.step.label) for n in plan.nodes}
     counted: dict[str, int] = {}
     for e in result.all_events:
-        r = rows.get(e.step_key or "")
+        # step keys are "<pipeline graph>.<op>": the ops are nodes of the pipeline's assets
+        r = rows.get((e.step_key or "").rsplit(".", 1)[-1])
         if e.event_type_value == "STEP_SUCCESS" and r:
             r.status = "ok"
             r.seconds = e.event_specific_data.duration_ms / 1000

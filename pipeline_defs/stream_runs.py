@@ -7,6 +7,7 @@ import os
 import dagster as dg
 
 from pipeline_defs import secrets
+from pipeline_defs.config.assets import uri
 from pipeline_defs.ops import StepOutput, _plain, table_schema
 from pipeline_defs.plan import Plan, StepNode
 from pipeline_defs.steps import streaming
@@ -27,15 +28,19 @@ def start_stream(context, plan: Plan, node: StepNode, stepdef: StepDef, current:
     context.log.info(f"{s.label} started streaming query {name} -> {s.config.location()} "
                      f"(checkpoint {ctx.metadata.get('checkpoint')})")
     return dg.Output({"query_id": str(q.id), "name": name, "step": s.index,
-                      "asset_key": key.to_user_string()}, metadata=meta)
+                      "location": s.config.location()}, metadata=meta)
 
 
-def watch_op(plan: Plan, loads: list[StepNode]) -> dg.OpDefinition:
-    """The last op of a streaming job: keeps the run alive while its queries run."""
+def watch_op(plan: Plan, loads: list[StepNode], sinks: dict[int, dg.AssetKey]
+             ) -> dg.OpDefinition:
+    """The last op of a streaming job: keeps the run alive while its queries run. Its outputs
+    are the sinks' assets (`sink_sNN`), each materialized with its query's totals when the
+    queries end."""
     settings = plan.pipeline.config.streaming
 
     def compute(context: dg.OpExecutionContext, **inputs):
         spark = context.resources.spark.spark
+        started = {v["step"]: v for v in inputs.values()}
         stats = [streaming.QueryStats(spark.streams.get(v["query_id"]), v["step"], v["name"])
                  for v in inputs.values()]
         stats += [streaming.QueryStats(q, step, name)
@@ -51,23 +56,25 @@ def watch_op(plan: Plan, loads: list[StepNode]) -> dg.OpDefinition:
                              "micro-batches; a new run resumes from their checkpoints")
             raise
         totals = [q.totals() for q in stats]
-        for q, v in zip(stats, inputs.values(), strict=False):  # sinks; extras come last
-            context.log_event(dg.AssetMaterialization(
-                asset_key=dg.AssetKey.from_user_string(v["asset_key"]),
-                description=f"stream {q.name} ({ended})",
-                metadata={k: _plain(x) for k, x in q.totals().items() if x is not None}))
         context.log.info(f"streams {ended}: " + "; ".join(
             f"{t['query']}: {t['batches']} batches, {t['input_rows']} rows" for t in totals))
-        yield dg.Output(totals, metadata={
-            "ended": ended, "batches": sum(t["batches"] for t in totals),
-            "input_rows": sum(t["input_rows"] for t in totals),
-            "queries": dg.MetadataValue.json(totals)})
+        by_step = {q.step: q for q in stats if q.step in started}
+        for i in sinks:
+            if i not in started or f"sink_s{i:02d}" not in context.selected_output_names:
+                continue
+            t = by_step[i].totals()
+            yield dg.Output(t, f"sink_s{i:02d}", metadata={
+                "ended": ended, "location": started[i]["location"],
+                "dagster/uri": uri(started[i]["location"]),
+                **({"dagster/row_count": t["output_rows"]} if t["output_rows"] else {}),
+                **{k: _plain(x) for k, x in t.items() if x is not None},
+                "queries": dg.MetadataValue.json(totals)})
 
     return dg.OpDefinition(
         name=f"{plan.job_name}__streams", compute_fn=lambda ctx, inputs: compute(ctx, **inputs),
         ins={f"s{n.step.index:02d}": dg.In(dg.Any) for n in loads},
-        outs={"result": dg.Out(dg.Any)}, required_resource_keys={"spark"},
-        tags={"pipeline/kind": "streams"},
+        outs={f"sink_s{i:02d}": dg.Out(dg.Any, is_required=False) for i in sinks},
+        required_resource_keys={"spark"}, tags={"pipeline/kind": "streams"},
         description="Watches the streaming queries the loads started: progress, failures, "
                     "graceful stop when the run ends or is terminated.")
 

@@ -100,9 +100,23 @@ def run_job(pipeline, resources=None, registry=None, expect_success: bool = True
 
     from pipeline_defs.definitions import default_resources, definitions_for
     defs = definitions_for([pipeline], resources or default_resources(), registry)
-    job = defs.get_job_def(pipeline.name.replace("-", "_"))
+    job = defs.resolve_job_def(pipeline.name.replace("-", "_"))
     result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(),
                                     raise_on_error=False)
     if expect_success:
         assert result.success, step_failures(result)
     return result
+
+
+def op_of(step_key: str | None) -> str:
+    """The op of a step key: steps are nodes of the pipeline's graph, `<graph>.<op>`."""
+    return (step_key or "").rsplit(".", 1)[-1]
+
+
+def streams_outputs(result) -> list[dict]:
+    """Each sink's totals (batches, input_rows, ended, ...) from the `streams` op's outputs,
+    in step order."""
+    out = [e for e in result.all_events
+           if e.event_type_value == "STEP_OUTPUT" and op_of(e.step_key) == "streams"]
+    return [{k: getattr(v, "value", getattr(v, "text", v))
+             for k, v in e.event_specific_data.metadata.items()} for e in out]

@@ -17,9 +17,15 @@ def compat_defs():
     return definitions_for(load_pipelines([COMPAT], builtin_registry()))
 
 
+def _steps(job: dg.JobDefinition) -> dg.GraphDefinition:
+    """The pipeline's graph: the node of its asset job beside its checks."""
+    (node,) = [n for n in job.graph.nodes if n.name.endswith("_steps")]
+    return node.definition
+
+
 def _upstream(job: dg.JobDefinition, op: str) -> set[str]:
     return {dep.node.name for deps in
-            job.graph.dependency_structure.input_to_upstream_outputs_for_node(op).values()
+            _steps(job).dependency_structure.input_to_upstream_outputs_for_node(op).values()
             for dep in deps}
 
 
@@ -27,13 +33,13 @@ def test_every_example_is_a_job_with_in_process_executor(tmp_path):
     defs = build_definitions(copy_configs(tmp_path / "configs"))
     names = {j.name for j in defs.resolve_all_job_defs()}
     assert {"orders_enrichment", "sales_pivot", "customer_upsert"} <= names
-    job = defs.get_job_def("orders_enrichment")
+    job = defs.resolve_job_def("orders_enrichment")
     assert job.executor_def is dg.in_process_executor
     assert job.tags["pipeline/name"] == "orders-enrichment"
 
 
 def test_edges_follow_the_dataflow(tmp_path):
-    job = build_definitions(copy_configs(tmp_path / "c")).get_job_def("orders_enrichment")
+    job = build_definitions(copy_configs(tmp_path / "c")).resolve_job_def("orders_enrichment")
     assert _upstream(job, "customers") == set()
     assert _upstream(job, "orders_2025") == set() and _upstream(job, "orders_2024") == set()
     assert _upstream(job, "all_orders") == {"orders_2024", "orders_2025"}
@@ -45,8 +51,8 @@ def test_edges_follow_the_dataflow(tmp_path):
 def test_all_nine_compat_examples_build(compat_defs):
     jobs = [j.name for j in compat_defs.resolve_all_job_defs() if not j.name.startswith("__")]
     assert len(jobs) == 9
-    job = compat_defs.get_job_def("multi_source_join_pipeline")
-    assert sorted(n.name for n in job.graph.nodes) == [
+    job = compat_defs.resolve_job_def("multi_source_join_pipeline")
+    assert sorted(n.name for n in _steps(job).nodes) == [
         "s01_fromPostgres_users", "s02_fromMySQL_orders", "s03_joinDataFrames_user_orders",
         "s04_aggregateData", "s05_toDeltaLake"]
     assert _upstream(job, "s03_joinDataFrames_user_orders") == {"s01_fromPostgres_users",
@@ -116,25 +122,38 @@ def test_two_tables_with_one_key_are_an_error_naming_both_files(tmp_path, regist
     assert {dg.AssetKey(["orders"]), dg.AssetKey(["us", "orders"])} <= keys
 
 
-def test_a_table_written_by_two_pipelines_is_one_asset_owned_by_the_first(tmp_path, registry):
+def test_a_table_written_by_two_pipelines_is_an_error_naming_both(tmp_path, registry):
+    """One table, one asset, one writing pipeline (one definition and history in Dagster)."""
     a = _writer(tmp_path, "a", "/lake/orders")
     b = _writer(tmp_path, "b", "/lake/./orders/")
-    specs = {s.key: s for s in definitions_for(load_pipelines([b, a], registry))
+    with pytest.raises(ConfigError, match=rf"{b}, step 2 \(load.toDeltaLake\), config: writes "
+                       r"/lake/./orders/, which pipeline 'a' writes too \(step 2\). A table is "
+                       "one asset with one writing pipeline"):
+        load_pipelines([b, a], registry)
+
+
+def test_a_table_one_pipeline_writes_and_another_reads_links_them(tmp_path, registry):
+    a = _writer(tmp_path, "a", "/lake/orders")
+    b = write_json(tmp_path / "b.json", {"name": "b", "steps": [
+        {"type": "extract", "method": "fromDeltaLake", "config": {"path": "/lake/orders"}},
+        {"type": "load", "method": "toFile", "config": {"path": "/lake/report.csv",
+                                                        "format": "csv"}}]})
+    specs = {s.key: s for s in definitions_for(load_pipelines([a, b], registry))
              .resolve_all_asset_specs()}
-    spec = specs[dg.AssetKey(["orders"])]
-    assert spec.group_name == "a" and "Written by pipeline 'a', 'b'" in spec.description
+    assert {d.asset_key for d in specs[dg.AssetKey(["report"])].deps} == {dg.AssetKey(["orders"])}
+    assert specs[dg.AssetKey(["orders"])].group_name == "a"
 
 
 def test_ops_describe_their_step(registry):
     p = load_pipelines([COMPAT / "simple-etl.json"], registry)[0]
-    job = build_pipeline(p, registry).job
-    op = job.graph.node_named("s01_fromPostgres_users").definition
+    graph = build_pipeline(p, registry).graph
+    op = graph.node_named("s01_fromPostgres_users").definition
     assert op.description == (
         "Step 1: extract.fromPostgres (registered as 'users'): table=\"users\", "
         "credentialPath=\"secret/data/postgres/production\", registerAs=\"users\"")
     assert op.tags["pipeline/method"] == "fromPostgres"
     assert op.output_defs[0].dagster_type.display_name == "SparkDataFrame"
-    load = job.graph.node_named("s03_toS3").definition
+    load = graph.node_named("s03_toS3").definition
     assert load.input_defs[0].dagster_type.display_name == "SparkDataFrame"
     assert load.output_defs[0].dagster_type.display_name == "LoadedTable"
 
@@ -145,8 +164,8 @@ def test_op_descriptions_mask_secrets(tmp_path, registry):
             "table": "t", "host": "db", "database": "d", "username": "u",
             "password": "hunter2-secret"}},
         {"type": "load", "method": "toFile", "config": {"path": "/o"}}]})
-    job = build_pipeline(load_pipelines([f], registry)[0], registry).job
-    text = job.graph.node_named("s01_fromPostgres").definition.description
+    graph = build_pipeline(load_pipelines([f], registry)[0], registry).graph
+    text = graph.node_named("s01_fromPostgres").definition.description
     assert 'password="***"' in text and "hunter2" not in text
 
 

@@ -5,8 +5,9 @@ strings here; the Dagster layer makes AssetKeys of them).
   its extension, the table of a database or catalog, the Kafka topic. Keys do not depend on
   the working directory. Two different locations with one key are a config error naming both
   files and suggesting `assetKey`.
-* A table written by several pipelines is one asset, owned by the pipeline whose file sorts
-  first; the others' runs record materializations of the same key, so its history is one.
+* One table, one writing pipeline: a table written by several pipelines is a config error
+  naming them (Dagster keeps one definition, and one history, per asset); other pipelines
+  read it, which links them in the lineage graph. (One pipeline may write a table twice.)
 * A table only read is a source, keyed `sources/<name>`; two different sources with one name
   are told apart by their location (`sources/<storage>/<location parts>`).
 * An extract of a written table depends on that table's asset."""
@@ -91,6 +92,13 @@ def asset_names(pipelines: Iterable[LoadedPipeline]) -> tuple[AssetNames, list[P
                                         f"{table.owner} writes as {list(table.key)}.", s.index,
                                         s.label, "config.assetKey", "One table is one asset: "
                                         "use the same assetKey, or none."))
+            if table.writers and table.owner != p.name:
+                _, first = table.writers[0]
+                problems.append(Problem(
+                    p.file, f"writes {loc}, which pipeline '{table.owner}' writes too (step "
+                    f"{first.index}).", s.index, s.label, "config",
+                    "A table is one asset with one writing pipeline: write it from one "
+                    "pipeline, and read it from the others."))
             table.writers.append((p.name, s))
             other = by_key.get(table.key)
             if other and other[0] != norm:

@@ -60,7 +60,7 @@ def run_example(world, name: str):
         if isinstance(path, str) and path.startswith("/data/"):
             s["config"]["path"] = str(world.tmp) + path
     p = load_pipeline(write_json(world.tmp / name, raw), _registry())
-    job = definitions_for([p], world.resources).get_job_def(p.name.replace("-", "_"))
+    job = definitions_for([p], world.resources).resolve_job_def(p.name.replace("-", "_"))
     instance = dg.DagsterInstance.ephemeral()
     result = job.execute_in_process(instance=instance, raise_on_error=False)
     result.logs = [e.user_message for e in instance.all_logs(result.run_id)]

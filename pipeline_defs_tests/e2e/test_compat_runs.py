@@ -8,7 +8,7 @@ import dagster as dg
 
 from pipeline_defs.config.loader import load_pipeline
 from pipeline_defs.definitions import definitions_for
-from pipeline_defs_tests.conftest import COMPAT, rows, write_json
+from pipeline_defs_tests.conftest import COMPAT, op_of, rows, write_json
 
 
 def rewrite_paths(name: str, dest, mapping: dict[str, str]):
@@ -28,16 +28,16 @@ def test_avro_schema_evolution_example(spark, registry, tmp_path):
     f = rewrite_paths("avro-schema-evolution.json", tmp_path, {
         "/data/legacy/events-v1/": str(legacy), "/data/current/events-v2/": str(current)})
     p = load_pipeline(f, registry)
-    result = definitions_for([p]).get_job_def("avro_schema_evolution_pipeline") \
+    result = definitions_for([p]).resolve_job_def("avro_schema_evolution_pipeline") \
         .execute_in_process(instance=dg.DagsterInstance.ephemeral())
     assert result.success
     out = spark.read.format("avro").load(str(current))
     assert out.columns == ["id", "event_type", "amount", "timestamp", "user_id", "new_field"]
     assert rows(out) == [(1, "click", 0.0, 1700000000, 7, None),
                          (2, "purchase", 99.5, 1700000100, 8, None)]
-    evolve = result.output_for_node("s02_evolveAvroSchema")
+    evolve = result.output_for_node("avro_schema_evolution_pipeline_steps.s02_evolveAvroSchema")
     assert evolve.df.columns == out.columns
-    meta = {e.step_key: e.event_specific_data.metadata for e in result.all_events
+    meta = {op_of(e.step_key): e.event_specific_data.metadata for e in result.all_events
             if e.event_type_value == "STEP_OUTPUT"}["s02_evolveAvroSchema"]
     assert meta["added_columns"].data == ["new_field"]
     assert meta["dropped_columns"].data == ["obsolete"]
@@ -52,11 +52,11 @@ def test_schema_validation_failure_stops_the_load(spark, registry, tmp_path):
     raw["steps"][0]["config"]["path"] = str(legacy)
     raw["steps"][-1]["config"]["path"] = str(current)
     p = load_pipeline(write_json(tmp_path / "p.json", raw), registry)
-    result = definitions_for([p]).get_job_def("avro_schema_evolution_pipeline") \
+    result = definitions_for([p]).resolve_job_def("avro_schema_evolution_pipeline") \
         .execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert failure.step_key == "s02_validateSchema"
+    assert op_of(failure.step_key) == "s02_validateSchema"
     assert "column 'amount' is missing" in failure.event_specific_data.user_failure_data \
         .description
     assert not current.exists()
@@ -69,7 +69,7 @@ def test_failure_metadata_masks_secrets_in_the_step_config(registry, tmp_path):
                     "username": "u", "password": "hunter2-very-secret"}},
         {"type": "load", "method": "toFile", "config": {"path": str(tmp_path / "o")}}]}
     p = load_pipeline(write_json(tmp_path / "p.json", raw), registry)
-    result = definitions_for([p]).get_job_def("secretive").execute_in_process(
+    result = definitions_for([p]).resolve_job_def("secretive").execute_in_process(
         instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")

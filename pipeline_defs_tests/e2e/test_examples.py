@@ -43,7 +43,8 @@ def run(spark, sample_data, tmp_path):
     def go(job: str, data_dir: Path = sample_data) -> dg.ExecuteInProcessResult:
         defs = build_definitions(configs, params={"data_dir": str(data_dir),
                                                   "output_dir": str(out)})
-        result = defs.get_job_def(job).execute_in_process(instance=dg.DagsterInstance.ephemeral())
+        result = defs.resolve_job_def(job).execute_in_process(
+            instance=dg.DagsterInstance.ephemeral())
         assert result.success
         return result
     go.out = out

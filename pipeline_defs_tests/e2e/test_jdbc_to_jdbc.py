@@ -47,7 +47,7 @@ def world(pg, mysql, vault, tmp_path):
 
 def _run(tmp_path, resources, raw):
     p = load_pipeline(write_json(tmp_path / "trips.json", raw), builtin_registry())
-    job = definitions_for([p], resources).get_job_def("trips_by_region")
+    job = definitions_for([p], resources).resolve_job_def("trips_by_region")
     return job.execute_in_process(instance=dg.DagsterInstance.ephemeral(),
                                   raise_on_error=False)
 

@@ -14,14 +14,14 @@ from pipeline_defs.definitions import default_resources, definitions_for
 from pipeline_defs.errors import ConfigError
 from pipeline_defs.resources.vault import VaultResource
 from pipeline_defs.steps import kafka as kafka_steps
-from pipeline_defs_tests.conftest import write_json
+from pipeline_defs_tests.conftest import streams_outputs, write_json
 
 
 def run(tmp_path, vault, raw: dict, registry):
     p = load_pipeline(write_json(tmp_path / f"{raw['name']}.json", raw), registry)
     res = {**default_resources(), "vault": VaultResource(
         url=vault.url, token=vault.root_token, audit_log=str(tmp_path / "audit"))}
-    job = definitions_for([p], res).get_job_def(p.name.replace("-", "_"))
+    job = definitions_for([p], res).resolve_job_def(p.name.replace("-", "_"))
     instance = dg.DagsterInstance.ephemeral()
     result = job.execute_in_process(instance=instance, raise_on_error=False)
     result.logs = [e.user_message for e in instance.all_logs(result.run_id)]
@@ -69,7 +69,7 @@ def test_available_now_validators_and_an_idempotent_postgres_sink(pg, vault, tmp
     assert {tuple(r._dq_rules) for r in q.collect()} == {("range(amount)",)}
     warned = [m for m in result.logs if "validation step3 warns" in m]
     assert warned and "not_null(note):" in warned[0]
-    streams = result.output_for_node("streams")
+    streams = streams_outputs(result)
     assert streams[0]["batches"] >= 1 and streams[0]["input_rows"] == 200
 
     # new files, a second run: only they are loaded (the checkpoint resumes), once
@@ -161,9 +161,7 @@ def test_timeout_ends_a_continuous_stream(vault, tmp_path, registry):
                    "path": str(tmp_path / "out"), "format": "parquet", "mode": "append"}}]}
     result = run(tmp_path, vault, raw, registry)
     assert result.success, failure(result)
-    streams = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"
-               and e.step_key == "streams"][0]
-    assert streams.event_specific_data.metadata["ended"].value == "timeout"
+    assert streams_outputs(result)[0]["ended"] == "timeout"
 
 
 def test_delta_source_to_kafka_and_mysql_sinks_once_and_first_batch(kafka, topic, mysql, vault,
@@ -187,8 +185,7 @@ def test_delta_source_to_kafka_and_mysql_sinks_once_and_first_batch(kafka, topic
                    "table": "names", "credentialPath": "secret/data/mysql"}}]}
     result = run(tmp_path, vault, raw, registry)
     assert result.success, failure(result)
-    ended = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"
-             and e.step_key == "streams"][0].event_specific_data.metadata["ended"].value
+    ended = streams_outputs(result)[0]["ended"]
     assert ended in ("first batch", "finished")
     assert sorted(r[0] for r in mysql.sql("SELECT id FROM names")) == list(range(1, 31))
     from pipeline_defs.steps.context import StepContext

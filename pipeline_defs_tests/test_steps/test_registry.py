@@ -12,7 +12,7 @@ from pipeline_defs.definitions import default_resources, definitions_for
 from pipeline_defs.errors import ConfigError, RegistryError
 from pipeline_defs.steps.registry import Registry, StepDef, builtin_registry
 from pipeline_defs_tests import toy_connector
-from pipeline_defs_tests.conftest import run_job, write_json
+from pipeline_defs_tests.conftest import run_job, streams_outputs, write_json
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ def test_a_connector_registered_from_outside_validates_and_runs(toy_registry, tm
     _inbox(tmp_path, "b.json", range(11, 14))
     result = run_job(stream, registry=toy_registry)
     assert _outbox_ids(tmp_path / "out_stream") == list(range(3, 14))
-    assert result.output_for_node("streams")[0]["input_rows"] == 3
+    assert streams_outputs(result)[0]["input_rows"] == 3
 
 
 def test_registering_a_name_twice_or_a_stream_form_first_is_refused(toy_registry):
