@@ -13,8 +13,9 @@ from pipeline_defs.config.assets import asset_names
 from pipeline_defs.config.loader import LoadedPipeline, load_pipelines
 from pipeline_defs.errors import ConfigError
 from pipeline_defs.factory import asset_checks, build_pipeline, source_specs
+from pipeline_defs.ops import params_resource, params_resource_key
 from pipeline_defs.resources import SparkResource, VaultResource
-from pipeline_defs.resources.spark import REPO_ROOT
+from pipeline_defs.resources.spark import REPO_ROOT, default_jars_dir
 from pipeline_defs.steps.registry import Registry, builtin_registry
 
 
@@ -26,7 +27,7 @@ def default_resources() -> dict:
     """The one place that chooses resources for the environment (read from env vars)."""
     return {
         "spark": SparkResource(master=os.environ.get("SPARK_MASTER", "local[*]"),
-                               jars_dir=os.environ.get("PIPELINE_JARS_DIR", "")),
+                               jars_dir=str(default_jars_dir())),
         "vault": VaultResource.from_env(),
         "io_manager": dg.mem_io_manager,
     }
@@ -47,7 +48,9 @@ def definitions_for(pipelines: Iterable[LoadedPipeline], resources: Mapping | No
         jobs=[b.job for b in built], asset_checks=asset_checks(built),
         # one process, one SparkSession: also for materializations launched from the catalog
         executor=dg.in_process_executor,
-        resources=dict(resources or default_resources()))
+        resources={**{params_resource_key(b.plan): params_resource(b.plan) for b in built
+                      if params_resource_key(b.plan)},
+                   **dict(resources or default_resources())})
 
 
 def build_definitions(directory: str | Path | None = None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import dagster as dg
 from pyspark.errors import PySparkException
@@ -17,7 +17,7 @@ from pyspark.sql.types import StructType
 from pipeline_defs import secrets
 from pipeline_defs.config.assets import uri
 from pipeline_defs.config.dataflow import safe_name
-from pipeline_defs.config.loader import LoadedPipeline, literal_credentials
+from pipeline_defs.config.loader import LoadedPipeline, literal_credentials, with_params
 from pipeline_defs.errors import ConfigError, PipelineError, StepExecutionError
 from pipeline_defs.plan import Plan, StepNode
 from pipeline_defs.steps.context import LoadResult, StepContext
@@ -227,6 +227,33 @@ def _step_context(context: dg.OpExecutionContext, plan: Plan, node: StepNode,
                        **_pipeline_settings(pipeline))
 
 
+def params_resource_key(plan: Plan) -> str | None:
+    """The resource holding a pipeline's `params` for a run (None: it has none)."""
+    return f"params_{plan.job_name}" if plan.pipeline.config.params else None
+
+
+def params_resource(plan: Plan) -> dg.ResourceDefinition:
+    """The pipeline's `params` as run configuration: the Launchpad shows each with its
+    default (the file's, with the environment applied) and a run may change it."""
+    p = plan.pipeline
+    return dg.ResourceDefinition(
+        resource_fn=lambda init: {**p.params, **dict(init.resource_config or {})},
+        config_schema={name: dg.Field(str, default_value=value, is_required=False,
+                                      description=f"${{{name}}} in the steps of "
+                                                  f"pipeline '{p.name}'")
+                       for name, value in p.params.items()},
+        description=f"Parameters of pipeline '{p.name}' ({p.file})")
+
+
+def _with_run_params(context, plan: Plan, node: StepNode, registry: Registry,
+                     key: str | None) -> StepNode:
+    """The node with its step configured by this run's parameter values."""
+    if key is None:
+        return node
+    step = with_params(plan.pipeline, node.step, registry, getattr(context.resources, key))
+    return node if step is node.step else replace(node, step=step)
+
+
 def _run_step(context, plan: Plan, node: StepNode, stepdef: StepDef, current: StepOutput | None,
               ctx: StepContext, defer: bool, check_targets) -> DataFrame:
     """An extract, transform or validate step: its (lazy) output DataFrame. A validation
@@ -262,17 +289,24 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
     defer = (s.kind == "validate" and len(consumers) == 1 and
              consumers[0].step.kind == "validate" and consumers[0].current == s.index)
 
+    params_key = params_resource_key(plan)
+
     def compute(context: dg.OpExecutionContext, **inputs):
         current: StepOutput | None = inputs.get("df")
         named = {n: inputs[input_name(n)] for n in node.named}
-        ctx = _step_context(context, plan, node, registry, named)
+        try:
+            run_node = _with_run_params(context, plan, node, registry, params_key)
+        except ConfigError as e:
+            raise dg.Failure(description=str(e)) from None
+        ctx = _step_context(context, plan, run_node, registry, named)
         parents = tuple(([current] if current else []) + list(named.values()))
         started = time.perf_counter()
         try:
             if s.kind == "load":
-                return _run_load(context, plan, node, stepdef, current, ctx, started,
+                return _run_load(context, plan, run_node, stepdef, current, ctx, started,
                                  load_keys[s.index])
-            df = _run_step(context, plan, node, stepdef, current, ctx, defer, check_targets)
+            df = _run_step(context, plan, run_node, stepdef, current, ctx, defer,
+                           check_targets)
         except dg.Failure:
             raise
         except (PipelineError, PySparkException, Exception) as e:  # noqa: BLE001
@@ -297,7 +331,8 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
         name=f"{plan.job_name}__{node.op_name}",
         ins=_op_inputs(node, source), compute_fn=_wrap(compute),
         outs={"result": dg.Out(LOADED_TABLE if s.kind == "load" else SPARK_DATAFRAME)},
-        required_resource_keys={"spark", "vault"}, tags=tags,
+        required_resource_keys={"spark", "vault", *([params_key] if params_key else [])},
+        tags=tags,
         description=(s.description + "\n\n" if s.description else "")
         + f"Step {s.index}: {s.label}"
         + (f" (registered as '{s.config.register_as}')" if s.config.register_as else "")

@@ -8,6 +8,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -216,7 +217,7 @@ def _load_step(file: str, index: int, raw, catalog: Catalog, params: dict[str, s
     for fpath, msg, fix in cfg.problems():
         problems.append(Problem(file, msg, index, label, f"config.{fpath}", fix))
     return LoadedStep(index, spec.type, spec.method, spec.name, spec.description, cfg,
-                      cfg_raw), problems
+                      cfg_raw, dict(spec.config)), problems
 
 
 def _stand_in(index: int, config, model: type[StepModel] | None,
@@ -293,3 +294,26 @@ def load_pipelines(paths: Iterable[str | Path], catalog: Catalog,
     if problems:
         raise ConfigError(problems)
     return loaded
+
+
+def with_params(pipeline: LoadedPipeline, step: LoadedStep, catalog: Catalog,
+                params: Mapping[str, str]) -> LoadedStep:
+    """The step with the run's parameter values (a run may set other values than the file's
+    defaults, from the Launchpad or `--param`). Raises ConfigError naming file, step and
+    field when the values make the step invalid."""
+    if dict(params) == pipeline.params or not step.template:
+        return step
+    label = step.label
+    try:
+        raw = substitute(step.template, params, None, "config")
+    except UnresolvedParameter as e:
+        raise ConfigError([Problem(pipeline.file, f"placeholder ${{{e.name}}} has no value.",
+                                   step.index, label, e.where, "Set it in the run's params.")]
+                          ) from None
+    model = catalog.model_for(step.kind, step.method)
+    try:
+        cfg = model.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_problems_from(e, model, pipeline.file, "config.", step.index, label)
+                          ) from None
+    return replace(step, config=cfg, raw_config=raw)

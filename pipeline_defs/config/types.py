@@ -27,6 +27,9 @@ class LoadedStep:
     description: str | None
     config: StepModel
     raw_config: dict
+    template: dict = field(default_factory=dict)
+    """The config as the file writes it, ${param} placeholders unresolved (a run may set
+    other parameter values)."""
 
     @property
     def label(self) -> str:

@@ -107,7 +107,7 @@ def start_in_background(settings: SparkSettings) -> None:
 
 def settings_from_env() -> SparkSettings:
     return SparkSettings(master=os.environ.get("SPARK_MASTER", "local[*]"),
-                         jars_dir=os.environ.get("PIPELINE_JARS_DIR", ""))
+                         jars_dir=str(default_jars_dir()))
 
 
 class SparkResource(dg.ConfigurableResource):

@@ -209,3 +209,24 @@ def test_asset_checks_are_declared(tmp_path):
     keys = {(k.asset_key.path[-1], k.name) for k in defs.resolve_asset_graph().asset_check_keys}
     assert {("orders_2025", "order_rules"), ("orders_2025", "one_row_per_order"),
             ("enriched_orders", "keys_present"), ("monthly_sales", "sane_amounts")} <= keys
+
+
+def test_params_are_run_config_with_their_defaults(tmp_path, sample_data):
+    """A pipeline's `params` are its run config (the Launchpad shows them with their
+    defaults); a run with other values writes where they say."""
+    defs = build_definitions(copy_configs(tmp_path / "configs"),
+                             params={"data_dir": str(sample_data),
+                                     "output_dir": str(tmp_path / "default")})
+    job = defs.resolve_job_def("customer_upsert")
+    schema = job.run_config_schema.config_type.fields["resources"].config_type \
+        .fields["params_customer_upsert"].config_type.fields["config"].config_type.fields
+    assert schema["output_dir"].default_value == str(tmp_path / "default")
+    assert schema["data_dir"].default_value == str(sample_data)
+    other = tmp_path / "other"
+    result = job.execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(),
+        run_config={"resources": {"params_customer_upsert": {"config": {
+            "output_dir": str(other)}}}})
+    assert result.success
+    assert (other / "delta" / "customers" / "_delta_log").is_dir()
+    assert not (tmp_path / "default").exists()

@@ -2,6 +2,7 @@
 and a run launched through the UI's API is queued, started by the daemon and succeeds."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -37,8 +39,10 @@ def gql(port: int, query: str, variables: dict | None = None) -> dict:
 
 @pytest.fixture
 def webserver(tmp_path, sample_data):
-    yield from serve(tmp_path, copy_configs(tmp_path / "configs"), {
-        "PIPELINE_DATA_DIR": str(sample_data), "PIPELINE_OUTPUT_DIR": str(tmp_path / "out")})
+    for port, out in serve(tmp_path, copy_configs(tmp_path / "configs"), {
+            "PIPELINE_DATA_DIR": str(sample_data),
+            "PIPELINE_OUTPUT_DIR": str(tmp_path / "out")}):
+        yield port, out, sample_data
 
 
 def serve(tmp_path, config_dir, extra_env):
@@ -93,7 +97,7 @@ def run_status(port: int, run_id: str) -> str:
 
 
 def test_ui_lists_jobs_and_launches_a_run(webserver):
-    port, out = webserver
+    port, out, _ = webserver
     data = gql(port, """{ repositoriesOrError { ... on RepositoryConnection { nodes {
         name location { name } jobs { name } } } } }""")
     repo = data["repositoriesOrError"]["nodes"][0]
@@ -118,8 +122,41 @@ def test_ui_lists_jobs_and_launches_a_run(webserver):
     assert (out / "delta" / "customers" / "_delta_log").is_dir()
     mats = gql(port, """{ assetsOrError { ... on AssetConnection { nodes { key { path }
         assetMaterializations(limit: 1) { runId } } } } }""")["assetsOrError"]["nodes"]
-    written = [a for a in mats if a["key"]["path"][-2:] == ["delta", "customers"]]
+    written = [a for a in mats if a["key"]["path"] == ["customers"]]
     assert written and written[0]["assetMaterializations"][0]["runId"] == run_id
+
+    # one asset of a two-load pipeline, launched by asset selection as the catalog does
+    launched = gql(port, """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
+        __typename ... on LaunchRunSuccess { run { runId } }
+        ... on PythonError { message } } }""", {"p": {"selector": {
+        "repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"],
+        "jobName": "__ASSET_JOB", "assetSelection": [{"path": ["region_by_category"]}]},
+        "runConfigData": {}}})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and run_status(port, run_id) not in (
+            "SUCCESS", "FAILURE", "CANCELED"):
+        time.sleep(1)
+    assert run_status(port, run_id) == "SUCCESS", \
+        (webserver[1].parent / "daemon.log").read_text()[-3000:]
+    expect: dict = {}
+    for o in _orders(webserver[2]):
+        if o["status"] == "completed" and o["order_date"].startswith("2024"):
+            k = (o["region"], o["product_category"])
+            expect[k] = expect.get(k, Decimal(0)) + o["amount"]
+    got = {}
+    for f in (out / "files" / "region_by_category").glob("part-*.csv"):
+        with f.open(newline="") as fh:
+            for r in csv.DictReader(fh):
+                got.update({(r["region"], c): Decimal(r[c]) for c in r if c != "region"})
+    assert got == expect
+    assert not (out / "delta" / "category_ranking").exists()  # not selected, not written
+
+
+def _orders(data: Path) -> list[dict]:
+    return [json.loads(line, parse_float=Decimal) for f in sorted(data.glob("orders*/*.jsonl"))
+            for line in f.read_text().splitlines()]
 
 
 @pytest.fixture

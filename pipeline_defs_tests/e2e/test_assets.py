@@ -1,0 +1,82 @@
+"""Pipelines as Dagster assets: one asset of a multi-load pipeline materialized by itself from
+the command line (`dagster asset materialize --select`), in a separate process against a real
+instance: only what that table needs runs, its checks are evaluated, the other table is not
+written; a check run without its pipeline says why it cannot."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.parquet as pq
+
+from pipeline_defs_tests.conftest import REPO, copy_configs
+
+DAGSTER = str(Path(sys.executable).parent / "dagster")
+
+
+def _expected_monthly(data: Path) -> dict:
+    with (data / "customers.csv").open() as f:
+        country = {int(r["customer_id"]): r["country"] for r in csv.DictReader(f)}
+    out: dict = defaultdict(lambda: [Decimal(0), 0])
+    for f in sorted(data.glob("orders*/*.jsonl")):
+        for line in f.read_text().splitlines():
+            o = json.loads(line, parse_float=Decimal)
+            if o["status"] == "completed" and o["amount"] > 0 and o["customer_id"] is not None:
+                k = (country[o["customer_id"]], int(o["order_date"][:4]),
+                     int(o["order_date"][5:7]))
+                out[k][0] += o["amount"]
+                out[k][1] += 1
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def test_one_asset_of_a_pipeline_materialized_from_the_command_line(tmp_path, sample_data):
+    home, out = tmp_path / "home", tmp_path / "out"
+    home.mkdir()
+    env = {**{k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"},
+           "DAGSTER_HOME": str(home), "SPARK_MASTER": "local[2]",
+           "PIPELINE_CONFIG_DIR": str(copy_configs(tmp_path / "configs")),
+           "PIPELINE_DATA_DIR": str(sample_data), "PIPELINE_OUTPUT_DIR": str(out)}
+    r = subprocess.run([DAGSTER, "asset", "materialize", "--select", "monthly_sales", "-m",
+                        "pipeline_defs.definitions"], capture_output=True, text=True, env=env,
+                       cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    table = pq.read_table(out / "files" / "monthly_sales").to_pylist()
+    got = {(t["country"], t["year"], t["month"]): (t["amount_sum"], t["order_id_count"])
+           for t in table}
+    assert got == _expected_monthly(sample_data)
+    assert not (out / "delta" / "enriched_orders").exists()  # the other table: not selected
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        (run,) = instance.get_runs()
+        assert run.job_name == "__ASSET_JOB" and run.status == dg.DagsterRunStatus.SUCCESS
+        mat = instance.get_latest_materialization_event(dg.AssetKey(["monthly_sales"]))
+        assert mat.asset_materialization.metadata["dagster/row_count"].value == len(got)
+        assert instance.get_latest_materialization_event(
+            dg.AssetKey(["enriched_orders"])) is None
+        checks = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(dg.AssetKey(["monthly_sales"]), "sane_amounts")])
+        (execution,) = checks.values()
+        assert execution.run_id == run.run_id
+        assert execution.status.value == "SUCCEEDED"
+
+
+def test_a_check_run_alone_says_why_it_cannot(tmp_path, sample_data):
+    from pipeline_defs.definitions import build_definitions
+    defs = build_definitions(copy_configs(tmp_path / "configs"),
+                             params={"data_dir": str(sample_data), "output_dir": str(tmp_path)})
+    key = dg.AssetCheckKey(dg.AssetKey(["monthly_sales"]), "sane_amounts")
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection=set(), asset_check_selection={key})  # the check alone, as the UI runs it
+    result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(),
+                                    raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert ("sane_amounts on monthly_sales: these checks are evaluated while pipeline "
+            "'orders-enrichment' writes the assets they check") in \
+        failure.event_specific_data.user_failure_data.description
