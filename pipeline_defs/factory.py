@@ -108,8 +108,8 @@ def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | No
                  if t is not None and plan.node(i).step.kind == "load"}
     source_keys = {i: dg.AssetKey(list(t.key)) for i, t in tables.items()
                    if t is not None and plan.node(i).step.kind == "extract"}
-    check_targets = {n.step.index: [load_keys[j] for j in load_keys
-                                    if n.step.index in plan.upstream(j)]
+    check_targets = {n.step.index: sorted({load_keys[j] for j in plan.rows_reach(n.step.index)
+                                           if j in load_keys}, key=lambda k: k.path)
                      for n in plan.nodes if n.step.kind == "validate"}
     written = set(load_keys.values())
     inputs = {i: key for i, key in source_keys.items() if key not in written}

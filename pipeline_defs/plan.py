@@ -36,6 +36,24 @@ class Plan:
     def consumers(self, index: int) -> list[StepNode]:
         return [n for n in self.nodes if index in n.inputs]
 
+    def rows_reach(self, index: int) -> list[int]:
+        """The loads that write this step's output rows: through steps that keep the rows
+        (filter, derive, select, rename, validate, ...), never through an aggregate, join,
+        pivot or SQL, whose output rows are not these rows."""
+        out, todo, seen = [], [index], set()
+        while todo:
+            i = todo.pop()
+            for c in self.consumers(i):
+                if c.current != i or c.step.index in seen:
+                    continue
+                seen.add(c.step.index)
+                if c.step.kind == "load":
+                    out.append(c.step.index)
+                    todo.append(c.step.index)  # a load leaves the rows current
+                elif type(c.step.config).keeps_rows_identity:
+                    todo.append(c.step.index)
+        return sorted(out)
+
     def upstream(self, index: int) -> list[int]:
         """Every step whose output flows into step `index` (transitively), in order."""
         seen: set[int] = set()

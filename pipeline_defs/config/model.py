@@ -35,6 +35,10 @@ class StepModel(FormatModel):
     """A load whose sink reports the rows it wrote (so its input needs no observe())."""
     preserves_rows: ClassVar[bool] = False
     """The step outputs exactly as many rows as it reads (so it needs no count of its own)."""
+    keeps_rows_identity: ClassVar[bool] = False
+    """The step's output rows are input rows (some dropped, columns changed), so a check on
+    the input's rows also describes the tables they reach (not so for aggregates, joins,
+    pivots or SQL)."""
 
     def named_inputs(self, registered: Collection[str] = ()) -> list[tuple[str, str]]:
         """(field path, DataFrame name) for every registered DataFrame this step reads.

@@ -17,6 +17,7 @@ class ProfileData(StepModel):
     """Profile columns in one Spark pass: count, nulls, approximate distinct, min, max, mean,
     stddev, quantiles; shown in Dagster, optionally appended to a Delta table, with a
     suggested validator block. Rows pass unchanged."""
+    keeps_rows_identity = True
 
     columns: list[str] | None = Field(None, description="Columns to profile (default all).")
     quantiles: list[float] = Field([0.25, 0.5, 0.75], description="Quantiles of numeric "

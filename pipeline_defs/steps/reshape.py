@@ -252,6 +252,7 @@ def reshape_data(df: DataFrame, cfg: ReshapeData, ctx: StepContext) -> DataFrame
 # ---------------------------------------------------------------- Avro schemas
 class ToAvroSchema(StepModel):
     """Check the DataFrame converts to Avro and show its Avro schema; rows pass unchanged."""
+    keeps_rows_identity = True
     preserves_rows = True
 
     name: str = Field("Record", description="Avro record name.")
@@ -275,6 +276,7 @@ def to_avro_schema(df: DataFrame, cfg: ToAvroSchema, ctx: StepContext) -> DataFr
 class EvolveAvroSchema(StepModel):
     """Conform the DataFrame to a target Avro schema: cast, add missing fields from their
     defaults, drop the rest."""
+    keeps_rows_identity = True
     preserves_rows = True
 
     target_schema: str | dict = Field(description="Avro record schema (JSON text or object).")

@@ -19,6 +19,7 @@ from pipeline_defs.steps.registry import step
 # ---------------------------------------------------------------- row and column basics
 class FilterRows(StepModel):
     """Keep the rows for which `condition` (a Spark SQL boolean expression) is true."""
+    keeps_rows_identity = True
 
     condition: str = Field(description="e.g. \"active = true AND age >= 18\"")
     filters = True
@@ -31,6 +32,7 @@ def filter_rows(df: DataFrame, cfg: FilterRows, ctx: StepContext) -> DataFrame:
 
 class EnrichData(StepModel):
     """Add or replace columns computed from Spark SQL expressions, in the order given."""
+    keeps_rows_identity = True
     preserves_rows = True
 
     columns: dict[str, str] = Field(min_length=1, description="{new_column: SQL expression}, "
@@ -48,6 +50,7 @@ def enrich_data(df: DataFrame, cfg: EnrichData, ctx: StepContext) -> DataFrame:
 
 class SelectColumns(StepModel):
     """Keep only these columns (names or SQL expressions such as \"price * qty AS total\")."""
+    keeps_rows_identity = True
 
     columns: list[str] = Field(min_length=1, description="Column names or SQL expressions.")
     passes_filters = True
@@ -60,6 +63,7 @@ def select_columns(df: DataFrame, cfg: SelectColumns, ctx: StepContext) -> DataF
 
 class DropColumns(StepModel):
     """Remove these columns."""
+    keeps_rows_identity = True
     preserves_rows = True
 
     columns: list[str] = Field(min_length=1, description="Column names to drop.")
@@ -74,6 +78,7 @@ def drop_columns(df: DataFrame, cfg: DropColumns, ctx: StepContext) -> DataFrame
 
 class RenameColumns(StepModel):
     """Rename columns."""
+    keeps_rows_identity = True
     preserves_rows = True
 
     columns: dict[str, str] = Field(min_length=1, description="{old_name: new_name}")
@@ -88,6 +93,7 @@ def rename_columns(df: DataFrame, cfg: RenameColumns, ctx: StepContext) -> DataF
 
 class Deduplicate(StepModel):
     """Keep one row per key: the first by `orderBy` when given, else any one."""
+    keeps_rows_identity = True
 
     columns: list[str] | None = Field(None, description="Key columns; all columns when absent.")
     order_by: list[str] | None = Field(None, description="Which row to keep, as SQL order "
@@ -133,6 +139,7 @@ def _order_expr(text: str):
 # ---------------------------------------------------------------- partitions and caching
 class Repartition(StepModel):
     """Shuffle into numPartitions partitions (by columns when given)."""
+    keeps_rows_identity = True
     preserves_rows = True
 
     num_partitions: int = Field(ge=1, description="Number of partitions.")
@@ -147,6 +154,7 @@ def repartition(df: DataFrame, cfg: Repartition, ctx: StepContext) -> DataFrame:
 
 class RepartitionByColumns(StepModel):
     """Hash-partition by columns (e.g. before a partitioned write)."""
+    keeps_rows_identity = True
     preserves_rows = True
 
     columns: list[str] = Field(min_length=1, description="Columns to partition by.")
@@ -165,6 +173,7 @@ def repartition_by_columns(df: DataFrame, cfg: RepartitionByColumns, ctx: StepCo
 
 class Coalesce(StepModel):
     """Reduce the number of partitions without a shuffle (e.g. fewer output files)."""
+    keeps_rows_identity = True
     preserves_rows = True
 
     num_partitions: int = Field(ge=1, description="Target number of partitions.")
@@ -183,6 +192,7 @@ StorageLevelName = Literal["MEMORY_AND_DISK", "MEMORY_ONLY", "DISK_ONLY", "MEMOR
 
 class Cache(StepModel):
     """Keep the current DataFrame once computed, for steps that read it more than once."""
+    keeps_rows_identity = True
     preserves_rows = True
 
     storage_level: StorageLevelName = Field("MEMORY_AND_DISK", description="Spark storage "

@@ -22,6 +22,11 @@ from pipeline_defs.steps.validate.engine import (
 
 
 # ---------------------------------------------------------------- dataset rules
+def _count_seen(seen):
+    """Rows the rule sees: those earlier drop/quarantine steps of the group kept."""
+    return F.count(F.when(seen, 1))
+
+
 class ValidateRowCount(Validator):
     """The number of rows lies within [min, max]."""
 
@@ -41,7 +46,7 @@ def validate_row_count(df: DataFrame, cfg: ValidateRowCount, ctx: StepContext) -
     text = " AND ".join(t for t in (f"rows >= {cfg.min}" if cfg.min is not None else "",
                                     f"rows <= {cfg.max}" if cfg.max is not None else "") if t)
     return finish(df, cfg, ctx, [], None, [DatasetRule("row_count", text or "any",
-                                                        F.count(F.lit(1)), judge)])
+                                                        _count_seen, judge)])
 
 
 class ValidateFreshness(Validator):
@@ -68,7 +73,8 @@ def validate_freshness(df: DataFrame, cfg: ValidateFreshness, ctx: StepContext) 
         age = (datetime.now(UTC) - newest).total_seconds()
         return (1 if age > limit else 0), f"newest {newest.isoformat()}, {age / 3600:.1f} h old"
     rule = DatasetRule(f"freshness({cfg.column})", f"max({cfg.column}) >= now - {cfg.max_age}",
-                       F.max(F.col(cfg.column).cast("timestamp")), judge, (cfg.column,))
+                       lambda seen: F.max(F.when(seen, F.col(cfg.column).cast("timestamp"))),
+                       judge, (cfg.column,))
     return finish(df, cfg, ctx, [], None, [rule])
 
 

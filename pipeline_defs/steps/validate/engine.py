@@ -39,7 +39,9 @@ class RowRule:
 class DatasetRule:
     name: str
     text: str
-    value: Column  # an aggregate over the whole DataFrame
+    value: Callable[[Column], Column]
+    """The aggregate, given which rows the rule sees (those earlier drop/quarantine steps of
+    its group kept): e.g. `lambda seen: F.count(F.when(seen, 1))`."""
     judge: Callable[[Any, int], tuple[int, str]]  # (value, rows) -> (violations, detail)
     columns: tuple[str, ...] = ()
 
@@ -69,6 +71,7 @@ class Validator(StepModel):
     quarantine_path: str | None = Field(None, description="Delta table for quarantined rows "
                                         "(default <quarantine root>/<pipeline>/<step>).")
     passes_filters = True  # rows go on unchanged or filtered: later filters still reach the source
+    keeps_rows_identity = True
     row_actions: ClassVar[bool] = True  # drop/quarantine make sense (False: dataset rules)
 
     def keeps_rows(self) -> bool:
@@ -198,9 +201,12 @@ def evaluate(df: DataFrame, group: list[Pending]) -> DataFrame:
     masked = set(group[-1].ctx.mask_columns)
     data_cols = [c for c in df.columns if not c.startswith("__dq_")]
     base = df.withColumns(dict(flags)) if flags else df
+    seen = [~gone if gone is not None else F.lit(True) for gone in removed_before]
     aggs = [F.count(F.lit(1)).alias("__rows")]
+    aggs += [F.count(F.when(seen[k], 1)).alias(f"rows{k}")
+             for k in range(len(group)) if removed_before[k] is not None]
     aggs += [F.count(F.when(r.violates, 1)).alias(f"r{i}") for i, r in enumerate(rules)]
-    aggs += [r.value.alias(f"d{i}") for i, (_, r) in enumerate(dataset)]
+    aggs += [r.value(seen[k]).alias(f"d{i}") for i, (k, r) in enumerate(dataset)]
     kept = df if data_cols == df.columns else df.select(*data_cols)
     if removed is not None:
         kept = base.filter(~removed).select(*data_cols)
@@ -217,6 +223,8 @@ def evaluate(df: DataFrame, group: list[Pending]) -> DataFrame:
     samples = _collect_samples(base, data_cols, rules, counts, masked)
     failures = []
     for k, p in enumerate(group):
+        if agg and removed_before[k] is not None:  # the rows this step's rules saw
+            rows = agg[f"rows{k}"]
         results = [RuleResult(r.name, r.text, r.columns, counts[i], "", samples[i])
                    for i, r in enumerate(rules) if owner[i] == k]
         for i, (kk, r) in enumerate(dataset):

@@ -42,6 +42,10 @@ def _zscore(value: float, history: list[float]) -> float:
     return abs(value - mean) / var ** 0.5
 
 
+def _nulls_seen(column: str):
+    return lambda seen: F.count(F.when(seen & F.col(column).isNull(), 1))
+
+
 @step("validate", "validateMetricsHistory", ValidateMetricsHistory)
 def validate_metrics_history(df: DataFrame, cfg: ValidateMetricsHistory, ctx: StepContext
                              ) -> DataFrame:
@@ -78,11 +82,11 @@ def validate_metrics_history(df: DataFrame, cfg: ValidateMetricsHistory, ctx: St
         return judge
 
     rules = [DatasetRule("row_count", f"row count within {cfg.threshold:g} sd of history",
-                         F.count(F.lit(1)), judge_for("row_count"))]
+                         lambda seen: F.count(F.when(seen, 1)), judge_for("row_count"))]
     rules += [DatasetRule(f"null_fraction({c})", f"null fraction of {c} within "
                           f"{cfg.threshold:g} sd of history",
-                          F.count(F.when(F.col(c).isNull(), 1)), judge_for(f"null_fraction({c})"),
-                          (c,)) for c in cols]
+                          _nulls_seen(c), judge_for(f"null_fraction({c})"), (c,))
+               for c in cols]
 
     def record(results: list[RuleResult], rows: int | None) -> None:
         passed = bool(ctx.metadata.get("passed"))
