@@ -5,12 +5,14 @@ DataFrames pass between ops as lazy plans (in-memory IO manager, in-process exec
 SparkSession per run). Row counts come from `observe()` on the plans that run anyway."""
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import dagster as dg
 
 from pipeline_defs.config.assets import AssetNames, asset_names, uri
+from pipeline_defs.config.dataflow import safe_name
 from pipeline_defs.config.loader import LoadedPipeline
 from pipeline_defs.ops import check_name, evaluated_checks, input_name, op_for
 from pipeline_defs.plan import Plan, build_plan
@@ -94,6 +96,27 @@ def _dependencies(plan: Plan, ops: dict[int, dg.OpDefinition]) -> dict:
     return deps
 
 
+def _about(p: LoadedPipeline, plan: Plan, out: str, kinds: dict[int, str]
+           ) -> tuple[str, dict, str | None]:
+    """(description, definition metadata, storage kind) of a graph output's asset: a table a
+    load writes (`tNN`), or a validation's quarantine table (`qNN`)."""
+    step = plan.node(int(out[1:])).step
+    if out.startswith("q"):
+        root = p.config.quarantine_root or os.environ.get("PIPELINE_QUARANTINE_ROOT",
+                                                          "quarantine")
+        location = step.config.quarantine_path or \
+            f"{root.rstrip('/')}/{safe_name(p.name)}/{plan.node(step.index).op_name}"
+        text = (f"Rows that broke the rules of step {step.index} ({step.label}) of pipeline "
+                f"'{p.name}', with the rules and why (_dq_rules, _dq_reason). Location: "
+                f"{location}")
+        return text, {"dagster/uri": uri(location), "location": location,
+                      "pipeline_file": p.file}, "delta"
+    location = step.config.location() or ""
+    return (f"Written by pipeline '{p.name}' (step {step.index}, {step.label}). Location: "
+            f"{location}", {"dagster/uri": uri(location), "location": location,
+                            "pipeline_file": p.file}, kinds.get(step.index))
+
+
 def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | None = None
                    ) -> PipelineDefs:
     """The pipeline's graph (one op per step) as assets: each load's output is the asset of
@@ -134,6 +157,11 @@ def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | No
     else:
         for key, i in first_load.items():
             outputs[f"t{i:02d}"] = (plan.node(i).op_name, "result", key)
+    for evaluator, steps in plan.quarantines().items():
+        for i in steps:  # quarantine tables: written by the pass of the group's last step
+            outputs[f"q{i:02d}"] = (plan.node(evaluator).op_name, f"quarantine_s{i:02d}",
+                                    dg.AssetKey(["quarantine", plan.job_name,
+                                                 plan.node(i).op_name]))
     source_by_key: dict[dg.AssetKey, str] = {}
     input_mappings = []
     for i, key in inputs.items():
@@ -152,21 +180,16 @@ def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | No
              for n in plan.nodes if n.step.kind in ("extract", "load")}
     lineage = {out: {source_keys[j] for j in plan.upstream(int(out[1:]))
                      if j in inputs} for out in outputs}
+    about = {out: _about(p, plan, out, kinds) for out in outputs}
     assets = dg.AssetsDefinition.from_graph(
         graph, keys_by_input_name={v: k for k, v in source_by_key.items()},
         keys_by_output_name={out: key for out, (_, _, key) in outputs.items()},
         internal_asset_deps=lineage, group_name=plan.job_name, can_subset=True,
         tags_by_output_name={  # Dagster's kinds: the storage, and spark
-            out: {f"dagster/kind/{k}": "" for k in ("spark", kinds.get(int(out[1:]))) if k}
-            for out in outputs},
-        descriptions_by_output_name={
-            out: f"Written by pipeline '{p.name}' (step {int(out[1:])}, "
-                 f"{plan.node(int(out[1:])).step.label}). Location: "
-                 f"{plan.node(int(out[1:])).step.config.location()}" for out in outputs},
-        metadata_by_output_name={
-            out: {"dagster/uri": uri(plan.node(int(out[1:])).step.config.location() or ""),
-                  "location": plan.node(int(out[1:])).step.config.location() or "",
-                  "pipeline_file": p.file} for out in outputs})
+            out: {f"dagster/kind/{k}": "" for k in ("spark", a[2]) if k}
+            for out, a in about.items()},
+        descriptions_by_output_name={out: a[0] for out, a in about.items()},
+        metadata_by_output_name={out: a[1] for out, a in about.items()})
     job = dg.define_asset_job(
         plan.job_name, selection=dg.AssetSelection.assets(assets),
         executor_def=dg.in_process_executor,

@@ -290,6 +290,7 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
              consumers[0].step.kind == "validate" and consumers[0].current == s.index)
 
     params_key = params_resource_key(plan)
+    quarantines = plan.quarantines().get(s.index, [])  # tables this op's pass writes
 
     def compute(context: dg.OpExecutionContext, **inputs):
         current: StepOutput | None = inputs.get("df")
@@ -322,15 +323,20 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
         pending = tuple(ctx.validation.pending) if defer else ()
         if defer:
             meta["evaluated_with"] = consumers[0].op_name
-        return dg.Output(StepOutput(df, s.index, node.op_name, obs, parents, pending),
-                         metadata={k: v for k, v in meta.items() if v is not None})
+        outputs = [dg.Output(StepOutput(df, s.index, node.op_name, obs, parents, pending),
+                             metadata={k: v for k, v in meta.items() if v is not None})]
+        if quarantines:
+            outputs += _quarantine_outputs(context, ctx, quarantines, df)
+        return outputs
 
     tags = {"pipeline/kind": s.kind, "pipeline/method": s.method}
     return dg.OpDefinition(
         # unique in the repository; the node in the job is aliased to the readable op_name
         name=f"{plan.job_name}__{node.op_name}",
         ins=_op_inputs(node, source), compute_fn=_wrap(compute),
-        outs={"result": dg.Out(LOADED_TABLE if s.kind == "load" else SPARK_DATAFRAME)},
+        outs={"result": dg.Out(LOADED_TABLE if s.kind == "load" else SPARK_DATAFRAME),
+              **{f"quarantine_s{i:02d}": dg.Out(LOADED_TABLE, is_required=False)
+                 for i in quarantines}},
         required_resource_keys={"spark", "vault", *([params_key] if params_key else [])},
         tags=tags,
         description=(s.description + "\n\n" if s.description else "")
@@ -350,8 +356,36 @@ def _auditor(context: dg.OpExecutionContext, vault):
 def _wrap(compute):
     """OpDefinition calls compute_fn(context, inputs_dict) and wants its results yielded."""
     def fn(context, inputs):
-        yield compute(context, **inputs)
+        out = compute(context, **inputs)
+        yield from (out if isinstance(out, list) else [out])
     return fn
+
+
+DQ_COLUMNS = {"_dq_rules": "the rules of the group the row broke",
+              "_dq_reason": "why it was quarantined, as a sentence",
+              "_dq_run_id": "the Dagster run that quarantined it",
+              "_dq_time": "when (UTC)"}
+
+
+def _quarantine_outputs(context, ctx: StepContext, steps: list[int], df) -> list[dg.Output]:
+    """The quarantine tables this pass appended to, as their assets' materializations."""
+    out = []
+    for p in ctx.validation.pending:
+        name = f"quarantine_s{p.ctx.step:02d}"
+        location = p.ctx.metadata.get("quarantine_location")
+        if p.ctx.step not in steps or not location or \
+                name not in context.selected_output_names:
+            continue
+        rows = int(p.ctx.metadata.get("quarantined_rows", 0))
+        schema = dg.TableSchema(columns=[
+            *table_schema(df.schema).columns,
+            *[dg.TableColumn(c, "array<string>" if c == "_dq_rules" else "string",
+                             description=d) for c, d in DQ_COLUMNS.items()]])
+        out.append(dg.Output({"location": location, "rows": rows}, name, metadata={
+            "dagster/row_count": rows, "location": location, "dagster/uri": uri(location),
+            "format": "delta", "mode": "append", "dagster/column_schema": schema,
+            "rules": dg.MetadataValue.json([r.text for r in p.rules])}))
+    return out
 
 
 def _failure(pipeline: LoadedPipeline, s, e: BaseException, context=None,

@@ -36,6 +36,29 @@ class Plan:
     def consumers(self, index: int) -> list[StepNode]:
         return [n for n in self.nodes if index in n.inputs]
 
+    def evaluator(self, index: int) -> int:
+        """The validate step that evaluates this validation's group (consecutive
+        validations are one pass, run by the last of them)."""
+        while True:
+            consumers = self.consumers(index)
+            if len(consumers) == 1 and consumers[0].step.kind == "validate" and \
+                    self.node(index).step.kind == "validate" and \
+                    consumers[0].current == index:
+                index = consumers[0].step.index
+            else:
+                return index
+
+    def quarantines(self) -> dict[int, list[int]]:
+        """{evaluating step: [its group's steps with onFailure quarantine]} (batch)."""
+        out: dict[int, list[int]] = {}
+        if self.pipeline.config.mode == "streaming":
+            return out
+        for n in self.nodes:
+            if n.step.kind == "validate" and \
+                    getattr(n.step.config, "on_failure", None) == "quarantine":
+                out.setdefault(self.evaluator(n.step.index), []).append(n.step.index)
+        return out
+
     def rows_reach(self, index: int) -> list[int]:
         """The loads that write this step's output rows: through steps that keep the rows
         (filter, derive, select, rename, validate, ...), never through an aggregate, join,

@@ -98,3 +98,21 @@ def test_checks_of_a_materialized_asset_are_evaluated_with_it(tmp_path, sample_d
     # the row-count rule counted the rows left after the quarantine step: those written
     assert evals["enough_orders"].metadata["rows"].value == written
     assert evals["order_rules"].metadata["rows"].value > written  # it saw them all
+
+
+def test_a_quarantine_table_is_an_asset_of_its_pipeline(tmp_path, sample_data, spark):
+    from pipeline_defs.definitions import build_definitions
+    defs = build_definitions(copy_configs(tmp_path / "configs"),
+                             params={"data_dir": str(sample_data), "output_dir": str(tmp_path)})
+    key = dg.AssetKey(["quarantine", "orders_quality", "order_rules"])
+    spec = {s.key: s for s in defs.resolve_all_asset_specs()}[key]
+    assert spec.group_name == "orders_quality" and "delta" in spec.kinds
+    assert {d.asset_key for d in spec.deps} == {dg.AssetKey(["sources", "orders_2025"])}
+    instance = dg.DagsterInstance.ephemeral()
+    assert defs.resolve_job_def("orders_quality").execute_in_process(instance=instance).success
+    mat = instance.get_latest_materialization_event(key).asset_materialization
+    stored = spark.read.format("delta").load(mat.metadata["location"].text)
+    assert mat.metadata["dagster/row_count"].value == stored.count() > 0
+    columns = {c.name: c.description for c in mat.metadata["dagster/column_schema"].schema.columns}
+    assert columns["_dq_rules"] == "the rules of the group the row broke"
+    assert set(stored.columns) == set(columns)

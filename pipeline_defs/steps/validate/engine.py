@@ -255,6 +255,7 @@ def _quarantine(base: DataFrame, data_cols: list[str], aggs: list[Column],
     in_quarantine = F.greatest(*[r.violates for i, r in enumerate(rules)
                                  if owner[i] in quarantined] + [F.lit(False)])
     locations = {k: quarantine_location(group[k].cfg, group[k].ctx) for k in quarantined}
+    aggs = [*aggs, F.count(F.when(in_quarantine, 1)).alias("__quarantined")]
     bad = (base.observe(obs, *aggs).filter(in_quarantine)
            .select(*data_cols, all_broken.alias(RULES_COL))
            .withColumn(REASON_COL, F.concat(F.lit("broke: "), F.array_join(RULES_COL, ", ")))
@@ -262,9 +263,11 @@ def _quarantine(base: DataFrame, data_cols: list[str], aggs: list[Column],
            .withColumn(TIME_COL, F.lit(datetime.now(UTC)).cast("timestamp")))
     location = locations[quarantined[0]]
     bad.write.format("delta").mode("append").option("mergeSchema", "true").save(location)
+    counts = obs.get
     for k in quarantined:
         group[k].ctx.metadata["quarantine_location"] = location
-    return obs.get
+        group[k].ctx.metadata["quarantined_rows"] = int(counts["__quarantined"])
+    return counts
 
 
 def _report(p: Pending, results: list[RuleResult], rows: int | None, dataset: set[str]
