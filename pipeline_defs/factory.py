@@ -137,7 +137,8 @@ def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | No
     written = set(load_keys.values())
     inputs = {i: key for i, key in source_keys.items() if key not in written}
     ops = {n.step.index: op_for(plan, n, registry, load_keys, check_targets,
-                                source=n.step.index in inputs) for n in plan.nodes}
+                                source=n.step.index in inputs,
+                                table_key=source_keys.get(n.step.index)) for n in plan.nodes}
     deps = _dependencies(plan, ops)
     node_defs = list(ops.values())
     # graph outputs: one per table (the first load of it), each an asset

@@ -22,6 +22,7 @@ from pipeline_defs.errors import ConfigError, PipelineError, StepExecutionError
 from pipeline_defs.plan import Plan, StepNode
 from pipeline_defs.steps.context import LoadResult, StepContext
 from pipeline_defs.steps.errors import internal_error, spark_error_summary
+from pipeline_defs.steps.lineage import column_ids, column_sources
 from pipeline_defs.steps.registry import Registry, StepDef
 from pipeline_defs.steps.validate import ValidationGroup
 
@@ -39,6 +40,7 @@ class StepOutput:
     observation: Observation | None = None
     parents: tuple[StepOutput, ...] = ()
     pending: tuple = ()  # validations recorded here, evaluated with the group's last step
+    columns: tuple = ()  # an extract's columns: ((Spark's column id, (asset key, name)), ...)
 
     def lineage(self) -> list[StepOutput]:
         seen: dict[int, StepOutput] = {}
@@ -280,7 +282,7 @@ def _run_step(context, plan: Plan, node: StepNode, stepdef: StepDef, current: St
 
 
 def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targets,
-           source: bool = False) -> dg.OpDefinition:
+           source: bool = False, table_key: dg.AssetKey | None = None) -> dg.OpDefinition:
     pipeline = plan.pipeline
     s = node.step
     stepdef = registry.get(s.kind, s.method)
@@ -312,7 +314,9 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
             raise
         except (PipelineError, PySparkException, Exception) as e:  # noqa: BLE001
             raise _failure(pipeline, s, e, context, ctx.activity) from None
-        obs = None
+        obs, columns = None, ()
+        if table_key is not None and not df.isStreaming:  # for the loads' column lineage
+            columns = tuple((i, (table_key, name)) for i, name in column_ids(df).items())
         if node.observe and not df.isStreaming:  # a stream's rows come from its progress
             df, obs = _observe(df, context.run_id, node.op_name)
         meta = {"dagster/column_schema": table_schema(df.schema) if not df.isStreaming
@@ -323,7 +327,8 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
         pending = tuple(ctx.validation.pending) if defer else ()
         if defer:
             meta["evaluated_with"] = consumers[0].op_name
-        outputs = [dg.Output(StepOutput(df, s.index, node.op_name, obs, parents, pending),
+        outputs = [dg.Output(StepOutput(df, s.index, node.op_name, obs, parents, pending,
+                                        columns),
                              metadata={k: v for k, v in meta.items() if v is not None})]
         if quarantines:
             outputs += _quarantine_outputs(context, ctx, quarantines, df)
@@ -411,6 +416,24 @@ def _failure(pipeline: LoadedPipeline, s, e: BaseException, context=None,
                                 "config": dg.MetadataValue.json(err.config)})
 
 
+def _column_lineage(context, current: StepOutput) -> dg.TableColumnLineage | None:
+    """Which columns of the tables read each written column comes from (Spark's analyzed
+    plan, no job). Best effort: a plan shape it cannot read gives no lineage, never a failed
+    load."""
+    sources = dict(c for o in current.lineage() for c in o.columns)
+    if not sources:
+        return None
+    try:
+        found = column_sources(current.df)
+    except Exception as e:  # noqa: BLE001 - lineage is metadata, the load succeeded
+        context.log.debug(f"no column lineage: {type(e).__name__}: {e}")
+        return None
+    return dg.TableColumnLineage(deps_by_column={
+        column: [dg.TableColumnDep(asset_key=sources[i][0], column_name=sources[i][1])
+                 for i in sorted(ids) if i in sources]
+        for column, ids in found.items()})
+
+
 def _run_load(context, plan: Plan, node: StepNode, stepdef: StepDef, current: StepOutput,
               ctx: StepContext, started: float, key: dg.AssetKey) -> dg.Output:
     if current.df.isStreaming:
@@ -440,6 +463,9 @@ def _run_load(context, plan: Plan, node: StepNode, stepdef: StepDef, current: St
             **{k: _plain(v) for k, v in result.metadata.items()}}
     if rows is not None:
         meta["dagster/row_count"] = int(rows)
+    lineage = _column_lineage(context, current)
+    if lineage is not None:
+        meta["dagster/column_lineage"] = lineage
     context.log.info(f"{s.label} wrote {rows if rows is not None else '?'} rows to "
                      f"{result.location} in {duration:.1f}s")
     return dg.Output({"location": result.location, "rows": rows}, metadata=meta)

@@ -116,3 +116,38 @@ def test_a_quarantine_table_is_an_asset_of_its_pipeline(tmp_path, sample_data, s
     columns = {c.name: c.description for c in mat.metadata["dagster/column_schema"].schema.columns}
     assert columns["_dq_rules"] == "the rules of the group the row broke"
     assert set(stored.columns) == set(columns)
+
+
+def test_column_lineage_of_a_join_and_an_aggregate(tmp_path, sample_data):
+    """orders (two sources, unioned) joined to customers, derived, aggregated by country and
+    month: each written column names the source columns it comes from."""
+    from pipeline_defs.definitions import build_definitions
+    defs = build_definitions(copy_configs(tmp_path / "configs"),
+                             params={"data_dir": str(sample_data), "output_dir": str(tmp_path)})
+    instance = dg.DagsterInstance.ephemeral()
+    assert defs.resolve_job_def("orders_enrichment").execute_in_process(
+        instance=instance).success
+    meta = instance.get_latest_materialization_event(dg.AssetKey(["monthly_sales"])) \
+        .asset_materialization.metadata
+    lineage = meta["dagster/column_lineage"].value.deps_by_column
+    got = {column: sorted((d.asset_key.to_user_string(), d.column_name) for d in deps)
+           for column, deps in lineage.items()}
+    orders = [("sources/orders", "{}"), ("sources/orders_2025", "{}")]
+
+    def both(column):
+        return sorted((k, c.format(column)) for k, c in orders)
+    assert got == {
+        "country": [("sources/customers", "country")],
+        "year": both("order_date"),
+        "month": both("order_date"),
+        "amount_sum": both("amount"),
+        "order_id_count": both("order_id"),
+        "avg_unit_price": sorted(both("amount") + both("quantity")),
+    }
+    enriched = instance.get_latest_materialization_event(dg.AssetKey(["enriched_orders"])) \
+        .asset_materialization.metadata["dagster/column_lineage"].value.deps_by_column
+    # an inner join keeps the key once, as Spark's plan says: the orders' column
+    assert sorted((d.asset_key.to_user_string(), d.column_name)
+                  for d in enriched["customer_id"]) == both("customer_id")
+    assert [(d.asset_key.to_user_string(), d.column_name) for d in enriched["email"]] == [
+        ("sources/customers", "email")]
