@@ -131,9 +131,12 @@ def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | No
                  if t is not None and plan.node(i).step.kind == "load"}
     source_keys = {i: dg.AssetKey(list(t.key)) for i, t in tables.items()
                    if t is not None and plan.node(i).step.kind == "extract"}
+    # Streams are validated per micro-batch (the run's log and the op's metadata say what
+    # broke); a stream's sink has no asset check result to report.
     check_targets = {n.step.index: sorted({load_keys[j] for j in plan.rows_reach(n.step.index)
                                            if j in load_keys}, key=lambda k: k.path)
-                     for n in plan.nodes if n.step.kind == "validate"}
+                     for n in plan.nodes if n.step.kind == "validate"
+                     and p.config.mode == "batch"}
     written = set(load_keys.values())
     inputs = {i: key for i, key in source_keys.items() if key not in written}
     ops = {n.step.index: op_for(plan, n, registry, load_keys, check_targets,

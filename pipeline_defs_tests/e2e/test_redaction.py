@@ -48,7 +48,7 @@ def test_no_secret_value_anywhere(pg, mysql, s3, vault, tmp_path, spark):
             "bucket": "lake", "path": "users", "format": "json", "mode": "overwrite",
             "credentialPath": paths["s3"]}},
         {"type": "load", "method": "toDeltaLake", "config": {
-            "path": "s3a://lake/delta/users", "mode": "overwrite",
+            "path": "s3a://lake/delta/users", "mode": "overwrite", "assetKey": ["users_delta"],
             "credentialPath": paths["s3"]}},
         {"type": "load", "method": "toMySQL", "config": {
             "table": "users_copy", "mode": "overwrite", "credentialPath": paths["my"]}}]})
