@@ -74,13 +74,20 @@ def configure_s3(spark: SparkSession, cfg: S3Connection, ctx: StepContext, bucke
 class PathCredentials(S3Connection):
     """File-like steps: credentials are only used when the path is on s3a://."""
 
+    def location(self) -> str | None:
+        return getattr(self, "path", None) or getattr(self, "table", None)
+
+    def table_name(self) -> str | None:
+        table = getattr(self, "table", None)  # a catalog table (Delta): db.name -> name
+        if not getattr(self, "path", None) and table:
+            return table.rsplit(".", 1)[-1]
+        return super().table_name()
+
 
 def prepare_path(spark: SparkSession, cfg: PathCredentials, ctx: StepContext, path: str) -> None:
     bucket = bucket_of(path)
     if bucket and (cfg.credential_path or cfg.access_key_id or cfg.endpoint or cfg.region):
         configure_s3(spark, cfg, ctx, bucket)
-
-
 
 
 # ---------------------------------------------------------------- options
@@ -116,15 +123,6 @@ class Extract(PathCredentials):
     """Extracts that read a path (credentials used only for s3a:// paths)."""
 
     uses_current = False
-
-    def location(self) -> str | None:
-        return getattr(self, "path", None) or getattr(self, "table", None)
-
-    def table_name(self) -> str | None:
-        table = getattr(self, "table", None)  # a catalog table (Delta): db.name -> name
-        if not getattr(self, "path", None) and table:
-            return table.rsplit(".", 1)[-1]
-        return super().table_name()
 
 
 class FromFile(Extract):
@@ -218,15 +216,6 @@ class Load(PathCredentials):
     asset_key: list[str] | None = Field(None, description="Dagster asset key for the target, "
                                         "e.g. [\"sales\", \"orders\"]. Default: derived from "
                                         "the path or table.")
-
-    def location(self) -> str | None:
-        return getattr(self, "path", None) or getattr(self, "table", None)
-
-    def table_name(self) -> str | None:
-        table = getattr(self, "table", None)  # a catalog table (Delta): db.name -> name
-        if not getattr(self, "path", None) and table:
-            return table.rsplit(".", 1)[-1]
-        return super().table_name()
 
 
 class FileSink(Load, StreamingSink):
