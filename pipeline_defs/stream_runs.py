@@ -45,7 +45,23 @@ def watch_op(plan: Plan, loads: list[StepNode], sinks: dict[int, dg.AssetKey]
                  for v in inputs.values()]
         stats += [streaming.QueryStats(q, step, name)
                   for q, step, name in streaming.registered(context.run_id)]
-        watcher = streaming.Watcher(stats, context.log, settings)
+        def committed(q: streaming.QueryStats, p: dict) -> None:
+            """A sink's commits since the last progress line, as a materialization."""
+            if q.step not in sinks or f"sink_s{q.step:02d}" not in \
+                    context.selected_output_names:
+                return
+            d = p.get("durationMs", {})
+            context.log_event(dg.AssetMaterialization(
+                asset_key=sinks[q.step], description=f"stream {q.name}: batch {p['batchId']}",
+                metadata={"batch_id": p["batchId"], "batches": q.pending_batches,
+                          "input_rows": q.pending_rows,
+                          "input_rows_per_second": float(p.get("inputRowsPerSecond") or 0),
+                          "processed_rows_per_second":
+                              float(p.get("processedRowsPerSecond") or 0),
+                          "trigger_ms": int(d.get("triggerExecution", 0)),
+                          "total_batches": q.batches, "total_input_rows": q.rows}))
+
+        watcher = streaming.Watcher(stats, context.log, settings, on_progress=committed)
         try:
             ended = watcher.run(streaming.seconds(settings.timeout),
                                 first_batch_only=not settings.await_termination)

@@ -147,8 +147,12 @@ class QueryStats:
 class Watcher:
     """Follows the run's queries: progress lines (throttled), failures, graceful stop."""
 
-    def __init__(self, queries: list[QueryStats], log, settings, clock=time.monotonic):
+    def __init__(self, queries: list[QueryStats], log, settings, clock=time.monotonic,
+                 on_progress: Callable[[QueryStats, dict], None] | None = None):
         self.queries, self.log, self.settings, self.clock = queries, log, settings, clock
+        self.on_progress = on_progress
+        """Called with each progress line's query and latest progress (before its counts
+        since the last line are reset): the runner records the commits in Dagster."""
 
     def poll(self) -> None:
         now = self.clock()
@@ -192,6 +196,8 @@ class Watcher:
             f"processed {p.get('processedRowsPerSecond') or 0:.0f} rows/s, trigger "
             f"{d.get('triggerExecution', 0)} ms (addBatch {d.get('addBatch', 0)} ms); "
             f"totals {q.batches} batches, {q.rows} rows")
+        if self.on_progress is not None and q.pending_batches:
+            self.on_progress(q, p)
         q.pending_rows = q.pending_batches = 0
 
     def failed(self) -> QueryStats | None:

@@ -71,6 +71,13 @@ def test_available_now_validators_and_an_idempotent_postgres_sink(pg, vault, tmp
     assert warned and "not_null(note):" in warned[0]
     streams = streams_outputs(result)
     assert streams[0]["batches"] >= 1 and streams[0]["input_rows"] == 200
+    # the sink is an asset, materialized as the query commits, then with the totals
+    mats = [e.event_specific_data.materialization for e in result.all_events
+            if e.event_type_value == "ASSET_MATERIALIZATION"
+            and e.event_specific_data.materialization.asset_key == dg.AssetKey(["amounts"])]
+    commits = [m for m in mats if "batch_id" in m.metadata]
+    assert commits and sum(m.metadata["input_rows"].value for m in commits) == 200
+    assert mats[-1].metadata["ended"].text == "finished"
 
     # new files, a second run: only they are loaded (the checkpoint resumes), once
     write_batch(src, "b.json", [{"id": i, "amount": 5, "note": "n"} for i in range(201, 251)])
