@@ -178,7 +178,7 @@ def _is(cls):
 
 
 SPARK_DATAFRAME = dg.DagsterType(
-    name="SparkDataFrame", type_check_fn=_is(object),
+    name="SparkDataFrame", type_check_fn=_is(StepOutput),
     description="A Spark DataFrame passed on as a lazy plan (nothing is computed between "
     "steps), with the row counter riding on it.")
 LOADED_TABLE = dg.DagsterType(
