@@ -37,7 +37,7 @@ services-up: setup
 services-down:
 	@bash scripts/services.sh down
 
-# A single-node Kafka broker (KRaft) on 127.0.0.1:59092, data in a temp directory
+# A single-node Kafka broker (KRaft) on 127.0.0.1:29092, data in a temp directory
 kafka-up: setup
 	@bash scripts/kafka.sh up
 

@@ -29,7 +29,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from results import write_section  # noqa: E402
 
-BOOT = f"127.0.0.1:{os.environ.get('PIPELINE_KAFKA_PORT', '59092')}"
+BOOT = f"127.0.0.1:{os.environ.get('PIPELINE_KAFKA_PORT', '29092')}"
 SCHEMA = "id BIGINT, kind STRING, amount DOUBLE, ts_ms BIGINT"
 
 

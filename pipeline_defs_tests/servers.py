@@ -148,7 +148,7 @@ def vault_resource(vault, tmp_path):
                          audit_log=str(tmp_path / "audit.jsonl"), backoff_s=0.05)
 
 
-KAFKA_PORT = int(os.environ.get("PIPELINE_KAFKA_PORT", "59092"))
+KAFKA_PORT = int(os.environ.get("PIPELINE_KAFKA_PORT", "29092"))
 KAFKA = f"127.0.0.1:{KAFKA_PORT}"
 
 

@@ -5,7 +5,8 @@
 #   scripts/kafka.sh up      format a fresh data directory (first time) and start; idempotent
 #   scripts/kafka.sh down    stop it and delete its data
 #
-# PIPELINE_KAFKA_PORT (59092; the controller listens on the next port),
+# PIPELINE_KAFKA_PORT (29092; the controller listens on the next port; both below Linux's
+# ephemeral range 32768-60999, where a client socket can hold the port when the broker binds),
 # PIPELINE_KAFKA_PARTITIONS (1): partitions of a topic created on first use,
 # data under $PIPELINE_SERVICES_DIR/kafka (default /tmp/pipeline_defs-services/kafka).
 # Like a default Kafka, the broker creates a topic when a client first produces to it or
@@ -14,14 +15,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 DIR=${PIPELINE_SERVICES_DIR:-/tmp/pipeline_defs-services}/kafka
-PORT=${PIPELINE_KAFKA_PORT:-59092}
+PORT=${PIPELINE_KAFKA_PORT:-29092}
 CPORT=$((PORT + 1))
 PARTITIONS=${PIPELINE_KAFKA_PARTITIONS:-1}
 CP="$ROOT/.cache/kafka-jars/*"
 
 ping_kafka() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
 
-running() { [ -f "$DIR/broker.pid" ] && kill -0 "$(cat "$DIR/broker.pid")" 2>/dev/null; }
+# The pid file's process is our broker (a pid left by a previous machine state may now be
+# any other process).
+running() {
+  [ -f "$DIR/broker.pid" ] && grep -qs kafka.Kafka "/proc/$(cat "$DIR/broker.pid")/cmdline"
+}
 
 up() {
   [ -d "$ROOT/.cache/kafka-jars" ] || { echo "kafka: run make setup first" >&2; exit 1; }
@@ -68,19 +73,31 @@ group.initial.rebalance.delay.ms=0
 PROPS
 }
 
+# Waits for the listener; a broker that exits while starting (a port taken, a bad data
+# directory) is reported at once with the cause from its log, not after the timeout.
 wait_up() {
-  for _ in $(seq 360); do ping_kafka && return; sleep 0.5; done
-  echo "kafka: the broker did not start within 180 s, see $DIR/broker.log" >&2; exit 1
+  for _ in $(seq 360); do
+    ping_kafka && return
+    if ! running; then
+      echo "kafka: the broker exited while starting; from $DIR/broker.log:" >&2
+      grep -m 3 -E "ERROR|Exception" "$DIR/broker.log" >&2 || tail -5 "$DIR/broker.log" >&2
+      rm -f "$DIR/broker.pid"
+      exit 1
+    fi
+    sleep 0.5
+  done
+  echo "kafka: the broker did not start within 180 s, see $DIR/broker.log" >&2
+  tail -5 "$DIR/broker.log" >&2; exit 1
 }
 
 stop() {
-  if [ -f "$DIR/broker.pid" ]; then
+  if running; then
     pid=$(cat "$DIR/broker.pid")
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     kill -9 "$pid" 2>/dev/null || true
-    rm -f "$DIR/broker.pid"
   fi
+  rm -f "$DIR/broker.pid"
 }
 
 down() {
