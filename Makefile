@@ -3,13 +3,14 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 DAGSTER_HOME ?= $(CURDIR)/.cache/dagster_home
+DEV_PORT ?= 3000
 
 .PHONY: setup home demo test dev validate bench services-up services-down kafka-up kafka-down clean
 
 # The Dagster instance for demo and dev: runs stay visible in the UI across sessions.
 home:
 	@mkdir -p $(DAGSTER_HOME)
-	@[ -f $(DAGSTER_HOME)/dagster.yaml ] || cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	@[ -f $(DAGSTER_HOME)/dagster.yaml ] || cp instance/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 setup:
 	@bash scripts/setup.sh
@@ -22,7 +23,7 @@ test: setup
 	@bash scripts/test.sh
 
 dev: setup home
-	DAGSTER_HOME=$(DAGSTER_HOME) $(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME) $(VENV)/bin/dg dev -h 127.0.0.1 -p $(DEV_PORT)
 
 validate: setup
 	@$(VENV)/bin/pipeline validate configs

@@ -1,9 +1,11 @@
 """Dagster's entry point: every pipeline in the config directory as a job, its targets as assets.
 
-The directory is `configs/` unless PIPELINE_CONFIG_DIR names another."""
+The directory is `configs/` unless PIPELINE_CONFIG_DIR names another (or the component's
+`directory` attribute in pipeline_defs/defs/pipelines/defs.yaml)."""
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -17,6 +19,14 @@ from pipeline_defs.ops import params_resource, params_resource_key
 from pipeline_defs.resources import SparkResource, VaultResource
 from pipeline_defs.resources.spark import REPO_ROOT, default_jars_dir
 from pipeline_defs.steps.registry import Registry, builtin_registry
+
+# Dagster 1.13.27 warns about its own internals when a project is loaded through dg: the
+# component loader re-creates asset checks with a beta parameter, and dagster-spark's
+# (preview) scaffolder is registered. Neither is something a user of this project can act on.
+warnings.filterwarnings("ignore", message="Parameter `execution_type` of function",
+                        category=dg.BetaWarning)
+warnings.filterwarnings("ignore", message="Class `SparkDeclarativePipelineScaffolder`",
+                        category=dg.PreviewWarning)
 
 
 def config_dir() -> Path:
@@ -61,4 +71,9 @@ def build_definitions(directory: str | Path | None = None,
     return definitions_for(pipelines, resources)
 
 
-defs = build_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    """What `dagster dev -m pipeline_defs.definitions`, `dg dev` and `dg check defs` load: the
+    project's defs folder, whose PipelineDirectory component (pipeline_defs/component.py)
+    builds every pipeline file of the config directory."""
+    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)

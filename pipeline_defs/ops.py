@@ -238,8 +238,13 @@ def params_resource(plan: Plan) -> dg.ResourceDefinition:
     """The pipeline's `params` as run configuration: the Launchpad shows each with its
     default (the file's, with the environment applied) and a run may change it."""
     p = plan.pipeline
+
+    def pipeline_params(init) -> dict[str, str]:
+        return {**p.params, **dict(init.resource_config or {})}
+    pipeline_params.__qualname__ = "pipeline_params"  # its type as dg list defs / the UI show it
+
     return dg.ResourceDefinition(
-        resource_fn=lambda init: {**p.params, **dict(init.resource_config or {})},
+        resource_fn=pipeline_params,
         config_schema={name: dg.Field(str, default_value=value, is_required=False,
                                       description=f"${{{name}}} in the steps of "
                                                   f"pipeline '{p.name}'")

@@ -1,7 +1,7 @@
 """Pipelines as Dagster assets: one asset of a multi-load pipeline materialized by itself from
-the command line (`dagster asset materialize --select`), in a separate process against a real
-instance: only what that table needs runs, its checks are evaluated, the other table is not
-written; a check run without its pipeline says why it cannot."""
+the command line (`dagster asset materialize --select`, `dg launch --assets`), in a separate
+process against a real instance: only what that table needs runs, its checks are evaluated,
+the other table is not written; a check run without its pipeline says why it cannot."""
 from __future__ import annotations
 
 import csv
@@ -15,10 +15,12 @@ from pathlib import Path
 
 import dagster as dg
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline_defs_tests.conftest import REPO, copy_configs
 
 DAGSTER = str(Path(sys.executable).parent / "dagster")
+DG = str(Path(sys.executable).parent / "dg")
 
 
 def _expected_monthly(data: Path) -> dict:
@@ -36,16 +38,20 @@ def _expected_monthly(data: Path) -> dict:
     return {k: tuple(v) for k, v in out.items()}
 
 
-def test_one_asset_of_a_pipeline_materialized_from_the_command_line(tmp_path, sample_data):
+@pytest.mark.parametrize("command", [
+    [DAGSTER, "asset", "materialize", "--select", "monthly_sales", "-m",
+     "pipeline_defs.definitions"],
+    [DG, "launch", "--assets", "monthly_sales"],  # through the project's defs folder component
+], ids=["dagster", "dg"])
+def test_one_asset_of_a_pipeline_materialized_from_the_command_line(tmp_path, sample_data,
+                                                                    command):
     home, out = tmp_path / "home", tmp_path / "out"
     home.mkdir()
     env = {**{k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"},
            "DAGSTER_HOME": str(home), "SPARK_MASTER": "local[2]",
            "PIPELINE_CONFIG_DIR": str(copy_configs(tmp_path / "configs")),
            "PIPELINE_DATA_DIR": str(sample_data), "PIPELINE_OUTPUT_DIR": str(out)}
-    r = subprocess.run([DAGSTER, "asset", "materialize", "--select", "monthly_sales", "-m",
-                        "pipeline_defs.definitions"], capture_output=True, text=True, env=env,
-                       cwd=REPO, timeout=600)
+    r = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     table = pq.read_table(out / "files" / "monthly_sales").to_pylist()
     got = {(t["country"], t["year"], t["month"]): (t["amount_sum"], t["order_id_count"])

@@ -50,7 +50,7 @@ def serve(tmp_path, config_dir, extra_env):
     port = free_port()
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text((REPO / "instance" / "dagster.yaml").read_text())
     env = {**os.environ, "DAGSTER_HOME": str(home), "SPARK_MASTER": "local[2]",
            "PIPELINE_CONFIG_DIR": str(config_dir), **extra_env}
     proc = subprocess.Popen([str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port),
