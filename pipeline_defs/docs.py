@@ -5,7 +5,10 @@ sink) are listed once, in a table of their own, and each method lists its own ke
 to the shared tables it takes."""
 from __future__ import annotations
 
+import functools
+import operator
 import re
+import types
 import typing
 from pathlib import Path
 
@@ -35,7 +38,18 @@ def _shared():
             ("Validators", "validators", Validator)]
 
 
+def _unannotated(annotation):
+    """The type without its validators (Annotated[X, ...] is shown as X)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unannotated(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return functools.reduce(operator.or_, map(_unannotated, typing.get_args(annotation)))
+    return annotation
+
+
 def _type(annotation) -> str:
+    annotation = _unannotated(annotation)
     text = repr(annotation) if not isinstance(annotation, type) else annotation.__name__
     text = (text.replace("typing.", "").replace("Optional[", "").replace("NoneType", "")
             .replace("pydantic.types.SecretStr", "secret string").replace("SecretStr",

@@ -112,9 +112,11 @@ def _about(p: LoadedPipeline, plan: Plan, out: str, kinds: dict[int, str]
         return text, {"dagster/uri": uri(location), "location": location,
                       "pipeline_file": p.file}, "delta"
     location = step.config.location() or ""
+    meta = {"dagster/uri": uri(location), "location": location, "pipeline_file": p.file}
+    if step.config.catalog_name():
+        meta["dagster/table_name"] = step.config.catalog_name()
     return (f"Written by pipeline '{p.name}' (step {step.index}, {step.label}). Location: "
-            f"{location}", {"dagster/uri": uri(location), "location": location,
-                            "pipeline_file": p.file}, kinds.get(step.index))
+            f"{location}", meta, kinds.get(step.index))
 
 
 def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | None = None
@@ -224,5 +226,7 @@ def source_specs(pipelines: Iterable[PipelineDefs], names: AssetNames) -> list[d
             key, group_name="sources", kinds=kinds[key],
             description=f"Read by pipeline {', '.join(map(repr, readers))}. Location: "
                         f"{table.location}",
-            metadata={"dagster/uri": uri(table.location), "location": table.location}))
+            metadata={"dagster/uri": uri(table.location), "location": table.location,
+                      **({"dagster/table_name": table.catalog_name}
+                         if table.catalog_name else {})}))
     return specs

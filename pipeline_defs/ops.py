@@ -24,7 +24,7 @@ from pipeline_defs.steps.context import LoadResult, StepContext
 from pipeline_defs.steps.errors import internal_error, spark_error_summary
 from pipeline_defs.steps.lineage import column_ids, column_sources
 from pipeline_defs.steps.registry import Registry, StepDef
-from pipeline_defs.steps.validate import ValidationGroup
+from pipeline_defs.steps.validate import ValidationFailed, ValidationGroup
 
 OBSERVE_WAIT_S = 2.0
 
@@ -39,7 +39,7 @@ class StepOutput:
     op_name: str
     observation: Observation | None = None
     parents: tuple[StepOutput, ...] = ()
-    pending: tuple = ()  # validations recorded here, evaluated with the group's last step
+    pending: tuple = ()  # a validation group's steps, evaluated by its first op, reported by each
     columns: tuple = ()  # an extract's columns: ((Spark's column id, (asset key, name)), ...)
 
     def lineage(self) -> list[StepOutput]:
@@ -133,9 +133,11 @@ def evaluated_checks(run_id: str) -> dict[dg.AssetCheckKey, dg.AssetCheckResult]
     return _EVALUATED.get(run_id, {})
 
 
-def _log_checks(context, s, ctx: StepContext, targets: list[dg.AssetKey], now: bool) -> None:
+def _log_checks(context, s, ctx: StepContext, targets: list[dg.AssetKey], now: bool
+                ) -> list[dg.AssetCheckEvaluation]:
     """One asset check result per asset this validation protects: kept for the pipeline's
-    check op, or (`now`: the step fails the run, and no check op will run) logged at once."""
+    check op, or (`now`: the step fails the run, and no check op will run) returned, for the
+    failing op to report before it raises."""
     cfg = s.config
     rows = ctx.metadata.get("rows")
     violations = sum(r.violations for r in ctx.results)
@@ -158,15 +160,26 @@ def _log_checks(context, s, ctx: StepContext, targets: list[dg.AssetKey], now: b
         meta["quarantine_location"] = ctx.metadata["quarantine_location"]
     severity = dg.AssetCheckSeverity.ERROR if cfg.on_failure == "fail" else \
         dg.AssetCheckSeverity.WARN
+    out = []
     for key in targets:
         args = dict(asset_key=key, check_name=check_name(s),
                     passed=bool(ctx.metadata.get("passed")), severity=severity, metadata=meta,
                     description=f"{s.label} (step {s.index}), action {cfg.on_failure}")
         if now:
-            context.log_event(dg.AssetCheckEvaluation(**args))
+            out.append(dg.AssetCheckEvaluation(**args))
         else:
             _EVALUATED.setdefault(context.run_id, {})[dg.AssetCheckKey(key, check_name(s))] = \
                 dg.AssetCheckResult(**args)
+    return out
+
+
+class _Failed(Exception):
+    """A step's failure, raised once the op has reported the events that go with it (its
+    asset check evaluations: an event logged by a failing op is otherwise lost)."""
+
+    def __init__(self, failure: dg.Failure, events: list):
+        super().__init__(failure.description)
+        self.failure, self.events = failure, events
 
 
 def check_name(s) -> str:
@@ -262,28 +275,71 @@ def _with_run_params(context, plan: Plan, node: StepNode, registry: Registry,
 
 
 def _run_step(context, plan: Plan, node: StepNode, stepdef: StepDef, current: StepOutput | None,
-              ctx: StepContext, defer: bool, check_targets) -> DataFrame:
-    """An extract, transform or validate step: its (lazy) output DataFrame. A validation
-    that ends its group logs the group's asset check evaluations, pass or fail."""
-    s = node.step
+              ctx: StepContext) -> DataFrame:
+    """An extract or transform step: its (lazy) output DataFrame."""
     ctx.activity = "building its Spark plan"
-    if s.kind == "validate":
-        ctx.activity = "evaluating its rules"
-        ctx.validation = ValidationGroup(list(current.pending), defer)
-    failed = True
-    try:
-        if s.kind == "extract" and ctx.streaming is not None and stepdef.stream_read:
-            df = stepdef.stream_read(s.config, ctx)
-        else:
-            df = stepdef.fn(current.df if current else None, s.config, ctx)
-        failed = False
-        return df
-    finally:
-        if s.kind == "validate" and not defer:
-            for p in ctx.validation.pending:
-                if "passed" in p.ctx.metadata:  # evaluated (not cut short by an error)
-                    _log_checks(context, plan.node(p.ctx.step).step, p.ctx,
-                                check_targets.get(p.ctx.step, []), now=failed)
+    if node.step.kind == "extract" and ctx.streaming is not None and stepdef.stream_read:
+        return stepdef.stream_read(node.step.config, ctx)
+    return stepdef.fn(current.df if current else None, node.step.config, ctx)
+
+
+class _HeldLog:
+    """The log of a validation evaluated in another op's pass: what it says is held and
+    said by its own op when that op runs."""
+
+    def __init__(self):
+        self.lines: list[tuple[str, str]] = []
+
+    def __getattr__(self, level: str):
+        if level not in ("debug", "info", "warning", "error"):
+            raise AttributeError(level)
+        return lambda msg, *args: self.lines.append((level, msg % args if args else msg))
+
+
+def _run_validations(context, plan: Plan, node: StepNode, stepdef: StepDef,
+                     current: StepOutput, ctx: StepContext, group: list[int],
+                     registry: Registry, params_key: str | None) -> DataFrame:
+    """A validate step alone, or the first of a group of consecutive validations: records
+    every rule of the group and evaluates them in one Spark pass (quarantined rows written
+    by that pass). Each step's results stay with its own Pending for its own op to report."""
+    ctx.activity = "evaluating its rules"
+    members = group[1:]
+    # failures are raised by each step's own op (_report_validation), after its checks
+    ctx.validation = ValidationGroup([], defer=bool(members), raise_failures=False)
+    df = stepdef.fn(current.df, node.step.config, ctx)
+    for k, i in enumerate(members):
+        m = _with_run_params(context, plan, plan.node(i), registry, params_key)
+        m_ctx = replace(ctx, step=i, method=m.step.label, op_name=m.op_name, log=_HeldLog(),
+                        metadata={}, results=[], validation=ctx.validation)
+        ctx.validation.defer = k < len(members) - 1
+        df = registry.get("validate", m.step.method).fn(df, m.step.config, m_ctx)
+    return df
+
+
+def _report_validation(context, plan: Plan, s, group: tuple, check_targets) -> None:
+    """A validate step's own results, under its own op: the warnings its evaluation held, its
+    asset check results, and its failure (action `fail`). When it fails the run, the check
+    results of its whole group are logged now (the pipeline's check op will not run)."""
+    mine = next((p for p in group if p.ctx.step == s.index), None)
+    if mine is None:  # a stream's validation: judged per micro-batch, as the query runs
+        return
+    for level, line in getattr(mine.ctx.log, "lines", ()):
+        getattr(context.log, level)(line)
+    if mine.failure is None:
+        if "passed" in mine.ctx.metadata:
+            _log_checks(context, s, mine.ctx, check_targets.get(s.index, []), now=False)
+        return
+    events = []
+    for p in group:
+        if "passed" in p.ctx.metadata:
+            step = plan.node(p.ctx.step).step
+            for key in check_targets.get(p.ctx.step, []):
+                _EVALUATED.get(context.run_id, {}).pop(dg.AssetCheckKey(key, check_name(step)),
+                                                       None)
+            events += _log_checks(context, step, p.ctx, check_targets.get(p.ctx.step, []),
+                                  now=True)
+    raise _Failed(_failure(plan.pipeline, s, ValidationFailed(mine.failure), context,
+                           "evaluating its rules"), events)
 
 
 def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targets,
@@ -291,10 +347,9 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
     pipeline = plan.pipeline
     s = node.step
     stepdef = registry.get(s.kind, s.method)
-    # A validation followed (only) by another validation is evaluated with it, in one pass.
-    consumers = plan.consumers(s.index)
-    defer = (s.kind == "validate" and len(consumers) == 1 and
-             consumers[0].step.kind == "validate" and consumers[0].current == s.index)
+    # consecutive validations are evaluated in one pass, run by the first of them
+    group = plan.validation_group(s.index)
+    evaluated_in = plan.node(group[0]).op_name if group[0] != s.index else None
 
     params_key = params_resource_key(plan)
     quarantines = plan.quarantines().get(s.index, [])  # tables this op's pass writes
@@ -306,19 +361,31 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
             run_node = _with_run_params(context, plan, node, registry, params_key)
         except ConfigError as e:
             raise dg.Failure(description=str(e)) from None
-        ctx = _step_context(context, plan, run_node, registry, named)
         parents = tuple(([current] if current else []) + list(named.values()))
         started = time.perf_counter()
+        ctx = None
         try:
-            if s.kind == "load":
-                return _run_load(context, plan, run_node, stepdef, current, ctx, started,
-                                 load_keys[s.index])
-            df = _run_step(context, plan, run_node, stepdef, current, ctx, defer,
-                           check_targets)
-        except dg.Failure:
+            if evaluated_in is not None:  # evaluated by the group's first op: report it
+                ctx = next(p.ctx for p in current.pending if p.ctx.step == s.index)
+                df = current.df
+                _report_validation(context, plan, s, current.pending, check_targets)
+            else:
+                ctx = _step_context(context, plan, run_node, registry, named)
+                if s.kind == "load":
+                    return _run_load(context, plan, run_node, stepdef, current, ctx, started,
+                                     load_keys[s.index])
+                if s.kind == "validate":
+                    df = _run_validations(context, plan, run_node, stepdef, current, ctx,
+                                          group, registry, params_key)
+                    _report_validation(context, plan, s, ctx.validation.pending,
+                                       check_targets)
+                else:
+                    df = _run_step(context, plan, run_node, stepdef, current, ctx)
+        except (dg.Failure, _Failed):
             raise
         except (PipelineError, PySparkException, Exception) as e:  # noqa: BLE001
-            raise _failure(pipeline, s, e, context, ctx.activity) from None
+            raise _failure(pipeline, s, e, context,
+                           ctx.activity if ctx is not None else "running") from None
         obs, columns = None, ()
         if table_key is not None and not df.isStreaming:  # for the loads' column lineage
             columns = tuple((i, (table_key, name)) for i, name in column_ids(df).items())
@@ -329,9 +396,12 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
                 **{k: _plain(v) for k, v in ctx.metadata.items()}}
         if "rows" in ctx.metadata:
             meta["dagster/row_count"] = int(ctx.metadata["rows"])
-        pending = tuple(ctx.validation.pending) if defer else ()
-        if defer:
-            meta["evaluated_with"] = consumers[0].op_name
+        pending = ()
+        if s.kind == "validate" and len(group) > 1:
+            pending = current.pending if evaluated_in else tuple(ctx.validation.pending)
+            if evaluated_in:
+                meta["evaluated_in"] = evaluated_in  # its rules ran in that op's Spark pass
+                meta.pop("dagster/column_schema", None)
         outputs = [dg.Output(StepOutput(df, s.index, node.op_name, obs, parents, pending,
                                         columns),
                              metadata={k: v for k, v in meta.items() if v is not None})]
@@ -366,7 +436,11 @@ def _auditor(context: dg.OpExecutionContext, vault):
 def _wrap(compute):
     """OpDefinition calls compute_fn(context, inputs_dict) and wants its results yielded."""
     def fn(context, inputs):
-        out = compute(context, **inputs)
+        try:
+            out = compute(context, **inputs)
+        except _Failed as e:
+            yield from e.events
+            raise e.failure from None
         yield from (out if isinstance(out, list) else [out])
     return fn
 
@@ -468,6 +542,8 @@ def _run_load(context, plan: Plan, node: StepNode, stepdef: StepDef, current: St
             **{k: _plain(v) for k, v in result.metadata.items()}}
     if rows is not None:
         meta["dagster/row_count"] = int(rows)
+    if s.config.catalog_name():
+        meta["dagster/table_name"] = s.config.catalog_name()
     lineage = _column_lineage(context, current)
     if lineage is not None:
         meta["dagster/column_lineage"] = lineage

@@ -36,27 +36,44 @@ class Plan:
     def consumers(self, index: int) -> list[StepNode]:
         return [n for n in self.nodes if index in n.inputs]
 
-    def evaluator(self, index: int) -> int:
-        """The validate step that evaluates this validation's group (consecutive
-        validations are one pass, run by the last of them)."""
+    def validation_group(self, index: int) -> list[int]:
+        """The validations evaluated in one Spark pass with validate step `index`, in order
+        (batch): a run of consecutive validations, each the only reader of the one before
+        and reading no other DataFrame. The first of them runs the pass; each reports its
+        own results. A step that is no validation, or a validation alone: [index]."""
+        if self.pipeline.config.mode == "streaming" or self.node(index).step.kind != "validate":
+            return [index]
+        head = index
+        while (prev := self._grouped_after(head)) is not None:
+            head = prev
+        group = [head]
         while True:
-            consumers = self.consumers(index)
-            if len(consumers) == 1 and consumers[0].step.kind == "validate" and \
-                    self.node(index).step.kind == "validate" and \
-                    consumers[0].current == index:
-                index = consumers[0].step.index
-            else:
-                return index
+            nxt = [c for c in self.consumers(group[-1]) if self._grouped_after(c.step.index)
+                   == group[-1]]
+            if not nxt:
+                return group
+            group.append(nxt[0].step.index)
+
+    def _grouped_after(self, index: int) -> int | None:
+        """The validation whose group validate step `index` joins, if any."""
+        n = self.node(index)
+        if n.step.kind != "validate" or n.current is None or n.named:
+            return None
+        prev = self.node(n.current)
+        if prev.step.kind == "validate" and [c.step.index for c in
+                                              self.consumers(prev.step.index)] == [index]:
+            return prev.step.index
+        return None
 
     def quarantines(self) -> dict[int, list[int]]:
-        """{evaluating step: [its group's steps with onFailure quarantine]} (batch)."""
+        """{step running the pass: [its group's steps with onFailure quarantine]} (batch)."""
         out: dict[int, list[int]] = {}
         if self.pipeline.config.mode == "streaming":
             return out
         for n in self.nodes:
             if n.step.kind == "validate" and \
                     getattr(n.step.config, "on_failure", None) == "quarantine":
-                out.setdefault(self.evaluator(n.step.index), []).append(n.step.index)
+                out.setdefault(self.validation_group(n.step.index)[0], []).append(n.step.index)
         return out
 
     def rows_reach(self, index: int) -> list[int]:

@@ -107,7 +107,8 @@ def test_keys_do_not_depend_on_the_working_directory_or_parameters(tmp_path, reg
     assert keys[0] == keys[1] == ["orders", "sources/in"]
 
 
-def test_two_tables_with_one_key_are_an_error_naming_both_files(tmp_path, registry):
+@pytest.mark.parametrize("given", [["us", "orders"], "us/orders"])
+def test_two_tables_with_one_key_are_an_error_naming_both_files(tmp_path, registry, given):
     a = _writer(tmp_path, "a", "/lake/eu/orders")
     b = _writer(tmp_path, "b", "/lake/us/orders")
     with pytest.raises(ConfigError) as e:
@@ -116,7 +117,7 @@ def test_two_tables_with_one_key_are_an_error_naming_both_files(tmp_path, regist
     assert (f"{b}, step 2 (load.toDeltaLake), config.assetKey: writes /lake/us/orders as asset "
             f"orders, the key of /lake/eu/orders written by {a} (step 2). Two tables cannot "
             "share an asset key: give one of the loads \"assetKey\"") in msg
-    b = _writer(tmp_path, "b", "/lake/us/orders", assetKey=["us", "orders"])
+    b = _writer(tmp_path, "b", "/lake/us/orders", assetKey=given)  # a list, or "a/b" as Dagster
     keys = {s.key for s in definitions_for(load_pipelines([a, b], registry))
             .resolve_all_asset_specs()}
     assert {dg.AssetKey(["orders"]), dg.AssetKey(["us", "orders"])} <= keys

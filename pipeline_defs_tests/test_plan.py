@@ -53,3 +53,30 @@ def test_row_preserving_chains_are_counted_once(registry):
 def test_names_are_dagster_safe():
     assert safe_name("sales-aggregation pipeline") == "sales_aggregation_pipeline"
     assert safe_name("2024 report") == "_2024_report"
+
+
+def test_consecutive_validations_form_one_group_run_by_the_first(tmp_path, registry):
+    """Validations each read only the one before: one group, evaluated by the first. A
+    validation reading another DataFrame, or one whose input has a second reader, starts a
+    group of its own."""
+    f = write_json(tmp_path / "p.json", {"name": "p", "steps": [
+        {"type": "extract", "method": "fromFile", "config": {"path": "/a", "registerAs": "a"}},
+        {"type": "validate", "method": "validateBusinessRules",
+         "config": {"rules": ["x > 0"], "onFailure": "quarantine"}},
+        {"type": "validate", "method": "validateUnique", "config": {"columns": ["x"]}},
+        {"type": "validate", "method": "validateAcceptedValues",
+         "config": {"column": "x", "values": [1, 2], "onFailure": "quarantine"}},
+        {"type": "validate", "method": "validateReferentialIntegrity",
+         "config": {"foreignKey": "x", "referencedDataFrame": "a", "referencedColumn": "x"}},
+        {"type": "validate", "method": "validateUnique", "config": {"columns": ["x"]}},
+        {"type": "load", "method": "toDeltaLake", "config": {"path": "/t"}},
+        {"type": "validate", "method": "validateRowCount", "config": {"min": 1}},
+        {"type": "load", "method": "toFile", "config": {"path": "/o"}}]})
+    plan = build_plan(load_pipeline(f, registry))
+    assert [plan.validation_group(i) for i in (2, 3, 4)] == [[2, 3, 4]] * 3
+    assert plan.validation_group(5) == [5, 6]  # reads `a` besides: starts its own group
+    # step 6's rows go to the load and to step 8 (a load leaves them current): 8 is alone
+    assert plan.validation_group(8) == [8]
+    assert plan.validation_group(1) == [1] and plan.validation_group(7) == [7]
+    # the first of the group runs the pass that writes the group's quarantine tables
+    assert plan.quarantines() == {2: [2, 4]}

@@ -56,6 +56,7 @@ def _qualified(location: str) -> Key:
 class Table:
     key: Key
     location: str  # as the file writes it (after parameters)
+    catalog_name: str | None = None  # its name in its database or broker, if it has one
     writers: list[tuple[str, LoadedStep]] = field(default_factory=list)  # (pipeline, step)
     readers: list[tuple[str, LoadedStep]] = field(default_factory=list)
 
@@ -86,7 +87,7 @@ def asset_names(pipelines: Iterable[LoadedPipeline]) -> tuple[AssetNames, list[P
             override = getattr(s.config, "asset_key", None)
             key = tuple(override) if override else (key_part(s.config.table_name() or
                                                              s.name or f"s{s.index}"),)
-            table = names.tables.setdefault(norm, Table(key, loc))
+            table = names.tables.setdefault(norm, Table(key, loc, _catalog_name(s)))
             if override and table.key != key:
                 problems.append(Problem(p.file, f"assetKey {list(key)} names {loc}, which "
                                         f"{table.owner} writes as {list(table.key)}.", s.index,
@@ -128,5 +129,10 @@ def asset_names(pipelines: Iterable[LoadedPipeline]) -> tuple[AssetNames, list[P
             readers = sources[norm]
             loc = readers[0][1].config.location()
             key = ("sources", name) if len(locations) == 1 else _qualified(loc)
-            names.tables[norm] = Table(key, loc, [], readers)
+            names.tables[norm] = Table(key, loc, _catalog_name(readers[0][1]), [], readers)
     return names, problems
+
+
+def _catalog_name(s: LoadedStep) -> str | None:
+    name = getattr(s.config, "catalog_name", None)
+    return name() if name else None

@@ -2,12 +2,31 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from pipeline_defs.config import durations
+
+
+def _key_parts(value: list[str] | str) -> list[str]:
+    parts = value.split("/") if isinstance(value, str) else value
+    if not parts or any(not p.strip() for p in parts):
+        raise ValueError("an asset key is one or more non-empty names: \"orders\", "
+                         "\"sales/orders\" or [\"sales\", \"orders\"]")
+    return parts
+
+
+AssetKeyParts = Annotated[list[str] | str, AfterValidator(_key_parts)]
+"""A load's Dagster asset key: "orders", "sales/orders" or ["sales", "orders"] (a list after
+validation)."""
+
+
+def asset_key_field(what: str = "the table"):
+    return Field(None, description=f"Dagster asset key of {what}: \"orders\", \"sales/orders\""
+                 " or [\"sales\", \"orders\"]. Default: its own name (the path's last "
+                 "segment, the table, the topic).")
 
 
 class FormatModel(BaseModel):
@@ -67,6 +86,11 @@ class StepModel(FormatModel):
         tail = loc.rstrip("/").rsplit("/", 1)[-1]
         stem = tail.rsplit(".", 1)[0] if "." in tail.lstrip(".") else tail
         return stem.lstrip(".") or None
+
+    def catalog_name(self) -> str | None:
+        """The table's name in its database or broker (Dagster's `dagster/table_name`), for
+        what has one: `shop.public.orders`, a topic. Paths have none."""
+        return None
 
     def problems(self) -> list[tuple[str, str, str]]:
         """Cross-field problems as (field path, what is wrong, how to fix)."""

@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr
 from pyspark.sql import DataFrame, DataFrameReader, SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
+from pipeline_defs.config.model import AssetKeyParts, asset_key_field
 from pipeline_defs.steps.context import LoadResult, StepContext
 from pipeline_defs.steps.credentials import Credentialed, credentials
 from pipeline_defs.steps.errors import missing_columns
@@ -213,9 +214,7 @@ def from_s3(df: None, cfg: FromS3, ctx: StepContext) -> DataFrame:
 
 # ---------------------------------------------------------------- writes
 class Load(PathCredentials):
-    asset_key: list[str] | None = Field(None, description="Dagster asset key for the target, "
-                                        "e.g. [\"sales\", \"orders\"]. Default: derived from "
-                                        "the path or table.")
+    asset_key: AssetKeyParts | None = asset_key_field("the table")
 
 
 class FileSink(Load, StreamingSink):
@@ -290,7 +289,7 @@ class ToS3(S3Connection):
     partition_by: list[str] | None = Field(None, description="Partition columns.")
     compression: str | None = Field(None, description="Codec, e.g. snappy.")
     options: dict[str, Scalar] = Field(default_factory=dict, description="Spark writer options.")
-    asset_key: list[str] | None = Field(None, description="Dagster asset key for the target.")
+    asset_key: AssetKeyParts | None = asset_key_field("the table")
 
     def location(self) -> str | None:
         return s3_path(self.bucket, self.path)

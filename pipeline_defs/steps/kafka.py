@@ -12,6 +12,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
+from pipeline_defs.config.model import AssetKeyParts, asset_key_field
 from pipeline_defs.errors import UnsupportedError
 from pipeline_defs.steps.context import LoadResult, StepContext
 from pipeline_defs.steps.credentials import Credentialed, credentials
@@ -248,12 +249,15 @@ class ToKafka(KafkaClient, StreamingSink):
     key_column: str | None = Field(None, description="Column (or SQL expression) for the key.")
     value_column: str | None = Field(None, description="Column for the value; default: the "
                                      "whole row as JSON.")
-    asset_key: list[str] | None = Field(None, description="Dagster asset key for the topic.")
+    asset_key: AssetKeyParts | None = asset_key_field("the topic")
 
     def location(self) -> str | None:
         return f"kafka://{self.topic}"
 
     def table_name(self) -> str | None:
+        return self.topic
+
+    def catalog_name(self) -> str | None:
         return self.topic
 
 

@@ -74,5 +74,6 @@ def test_partitioned_postgres_read_aggregated_into_mysql(world, mysql, tmp_path,
     mat = next(e.event_specific_data.materialization for e in result.all_events
                if e.event_type_value == "ASSET_MATERIALIZATION")
     assert mat.metadata["dagster/row_count"].value == 3
+    assert mat.metadata["dagster/table_name"].value == "trips_by_region"
     # the rows of the extract are counted by the same pass (one row per trip)
     assert mat.metadata["step_rows"].value["s01_fromPostgres"] == len(TRIPS)

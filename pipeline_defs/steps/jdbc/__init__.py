@@ -9,7 +9,7 @@ from pydantic import Field
 from pyspark.sql import DataFrame
 from pyspark.sql.streaming import StreamingQuery
 
-from pipeline_defs.config.model import exactly_one
+from pipeline_defs.config.model import AssetKeyParts, asset_key_field, exactly_one
 from pipeline_defs.steps.context import LoadResult, StepContext
 from pipeline_defs.steps.jdbc.connection import (
     Connection,
@@ -35,6 +35,9 @@ class FromJdbc(JdbcConnection):
 
     def table_name(self) -> str | None:
         return self.table.rsplit(".", 1)[-1] if self.table else None
+
+    def catalog_name(self) -> str | None:
+        return ".".join(p for p in (self.database, self.table) if p) if self.table else None
 
     table: str | None = Field(None, description="Table to read, e.g. public.users.")
     query: str | None = Field(None, description="SELECT to run instead of a table.")
@@ -115,7 +118,7 @@ class ToJdbc(JdbcConnection, StreamingSink):
     recreate: bool = Field(False, description="overwrite: drop and recreate the table from the "
                            "data's schema instead of keeping its DDL.")
     batch_size: int = Field(1000, ge=1, description="Rows per INSERT batch (when not COPY).")
-    asset_key: list[str] | None = Field(None, description="Dagster asset key for the target.")
+    asset_key: AssetKeyParts | None = asset_key_field("the table")
     kind: ClassVar[str] = ""
 
     def location(self) -> str | None:
@@ -123,6 +126,9 @@ class ToJdbc(JdbcConnection, StreamingSink):
 
     def table_name(self) -> str | None:
         return self.table.rsplit(".", 1)[-1]
+
+    def catalog_name(self) -> str | None:
+        return ".".join(p for p in (self.database, self.table) if p)
 
     def problems(self):
         if self.mode == "upsert" and not self.key_columns:

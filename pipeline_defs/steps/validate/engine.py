@@ -140,16 +140,21 @@ class Pending:
     dataset_rules: list[DatasetRule]
     schema_errors: list[str]
     finalize: Callable[[list[RuleResult], int | None], None] | None = None
+    failure: str | None = None
+    """Once evaluated: why this step fails the run (its action is `fail` and a rule broke)."""
 
 
 @dataclass
 class ValidationGroup:
-    """Consecutive validate steps, evaluated together in one Spark pass by the last of them.
-    The runner gives each validate step the group so far (`pending`) and says whether a
-    validation follows (`defer`: record this step's rules, evaluate them later)."""
+    """Consecutive validate steps, evaluated together in one Spark pass. The runner gives
+    each validate step of the group the same group and says whether another validation is
+    still to be recorded (`defer`: record this step's rules, evaluate them later); the step
+    recorded last evaluates all. `raise_failures`: raise ValidationFailed for the group's
+    failing steps (off when the runner reports each step's failure itself)."""
 
     pending: list[Pending] = field(default_factory=list)
     defer: bool = False
+    raise_failures: bool = True
 
 
 def finish(df: DataFrame, cfg: Validator, ctx: StepContext, rules: list[RowRule],
@@ -167,10 +172,10 @@ def finish(df: DataFrame, cfg: Validator, ctx: StepContext, rules: list[RowRule]
     ctx.validation = group
     if group.defer:
         return df
-    return evaluate(df, group.pending)
+    return evaluate(df, group.pending, group.raise_failures)
 
 
-def evaluate(df: DataFrame, group: list[Pending]) -> DataFrame:
+def evaluate(df: DataFrame, group: list[Pending], raise_failures: bool = True) -> DataFrame:
     """Count every rule of every validation in the group in ONE Spark job (quarantined rows
     are written by that same job), then act: fail, warn, drop or quarantine. Returns the
     rows that go on. A rule only counts rows that earlier drop/quarantine steps kept.
@@ -236,8 +241,9 @@ def evaluate(df: DataFrame, group: list[Pending]) -> DataFrame:
         if p.finalize:
             p.finalize(results, rows)
         if message and p.cfg.on_failure == "fail" and not p.ctx.metadata["passed"]:
+            p.failure = message
             failures.append(message)
-    if failures:
+    if failures and raise_failures:
         raise ValidationFailed(" ".join(failures))
     return kept
 
