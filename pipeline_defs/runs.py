@@ -42,6 +42,12 @@ def step_rows(result: dg.ExecuteInProcessResult, pipeline: LoadedPipeline) -> li
             r.status = "skipped"
         elif e.event_type_value == "STEP_OUTPUT" and r:
             md = e.event_specific_data.metadata
+            if e.event_specific_data.step_output_handle.output_name != "result":
+                # a validation's quarantine table, written by the same pass
+                rows_q = _value(md.get("dagster/row_count"))
+                r.note = (r.note + "; " if r.note else "") + \
+                    f"quarantined {rows_q:,} -> {_value(md.get('location'))}"
+                continue
             if "dagster/row_count" in md:
                 counted[r.op] = int(_value(md["dagster/row_count"]))
             if "location" in md:

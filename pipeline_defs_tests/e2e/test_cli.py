@@ -91,3 +91,23 @@ def test_invalid_file_is_rejected_before_spark_starts(tmp_path):
 def test_param_syntax(bad):
     r = cli("run", str(CONFIGS / "sales_pivot.json"), "--param", bad, timeout=60)
     assert r.returncode != 0 and "--param takes name=value" in r.stderr
+
+
+def test_the_summary_shows_the_rows_a_validation_saw_and_what_it_quarantined(tmp_path,
+                                                                           sample_data):
+    out = tmp_path / "out"
+    r = cli("run", str(CONFIGS / "orders_quality.json"), "--param", f"data_dir={sample_data}",
+            "--param", f"output_dir={out}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    lines = {ln.split()[0]: ln.split(None, 3)[1:] for ln in r.stdout.splitlines()
+             if ln.startswith("  ") and len(ln.split()) >= 3}
+    bad = sum(1 for f in sorted((sample_data / "orders_2025").glob("*.jsonl"))
+              for o in map(json.loads, f.read_text().splitlines())
+              if o["customer_id"] is None or o["amount"] <= 0
+              or o["status"] not in ("completed", "pending", "cancelled", "refunded"))
+    total = sum(len(f.read_text().splitlines())
+                for f in (sample_data / "orders_2025").glob("*.jsonl"))
+    status, _secs, rest = lines["order_rules"]
+    assert status == "ok" and rest.startswith(f"{total:,}  quarantined {bad:,} -> ")
+    assert lines["one_row_per_order"][2].strip() == f"{total - bad:,}"
+    assert lines["orders_clean"][2].startswith(f"{total - bad:,}  -> {out}/delta/orders_2025")

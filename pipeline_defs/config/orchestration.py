@@ -1,0 +1,115 @@
+"""When a pipeline runs: its schedule, the pipelines it waits for, lineage-driven automation,
+retries and concurrency pools (the top-level and step-level keys; Dagster makes them real)."""
+from __future__ import annotations
+
+import re
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator, model_validator
+
+from pipeline_defs.config.model import FormatModel
+
+_ALIASES = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight"}
+_NAMES = {
+    3: {m: i + 1 for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())},
+    4: {d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())},
+}
+_RANGES = [(0, 59, "minute"), (0, 23, "hour"), (1, 31, "day of month"), (1, 12, "month"),
+           (0, 7, "day of week")]
+
+
+def cron_problem(cron: str) -> str | None:
+    """Why `cron` is not a five-field cron expression Dagster can run, or None."""
+    text = cron.strip()
+    if text.lower() in _ALIASES:
+        return None
+    fields = text.split()
+    if len(fields) != 5:
+        return (f"'{cron}' has {len(fields)} fields; a cron expression has five (minute hour "
+                "day-of-month month day-of-week), e.g. \"0 6 * * *\", or @daily/@hourly")
+    for k, (field, (lo, hi, what)) in enumerate(zip(fields, _RANGES, strict=True)):
+        for part in field.split(","):
+            base, _, step = part.partition("/")
+            if step and not step.isdigit():
+                return f"'{cron}': step '/{step}' of the {what} field is not a number"
+            if base == "*":
+                continue
+            ends = base.split("-")
+            if len(ends) > 2 or not all(ends):
+                return f"'{cron}': '{part}' is not a valid {what} value or range"
+            for end in ends:
+                value = _NAMES.get(k, {}).get(end.lower()) if not end.isdigit() else int(end)
+                if value is None or not lo <= value <= hi:
+                    return f"'{cron}': {what} '{end}' is outside {lo}-{hi}"
+    return None
+
+
+def timezone_problem(tz: str) -> str | None:
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"unknown timezone '{tz}' (an IANA name such as \"UTC\" or \"Europe/Paris\")"
+    return None
+
+
+class Schedule(FormatModel):
+    cron: str = Field(description="Cron expression (five fields), e.g. \"0 6 * * *\", or "
+                                  "@daily / @hourly.")
+    timezone: str = Field("UTC", description="IANA timezone the cron is read in.")
+    enabled: bool = Field(True, description="Running when the definitions load (a toggle in "
+                                            "the UI then wins).")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        if problem := cron_problem(v):
+            raise ValueError(problem)
+        return v.strip()
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        if problem := timezone_problem(v):
+            raise ValueError(problem)
+        return v
+
+
+class Dependency(FormatModel):
+    pipeline: str = Field(description="Name of the pipeline to wait for (its \"name\").")
+    wait_for_completion: bool = Field(
+        True, description="true: start when its run succeeds; false: when its run starts.")
+    timeout: int | None = Field(
+        None, ge=1, description="Milliseconds to wait, once one upstream has succeeded, for "
+                                "the others; then that wait is given up (shown on the sensor's "
+                                "tick).")
+
+
+class Automation(FormatModel):
+    on_cron: str | None = Field(None, description="Run on this cron once every upstream asset "
+                                                  "has been updated since the last tick.")
+    timezone: str = Field("UTC", description="Timezone of onCron.")
+
+    @field_validator("on_cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is not None and (problem := cron_problem(v)):
+            raise ValueError(problem)
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        if problem := timezone_problem(v):
+            raise ValueError(problem)
+        return v
+
+
+class Retries(FormatModel):
+    max_retries: int = Field(2, ge=0, le=20, description="Retries after the first attempt.")
+    delay_seconds: float = Field(10, ge=0, description="Wait before the first retry.")
+    backoff: Literal["constant", "linear", "exponential"] = Field(
+        "exponential", description="How the wait grows between retries.")
+
+
+POOL = re.compile(r"^[A-Za-z0-9_.\-/]+$")
