@@ -12,10 +12,11 @@ from pathlib import Path
 import dagster as dg
 
 from pipeline_defs.config.assets import asset_names
-from pipeline_defs.config.loader import LoadedPipeline, load_pipelines
+from pipeline_defs.config.loader import LoadedPipeline, dependency_problems, load_pipelines
 from pipeline_defs.errors import ConfigError
 from pipeline_defs.factory import asset_checks, build_pipeline, source_specs
 from pipeline_defs.ops import params_resource, params_resource_key
+from pipeline_defs.orchestration import orchestration_defs
 from pipeline_defs.resources import SparkResource, VaultResource
 from pipeline_defs.resources.spark import REPO_ROOT, default_jars_dir
 from pipeline_defs.steps.registry import Registry, builtin_registry
@@ -50,12 +51,14 @@ def definitions_for(pipelines: Iterable[LoadedPipeline], resources: Mapping | No
     registry = registry or builtin_registry()
     pipelines = list(pipelines)
     names, problems = asset_names(pipelines)
+    problems += dependency_problems(pipelines)
     if problems:
         raise ConfigError(problems)
     built = [build_pipeline(p, registry, names) for p in pipelines]
     return dg.Definitions(
         assets=[b.assets for b in built] + source_specs(built, names),
         jobs=[b.job for b in built], asset_checks=asset_checks(built),
+        **orchestration_defs((b.plan.pipeline, b.plan) for b in built),
         # one process, one SparkSession: also for materializations launched from the catalog
         executor=dg.in_process_executor,
         resources={**{params_resource_key(b.plan): params_resource(b.plan) for b in built

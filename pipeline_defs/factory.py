@@ -15,6 +15,7 @@ from pipeline_defs.config.assets import AssetNames, asset_names, uri
 from pipeline_defs.config.dataflow import safe_name
 from pipeline_defs.config.loader import LoadedPipeline
 from pipeline_defs.ops import check_name, evaluated_checks, input_name, op_for
+from pipeline_defs.orchestration import automation_condition
 from pipeline_defs.plan import Plan, build_plan
 from pipeline_defs.steps.registry import Registry
 from pipeline_defs.stream_runs import watch_op
@@ -195,6 +196,9 @@ def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | No
             out: {f"dagster/kind/{k}": "" for k in ("spark", a[2]) if k}
             for out, a in about.items()},
         descriptions_by_output_name={out: a[0] for out, a in about.items()},
+        automation_conditions_by_output_name={
+            out: automation_condition(p.config.automation) for out in outputs
+            if out.startswith("t")} if p.config.automation else None,
         metadata_by_output_name={out: a[1] for out, a in about.items()})
     job = dg.define_asset_job(
         plan.job_name, selection=dg.AssetSelection.assets(assets),

@@ -19,9 +19,10 @@ from pipeline_defs.config.assets import uri
 from pipeline_defs.config.dataflow import safe_name
 from pipeline_defs.config.loader import LoadedPipeline, literal_credentials, with_params
 from pipeline_defs.errors import ConfigError, PipelineError, StepExecutionError
+from pipeline_defs.orchestration import retry_policy
 from pipeline_defs.plan import Plan, StepNode
 from pipeline_defs.steps.context import LoadResult, StepContext
-from pipeline_defs.steps.errors import internal_error, spark_error_summary
+from pipeline_defs.steps.errors import internal_error, spark_error_summary, transient
 from pipeline_defs.steps.lineage import column_ids, column_sources
 from pipeline_defs.steps.registry import Registry, StepDef
 from pipeline_defs.steps.validate import ValidationFailed, ValidationGroup
@@ -418,7 +419,8 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
               **{f"quarantine_s{i:02d}": dg.Out(LOADED_TABLE, is_required=False)
                  for i in quarantines}},
         required_resource_keys={"spark", "vault", *([params_key] if params_key else [])},
-        tags=tags,
+        tags=tags, retry_policy=retry_policy(s.retries or pipeline.config.retries),
+        pool=s.pool or pipeline.config.pool,
         description=(s.description + "\n\n" if s.description else "")
         + f"Step {s.index}: {s.label}"
         + (f" (registered as '{s.config.register_as}')" if s.config.register_as else "")
@@ -489,10 +491,20 @@ def _failure(pipeline: LoadedPipeline, s, e: BaseException, context=None,
         reason = spark_error_summary(e)
     err = StepExecutionError(pipeline.name, s.index, s.label, secrets.scrub(reason),
                              sanitized(s.raw_config))
+    retry = not internal and transient(e)  # a retry policy retries only what it may cure
+    if retry and context is not None and context.op_def.retry_policy is not None:
+        policy = context.op_def.retry_policy
+        if context.retry_number < policy.max_retries:  # said here: the retry event does not
+            context.log.warning(secrets.scrub(
+                f"attempt {context.retry_number + 1} of step {s.index} ({s.label}) failed "
+                f"with a transient error, retried in about {policy.delay or 0:g}s or more: "
+                f"{reason}"))
     return dg.Failure(description=secrets.scrub(f"{err} [{pipeline.file}]"),
                       metadata={"pipeline": pipeline.name, "step": s.index,
                                 "method": s.label, "error_type": type(e).__name__,
-                                "config": dg.MetadataValue.json(err.config)})
+                                "transient": retry,
+                                "config": dg.MetadataValue.json(err.config)},
+                      allow_retries=retry)
 
 
 def _column_lineage(context, current: StepOutput) -> dg.TableColumnLineage | None:

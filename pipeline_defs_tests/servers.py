@@ -195,3 +195,57 @@ def produce(bootstrap: str, topic: str, records, key=None) -> int:
             p.poll(0)
     assert p.flush(60) == 0
     return n
+
+
+class FlakyProxy:
+    """A TCP proxy on loopback in front of a real server that resets every connection until
+    `heal()` is called, then forwards: a network outage a retry can outlast."""
+
+    def __init__(self, target_port: int):
+        import socket
+        import threading
+        self.target_port, self.resets = target_port, 0
+        self._healed, self._stop = threading.Event(), threading.Event()
+        self._srv = socket.create_server(("127.0.0.1", 0))
+        self._srv.settimeout(0.2)
+        self.port = self._srv.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def heal(self) -> None:
+        self._healed.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._srv.close()
+
+    def _serve(self) -> None:
+        import socket
+        import struct
+        import threading
+        while not self._stop.is_set():
+            try:
+                client, _ = self._srv.accept()
+            except (TimeoutError, OSError):
+                continue
+            if not self._healed.is_set():
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()  # RST: "connection reset"
+                self.resets += 1
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+
+
+def _pipe(src, dst) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            try:
+                s.shutdown(2)
+            except OSError:
+                pass

@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline_defs"
 DAGSTER_LAYER = ("pipeline_defs.factory", "pipeline_defs.ops", "pipeline_defs.definitions",
-                 "pipeline_defs.component", "pipeline_defs.defs",
+                 "pipeline_defs.component", "pipeline_defs.defs", "pipeline_defs.orchestration",
                  "pipeline_defs.resources", "pipeline_defs.cli", "pipeline_defs.runs",
                  "pipeline_defs.plan")
 

@@ -217,7 +217,8 @@ def _load_step(file: str, index: int, raw, catalog: Catalog, params: dict[str, s
     for fpath, msg, fix in cfg.problems():
         problems.append(Problem(file, msg, index, label, f"config.{fpath}", fix))
     return LoadedStep(index, spec.type, spec.method, spec.name, spec.description, cfg,
-                      cfg_raw, dict(spec.config)), problems
+                      cfg_raw, dict(spec.config), spec.condition, spec.retries,
+                      spec.pool), problems
 
 
 def _stand_in(index: int, config, model: type[StepModel] | None,
@@ -284,6 +285,8 @@ def load_pipelines(paths: Iterable[str | Path], catalog: Catalog,
         except ConfigError as e:
             problems.extend(e.problems)
     problems += asset_names(loaded)[1]  # two tables, one key: across files
+    if any(Path(p).is_dir() for p in paths):  # a whole directory: every upstream is known
+        problems += dependency_problems(loaded)
     seen: dict[str, str] = {}
     for p in loaded:
         if p.name in seen:
@@ -294,6 +297,50 @@ def load_pipelines(paths: Iterable[str | Path], catalog: Catalog,
     if problems:
         raise ConfigError(problems)
     return loaded
+
+
+def dependency_problems(pipelines: list[LoadedPipeline]) -> list[Problem]:
+    """`dependencies` that name no loaded pipeline, or that wait on each other in a cycle."""
+    names = {p.name: p for p in pipelines}
+    found = ", ".join(sorted(names)) or "none"
+    problems = []
+    for p in pipelines:
+        for i, d in enumerate(p.config.dependencies):
+            if d.pipeline not in names:
+                near = difflib.get_close_matches(d.pipeline, names, 1)
+                problems.append(Problem(
+                    p.file, f"names pipeline '{d.pipeline}', which is not among the pipelines "
+                    f"loaded ({found}).", field=f"dependencies[{i}].pipeline",
+                    fix=f"Did you mean '{near[0]}'?" if near else
+                    "Use the \"name\" of a pipeline file in the same directory."))
+            elif d.pipeline == p.name:
+                problems.append(Problem(p.file, "a pipeline cannot wait for itself.",
+                                        field=f"dependencies[{i}].pipeline",
+                                        fix="Remove this dependency."))
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for d in names[name].config.dependencies:
+            up = d.pipeline
+            if up not in names or up == name:
+                continue
+            if state.get(up) == 1:
+                chain = path + [name]
+                cycle = chain[chain.index(up):] + [up]
+                problems.append(Problem(
+                    names[name].file, "dependencies form a cycle: " + " -> ".join(
+                        f"'{c}'" for c in cycle) + " (each waits for the next).",
+                    field="dependencies",
+                    fix="A pipeline cannot (indirectly) wait for itself: remove one of them."))
+            elif up not in state:
+                visit(up, path + [name])
+        state[name] = 2
+
+    for name in sorted(names):
+        if name not in state:
+            visit(name, [])
+    return problems
 
 
 def with_params(pipeline: LoadedPipeline, step: LoadedStep, catalog: Catalog,

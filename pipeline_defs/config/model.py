@@ -4,10 +4,11 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
-from pydantic.alias_generators import to_camel
+from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from pipeline_defs.config import durations
+from pipeline_defs.config.base import FormatModel
+from pipeline_defs.config.orchestration import POOL, Dependency, Retries, Schedule, Triggers
 
 
 def _key_parts(value: list[str] | str) -> list[str]:
@@ -29,11 +30,6 @@ def asset_key_field(what: str = "the table"):
                  "segment, the table, the topic).")
 
 
-class FormatModel(BaseModel):
-    """Base for every part of the format: camelCase keys, unknown keys rejected."""
-
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True,
-                              frozen=True)
 
 
 class StepModel(FormatModel):
@@ -135,6 +131,14 @@ class StepSpec(FormatModel):
     description: str | None = Field(None, description="Free text shown in the Dagster UI.")
     config: dict[str, Any] = Field(default_factory=dict,
                                    description="The method's settings; see the method's schema.")
+    condition: str | None = Field(
+        None, description="Run the step only when this holds, e.g. \"previous_step_count > 0\" "
+        "(previous_step_count, steps.<name>.rows, params, execution_date; comparisons, and, "
+        "or, not). False: the step and every step after it that needs it are skipped.")
+    retries: Retries | None = Field(None, description="Retries of this step on transient "
+                                    "failures (overrides the pipeline's).")
+    pool: str | None = Field(None, pattern=POOL.pattern, description="Dagster concurrency pool "
+                             "of this step (overrides the pipeline's).")
 
 
 class StreamingSettings(FormatModel):
@@ -179,4 +183,24 @@ class PipelineConfig(FormatModel):
                                         "PIPELINE_QUARANTINE_ROOT, else ./quarantine).")
     streaming: StreamingSettings = Field(default_factory=StreamingSettings,
                                          description="Streaming mode: query lifecycle.")
+    schedule: Schedule | str | None = Field(
+        None, description="When to run: {\"cron\": \"0 6 * * *\", \"timezone\": "
+        "\"America/New_York\", \"enabled\": true}, or just the cron string.")
+    dependencies: list[Dependency] = Field(
+        default_factory=list, description="Pipelines whose success starts this one: [{\"pipeline"
+        "\": \"orders-enrichment\", \"waitForCompletion\": true, \"timeout\": 3600000}].")
+    automation: Triggers | None = Field(
+        None, description="Lineage-driven runs: \"eager\" (whenever a table it reads is "
+        "updated by another pipeline), or {\"onCron\": \"0 * * * *\"} (on the cron, once "
+        "what it reads has been updated).")
+    retries: Retries | None = Field(None, description="Retries of each step on transient "
+                                    "failures (connection refused or reset, 5xx, broker "
+                                    "unavailable); data and config errors are never retried.")
+    pool: str | None = Field(None, pattern=POOL.pattern, description="Dagster concurrency pool "
+                             "of every step (limits in dagster.yaml or the UI).")
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v):
+        return Schedule(cron=v) if isinstance(v, str) else v
     steps: list[StepSpec] = Field(min_length=1, description="The steps, run in order.")

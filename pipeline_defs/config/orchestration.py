@@ -6,9 +6,9 @@ import re
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
-from pipeline_defs.config.model import FormatModel
+from pipeline_defs.config.base import FormatModel
 
 _ALIASES = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight"}
 _NAMES = {
@@ -86,6 +86,8 @@ class Dependency(FormatModel):
 
 
 class Automation(FormatModel):
+    """Declarative Automation of a pipeline's assets on what they read."""
+
     on_cron: str | None = Field(None, description="Run on this cron once every upstream asset "
                                                   "has been updated since the last tick.")
     timezone: str = Field("UTC", description="Timezone of onCron.")
@@ -103,6 +105,9 @@ class Automation(FormatModel):
         if problem := timezone_problem(v):
             raise ValueError(problem)
         return v
+
+
+Triggers = Literal["eager"] | Automation
 
 
 class Retries(FormatModel):

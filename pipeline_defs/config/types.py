@@ -30,6 +30,9 @@ class LoadedStep:
     template: dict = field(default_factory=dict)
     """The config as the file writes it, ${param} placeholders unresolved (a run may set
     other parameter values)."""
+    condition: str | None = None
+    retries: Any = None  # config.orchestration.Retries
+    pool: str | None = None
 
     @property
     def label(self) -> str:

@@ -1,6 +1,8 @@
 """Errors of steps that run on Spark, and how Spark's and the JVM's errors read to a person."""
 from __future__ import annotations
 
+import re
+
 from pyspark.errors import PySparkException
 
 from pipeline_defs.errors import PipelineError
@@ -55,3 +57,37 @@ def missing_columns(df, columns, field: str) -> None:
     if gone:
         raise StepDataError(f"{field} names {', '.join(map(repr, gone))}, which the input does "
                             f"not have. Columns: {', '.join(df.columns)}.")
+
+
+# What a retry may cure: the service could not be reached, dropped the connection, or said it
+# is busy. Read from the whole error text (Python and JVM), never from a data or config error.
+_TRANSIENT = re.compile(
+    r"connection refused|connection reset|broken pipe|communications link failure|"
+    r"could not be reached|connection (?:attempt )?(?:failed|timed out)|sockettimeout|"
+    r"read timed out|connect timed out|SQLState:? ?(?:08\w{3}|57P03)|\b(?:502|503|504)\b|"
+    r"service ?unavailable|slow ?down|throttl|broker(?:notavailable| not available)|"
+    r"leader_not_available|networkexception|the database system is starting up",
+    re.IGNORECASE)
+
+
+def transient(e: BaseException) -> bool:
+    """Would trying the step again likely succeed (a network or service hiccup)? Data and
+    config errors (a failed `fail` validation, a missing column, a bad key) never are."""
+    if isinstance(e, StepDataError) or type(e).__name__ in ("ValidationFailed", "ConfigError"):
+        return False
+    texts, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        texts.append(f"{type(e).__name__}: {e}")
+        je = getattr(e, "java_exception", None)
+        if je is not None:
+            try:
+                texts.append(str(je.toString()))
+                cause = je.getCause()
+                while cause is not None:
+                    texts.append(str(cause.toString()))
+                    cause = cause.getCause()
+            except Exception:  # noqa: BLE001 - the gateway is gone: judge what we have
+                pass
+        e = e.__cause__ or e.__context__
+    return bool(_TRANSIENT.search("\n".join(texts)))

@@ -1,0 +1,88 @@
+"""`retries`: a step that fails on a transient error (the database dropping connections)
+is retried by Dagster with the file's delay and succeeds; data and config errors fail at
+once, never retried."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import dagster as dg
+import pyarrow.parquet as pq
+
+from pipeline_defs.config.loader import load_pipeline
+from pipeline_defs.definitions import default_resources, definitions_for
+from pipeline_defs.resources.vault import VaultResource
+from pipeline_defs.steps.registry import builtin_registry
+from pipeline_defs_tests.conftest import op_of, write_json
+from pipeline_defs_tests.servers import FlakyProxy
+
+
+def _events(result, kind: str) -> list:
+    return [e for e in result.all_events if e.event_type_value == kind]
+
+
+def test_a_transient_failure_is_retried_and_the_run_succeeds(pg, vault, tmp_path):
+    pg.sql("CREATE TABLE readings (id int PRIMARY KEY, v numeric(6,2))")
+    pg.sql("INSERT INTO readings SELECT g, g / 10.0 FROM generate_series(1, 40) g")
+    proxy = FlakyProxy(pg.port)
+    vault.put("secret", "pg", {**pg.secret(), "port": proxy.port})
+    resources = {**default_resources(),
+                 "vault": VaultResource(url=vault.url, token=vault.root_token,
+                                        audit_log=str(tmp_path / "audit.jsonl"))}
+    p = load_pipeline(write_json(tmp_path / "r.json", {
+        "name": "readings", "retries": {"maxRetries": 2, "delaySeconds": 1},
+        "steps": [
+            {"type": "extract", "method": "fromPostgres", "name": "readings_in",
+             "config": {"table": "readings", "credentialPath": "secret/data/pg"}},
+            {"type": "load", "method": "toFile", "name": "readings_out",
+             "config": {"path": str(tmp_path / "out"), "format": "parquet"}}]}),
+        builtin_registry())
+    job = definitions_for([p], resources).resolve_job_def("readings")
+    instance, run_id, box = dg.DagsterInstance.ephemeral(), str(uuid.uuid4()), {}
+    runner = threading.Thread(target=lambda: box.update(result=job.execute_in_process(
+        instance=instance, run_id=run_id, raise_on_error=False)))
+    runner.start()
+    # the outage lasts until the first attempt has failed and Dagster scheduled a retry
+    while runner.is_alive() and not any(
+            r.dagster_event and r.dagster_event.event_type_value == "STEP_UP_FOR_RETRY"
+            for r in instance.all_logs(run_id)):
+        time.sleep(0.2)
+    proxy.heal()
+    runner.join(300)
+    proxy.close()
+    result = box["result"]
+    assert result.success
+    (retry,) = _events(result, "STEP_UP_FOR_RETRY")
+    assert op_of(retry.step_key) == "readings_in" and proxy.resets >= 1
+    said = [r.user_message for r in instance.all_logs(run_id)
+            if r.level == 30 and op_of(r.step_key) == "readings_in"]
+    assert len(said) == 1 and said[0].startswith(
+        "attempt 1 of step 1 (extract.fromPostgres) failed with a transient error")
+    assert "could not be reached" in said[0]
+    assert len(_events(result, "STEP_RESTARTED")) == 1
+    assert pq.read_table(tmp_path / "out").num_rows == 40
+
+
+def test_data_and_config_errors_are_not_retried(tmp_path):
+    (tmp_path / "in.csv").write_text("id,v\n1,5\n1,6\n")
+    steps = [{"type": "extract", "method": "fromFile",
+              "config": {"path": str(tmp_path / "in.csv"), "format": "csv"}}]
+    cases = {
+        "duplicates": {"type": "validate", "method": "validateUnique",
+                       "config": {"columns": ["id"]}},
+        "missing_column": {"type": "transform", "method": "filterRows",
+                           "config": {"condition": "no_such_column > 0"}},
+    }
+    for name, bad in cases.items():
+        p = load_pipeline(write_json(tmp_path / f"{name}.json", {
+            "name": name, "retries": {"maxRetries": 3, "delaySeconds": 0},
+            "steps": [*steps, bad, {"type": "load", "method": "toFile",
+                                    "config": {"path": str(tmp_path / name)}}]}),
+            builtin_registry())
+        result = definitions_for([p]).resolve_job_def(name).execute_in_process(
+            instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+        assert not result.success, name
+        (failure,) = _events(result, "STEP_FAILURE")
+        assert failure.event_specific_data.user_failure_data.metadata["transient"].value is False
+        assert not _events(result, "STEP_UP_FOR_RETRY"), name
