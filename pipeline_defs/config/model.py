@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, field_validator
 
 from pipeline_defs.config import durations
 from pipeline_defs.config.base import FormatModel
@@ -183,7 +183,9 @@ class PipelineConfig(FormatModel):
                                         "PIPELINE_QUARANTINE_ROOT, else ./quarantine).")
     streaming: StreamingSettings = Field(default_factory=StreamingSettings,
                                          description="Streaming mode: query lifecycle.")
-    schedule: Schedule | str | None = Field(
+    schedule: Annotated[Schedule | None, BeforeValidator(
+        lambda v: {"cron": v} if isinstance(v, str) else v,
+        json_schema_input_type=Schedule | str | None)] = Field(
         None, description="When to run: {\"cron\": \"0 6 * * *\", \"timezone\": "
         "\"America/New_York\", \"enabled\": true}, or just the cron string.")
     dependencies: list[Dependency] = Field(
@@ -198,9 +200,4 @@ class PipelineConfig(FormatModel):
                                     "unavailable); data and config errors are never retried.")
     pool: str | None = Field(None, pattern=POOL.pattern, description="Dagster concurrency pool "
                              "of every step (limits in dagster.yaml or the UI).")
-
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, v):
-        return Schedule(cron=v) if isinstance(v, str) else v
     steps: list[StepSpec] = Field(min_length=1, description="The steps, run in order.")

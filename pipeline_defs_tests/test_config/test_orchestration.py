@@ -1,0 +1,73 @@
+"""The orchestration keys of a pipeline file: what is accepted, and the errors (file, field,
+fix) for what cannot run."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline_defs.config.loader import load_pipeline, load_pipelines
+from pipeline_defs.errors import ConfigError
+from pipeline_defs_tests.conftest import write_json
+
+STEPS = [{"type": "extract", "method": "fromFile", "config": {"path": "/in"}},
+         {"type": "load", "method": "toDeltaLake", "config": {"path": "/out/${name}"}}]
+
+
+def _file(tmp_path, name: str, **top) -> str:
+    steps = [dict(STEPS[0]), {**STEPS[1], "config": {"path": f"/out/{name}"}}]
+    return str(write_json(tmp_path / f"{name}.json", {"name": name, "steps": steps, **top}))
+
+
+def _problems(paths, registry) -> str:
+    with pytest.raises(ConfigError) as e:
+        load_pipelines(paths, registry)
+    return str(e.value)
+
+
+def test_every_key_of_the_plan_is_accepted(tmp_path, registry):
+    _file(tmp_path, "upstream")
+    f = _file(tmp_path, "downstream",
+              schedule={"cron": "0 6 * * 1-5", "timezone": "America/New_York",
+                        "enabled": False},
+              dependencies=[{"pipeline": "upstream", "waitForCompletion": True,
+                             "timeout": 3600000}],
+              automation={"onCron": "@hourly"}, retries={"maxRetries": 2,
+                                                         "delaySeconds": 10,
+                                                         "backoff": "exponential"},
+              pool="warehouse")
+    (down, up) = load_pipelines([tmp_path], registry)  # in file order
+    c = down.config
+    assert (c.schedule.cron, c.schedule.timezone, c.schedule.enabled) == \
+        ("0 6 * * 1-5", "America/New_York", False)
+    assert c.dependencies[0].timeout == 3600000 and c.pool == "warehouse"
+    (tmp_path / "x").mkdir()
+    assert load_pipeline(write_json(tmp_path / "x" / "s.json", {
+        "name": "s", "schedule": "@daily", "automation": "eager", "steps": [
+            STEPS[0], {**STEPS[1], "config": {"path": "/o"},
+                       "condition": "previous_step_count > 0",
+                       "retries": {"maxRetries": 1}, "pool": "db"}]}),
+        registry).steps[1].condition == "previous_step_count > 0"
+    assert f.endswith("downstream.json") and up.name == "upstream"
+
+
+@pytest.mark.parametrize("schedule, message", [
+    ("61 6 * * *", "schedule.cron: '61 6 * * *': minute '61' is outside 0-59"),
+    ("0 6 * *", "schedule.cron: '0 6 * *' has 4 fields; a cron expression has five"),
+    ({"cron": "0 6 * * *", "timezone": "Mars/Olympus"},
+     "schedule.timezone: unknown timezone 'Mars/Olympus'"),
+])
+def test_a_bad_cron_or_timezone_is_a_config_error(tmp_path, registry, schedule, message):
+    f = _file(tmp_path, "p", schedule=schedule)
+    assert f"{f}, schedule" in _problems([f], registry) and message in _problems([f], registry)
+
+
+def test_unknown_upstreams_and_cycles_are_errors_listing_the_pipelines(tmp_path, registry):
+    a = _file(tmp_path, "orders-a", dependencies=[{"pipeline": "orders-b"}])
+    b = _file(tmp_path, "orders-b", dependencies=[{"pipeline": "orders-c"}])
+    c = _file(tmp_path, "orders-c", dependencies=[{"pipeline": "orders-a"},
+                                                  {"pipeline": "order-a"}])
+    text = _problems([tmp_path], registry)
+    assert (f"{c}, dependencies[1].pipeline: names pipeline 'order-a', which is not among the "
+            "pipelines loaded (orders-a, orders-b, orders-c). Did you mean 'orders-a'?") in text
+    assert "dependencies form a cycle: 'orders-a' -> 'orders-b' -> 'orders-c' -> 'orders-a'" \
+        in text
+    assert a and b
