@@ -1,0 +1,123 @@
+"""Orchestration from the pipeline files, against the real dagster-daemon and webserver on
+loopback: a schedule fires; `dependencies` start the downstream pipeline after its upstream
+succeeded, whether the upstream ran from `pipeline run` (in process, no code-location
+origin) or from the UI's API, never after a failed upstream; a `timeout` gives up a wait
+with its reason on the sensor's tick."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.parquet as pq
+
+from pipeline_defs_tests.conftest import REPO, write_json
+from pipeline_defs_tests.e2e.test_webserver import launch, run_status, serve
+
+PIPELINE = str(Path(sys.executable).parent / "pipeline")
+
+
+def _pipeline(configs: Path, name: str, src: str, out: Path, **top) -> Path:
+    return write_json(configs / f"{name}.json", {
+        "name": name, "params": {"src": src}, **top, "steps": [
+            {"type": "extract", "method": "fromFile", "name": f"{name}_in",
+             "config": {"path": "${src}", "format": "csv", "schema": "id INT, v INT"}},
+            {"type": "load", "method": "toFile", "name": f"{name}_out",
+             "config": {"path": str(out / name), "format": "parquet", "mode": "overwrite"}}]})
+
+
+def _runs(home: Path, job: str) -> list[dg.DagsterRun]:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return list(reversed(instance.get_runs(dg.RunsFilter(job_name=job))))
+
+
+def _wait(what, timeout: float, log: Path):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = what()
+        if got:
+            return got
+        time.sleep(1)
+    raise AssertionError(f"timed out; daemon log:\n{log.read_text()[-4000:]}")
+
+
+def _finished(home: Path, job: str, n: int):
+    runs = _runs(home, job)
+    done = [r for r in runs if r.status in (dg.DagsterRunStatus.SUCCESS,
+                                            dg.DagsterRunStatus.FAILURE)]
+    return done if len(done) >= n else None
+
+
+def _ticks(home: Path, sensor: str) -> list:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        for state in instance.all_instigator_state():
+            if state.instigator_name == sensor:
+                return instance.get_ticks(state.instigator_origin_id, state.selector_id)
+    return []
+
+
+def test_schedule_and_dependencies_on_the_real_daemon(tmp_path):
+    data, out, configs = tmp_path / "data", tmp_path / "out", tmp_path / "configs"
+    data.mkdir()
+    configs.mkdir()
+    (data / "in.csv").write_text("id,v\n1,10\n2,20\n3,30\n")
+    good = str(data / "in.csv")
+    _pipeline(configs, "up", good, out)
+    _pipeline(configs, "never", good, out)
+    _pipeline(configs, "down", good, out, dependencies=[{"pipeline": "up"}])
+    _pipeline(configs, "both", good, out, dependencies=[
+        {"pipeline": "up"}, {"pipeline": "never", "timeout": 2000}])
+    _pipeline(configs, "ticker", good, out, schedule={"cron": "* * * * *", "timezone": "UTC"})
+    for port, _ in serve(tmp_path, configs, {"PIPELINE_SENSOR_INTERVAL": "1"}):
+        _scenario(port, tmp_path, configs, data, out)
+
+
+def _scenario(port: int, tmp_path: Path, configs: Path, data: Path, out: Path) -> None:
+    home, log = tmp_path / "dagster_home", tmp_path / "daemon.log"
+    env = {**os.environ, "DAGSTER_HOME": str(home), "SPARK_MASTER": "local[1]",
+           "PIPELINE_CONFIG_DIR": str(configs)}
+
+    # 1. upstream from the command line (in process: no code-location origin)
+    r = subprocess.run([PIPELINE, "run", str(configs / "up.json")], env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    (up1,) = _runs(home, "up")
+    (down1,) = _wait(lambda: _finished(home, "down", 1), 240, log)
+    assert down1.status == dg.DagsterRunStatus.SUCCESS
+    assert up1.run_id in down1.tags["pipeline/triggered_by"]
+    assert pq.read_table(out / "down").num_rows == 3
+
+    # 2. a failed upstream run starts nothing
+    r = subprocess.run([PIPELINE, "run", str(configs / "up.json"), "--param",
+                        f"src={data / 'missing.csv'}"], env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    failed = _runs(home, "up")[-1]
+    assert failed.status == dg.DagsterRunStatus.FAILURE
+
+    # 3. upstream launched from the UI's API (run by the daemon's run launcher)
+    up3 = launch(port, "up")
+    _wait(lambda: run_status(port, up3) in ("SUCCESS", "FAILURE"), 240, log)
+    assert run_status(port, up3) == "SUCCESS"
+    _, down2 = _wait(lambda: _finished(home, "down", 2), 240, log)
+    assert up3 in down2.tags["pipeline/triggered_by"]
+    time.sleep(5)  # several sensor ticks later: still one run per successful upstream
+    downs = _runs(home, "down")
+    assert len(downs) == 2 and not any(failed.run_id in d.tags["pipeline/triggered_by"]
+                                       for d in downs)
+
+    # 4. `both` waits for `never` too: given up after its 2 s timeout, with the reason
+    reasons = _wait(lambda: [t.skip_reason for t in _ticks(home, "both_after_upstreams")
+                             if (t.skip_reason or "").startswith("Gave up waiting")],
+                    120, log)
+    assert "up finished at" in reasons[0] and "never did not within the timeout " \
+        "(2000 ms)" in reasons[0]
+    assert not _runs(home, "both")
+
+    # 5. the schedule (every minute) fired and its run succeeded
+    (tick,) = _wait(lambda: _finished(home, "ticker", 1), 150, log)[:1]
+    assert tick.status == dg.DagsterRunStatus.SUCCESS
+    assert tick.tags["dagster/schedule_name"] == "ticker_schedule"
