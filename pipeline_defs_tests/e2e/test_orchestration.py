@@ -71,7 +71,15 @@ def test_schedule_and_dependencies_on_the_real_daemon(tmp_path):
     _pipeline(configs, "both", good, out, dependencies=[
         {"pipeline": "up"}, {"pipeline": "never", "timeout": 2000}])
     _pipeline(configs, "ticker", good, out, schedule={"cron": "* * * * *", "timezone": "UTC"})
-    for port, _ in serve(tmp_path, configs, {"PIPELINE_SENSOR_INTERVAL": "1"}):
+    # reads what `up` writes; runs whenever `up` updates it (Declarative Automation)
+    write_json(configs / "follower.json", {
+        "name": "follower", "automation": "eager", "steps": [
+            {"type": "extract", "method": "fromFile", "config": {"path": str(out / "up")}},
+            {"type": "load", "method": "toFile", "name": "follower_out",
+             "config": {"path": str(out / "follower"), "format": "parquet",
+                        "mode": "overwrite"}}]})
+    for port, _ in serve(tmp_path, configs, {"PIPELINE_SENSOR_INTERVAL": "1"},
+                         "auto_materialize:\n  minimum_interval_seconds: 5\n"):
         _scenario(port, tmp_path, configs, data, out)
 
 

@@ -45,12 +45,14 @@ def webserver(tmp_path, sample_data):
         yield port, out, sample_data
 
 
-def serve(tmp_path, config_dir, extra_env):
-    """dagster-webserver and dagster-daemon on loopback over config_dir; yields (port, out)."""
+def serve(tmp_path, config_dir, extra_env, instance_yaml: str = ""):
+    """dagster-webserver and dagster-daemon on loopback over config_dir; yields (port, out).
+    `instance_yaml`: settings added to the instance's dagster.yaml."""
     port = free_port()
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text((REPO / "instance" / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text((REPO / "instance" / "dagster.yaml").read_text()
+                                       + instance_yaml)
     env = {**os.environ, "DAGSTER_HOME": str(home), "SPARK_MASTER": "local[2]",
            "PIPELINE_CONFIG_DIR": str(config_dir), **extra_env}
     proc = subprocess.Popen([str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port),
