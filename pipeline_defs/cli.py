@@ -93,22 +93,98 @@ def cmd_run(args) -> int:
     if home:
         Path(home).mkdir(parents=True, exist_ok=True)
     instance = dg.DagsterInstance.get() if home else dg.DagsterInstance.ephemeral()
-    # SIGTERM (a supervisor, `kill`) ends the run like Ctrl-C: streaming queries stop between
-    # two micro-batches, so what ran is committed and the next run resumes
     import signal
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    import uuid
+    run_id = str(uuid.uuid4())
+    if pipeline.config.mode == "streaming":
+        # SIGTERM (a supervisor, `kill`) ends the run like Ctrl-C: streaming queries stop
+        # between two micro-batches, so what ran is committed and the next run resumes
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        stopped = None
+    else:
+        # SIGINT/SIGTERM cancel a batch run: its Spark jobs stop within a second (nothing
+        # half-written is committed) and the run ends CANCELED; a second Ctrl-C quits at once
+        stopped = _cancel_on_signals(instance, run_id)
     started = time.perf_counter()
-    result = job.execute_in_process(
-        instance=instance, raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
-        tags={**({"pipeline/params": ",".join(sorted(params))} if params else {}),
-              # lets a later run tell a killed run's leftover STARTED record from a live run
-              "pipeline/pid": str(os.getpid()), "pipeline/host": socket.gethostname()})
+
+    def execute():
+        return job.execute_in_process(
+            instance=instance, raise_on_error=False, run_id=run_id,
+            run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
+            tags={**({"pipeline/params": ",".join(sorted(params))} if params else {}),
+                  # lets a later run tell a killed run's leftover STARTED record from a live
+                  # run
+                  "pipeline/pid": str(os.getpid()), "pipeline/host": socket.gethostname()})
+    # a batch run executes on a worker thread, so that signals reach our handlers here
+    # (on the main thread Dagster would take SIGINT for itself and abandon the Spark job)
+    result = execute() if stopped is None else _on_worker_thread(execute)
+    cancelled = _was_cancelled(instance, run_id)
+    if cancelled:
+        why = f"{stopped[0]} received" if stopped else "terminated from Dagster"
+        run = instance.get_run_by_id(run_id)
+        if run.status != dg.DagsterRunStatus.CANCELED:
+            instance.report_run_canceled(run, message=f"Run cancelled: {why}.")
+        step = next((e.step_key.rsplit(".", 1)[-1] for e in result.all_events
+                     if e.event_type_value == "STEP_FAILURE"), None)
+        print(f"pipeline {pipeline.name}: CANCELED after {time.perf_counter() - started:.1f}s "
+              f"({why}{f', during step {step}' if step else ''}): its Spark jobs were "
+              "cancelled and nothing it was writing was committed; run it again to start "
+              f"over (run {run_id}).", file=sys.stderr)
+        return 130
     print_summary(result, pipeline, time.perf_counter() - started)
     if args.show and result.success:
         from pipeline_defs.runs import show_outputs
         show_outputs(result, args.show)
     return 0 if result.success else 1
+
+
+def _on_worker_thread(fn):
+    import threading
+    box: dict = {}
+
+    def work():
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised on the main thread
+            box["error"] = e
+    t = threading.Thread(target=work, name="pipeline-run", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.5)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _cancel_on_signals(instance, run_id: str) -> list[str]:
+    """SIGINT/SIGTERM ask Dagster to terminate the run (the Spark resource's watcher then
+    cancels its Spark jobs); a second signal quits at once. Returns the signal names seen."""
+    import signal
+    import threading
+    seen: list[str] = []
+
+    def handler(signum, _frame):
+        if seen:
+            raise KeyboardInterrupt
+        seen.append(signal.Signals(signum).name)
+        print(f"\n{seen[0]}: cancelling the run's Spark jobs (again to quit at once)",
+              file=sys.stderr)
+
+        def request():
+            run = instance.get_run_by_id(run_id)
+            if run is not None and not run.is_finished:
+                instance.report_run_canceling(run, message=f"{seen[0]} received")
+        threading.Thread(target=request, daemon=True).start()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+    return seen
+
+
+def _was_cancelled(instance, run_id: str) -> bool:
+    import dagster as dg
+    return bool(instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.RUN_CANCELING, limit=1).records)
 
 
 def cmd_docs(args) -> int:

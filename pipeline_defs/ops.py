@@ -356,6 +356,9 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
     quarantines = plan.quarantines().get(s.index, [])  # tables this op's pass writes
 
     def compute(context: dg.OpExecutionContext, **inputs):
+        if context.resources.spark.cancelled:
+            raise dg.Failure(description=f"step {s.index} ({s.label}) not started: the run "
+                             "was terminated.", allow_retries=False)
         current: StepOutput | None = inputs.get("df")
         named = {n: inputs[input_name(n)] for n in node.named}
         try:
@@ -477,6 +480,11 @@ def _quarantine_outputs(context, ctx: StepContext, steps: list[int], df) -> list
 def _failure(pipeline: LoadedPipeline, s, e: BaseException, context=None,
              activity: str = "running") -> dg.Failure:
     internal = internal_error(e)
+    if context is not None and context.resources.spark.cancelled:
+        return dg.Failure(description=f"pipeline '{pipeline.name}', step {s.index} ({s.label})"
+                          ": cancelled, the run was terminated; nothing it was writing was "
+                          "committed.", metadata={"pipeline": pipeline.name, "step": s.index,
+                                                  "cancelled": True}, allow_retries=False)
     if internal:
         if context is not None:  # the trace stays in the event log, not on the terminal
             import traceback

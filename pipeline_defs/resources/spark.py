@@ -110,6 +110,34 @@ def settings_from_env() -> SparkSettings:
                          jars_dir=str(default_jars_dir()))
 
 
+class RunWatcher(threading.Thread):
+    """Watches the run's status; when a termination is requested (CANCELING), cancels every
+    Spark job of the session at once (a Spark action ignores Dagster's interrupt: the run
+    would stay CANCELING until the action ends by itself). A cancelled job commits nothing:
+    no Delta commit, no published JDBC staging table."""
+
+    POLL_S = 0.5
+
+    def __init__(self, instance, run_id: str, resource: SparkResource):
+        super().__init__(name=f"run-watcher-{run_id[:8]}", daemon=True)
+        self.instance, self.run_id, self.resource = instance, run_id, resource
+        self.stop, self.cancelled = threading.Event(), False
+
+    def run(self) -> None:
+        stopping = (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
+        while not self.stop.wait(self.POLL_S):
+            try:
+                run = self.instance.get_run_by_id(self.run_id)
+            except Exception:  # noqa: BLE001 - storage busy or closing: look again
+                continue
+            if run is not None and run.status in stopping:
+                self.cancelled = True
+                session = self.resource._session
+                if session is not None:
+                    session.sparkContext.cancelAllJobs()
+                return
+
+
 class SparkResource(dg.ConfigurableResource):
     """The run's SparkSession (one per run process, shared by every op)."""
 
@@ -120,6 +148,22 @@ class SparkResource(dg.ConfigurableResource):
     conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark settings.")
 
     _session: SparkSession | None = PrivateAttr(None)
+    _watcher: RunWatcher | None = PrivateAttr(None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if context.instance is not None and context.run_id:
+            self._watcher = RunWatcher(context.instance, context.run_id, self)
+            self._watcher.start()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._watcher is not None:
+            self._watcher.stop.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """The run was asked to stop (terminated from the UI, or `pipeline run` got SIGINT/
+        SIGTERM): its Spark jobs were cancelled, and no step starts new ones."""
+        return self._watcher is not None and self._watcher.cancelled
 
     @property
     def settings(self) -> SparkSettings:

@@ -1,0 +1,110 @@
+"""Cancelling a batch run stops its Spark job at once (a Spark action ignores Dagster's
+interrupt by itself): Ctrl-C / SIGTERM on `pipeline run`, and Terminate from the UI on a run
+`pipeline run` is executing. The run ends CANCELED with one line on the terminal, nothing
+of the cancelled write is committed, and the next run succeeds."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from pipeline_defs_tests.conftest import REPO, write_json
+from pipeline_defs_tests.e2e.test_webserver import gql, serve
+
+PIPELINE = str(Path(sys.executable).parent / "pipeline")
+
+
+def _long(tmp_path: Path) -> Path:
+    """A write that takes many minutes unless cancelled (3e9 generated rows, hashed)."""
+    (tmp_path / "one.csv").write_text("id\n1\n")
+    return write_json(tmp_path / "long.json", {
+        "name": "long-job", "params": {"n": "3000000000"}, "steps": [
+            {"type": "extract", "method": "fromFile",
+             "config": {"path": str(tmp_path / "one.csv"), "format": "csv",
+                        "registerAs": "one"}},
+            {"type": "transform", "method": "sql", "name": "big",
+             "config": {"query": "SELECT r.id, sha2(cast(r.id AS string), 256) AS h "
+                                 "FROM range(${n}) r CROSS JOIN one"}},
+            {"type": "load", "method": "toDeltaLake", "name": "big_out",
+             "config": {"path": str(tmp_path / "out"), "mode": "overwrite"}}]})
+
+
+def _start(f: Path, home: Path) -> subprocess.Popen:
+    env = {**os.environ, "DAGSTER_HOME": str(home), "SPARK_MASTER": "local[2]"}
+    return subprocess.Popen([PIPELINE, "run", str(f)], env=env, cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _writing(home: Path, proc: subprocess.Popen) -> dg.DagsterRun:
+    """The run, once its load step (the long Spark job) has started."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            for run in instance.get_runs():
+                if any(r.step_key and r.step_key.endswith(".big_out") for r in
+                       instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)):
+                    time.sleep(3)  # well inside the Spark job
+                    return run
+        time.sleep(0.5)
+    raise AssertionError(f"the load never started: {proc.communicate()}")
+
+
+def _ended(proc: subprocess.Popen, since: float) -> tuple[str, float]:
+    _, err = proc.communicate(timeout=300)
+    return err, time.monotonic() - since
+
+
+def _after(spark, tmp_path: Path, home: Path, f: Path, run_id: str, err: str, why: str
+           ) -> None:
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("pipeline long-job: CANCELED after ") and why in last, last
+    assert "nothing it was writing was committed" in last and run_id in last
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.CANCELED
+    assert not list((tmp_path / "out" / "_delta_log").glob("*.json"))  # no Delta commit
+    env = {**os.environ, "DAGSTER_HOME": str(home), "SPARK_MASTER": "local[2]"}
+    r = subprocess.run([PIPELINE, "run", str(f), "--param", "n=1000"], env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert spark.read.format("delta").load(str(tmp_path / "out")).count() == 1000
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_cancels_the_spark_job_of_pipeline_run(tmp_path, sig, spark):
+    home = tmp_path / "home"
+    home.mkdir()
+    f = _long(tmp_path)
+    proc = _start(f, home)
+    run = _writing(home, proc)
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    err, took = _ended(proc, sent)
+    assert proc.returncode == 130, err[-3000:]
+    # the job would run for many minutes: it stopped because it was cancelled
+    assert took < 120, took
+    print(f"{sig.name}: cancelled in {took:.1f}s")
+    _after(spark, tmp_path, home, f, run.run_id, err,
+           f"{sig.name} received, during step big_out")
+
+
+def test_terminate_from_the_ui_cancels_a_run_of_pipeline_run(tmp_path, spark):
+    f = _long(tmp_path)
+    (tmp_path / "no-configs").mkdir()  # the UI serves no pipelines; the run is pipeline run's
+    for port, _ in serve(tmp_path, tmp_path / "no-configs", {}):
+        home = tmp_path / "dagster_home"
+        proc = _start(f, home)
+        run = _writing(home, proc)
+        sent = time.monotonic()
+        result = gql(port, """mutation($id: String!) { terminateRun(runId: $id) {
+            __typename } }""", {"id": run.run_id})["terminateRun"]
+        err, took = _ended(proc, sent)
+        assert proc.returncode == 130, (result, err[-3000:])
+        assert took < 120, took
+        print(f"UI terminate: cancelled in {took:.1f}s")
+        _after(spark, tmp_path, home, f, run.run_id, err, "terminated from Dagster")
