@@ -91,8 +91,9 @@ def _dependencies(plan: Plan, ops: dict[int, dg.OpDefinition]) -> dict:
             d["df"] = dg.DependencyDefinition(plan.node(n.current).op_name, "result")
         for name, i in n.named.items():
             d[input_name(name)] = dg.DependencyDefinition(plan.node(i).op_name, "result")
-        for j in n.after:
-            d[f"after_s{j:02d}"] = dg.DependencyDefinition(plan.node(j).op_name, "result")
+        for j in n.after:  # a conditional step says "done" also when it was skipped
+            d[f"after_s{j:02d}"] = dg.DependencyDefinition(
+                plan.node(j).op_name, "done" if plan.node(j).step.condition else "result")
         deps[dg.NodeInvocation(ops[n.step.index].name, alias=n.op_name)] = d
     return deps
 

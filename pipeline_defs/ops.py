@@ -16,6 +16,7 @@ from pyspark.sql.types import StructType
 
 from pipeline_defs import secrets
 from pipeline_defs.config.assets import uri
+from pipeline_defs.config.conditions import parse as parse_condition
 from pipeline_defs.config.dataflow import safe_name
 from pipeline_defs.config.loader import LoadedPipeline, literal_credentials, with_params
 from pipeline_defs.errors import ConfigError, PipelineError, StepExecutionError
@@ -275,6 +276,56 @@ def _with_run_params(context, plan: Plan, node: StepNode, registry: Registry,
     return node if step is node.step else replace(node, step=step)
 
 
+def run_date(context) -> str:
+    """The run's logical date (yyyy-MM-dd): its schedule tick's, else today (UTC)."""
+    tick = context.run.tags.get("dagster/scheduled_execution_time")
+    if tick:
+        return tick[:10]
+    return time.strftime("%Y-%m-%d", time.gmtime())
+
+
+def _condition_holds(context, plan: Plan, s, condition, current: StepOutput | None,
+                     named: dict[str, StepOutput], params_key: str | None) -> bool:
+    """Evaluates the step's `condition`. A count persists the DataFrame it counts first, so
+    the step then reads it from the cache: one Spark job, the data computed once."""
+    outputs = {o.op_name: o for src in [current, *named.values()] if src is not None
+               for o in src.lineage()}
+    op_name = plan.node(s.index).op_name
+    context.resources.spark.spark.sparkContext.setJobGroup(
+        f"{plan.job_name}.{op_name}", f"{plan.pipeline.name} step {s.index} condition")
+    params = dict(getattr(context.resources, params_key)) if params_key else {}
+    seen: dict[str, object] = {}
+
+    def rows(o: StepOutput | None, what: str) -> int:
+        if o is None:
+            raise dg.Failure(description=f"step {s.index} ({s.label}): condition "
+                             f"`{condition.text}` needs {what}, which this step does not "
+                             "read.", allow_retries=False)
+        return o.df.persist().count()
+
+    def value_of(name: str):
+        if name == "previous_step_count":
+            value = rows(current, "the previous step's rows")
+        elif name == "execution_date":
+            value = params.get("execution_date", run_date(context))
+        elif name.startswith("steps."):
+            step = name.split(".")[1]
+            value = rows(outputs.get(step), f"the rows of step '{step}'")
+        else:
+            value = params.get(name, plan.pipeline.params.get(name))
+        seen[name] = value
+        return value
+
+    holds = condition.evaluate(value_of)
+    values = ", ".join(f"{k}={v!r}" for k, v in seen.items())
+    if not holds:
+        context.log.info(f"step {s.index} ({s.label}) skipped: condition `{condition.text}` "
+                         f"is false ({values}); the steps that need it are skipped too")
+    else:
+        context.log.debug(f"condition `{condition.text}` holds ({values})")
+    return holds
+
+
 def _run_step(context, plan: Plan, node: StepNode, stepdef: StepDef, current: StepOutput | None,
               ctx: StepContext) -> DataFrame:
     """An extract or transform step: its (lazy) output DataFrame."""
@@ -282,6 +333,28 @@ def _run_step(context, plan: Plan, node: StepNode, stepdef: StepDef, current: St
     if node.step.kind == "extract" and ctx.streaming is not None and stepdef.stream_read:
         return stepdef.stream_read(node.step.config, ctx)
     return stepdef.fn(current.df if current else None, node.step.config, ctx)
+
+
+def _output(context, node: StepNode, df: DataFrame, ctx: StepContext, parents: tuple,
+            pending: tuple, table_key, started: float, evaluated_in: str | None) -> dg.Output:
+    """The step's output: the lazy DataFrame (with its row counter and, for a load's column
+    lineage, its columns' ids) and what the op shows about it."""
+    obs, columns = None, ()
+    if table_key is not None and not df.isStreaming:  # for the loads' column lineage
+        columns = tuple((i, (table_key, name)) for i, name in column_ids(df).items())
+    if node.observe and not df.isStreaming:  # a stream's rows come from its progress
+        df, obs = _observe(df, context.run_id, node.op_name)
+    meta = {"dagster/column_schema": table_schema(df.schema) if not df.isStreaming
+            else None, "duration_s": round(time.perf_counter() - started, 3),
+            **{k: _plain(v) for k, v in ctx.metadata.items()}}
+    if "rows" in ctx.metadata:
+        meta["dagster/row_count"] = int(ctx.metadata["rows"])
+    if evaluated_in:
+        meta["evaluated_in"] = evaluated_in  # its rules ran in that op's Spark pass
+        meta.pop("dagster/column_schema", None)
+    return dg.Output(StepOutput(df, node.step.index, node.op_name, obs, parents, pending,
+                                columns),
+                     metadata={k: v for k, v in meta.items() if v is not None})
 
 
 class _HeldLog:
@@ -354,6 +427,7 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
 
     params_key = params_resource_key(plan)
     quarantines = plan.quarantines().get(s.index, [])  # tables this op's pass writes
+    condition = parse_condition(s.condition) if s.condition else None
 
     def compute(context: dg.OpExecutionContext, **inputs):
         if context.resources.spark.cancelled:
@@ -367,6 +441,10 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
             raise dg.Failure(description=str(e)) from None
         parents = tuple(([current] if current else []) + list(named.values()))
         started = time.perf_counter()
+        if condition is not None and not _condition_holds(context, plan, s, condition,
+                                                          current, named, params_key):
+            # no result: Dagster skips every step that needs it; `done` lets later loads go on
+            return [dg.Output(None, "done")]
         ctx = None
         try:
             if evaluated_in is not None:  # evaluated by the group's first op: report it
@@ -390,27 +468,15 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
         except (PipelineError, PySparkException, Exception) as e:  # noqa: BLE001
             raise _failure(pipeline, s, e, context,
                            ctx.activity if ctx is not None else "running") from None
-        obs, columns = None, ()
-        if table_key is not None and not df.isStreaming:  # for the loads' column lineage
-            columns = tuple((i, (table_key, name)) for i, name in column_ids(df).items())
-        if node.observe and not df.isStreaming:  # a stream's rows come from its progress
-            df, obs = _observe(df, context.run_id, node.op_name)
-        meta = {"dagster/column_schema": table_schema(df.schema) if not df.isStreaming
-                else None, "duration_s": round(time.perf_counter() - started, 3),
-                **{k: _plain(v) for k, v in ctx.metadata.items()}}
-        if "rows" in ctx.metadata:
-            meta["dagster/row_count"] = int(ctx.metadata["rows"])
         pending = ()
         if s.kind == "validate" and len(group) > 1:
             pending = current.pending if evaluated_in else tuple(ctx.validation.pending)
-            if evaluated_in:
-                meta["evaluated_in"] = evaluated_in  # its rules ran in that op's Spark pass
-                meta.pop("dagster/column_schema", None)
-        outputs = [dg.Output(StepOutput(df, s.index, node.op_name, obs, parents, pending,
-                                        columns),
-                             metadata={k: v for k, v in meta.items() if v is not None})]
+        outputs = [_output(context, node, df, ctx, parents, pending, table_key, started,
+                           evaluated_in)]
         if quarantines:
             outputs += _quarantine_outputs(context, ctx, quarantines, df)
+        if condition is not None:
+            outputs.append(dg.Output(None, "done"))
         return outputs
 
     tags = {"pipeline/kind": s.kind, "pipeline/method": s.method}
@@ -418,9 +484,13 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
         # unique in the repository; the node in the job is aliased to the readable op_name
         name=f"{plan.job_name}__{node.op_name}",
         ins=_op_inputs(node, source), compute_fn=_wrap(compute),
-        outs={"result": dg.Out(LOADED_TABLE if s.kind == "load" else SPARK_DATAFRAME),
+        outs={"result": dg.Out(LOADED_TABLE if s.kind == "load" else SPARK_DATAFRAME,
+                               is_required=condition is None),
               **{f"quarantine_s{i:02d}": dg.Out(LOADED_TABLE, is_required=False)
-                 for i in quarantines}},
+                 for i in quarantines},
+              **({"done": dg.Out(dg.Nothing, description="The step ran, or its condition "
+                                 "skipped it: steps that only come after it wait on this.")}
+                 if condition is not None else {})},
         required_resource_keys={"spark", "vault", *([params_key] if params_key else [])},
         tags=tags, retry_policy=retry_policy(s.retries or pipeline.config.retries),
         pool=s.pool or pipeline.config.pool,

@@ -42,7 +42,10 @@ def step_rows(result: dg.ExecuteInProcessResult, pipeline: LoadedPipeline) -> li
             r.status = "skipped"
         elif e.event_type_value == "STEP_OUTPUT" and r:
             md = e.event_specific_data.metadata
-            if e.event_specific_data.step_output_handle.output_name != "result":
+            name = e.event_specific_data.step_output_handle.output_name
+            if name == "done":  # a conditional step's "finished" signal
+                continue
+            if name.startswith("quarantine_"):
                 # a validation's quarantine table, written by the same pass
                 rows_q = _value(md.get("dagster/row_count"))
                 r.note = (r.note + "; " if r.note else "") + \
@@ -57,7 +60,21 @@ def step_rows(result: dg.ExecuteInProcessResult, pipeline: LoadedPipeline) -> li
     for op, n in counted.items():
         if op in rows:
             rows[op].rows = n
+    _skipped(result, plan, rows)
     return list(rows.values())
+
+
+def _skipped(result, plan, rows: dict[str, StepRow]) -> None:
+    """Steps whose condition was false, and the steps skipped because they need them."""
+    produced = {(e.step_key or "").rsplit(".", 1)[-1] for e in result.all_events
+                if e.event_type_value == "STEP_OUTPUT"
+                and e.event_specific_data.step_output_handle.output_name == "result"}
+    for n in plan.nodes:
+        r = rows[n.op_name]
+        if n.step.condition and r.status == "ok" and n.op_name not in produced:
+            r.status, r.note = "skipped", f"condition `{n.step.condition}` was false"
+        elif r.status == "skipped" and not r.note:
+            r.note = "needs a skipped step"
 
 
 def print_summary(result: dg.ExecuteInProcessResult, pipeline: LoadedPipeline,

@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from pipeline_defs.config.assets import asset_names
+from pipeline_defs.config.conditions import problems as condition_problems
 from pipeline_defs.config.dataflow import check_dataflow, check_streaming
 from pipeline_defs.config.model import PipelineConfig, StepModel, StepSpec
 from pipeline_defs.config.params import UnresolvedParameter, resolve_params, substitute
@@ -148,15 +149,7 @@ def load_pipeline(path: str | Path, catalog: Catalog, overrides: Mapping[str, st
             if not found:
                 steps.append(loaded)
 
-    names = [s.name for s in steps if s.name]
-    for dup in sorted({n for n in names if names.count(n) > 1}):
-        idx = [s.index for s in steps if s.name == dup]
-        problems.append(Problem(file, f"step name '{dup}' is used by steps {idx}.", idx[-1],
-                                field="name", fix="Give every step a distinct name."))
-    for s in steps:
-        if s.name and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", s.name):
-            problems.append(Problem(file, f"step name '{s.name}' is not an identifier.", s.index,
-                                    s.label, "name", "Use letters, digits and _ only."))
+    problems += _step_problems(file, steps, params)
     env_now = os.environ if env is None else env
     if str(env_now.get("VAULT_REQUIRED", "")).strip().lower() in ("1", "true", "yes", "on"):
         problems.extend(literal_credentials(file, steps, catalog))
@@ -170,6 +163,28 @@ def load_pipeline(path: str | Path, catalog: Catalog, overrides: Mapping[str, st
         everything = sorted(problems + flow, key=lambda p: p.step or 0)  # stable: file order
         raise (ConfigError if problems else DataFrameResolutionError)(everything)
     return LoadedPipeline(file, top, steps, params)
+
+
+def _step_problems(file: str, steps: list[LoadedStep], params: Mapping[str, str]
+                   ) -> list[Problem]:
+    """Step names (distinct identifiers) and conditions (parse, names that exist)."""
+    problems: list[Problem] = []
+    names = [s.name for s in steps if s.name]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        idx = [s.index for s in steps if s.name == dup]
+        problems.append(Problem(file, f"step name '{dup}' is used by steps {idx}.", idx[-1],
+                                field="name", fix="Give every step a distinct name."))
+    for s in steps:
+        if s.name and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", s.name):
+            problems.append(Problem(file, f"step name '{s.name}' is not an identifier.", s.index,
+                                    s.label, "name", "Use letters, digits and _ only."))
+    for s in steps:
+        if s.condition is not None:
+            earlier = {e.name for e in steps if e.name and e.index < s.index}
+            for msg in condition_problems(s.condition, earlier, params):
+                problems.append(Problem(file, msg + ".", s.index, s.label, "condition",
+                                        "See \"condition\" in docs/orchestration.md."))
+    return problems
 
 
 def _plain_params(value) -> dict[str, str]:

@@ -158,6 +158,11 @@ class SparkResource(dg.ConfigurableResource):
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._watcher is not None:
             self._watcher.stop.set()
+        if self._session is not None:  # what the run persisted (conditions, `cache` steps)
+            try:
+                self._session.catalog.clearCache()
+            except Exception:  # noqa: BLE001 - a session already stopped has nothing cached
+                pass
 
     @property
     def cancelled(self) -> bool:

@@ -1,0 +1,75 @@
+"""A step's `condition`: false skips the step and every step that needs it (skipped in
+Dagster, the run succeeds, the summary says why); the count it needs costs one Spark job and
+the data is read once; bad conditions are validate errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline_defs.config.loader import load_pipeline
+from pipeline_defs.errors import ConfigError
+from pipeline_defs_tests.conftest import REPO, op_of, run_job, write_json
+
+PIPELINE = str(Path(sys.executable).parent / "pipeline")
+
+
+def _file(tmp_path: Path, condition: str) -> Path:
+    return write_json(tmp_path / "cond.json", {
+        "name": "cond", "params": {"min_rows": "1", "src": str(tmp_path / "in.csv")},
+        "steps": [
+            {"type": "extract", "method": "fromFile", "name": "orders",
+             "config": {"path": "${src}", "format": "csv", "schema": "id INT, v INT"}},
+            {"type": "transform", "method": "filterRows", "name": "big",
+             "config": {"condition": "v > 100"}},
+            {"type": "load", "method": "toFile", "name": "big_out", "condition": condition,
+             "config": {"path": str(tmp_path / "big"), "format": "parquet"}},
+            {"type": "load", "method": "toFile", "name": "all_out",
+             "config": {"path": str(tmp_path / "all"), "format": "parquet"}}]})
+
+
+def test_a_false_condition_skips_the_load_and_the_run_succeeds(tmp_path):
+    (tmp_path / "in.csv").write_text("id,v\n1,5\n2,7\n")
+    f = _file(tmp_path, "previous_step_count >= min_rows and execution_date > '2020-01-01'")
+    r = subprocess.run([PIPELINE, "run", str(f)], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    line = next(ln for ln in r.stdout.splitlines() if ln.strip().startswith("big_out"))
+    assert "skipped" in line and "condition `previous_step_count >= min_rows" in line
+    assert "previous_step_count=0" in r.stderr  # the values it saw, in the run's log
+    assert not (tmp_path / "big").exists() and (tmp_path / "all").exists()
+
+
+def test_a_true_condition_counts_once_and_runs_the_step(tmp_path, registry, spark):
+    (tmp_path / "in.csv").write_text("id,v\n1,500\n2,700\n3,5\n")
+    p = load_pipeline(_file(tmp_path, "previous_step_count >= min_rows"), registry)
+    spark.catalog.clearCache()
+    result = run_job(p)
+    assert {op_of(e.step_key) for e in result.all_events
+            if e.event_type_value == "STEP_SKIPPED"} == set()
+    assert spark.read.parquet(str(tmp_path / "big")).count() == 2
+    # the counted rows were persisted first, so the write read them from Spark's cache
+    assert not spark._jsparkSession.sharedState().cacheManager().isEmpty()
+    spark.catalog.clearCache()
+
+
+@pytest.mark.parametrize("condition, message", [
+    ("previous_step_count >", "condition: 'previous_step_count >': expected a value after "
+                              "'previous_step_count >'"),
+    ("steps.nope.rows > 0", "condition: 'steps.nope.rows > 0': steps.nope names no earlier "
+                            "step (earlier steps: big, orders)"),
+    ("__import__('os') == 1", "condition: '__import__('os') == 1': unexpected '('"),
+    ("rows > 0", "condition: 'rows > 0': unknown name 'rows'"),
+])
+def test_bad_conditions_are_validate_errors(tmp_path, registry, condition, message):
+    f = _file(tmp_path, condition)
+    with pytest.raises(ConfigError) as e:
+        load_pipeline(f, registry)
+    assert f"{f}, step 3 (load.toFile), {message}" in str(e.value)
+    r = subprocess.run([PIPELINE, "validate", str(f)], cwd=REPO, capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and message in r.stdout + r.stderr
+    assert json.loads(f.read_text())["steps"][2]["condition"] == condition
