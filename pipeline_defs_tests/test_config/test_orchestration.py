@@ -71,3 +71,23 @@ def test_unknown_upstreams_and_cycles_are_errors_listing_the_pipelines(tmp_path,
     assert "dependencies form a cycle: 'orders-a' -> 'orders-b' -> 'orders-c' -> 'orders-a'" \
         in text
     assert a and b
+
+
+def test_the_documented_example_uses_every_key_and_builds(registry):
+    """docs/examples/orders_followup.json, with the example it depends on: valid, and
+    Dagster gets its schedule, its dependency sensor, retry policies and pool."""
+    from pipeline_defs.definitions import definitions_for
+    from pipeline_defs_tests.conftest import CONFIGS, REPO
+    example = REPO / "docs" / "examples" / "orders_followup.json"
+    pipelines = load_pipelines([example, CONFIGS / "orders_enrichment.json"], registry)
+    defs = definitions_for(pipelines)
+    schedule = defs.resolve_schedule_def("orders_followup_schedule")
+    assert schedule.cron_schedule == "0 6 * * 1-5" and \
+        schedule.execution_timezone == "America/New_York"
+    assert defs.resolve_sensor_def("orders_followup_after_upstreams").job_name == \
+        "orders_followup"
+    job = defs.resolve_job_def("orders_followup")
+    ops = {n.name: n.definition for n in job.graph.nodes[0].definition.nodes}
+    assert ops["per_country_csv"].retry_policy.max_retries == 3  # the step's own
+    assert ops["enriched"].retry_policy.max_retries == 2  # the pipeline's
+    assert {d.pool for d in ops.values()} == {"warehouse"}
