@@ -3,10 +3,10 @@ retries and concurrency pools (the top-level and step-level keys; Dagster makes 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 
 from pipeline_defs.config.base import FormatModel
 
@@ -53,26 +53,28 @@ def timezone_problem(tz: str) -> str | None:
     return None
 
 
+def _cron(v: str) -> str:
+    if problem := cron_problem(v):
+        raise ValueError(problem)
+    return v.strip()
+
+
+def _timezone(v: str) -> str:
+    if problem := timezone_problem(v):
+        raise ValueError(problem)
+    return v
+
+
+Cron = Annotated[str, AfterValidator(_cron)]
+Timezone = Annotated[str, AfterValidator(_timezone)]
+
+
 class Schedule(FormatModel):
-    cron: str = Field(description="Cron expression (five fields), e.g. \"0 6 * * *\", or "
-                                  "@daily / @hourly.")
-    timezone: str = Field("UTC", description="IANA timezone the cron is read in.")
+    cron: Cron = Field(description="Cron expression (five fields), e.g. \"0 6 * * *\", or "
+                                   "@daily / @hourly.")
+    timezone: Timezone = Field("UTC", description="IANA timezone the cron is read in.")
     enabled: bool = Field(True, description="Running when the definitions load (a toggle in "
                                             "the UI then wins).")
-
-    @field_validator("cron")
-    @classmethod
-    def _cron(cls, v: str) -> str:
-        if problem := cron_problem(v):
-            raise ValueError(problem)
-        return v.strip()
-
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, v: str) -> str:
-        if problem := timezone_problem(v):
-            raise ValueError(problem)
-        return v
 
 
 class Dependency(FormatModel):
@@ -88,23 +90,9 @@ class Dependency(FormatModel):
 class Automation(FormatModel):
     """Declarative Automation of a pipeline's assets on what they read."""
 
-    on_cron: str | None = Field(None, description="Run on this cron once every upstream asset "
-                                                  "has been updated since the last tick.")
-    timezone: str = Field("UTC", description="Timezone of onCron.")
-
-    @field_validator("on_cron")
-    @classmethod
-    def _cron(cls, v: str | None) -> str | None:
-        if v is not None and (problem := cron_problem(v)):
-            raise ValueError(problem)
-        return v
-
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, v: str) -> str:
-        if problem := timezone_problem(v):
-            raise ValueError(problem)
-        return v
+    on_cron: Cron | None = Field(None, description="Run on this cron once every upstream "
+                                                   "asset has been updated since the last tick.")
+    timezone: Timezone = Field("UTC", description="Timezone of onCron.")
 
 
 Triggers = Literal["eager"] | Automation
