@@ -75,7 +75,7 @@ def cmd_run(args) -> int:
     from pipeline_defs.config.loader import load_pipeline
     from pipeline_defs.steps.registry import builtin_registry
     try:
-        pipeline = load_pipeline(args.file, builtin_registry(), params)
+        pipeline = load_pipeline(args.file, builtin_registry(), params, date=args.date)
     except ConfigError as e:
         print(f"{args.file}: {e}", file=sys.stderr)
         return 2
@@ -112,6 +112,7 @@ def cmd_run(args) -> int:
             instance=instance, raise_on_error=False, run_id=run_id,
             run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
             tags={**({"pipeline/params": ",".join(sorted(params))} if params else {}),
+                  **({"pipeline/date": args.date} if args.date else {}),
                   # lets a later run tell a killed run's leftover STARTED record from a live
                   # run
                   "pipeline/pid": str(os.getpid()), "pipeline/host": socket.gethostname()})
@@ -208,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("file")
     r.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="set a ${NAME} placeholder")
+    r.add_argument("--date", metavar="YYYY-MM-DD", help="the run's date: ${DATE}, ${DATE-1}, "
+                   "${DATE:yyyyMMdd} in the file (default today)")
     r.add_argument("--master", help="Spark master (default SPARK_MASTER or local[*])")
     r.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     r.add_argument("--show", type=int, default=0, metavar="N",

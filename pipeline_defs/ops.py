@@ -19,6 +19,7 @@ from pipeline_defs.config.assets import uri
 from pipeline_defs.config.conditions import parse as parse_condition
 from pipeline_defs.config.dataflow import safe_name
 from pipeline_defs.config.loader import LoadedPipeline, literal_credentials, with_params
+from pipeline_defs.config.params import DATE, resolve_params
 from pipeline_defs.errors import ConfigError, PipelineError, StepExecutionError
 from pipeline_defs.orchestration import retry_policy
 from pipeline_defs.plan import Plan, StepNode
@@ -245,43 +246,68 @@ def _step_context(context: dg.OpExecutionContext, plan: Plan, node: StepNode,
 
 
 def params_resource_key(plan: Plan) -> str | None:
-    """The resource holding a pipeline's `params` for a run (None: it has none)."""
-    return f"params_{plan.job_name}" if plan.pipeline.config.params else None
+    """The resource holding a pipeline's `params` (and its `DATE`) for a run (None: it has
+    neither params nor dates)."""
+    p = plan.pipeline
+    uses_date = any("${DATE" in json.dumps(s.template) for s in p.steps)
+    return f"params_{plan.job_name}" if p.config.params or uses_date else None
 
 
 def params_resource(plan: Plan) -> dg.ResourceDefinition:
     """The pipeline's `params` as run configuration: the Launchpad shows each with its
-    default (the file's, with the environment applied) and a run may change it."""
+    default (the file's, with the environment applied) and a run may change it. `DATE` and
+    the params whose default depends on it are empty by default: the run's date decides."""
     p = plan.pipeline
 
     def pipeline_params(init) -> dict[str, str]:
-        return {**p.params, **dict(init.resource_config or {})}
+        return dict(init.resource_config or {})
     pipeline_params.__qualname__ = "pipeline_params"  # its type as dg list defs / the UI show it
 
-    return dg.ResourceDefinition(
-        resource_fn=pipeline_params,
-        config_schema={name: dg.Field(str, default_value=value, is_required=False,
-                                      description=f"${{{name}}} in the steps of "
-                                                  f"pipeline '{p.name}'")
-                       for name, value in p.params.items()},
-        description=f"Parameters of pipeline '{p.name}' ({p.file})")
+    fields = {name: dg.Field(str, default_value="" if p.dated(name) else value,
+                             is_required=False,
+                             description=f"${{{name}}} in the steps of pipeline '{p.name}'"
+                             + (f"; empty: {p.config.params[name]} of the run's date"
+                                if p.dated(name) else ""))
+              for name, value in p.params.items() if name != DATE}
+    fields[DATE] = dg.Field(str, default_value="", is_required=False, description=(
+        "The run's date, yyyy-MM-dd (${DATE}, ${DATE-1}, ${DATE:yyyyMMdd}); empty: the "
+        "partition's, the schedule tick's, `pipeline run --date`'s, else today"))
+    return dg.ResourceDefinition(resource_fn=pipeline_params, config_schema=fields,
+                                 description=f"Parameters of pipeline '{p.name}' ({p.file})")
+
+
+def run_params(context, plan: Plan, key: str | None) -> dict[str, str]:
+    """This run's parameter values: what the run config sets, else what the definitions were
+    loaded with, with `DATE` the run's date and the defaults that depend on it re-read."""
+    p = plan.pipeline
+    given = {k: v for k, v in (dict(getattr(context.resources, key)) if key else {}).items()
+             if v != ""}
+    date = given.pop(DATE, None) or run_date(context)
+    base = {k: v for k, v in p.params.items() if k != DATE and not p.dated(k)}
+    base.update({k: v for k, v in p.overrides.items() if k != DATE})
+    base.update(given)
+    return resolve_params(p.config.params if p.config else {}, base, None, date)
 
 
 def _with_run_params(context, plan: Plan, node: StepNode, registry: Registry,
                      key: str | None) -> StepNode:
     """The node with its step configured by this run's parameter values."""
-    if key is None:
-        return node
-    step = with_params(plan.pipeline, node.step, registry, getattr(context.resources, key))
+    step = with_params(plan.pipeline, node.step, registry, run_params(context, plan, key))
     return node if step is node.step else replace(node, step=step)
 
 
 def run_date(context) -> str:
-    """The run's logical date (yyyy-MM-dd): its schedule tick's, else today (UTC)."""
-    tick = context.run.tags.get("dagster/scheduled_execution_time")
+    """The run's logical date (yyyy-MM-dd): its partition's, the date `pipeline run --date`
+    gave, its schedule tick's (in the schedule's timezone), else today."""
+    if context.has_partition_key:
+        return context.partition_key[:10]
+    tags = context.run.tags
+    if tags.get("pipeline/date"):
+        return tags["pipeline/date"]
+    tick = tags.get("dagster/scheduled_execution_time")
     if tick:
         return tick[:10]
-    return time.strftime("%Y-%m-%d", time.gmtime())
+    return time.strftime("%Y-%m-%d")
 
 
 def _condition_holds(context, plan: Plan, s, condition, current: StepOutput | None,
@@ -293,7 +319,7 @@ def _condition_holds(context, plan: Plan, s, condition, current: StepOutput | No
     op_name = plan.node(s.index).op_name
     context.resources.spark.spark.sparkContext.setJobGroup(
         f"{plan.job_name}.{op_name}", f"{plan.pipeline.name} step {s.index} condition")
-    params = dict(getattr(context.resources, params_key)) if params_key else {}
+    params = run_params(context, plan, params_key)
     seen: dict[str, object] = {}
 
     def rows(o: StepOutput | None, what: str) -> int:
@@ -307,7 +333,7 @@ def _condition_holds(context, plan: Plan, s, condition, current: StepOutput | No
         if name == "previous_step_count":
             value = rows(current, "the previous step's rows")
         elif name == "execution_date":
-            value = params.get("execution_date", run_date(context))
+            value = params.get("execution_date", params.get(DATE, run_date(context)))
         elif name.startswith("steps."):
             step = name.split(".")[1]
             value = rows(outputs.get(step), f"the rows of step '{step}'")

@@ -17,7 +17,13 @@ from pipeline_defs.config.assets import asset_names
 from pipeline_defs.config.conditions import problems as condition_problems
 from pipeline_defs.config.dataflow import check_dataflow, check_streaming
 from pipeline_defs.config.model import PipelineConfig, StepModel, StepSpec
-from pipeline_defs.config.params import UnresolvedParameter, resolve_params, substitute
+from pipeline_defs.config.params import (
+    BadDate,
+    UnresolvedParameter,
+    UnsafeInSql,
+    resolve_params,
+    substitute_config,
+)
 from pipeline_defs.config.types import Catalog, LoadedPipeline, LoadedStep, UnparsedConfig
 from pipeline_defs.errors import ConfigError, DataFrameResolutionError, Problem
 from pipeline_defs.secrets import SECRET_KEY
@@ -110,7 +116,8 @@ def _method_problem(file: str, index: int, spec: StepSpec, catalog: Catalog) -> 
 
 
 def load_pipeline(path: str | Path, catalog: Catalog, overrides: Mapping[str, str] | None = None,
-                  env: Mapping[str, str] | None = None, check: bool = True) -> LoadedPipeline:
+                  env: Mapping[str, str] | None = None, check: bool = True,
+                  date: str | None = None) -> LoadedPipeline:
     """Load one pipeline file. Raises ConfigError listing every problem found in it: every
     check runs on everything that parsed, so a problem in one step hides none elsewhere."""
     path = Path(path)
@@ -133,11 +140,14 @@ def load_pipeline(path: str | Path, catalog: Catalog, overrides: Mapping[str, st
     params: dict[str, str] = {}
     try:
         defaults = top.params if top else _plain_params(data.get("params"))
-        params = resolve_params(defaults, overrides or {}, env)
+        params = resolve_params(defaults, overrides or {}, env, date)
     except UnresolvedParameter as e:
         problems.append(Problem(file, f"parameter default reads ${{{e.name}}}, which is not "
                                 "set.", field=e.where, fix="Set it, or give a default with "
                                 "${env:NAME:-default}."))
+    except BadDate as e:
+        problems.append(Problem(file, f"{e}.", field="params", fix="Dates are yyyy-MM-dd; "
+                                "placeholders ${DATE}, ${DATE-1}, ${DATE:yyyyMMdd}."))
 
     steps: list[LoadedStep] = []  # the steps that parsed
     seen: list[LoadedStep] = []  # every step, with stand-ins, for the dataflow check
@@ -162,7 +172,7 @@ def load_pipeline(path: str | Path, catalog: Catalog, overrides: Mapping[str, st
     if problems or flow:
         everything = sorted(problems + flow, key=lambda p: p.step or 0)  # stable: file order
         raise (ConfigError if problems else DataFrameResolutionError)(everything)
-    return LoadedPipeline(file, top, steps, params)
+    return LoadedPipeline(file, top, steps, params, dict(overrides or {}))
 
 
 def _step_problems(file: str, steps: list[LoadedStep], params: Mapping[str, str]
@@ -185,6 +195,10 @@ def _step_problems(file: str, steps: list[LoadedStep], params: Mapping[str, str]
                 problems.append(Problem(file, msg + ".", s.index, s.label, "condition",
                                         "See \"condition\" in docs/orchestration.md."))
     return problems
+
+
+_PARAM_FIX = ("Quote a value used inside SQL ('${name}') and pass plain values (a date, a "
+              "number, a name); dates are yyyy-MM-dd.")
 
 
 def _plain_params(value) -> dict[str, str]:
@@ -218,11 +232,16 @@ def _load_step(file: str, index: int, raw, catalog: Catalog, params: dict[str, s
         problems.append(_method_problem(file, index, spec, catalog))
         return _stand_in(index, spec.config, None, spec), problems
     try:
-        cfg_raw = substitute(spec.config, params, env, "config")
+        cfg_raw = substitute_config(spec.config, params, env, model.sql_fields)
     except UnresolvedParameter as e:
         problems.append(Problem(file, f"placeholder ${{{e.name}}} has no value.", index,
                                 label, e.where, f"Add \"{e.name}\" to the pipeline's "
-                                f"`params`, or pass --param {e.name}=VALUE."))
+                                f"`params` (or the step's `parameters`), or pass --param "
+                                f"{e.name}=VALUE."))
+        return _stand_in(index, spec.config, model, spec), problems
+    except (BadDate, UnsafeInSql) as e:
+        problems.append(Problem(file, f"{e}.", index, label, getattr(e, "where", "config"),
+                                _PARAM_FIX))
         return _stand_in(index, spec.config, model, spec), problems
     try:
         cfg = model.model_validate(cfg_raw)
@@ -366,13 +385,16 @@ def with_params(pipeline: LoadedPipeline, step: LoadedStep, catalog: Catalog,
     if dict(params) == pipeline.params or not step.template:
         return step
     label = step.label
+    model = catalog.model_for(step.kind, step.method)
     try:
-        raw = substitute(step.template, params, None, "config")
+        raw = substitute_config(step.template, params, None, model.sql_fields)
     except UnresolvedParameter as e:
         raise ConfigError([Problem(pipeline.file, f"placeholder ${{{e.name}}} has no value.",
                                    step.index, label, e.where, "Set it in the run's params.")]
                           ) from None
-    model = catalog.model_for(step.kind, step.method)
+    except (BadDate, UnsafeInSql) as e:
+        raise ConfigError([Problem(pipeline.file, f"{e}.", step.index, label,
+                                   getattr(e, "where", "config"), _PARAM_FIX)]) from None
     try:
         cfg = model.model_validate(raw)
     except ValidationError as e:

@@ -39,6 +39,15 @@ class StepModel(FormatModel):
         None, description="Also store this step's output under this name, for later steps' "
                           "`inputDataFrames` / `referencedDataFrame` and as a view in `sql`.")
 
+    parameters: dict[str, str] = Field(
+        default_factory=dict, description="Values for ${name} placeholders of this step only, "
+        "which may use the pipeline's params and ${DATE}, ${DATE-1}, ${DATE:yyyyMMdd}, e.g. "
+        "{\"execution_date\": \"${DATE-1}\"}.")
+
+    sql_fields: ClassVar[frozenset[str]] = frozenset()
+    """Keys (as the file writes them) whose strings are SQL: a parameter's value substituted
+    there must not be able to change the statement's structure."""
+
     # Dataflow traits, read by the static check and the factory (not part of the JSON).
     uses_current: ClassVar[bool] = True
     """The step works on the current DataFrame (the previous step's output)."""

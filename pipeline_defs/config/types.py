@@ -45,6 +45,13 @@ class LoadedPipeline:
     config: PipelineConfig
     steps: list[LoadedStep]
     params: dict[str, str] = field(default_factory=dict)
+    """Every parameter's value as loaded, `DATE` (the run's date) included."""
+    overrides: dict[str, str] = field(default_factory=dict)
+    """The values given when loading (`--param`, the component's params), not defaults."""
+
+    def dated(self, name: str) -> bool:
+        """Does the default of param `name` depend on the run's date?"""
+        return "${DATE" in str(self.config.params.get(name, "")) if self.config else False
 
     @property
     def name(self) -> str:

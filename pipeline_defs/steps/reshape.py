@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 from pyspark.sql import DataFrame
@@ -26,6 +26,7 @@ _EQ = re.compile(r"^\s*`?(\w+)`?\.`?(\w+)`?\s*={1,2}\s*`?(\w+)`?\.`?(\w+)`?\s*$"
 
 class JoinDataFrames(StepModel):
     """Join registered DataFrames, left to right; duplicate join-key columns are dropped."""
+    sql_fields: ClassVar[frozenset[str]] = frozenset({"joinConditions"})  # SQL text
 
     input_data_frames: list[str] = Field(min_length=2, description="Names to join, in order; "
                                          "each is also its alias in joinConditions.")
@@ -132,6 +133,7 @@ class Watermark(FormatModel):
 class AggregateData(StepModel):
     """Group rows and aggregate. Two forms: {column: "sum"} gives column_sum; {alias:
     "sum(amount)"} gives alias."""
+    sql_fields: ClassVar[frozenset[str]] = frozenset({"aggregations"})  # SQL text
 
     group_by: list[str] = Field(description="Columns to group by (may be empty for a total).")
     aggregations: dict[str, str] = Field(min_length=1, description="{column: function} or "

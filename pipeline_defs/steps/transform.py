@@ -3,7 +3,7 @@ partitions and caching. Each turns DataFrames into a DataFrame, lazily."""
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 from pyspark import StorageLevel
@@ -19,6 +19,7 @@ from pipeline_defs.steps.registry import step
 # ---------------------------------------------------------------- row and column basics
 class FilterRows(StepModel):
     """Keep the rows for which `condition` (a Spark SQL boolean expression) is true."""
+    sql_fields: ClassVar[frozenset[str]] = frozenset({"condition"})  # SQL text
     keeps_rows_identity = True
 
     condition: str = Field(description="e.g. \"active = true AND age >= 18\"")
@@ -32,6 +33,7 @@ def filter_rows(df: DataFrame, cfg: FilterRows, ctx: StepContext) -> DataFrame:
 
 class EnrichData(StepModel):
     """Add or replace columns computed from Spark SQL expressions, in the order given."""
+    sql_fields: ClassVar[frozenset[str]] = frozenset({"columns"})  # SQL text
     keeps_rows_identity = True
     preserves_rows = True
 
@@ -93,6 +95,7 @@ def rename_columns(df: DataFrame, cfg: RenameColumns, ctx: StepContext) -> DataF
 
 class Deduplicate(StepModel):
     """Keep one row per key: the first by `orderBy` when given, else any one."""
+    sql_fields: ClassVar[frozenset[str]] = frozenset({"orderBy"})  # SQL text
     keeps_rows_identity = True
 
     columns: list[str] | None = Field(None, description="Key columns; all columns when absent.")
@@ -211,6 +214,7 @@ THIS = "__THIS__"
 class Sql(StepModel):
     """Run Spark SQL over registered DataFrames (as views by their names); __THIS__ is the
     current DataFrame."""
+    sql_fields: ClassVar[frozenset[str]] = frozenset({"query"})  # SQL text
 
     query: str = Field(description="e.g. \"SELECT u.name, count(*) AS n FROM users u JOIN "
                                    "orders o USING (user_id) GROUP BY u.name\"")

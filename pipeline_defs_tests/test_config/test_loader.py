@@ -167,8 +167,8 @@ def test_params_defaults_env_and_overrides(tmp_path, registry):
 def test_missing_param_says_how_to_set_it(tmp_path, registry):
     f = write_json(tmp_path / "p.json", pipeline(("extract", "fromFile", {"path": "${root}/x"})))
     with pytest.raises(ConfigError, match=r"config.path: placeholder \$\{root\} has no value. "
-                                          r"Add \"root\" to the pipeline's `params`, or pass "
-                                          r"--param root=VALUE."):
+                                          r"Add \"root\" to the pipeline's `params` \(or the "
+                                          r"step's `parameters`\), or pass --param root=VALUE."):
         load_pipeline(f, registry)
 
 

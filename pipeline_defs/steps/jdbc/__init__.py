@@ -27,6 +27,7 @@ __all__ = ["FromMySQL", "FromPostgres", "JdbcError", "ToMySQL", "ToPostgres"]
 
 # ---------------------------------------------------------------- reads
 class FromJdbc(JdbcConnection):
+    sql_fields: ClassVar[frozenset[str]] = frozenset({"query"})  # SQL text
     uses_current = False
 
     def location(self) -> str | None:

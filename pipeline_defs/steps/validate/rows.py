@@ -3,7 +3,7 @@ micro-batch of a stream), except uniqueness and referential integrity, which com
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 from pyspark.sql import DataFrame
@@ -136,6 +136,7 @@ def validate_ranges(df: DataFrame, cfg: ValidateRanges, ctx: StepContext) -> Dat
 
 class ValidateBusinessRules(Validator):
     """Every row satisfies each SQL boolean expression (a null result counts as a violation)."""
+    sql_fields: ClassVar[frozenset[str]] = frozenset({"rules"})  # SQL text
 
     rules: list[str] = Field(min_length=1, description="SQL boolean expressions, e.g. "
                                                        "\"amount > 0\".")
