@@ -75,7 +75,8 @@ def cmd_run(args) -> int:
     from pipeline_defs.config.loader import load_pipeline
     from pipeline_defs.steps.registry import builtin_registry
     try:
-        pipeline = load_pipeline(args.file, builtin_registry(), params, date=args.date)
+        pipeline = load_pipeline(args.file, builtin_registry(), params,
+                                 date=args.date or (args.partition or "")[:10] or None)
     except ConfigError as e:
         print(f"{args.file}: {e}", file=sys.stderr)
         return 2
@@ -89,6 +90,15 @@ def cmd_run(args) -> int:
     defs = definitions_for([pipeline], resources)
     from pipeline_defs.config.dataflow import safe_name
     job = defs.resolve_job_def(safe_name(pipeline.name))
+    if args.partition:
+        from pipeline_defs.orchestration import partitions_def
+        parts = partitions_def(pipeline)
+        if parts is None or not parts.has_partition_key(args.partition):
+            what = "has no partitions" if parts is None else (
+                f"has no partition '{args.partition}' (its {pipeline.config.partitions.type} "
+                f"partitions start at {pipeline.config.partitions.start})")
+            print(f"{args.file}: pipeline '{pipeline.name}' {what}.", file=sys.stderr)
+            return 2
     home = os.environ.get("DAGSTER_HOME")
     if home:
         Path(home).mkdir(parents=True, exist_ok=True)
@@ -110,6 +120,7 @@ def cmd_run(args) -> int:
     def execute():
         return job.execute_in_process(
             instance=instance, raise_on_error=False, run_id=run_id,
+            partition_key=args.partition,
             run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
             tags={**({"pipeline/params": ",".join(sorted(params))} if params else {}),
                   **({"pipeline/date": args.date} if args.date else {}),
@@ -211,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="set a ${NAME} placeholder")
     r.add_argument("--date", metavar="YYYY-MM-DD", help="the run's date: ${DATE}, ${DATE-1}, "
                    "${DATE:yyyyMMdd} in the file (default today)")
+    r.add_argument("--partition", metavar="KEY", help="run one partition of a partitioned "
+                   "pipeline, e.g. 2024-01-03 (its ${DATE})")
     r.add_argument("--master", help="Spark master (default SPARK_MASTER or local[*])")
     r.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     r.add_argument("--show", type=int, default=0, metavar="N",

@@ -15,7 +15,7 @@ from pipeline_defs.config.assets import AssetNames, asset_names, uri
 from pipeline_defs.config.dataflow import safe_name
 from pipeline_defs.config.loader import LoadedPipeline
 from pipeline_defs.ops import check_name, evaluated_checks, input_name, op_for
-from pipeline_defs.orchestration import automation_condition
+from pipeline_defs.orchestration import automation_condition, partitions_def
 from pipeline_defs.plan import Plan, build_plan
 from pipeline_defs.steps.registry import Registry
 from pipeline_defs.stream_runs import watch_op
@@ -98,8 +98,8 @@ def _dependencies(plan: Plan, ops: dict[int, dg.OpDefinition]) -> dict:
     return deps
 
 
-def _about(p: LoadedPipeline, plan: Plan, out: str, kinds: dict[int, str]
-           ) -> tuple[str, dict, str | None]:
+def _about(p: LoadedPipeline, plan: Plan, out: str, kinds: dict[int, str],
+           names: AssetNames | None = None) -> tuple[str, dict, str | None]:
     """(description, definition metadata, storage kind) of a graph output's asset: a table a
     load writes (`tNN`), or a validation's quarantine table (`qNN`)."""
     step = plan.node(int(out[1:])).step
@@ -113,7 +113,8 @@ def _about(p: LoadedPipeline, plan: Plan, out: str, kinds: dict[int, str]
                 f"{location}")
         return text, {"dagster/uri": uri(location), "location": location,
                       "pipeline_file": p.file}, "delta"
-    location = step.config.location() or ""
+    table = names.of(step) if names is not None else None
+    location = table.location if table is not None else step.config.location() or ""
     meta = {"dagster/uri": uri(location), "location": location, "pipeline_file": p.file}
     if step.config.catalog_name():
         meta["dagster/table_name"] = step.config.catalog_name()
@@ -188,7 +189,7 @@ def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | No
              for n in plan.nodes if n.step.kind in ("extract", "load")}
     lineage = {out: {source_keys[j] for j in plan.upstream(int(out[1:]))
                      if j in inputs} for out in outputs}
-    about = {out: _about(p, plan, out, kinds) for out in outputs}
+    about = {out: _about(p, plan, out, kinds, names) for out in outputs}
     assets = dg.AssetsDefinition.from_graph(
         graph, keys_by_input_name={v: k for k, v in source_by_key.items()},
         keys_by_output_name={out: key for out, (_, _, key) in outputs.items()},
@@ -197,6 +198,7 @@ def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | No
             out: {f"dagster/kind/{k}": "" for k in ("spark", a[2]) if k}
             for out, a in about.items()},
         descriptions_by_output_name={out: a[0] for out, a in about.items()},
+        partitions_def=partitions_def(p),
         automation_conditions_by_output_name={
             out: automation_condition(p.config.automation) for out in outputs
             if out.startswith("t")} if p.config.automation else None,

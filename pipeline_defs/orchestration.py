@@ -19,10 +19,34 @@ from pipeline_defs.plan import Plan
 SENSOR_INTERVAL = int(os.environ.get("PIPELINE_SENSOR_INTERVAL", "30"))
 
 
+def partitions_def(p: LoadedPipeline) -> dg.PartitionsDefinition | None:
+    """`partitions` of a pipeline as Dagster time partitions."""
+    t = p.config.partitions if p.config else None
+    if t is None:
+        return None
+    cls = {"daily": dg.DailyPartitionsDefinition, "hourly": dg.HourlyPartitionsDefinition,
+           "monthly": dg.MonthlyPartitionsDefinition}[t.type]
+    return cls(start_date=t.start, end_date=t.end, timezone=t.timezone)
+
+
 def schedule_for(p: LoadedPipeline, job_name: str) -> dg.ScheduleDefinition | None:
     s = p.config.schedule
     if s is None:
         return None
+    parts = partitions_def(p)
+    if parts is not None:  # each tick runs the latest complete partition
+        @dg.schedule(name=f"{job_name}_schedule", job_name=job_name, cron_schedule=s.cron,
+                     execution_timezone=s.timezone,
+                     default_status=dg.DefaultScheduleStatus.RUNNING if s.enabled
+                     else dg.DefaultScheduleStatus.STOPPED,
+                     description=f"Runs the latest complete partition of pipeline "
+                                 f"'{p.name}' on '{s.cron}' ({s.timezone}), from {p.file}.")
+        def _latest(context: dg.ScheduleEvaluationContext):
+            key = parts.get_last_partition_key(current_time=context.scheduled_execution_time)
+            if key is None:
+                return dg.SkipReason("no complete partition yet")
+            return dg.RunRequest(run_key=key, partition_key=key)
+        return _latest
     return dg.ScheduleDefinition(
         name=f"{job_name}_schedule", job_name=job_name, cron_schedule=s.cron,
         execution_timezone=s.timezone,
@@ -130,4 +154,12 @@ def orchestration_defs(pipelines: Iterable[tuple[LoadedPipeline, Plan]]) -> dict
     schedules = [s for p, plan in pairs if (s := schedule_for(p, plan.job_name))]
     sensors = [dependency_sensor(p, plan.job_name, jobs) for p, plan in pairs
                if p.config.dependencies]
+    automated = [plan.job_name for p, plan in pairs if p.config.automation]
+    if automated:  # Dagster's own default sensor for this starts stopped: ours runs
+        sensors.append(dg.AutomationConditionSensorDefinition(
+            "pipelines_automation", target=dg.AssetSelection.groups(*automated),
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            minimum_interval_seconds=SENSOR_INTERVAL,
+            description="Evaluates the `automation` of pipelines "
+                        f"{', '.join(sorted(automated))} on their assets."))
     return {"schedules": schedules, "sensors": sensors}

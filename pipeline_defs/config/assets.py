@@ -13,11 +13,13 @@ strings here; the Dagster layer makes AssetKeys of them).
 * An extract of a written table depends on that table's asset."""
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from pipeline_defs.config.params import DATE, substitute_config
 from pipeline_defs.config.types import LoadedPipeline, LoadedStep
 from pipeline_defs.errors import Problem
 
@@ -68,10 +70,43 @@ class Table:
 @dataclass
 class AssetNames:
     tables: dict[str, Table] = field(default_factory=dict)  # normalized location -> table
+    dated: dict[str, str] = field(default_factory=dict)
+    """A location that holds the run's date -> the table's location without it."""
 
     def of(self, step: LoadedStep) -> Table | None:
         loc = step.config.location()
-        return self.tables.get(normalized(loc)) if loc else None
+        if not loc:
+            return None
+        norm = normalized(loc)
+        return self.tables.get(self.dated.get(norm, norm))
+
+
+def _undated(p: LoadedPipeline, s: LoadedStep) -> str | None:
+    """The step's location without the part that the run's date changes (`.../orders/
+    ${DATE}` is the table `.../orders`, whatever the day), or None when no date is in it."""
+    if "${DATE" not in json.dumps(s.template) or not hasattr(s.config, "sql_fields"):
+        return None
+    model = type(s.config)
+    try:
+        other = model.model_validate(substitute_config(
+            s.template, {**p.params, DATE: "1999-12-31"}, None, model.sql_fields)).location()
+    except Exception:  # noqa: BLE001 - the step's own problems are reported elsewhere
+        return None
+    here = s.config.location()
+    if not here or other == here:
+        return None
+    common = []
+    for a, b in zip(here.rstrip("/").split("/"), other.rstrip("/").split("/"), strict=False):
+        if a != b:
+            break
+        common.append(a)
+    return "/".join(common) or None
+
+
+def _name_of(location: str) -> str | None:
+    tail = location.rstrip("/").rsplit("/", 1)[-1]
+    stem = tail.rsplit(".", 1)[0] if "." in tail.lstrip(".") else tail
+    return stem.lstrip(".") or None
 
 
 def asset_names(pipelines: Iterable[LoadedPipeline]) -> tuple[AssetNames, list[Problem]]:
@@ -84,9 +119,13 @@ def asset_names(pipelines: Iterable[LoadedPipeline]) -> tuple[AssetNames, list[P
             if s.kind != "load" or not loc:
                 continue
             norm = normalized(loc)
+            undated = _undated(p, s)
+            if undated:
+                names.dated[norm] = norm = normalized(undated)
+                loc = undated
             override = getattr(s.config, "asset_key", None)
-            key = tuple(override) if override else (key_part(s.config.table_name() or
-                                                             s.name or f"s{s.index}"),)
+            name = _name_of(undated) if undated else s.config.table_name()
+            key = tuple(override) if override else (key_part(name or s.name or f"s{s.index}"),)
             table = names.tables.setdefault(norm, Table(key, loc, _catalog_name(s)))
             if override and table.key != key:
                 problems.append(Problem(p.file, f"assetKey {list(key)} names {loc}, which "
@@ -110,13 +149,21 @@ def asset_names(pipelines: Iterable[LoadedPipeline]) -> tuple[AssetNames, list[P
                     s.index, s.label, "config.assetKey", "Two tables cannot share an asset "
                     "key: give one of the loads \"assetKey\": [\"...\"]."))
             by_key.setdefault(table.key, (norm, p, s))
+    _sources(names, ordered)
+    return names, problems
+
+
+def _sources(names: AssetNames, ordered: list[LoadedPipeline]) -> None:
+    """Readers of written tables; tables only read become sources."""
     sources: dict[str, list[tuple[str, LoadedStep]]] = {}
     for p in ordered:
         for s in p.steps:
             loc = s.config.location()
             if s.kind != "extract" or not loc or not s.config.table_name():
                 continue
-            table = names.tables.get(normalized(loc))
+            table = names.of(s)
+            if table is None and (undated := _undated(p, s)):
+                table = names.tables.get(normalized(undated))
             if table is not None:
                 table.readers.append((p.name, s))
             else:
@@ -130,7 +177,6 @@ def asset_names(pipelines: Iterable[LoadedPipeline]) -> tuple[AssetNames, list[P
             loc = readers[0][1].config.location()
             key = ("sources", name) if len(locations) == 1 else _qualified(loc)
             names.tables[norm] = Table(key, loc, _catalog_name(readers[0][1]), [], readers)
-    return names, problems
 
 
 def _catalog_name(s: LoadedStep) -> str | None:

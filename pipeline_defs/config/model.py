@@ -8,7 +8,14 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, field_va
 
 from pipeline_defs.config import durations
 from pipeline_defs.config.base import FormatModel
-from pipeline_defs.config.orchestration import POOL, Dependency, Retries, Schedule, Triggers
+from pipeline_defs.config.orchestration import (
+    POOL,
+    Dependency,
+    Partitions,
+    Retries,
+    Schedule,
+    Triggers,
+)
 
 
 def _key_parts(value: list[str] | str) -> list[str]:
@@ -204,6 +211,9 @@ class PipelineConfig(FormatModel):
         None, description="Lineage-driven runs: \"eager\" (whenever a table it reads is "
         "updated by another pipeline), or {\"onCron\": \"0 * * * *\"} (on the cron, once "
         "what it reads has been updated).")
+    partitions: Partitions | None = Field(
+        None, description="Time partitions: {\"type\": \"daily\", \"start\": \"2024-01-01\", "
+        "\"timezone\": \"UTC\"}; each run is one partition, whose key is its ${DATE}.")
     retries: Retries | None = Field(None, description="Retries of each step on transient "
                                     "failures (connection refused or reset, 5xx, broker "
                                     "unavailable); data and config errors are never retried.")

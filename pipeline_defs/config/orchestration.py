@@ -6,7 +6,7 @@ import re
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
 from pipeline_defs.config.base import FormatModel
 
@@ -96,6 +96,34 @@ class Automation(FormatModel):
 
 
 Triggers = Literal["eager"] | Automation
+
+_STARTS = {"daily": ("%Y-%m-%d", "2024-01-01"), "monthly": ("%Y-%m-%d", "2024-01-01"),
+           "hourly": ("%Y-%m-%d-%H:%M", "2024-01-01-00:00")}
+
+
+class Partitions(FormatModel):
+    """Time partitions: one run per day (hour, month), its key the run's ${DATE}."""
+
+    type: Literal["daily", "hourly", "monthly"] = Field(description="daily, hourly or "
+                                                                    "monthly.")
+    start: str = Field(description="First partition: yyyy-MM-dd (hourly: yyyy-MM-dd-HH:mm).")
+    end: str | None = Field(None, description="Partitions end before this (default: now).")
+    timezone: Timezone = Field("UTC", description="Timezone of the partition boundaries.")
+
+    @model_validator(mode="after")
+    def _dates(self):
+        import datetime as dt
+        fmt, example = _STARTS[self.type]
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            try:
+                dt.datetime.strptime(value, fmt)
+            except ValueError:
+                raise ValueError(f"{name} '{value}' is not a {self.type} partition start "
+                                 f"(e.g. \"{example}\")") from None
+        return self
 
 
 class Retries(FormatModel):

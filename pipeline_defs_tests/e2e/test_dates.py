@@ -3,6 +3,7 @@ Launchpad), or today; step `parameters`; and values put into SQL that could chan
 statement are refused, from the command line and from the run config."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,19 @@ def test_bad_dates_are_config_errors(tmp_path, registry):
             {"type": "extract", "method": "fromFile", "config": {"path": "/in"}},
             {"type": "load", "method": "toFile", "config": {"path": "/out"}}]}),
             registry, date="2024-13-01")
+
+
+def test_a_partition_of_pipeline_run_is_its_date(tmp_path):
+    f = _file(tmp_path)
+    doc = json.loads(f.read_text())
+    doc["partitions"] = {"type": "daily", "start": "2024-01-01"}
+    f.write_text(json.dumps(doc))
+    r = subprocess.run([PIPELINE, "run", str(f), "--partition", "2024-01-02"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _ids(tmp_path / "out" / "20240102") == [1]
+    r = subprocess.run([PIPELINE, "run", str(f), "--partition", "2023-12-31"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert "pipeline 'dated' has no partition '2023-12-31' (its daily partitions start at " \
+        "2024-01-01)" in r.stderr

@@ -2,7 +2,8 @@
 loopback: a schedule fires; `dependencies` start the downstream pipeline after its upstream
 succeeded, whether the upstream ran from `pipeline run` (in process, no code-location
 origin) or from the UI's API, never after a failed upstream; a `timeout` gives up a wait
-with its reason on the sensor's tick."""
+with its reason on the sensor's tick; lineage-driven automation; a backfill of three
+partitions through the API runs each once with its own ${DATE}."""
 from __future__ import annotations
 
 import os
@@ -15,7 +16,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 
 from pipeline_defs_tests.conftest import REPO, write_json
-from pipeline_defs_tests.e2e.test_webserver import launch, run_status, serve
+from pipeline_defs_tests.e2e.test_webserver import gql, launch, run_status, serve
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
 
@@ -78,6 +79,21 @@ def test_schedule_and_dependencies_on_the_real_daemon(tmp_path):
             {"type": "load", "method": "toFile", "name": "follower_out",
              "config": {"path": str(out / "follower"), "format": "parquet",
                         "mode": "overwrite"}}]})
+    # one partition per day; each run writes that day's rows to a directory named by it
+    (data / "days.csv").write_text("id,day\n1,2024-01-01\n2,2024-01-02\n3,2024-01-02\n"
+                                   "4,2024-01-03\n5,2024-01-04\n")
+    write_json(configs / "parted.json", {
+        "name": "parted", "partitions": {"type": "daily", "start": "2024-01-01",
+                                         "end": "2024-01-04"},
+        "steps": [
+            {"type": "extract", "method": "fromFile",
+             "config": {"path": str(data / "days.csv"), "format": "csv",
+                        "schema": "id INT, day DATE"}},
+            {"type": "transform", "method": "filterRows", "config": {"condition":
+                                                                    "day = '${DATE}'"}},
+            {"type": "load", "method": "toFile", "config": {
+                "path": str(out / "parted" / "${DATE:yyyyMMdd}"), "format": "csv",
+                "mode": "overwrite"}}]})
     for port, _ in serve(tmp_path, configs, {"PIPELINE_SENSOR_INTERVAL": "1"},
                          "auto_materialize:\n  minimum_interval_seconds: 5\n"):
         _scenario(port, tmp_path, configs, data, out)
@@ -125,7 +141,39 @@ def _scenario(port: int, tmp_path: Path, configs: Path, data: Path, out: Path) -
         "(2000 ms)" in reasons[0]
     assert not _runs(home, "both")
 
-    # 5. the schedule (every minute) fired and its run succeeded
+    # 5. lineage: `follower` reads the table `up` writes, and ran after it was updated
+    def followed():
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            return instance.get_latest_materialization_event(dg.AssetKey("follower"))
+    assert _wait(followed, 180, log)
+    assert pq.read_table(out / "follower").num_rows == 3
+
+    # 6. a backfill of the three partitions through the UI's API: one run each
+    launched = gql(port, """mutation($p: LaunchBackfillParams!) {
+        launchPartitionBackfill(backfillParams: $p) { __typename
+          ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }""",
+                   {"p": {"assetSelection": [{"path": ["parted"]}],
+                          "partitionNames": ["2024-01-01", "2024-01-02", "2024-01-03"]}}
+                   )["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+
+    def backfilled():
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            runs = instance.get_runs(dg.RunsFilter(
+                tags={"dagster/backfill": launched["backfillId"]}))
+            done = [r for r in runs if r.is_finished]
+            return done if len(done) == 3 and len(runs) == 3 else None
+    runs = _wait(backfilled, 300, log)
+    assert {r.tags["dagster/partition"] for r in runs} == {
+        "2024-01-01", "2024-01-02", "2024-01-03"}
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+    for day, ids in (("20240101", [1]), ("20240102", [2, 3]), ("20240103", [4])):
+        got = sorted(int(line.split(",")[0]) for f in (out / "parted" / day).glob("*.csv")
+                     for line in f.read_text().splitlines()[1:])
+        assert got == ids, (day, got)
+    assert not (out / "parted" / "20240104").exists()
+
+    # 7. the schedule (every minute) fired and its run succeeded
     (tick,) = _wait(lambda: _finished(home, "ticker", 1), 150, log)[:1]
     assert tick.status == dg.DagsterRunStatus.SUCCESS
     assert tick.tags["dagster/schedule_name"] == "ticker_schedule"
