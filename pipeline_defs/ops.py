@@ -18,10 +18,16 @@ from pipeline_defs import secrets
 from pipeline_defs.config.assets import uri
 from pipeline_defs.config.conditions import parse as parse_condition
 from pipeline_defs.config.dataflow import safe_name
-from pipeline_defs.config.loader import LoadedPipeline, literal_credentials, with_params
+from pipeline_defs.config.loader import (
+    TRIGGER_FILE,
+    TRIGGER_NAME,
+    LoadedPipeline,
+    literal_credentials,
+    with_params,
+)
 from pipeline_defs.config.params import DATE, resolve_params
 from pipeline_defs.errors import ConfigError, PipelineError, StepExecutionError
-from pipeline_defs.orchestration import retry_policy
+from pipeline_defs.orchestration import TRIGGER_TAG, retry_policy
 from pipeline_defs.plan import Plan, StepNode
 from pipeline_defs.steps.context import LoadResult, StepContext
 from pipeline_defs.steps.errors import internal_error, spark_error_summary, transient
@@ -285,6 +291,9 @@ def run_params(context, plan: Plan, key: str | None) -> dict[str, str]:
     date = given.pop(DATE, None) or run_date(context)
     base = {k: v for k, v in p.params.items() if k != DATE and not p.dated(k)}
     base.update({k: v for k, v in p.overrides.items() if k != DATE})
+    trigger = context.run.tags.get(TRIGGER_TAG)
+    if trigger:  # the file a newFiles sensor started this run for
+        base.update({TRIGGER_FILE: trigger, TRIGGER_NAME: trigger.rstrip("/").rsplit("/", 1)[-1]})
     base.update(given)
     return resolve_params(p.config.params if p.config else {}, base, None, date)
 

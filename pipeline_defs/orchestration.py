@@ -3,17 +3,21 @@ Declarative Automation of their assets, retry policies. Built from the pipeline 
 (config/orchestration.py)."""
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 
 from pipeline_defs.config.loader import LoadedPipeline
-from pipeline_defs.config.orchestration import Automation, Dependency, Retries
+from pipeline_defs.config.orchestration import Automation, Dependency, NewFiles, Retries
 from pipeline_defs.plan import Plan
+
+TRIGGER_TAG = "pipeline/trigger_file"  # the file a newFiles sensor started the run for
 
 # How often the dependency sensors look at runs (seconds); tests make it short.
 SENSOR_INTERVAL = int(os.environ.get("PIPELINE_SENSOR_INTERVAL", "30"))
@@ -147,6 +151,62 @@ def dependency_sensor(p: LoadedPipeline, job_name: str, jobs: Mapping[str, str]
     return _sensor
 
 
+# ---------------------------------------------------------------- newFiles
+SETTLE_S = 2.0  # a local file modified this recently may still be being written: next look
+
+
+def list_files(cfg: NewFiles) -> list[tuple[str, str]]:
+    """(path, version) of the files under cfg.path matching cfg.pattern; the version is the
+    modification time and size (local) or the ETag (S3)."""
+    if cfg.path.startswith(("s3a://", "s3://")):
+        import boto3
+        scheme, rest = cfg.path.split("://", 1)
+        bucket, _, prefix = rest.partition("/")
+        client = boto3.client("s3", endpoint_url=cfg.endpoint) if cfg.endpoint \
+            else boto3.client("s3")
+        out = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                     Prefix=prefix):
+            for obj in page.get("Contents", []):
+                name = obj["Key"].rsplit("/", 1)[-1]
+                if name and fnmatch.fnmatch(name, cfg.pattern):
+                    out.append((f"{scheme}://{bucket}/{obj['Key']}", obj["ETag"].strip('"')))
+        return out
+    root = Path(cfg.path.removeprefix("file://"))
+    now, out = time.time(), []
+    for f in sorted(root.glob(cfg.pattern)) if root.is_dir() else []:
+        st = f.stat()
+        if f.is_file() and now - st.st_mtime >= SETTLE_S:
+            out.append((str(f), f"{st.st_mtime_ns}-{st.st_size}"))
+    return out
+
+
+def new_files_sensor(p: LoadedPipeline, job_name: str, k: int, cfg: NewFiles
+                     ) -> dg.SensorDefinition:
+    """One run per new file: its run key is the file and its version, so a file is never
+    run twice, even across daemon restarts (the cursor of seen files lives in the
+    instance), and none is skipped (each look lists everything under the path)."""
+
+    @dg.sensor(name=f"{job_name}_new_files" + (f"_{k + 1}" if k else ""), job_name=job_name,
+               minimum_interval_seconds=cfg.minimum_interval_seconds,
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description=f"Starts pipeline '{p.name}' for each new file {cfg.pattern} in "
+                           f"{cfg.path}; the run sees it as ${{trigger.file}}.")
+    def _sensor(context: dg.SensorEvaluationContext):
+        seen = json.loads(context.cursor) if context.cursor else {}
+        requests = []
+        for path, version in list_files(cfg):
+            if seen.get(path) == version:
+                continue
+            requests.append(dg.RunRequest(run_key=f"{path}@{version}",
+                                          tags={TRIGGER_TAG: path}))
+            seen[path] = version
+        context.update_cursor(json.dumps(seen))
+        return requests or dg.SkipReason(f"no new file {cfg.pattern} in {cfg.path}")
+
+    return _sensor
+
+
 def orchestration_defs(pipelines: Iterable[tuple[LoadedPipeline, Plan]]) -> dict:
     """Schedules and sensors of the pipelines (for Definitions)."""
     pairs = list(pipelines)
@@ -154,6 +214,8 @@ def orchestration_defs(pipelines: Iterable[tuple[LoadedPipeline, Plan]]) -> dict
     schedules = [s for p, plan in pairs if (s := schedule_for(p, plan.job_name))]
     sensors = [dependency_sensor(p, plan.job_name, jobs) for p, plan in pairs
                if p.config.dependencies]
+    sensors += [new_files_sensor(p, plan.job_name, k, cfg) for p, plan in pairs
+                for k, cfg in enumerate(p.config.sensors)]
     automated = [plan.job_name for p, plan in pairs if p.config.automation]
     if automated:  # Dagster's own default sensor for this starts stopped: ours runs
         sensors.append(dg.AutomationConditionSensorDefinition(

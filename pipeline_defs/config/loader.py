@@ -58,7 +58,7 @@ def _submodel(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
 def _explain(err: dict, model: type[BaseModel]) -> tuple[str, str, str]:
     """(field path, message, fix) for one pydantic error."""
     loc = tuple(err["loc"])
-    path = ".".join(str(p) for p in loc)
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
     kind = err["type"]
     if kind == "extra_forbidden":
         owner = _submodel(model, loc)
@@ -141,6 +141,9 @@ def load_pipeline(path: str | Path, catalog: Catalog, overrides: Mapping[str, st
     try:
         defaults = top.params if top else _plain_params(data.get("params"))
         params = resolve_params(defaults, overrides or {}, env, date)
+        if top and top.sensors:  # without a triggering file: the watched directory
+            params.setdefault(TRIGGER_FILE, top.sensors[0].path)
+            params.setdefault(TRIGGER_NAME, top.sensors[0].path.rstrip("/").rsplit("/", 1)[-1])
     except UnresolvedParameter as e:
         problems.append(Problem(file, f"parameter default reads ${{{e.name}}}, which is not "
                                 "set.", field=e.where, fix="Set it, or give a default with "
@@ -197,6 +200,7 @@ def _step_problems(file: str, steps: list[LoadedStep], params: Mapping[str, str]
     return problems
 
 
+TRIGGER_FILE, TRIGGER_NAME = "trigger.file", "trigger.name"
 _PARAM_FIX = ("Quote a value used inside SQL ('${name}') and pass plain values (a date, a "
               "number, a name); dates are yyyy-MM-dd.")
 

@@ -4,13 +4,21 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from pipeline_defs.config import durations
 from pipeline_defs.config.base import FormatModel
 from pipeline_defs.config.orchestration import (
     POOL,
     Dependency,
+    NewFiles,
     Partitions,
     Retries,
     Schedule,
@@ -211,6 +219,10 @@ class PipelineConfig(FormatModel):
         None, description="Lineage-driven runs: \"eager\" (whenever a table it reads is "
         "updated by another pipeline), or {\"onCron\": \"0 * * * *\"} (on the cron, once "
         "what it reads has been updated).")
+    sensors: list[NewFiles] = Field(
+        default_factory=list, description="Sensors that start runs: [{\"type\": \"newFiles\", "
+        "\"path\": \"s3a://landing/orders/\", \"pattern\": \"*.csv\", "
+        "\"minimumIntervalSeconds\": 30}]; a run sees its file as ${trigger.file}.")
     partitions: Partitions | None = Field(
         None, description="Time partitions: {\"type\": \"daily\", \"start\": \"2024-01-01\", "
         "\"timezone\": \"UTC\"}; each run is one partition, whose key is its ${DATE}.")
@@ -220,3 +232,12 @@ class PipelineConfig(FormatModel):
     pool: str | None = Field(None, pattern=POOL.pattern, description="Dagster concurrency pool "
                              "of every step (limits in dagster.yaml or the UI).")
     steps: list[StepSpec] = Field(min_length=1, description="The steps, run in order.")
+
+    @model_validator(mode="after")
+    def _partitioned_runs_name_their_partition(self):
+        if self.partitions and (self.dependencies or self.sensors):
+            raise ValueError("a partitioned pipeline cannot have dependencies or sensors yet "
+                             "(their runs would name no partition): run it on a schedule "
+                             "(the latest complete partition), a backfill or `pipeline run "
+                             "--partition`")
+        return self

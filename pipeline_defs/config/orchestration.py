@@ -6,7 +6,7 @@ import re
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from pipeline_defs.config.base import FormatModel
 
@@ -134,3 +134,26 @@ class Retries(FormatModel):
 
 
 POOL = re.compile(r"^[A-Za-z0-9_.\-/]+$")
+
+
+class NewFiles(FormatModel):
+    """A sensor: each new file (new path, or a path with a new modification time or ETag)
+    under `path` starts one run, with ${trigger.file} (its full path) and ${trigger.name}
+    (its name) for the steps."""
+
+    type: Literal["newFiles"] = Field(description="newFiles.")
+    path: str = Field(description="Directory to watch: a local path, file://, or s3a:// / "
+                                  "s3:// bucket and prefix.")
+    pattern: str = Field("*", description="File name pattern, e.g. \"*.csv\".")
+    minimum_interval_seconds: int = Field(30, ge=1, description="Seconds between looks.")
+    endpoint: str | None = Field(None, description="S3-compatible endpoint (default: "
+                                                   "AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).")
+
+    @field_validator("path")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        scheme = v.split("://", 1)[0] if "://" in v else ""
+        if scheme not in ("", "file", "s3a", "s3"):
+            raise ValueError(f"'{scheme}://' paths are not watched; use a local path, "
+                             "file://, s3a:// or s3://")
+        return v

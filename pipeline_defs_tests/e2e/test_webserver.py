@@ -58,10 +58,8 @@ def serve(tmp_path, config_dir, extra_env, instance_yaml: str = ""):
     proc = subprocess.Popen([str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port),
                              "-m", "pipeline_defs.definitions"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "web.log", "w"))
-    daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-m",
-                               "pipeline_defs.definitions"], cwd=REPO, env=env,
-                              stdout=subprocess.DEVNULL,
-                              stderr=open(tmp_path / "daemon.log", "w"))
+    daemon = _daemon(tmp_path, env)
+    DAEMONS[port] = (daemon, tmp_path, env)
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -75,10 +73,29 @@ def serve(tmp_path, config_dir, extra_env, instance_yaml: str = ""):
                                    (tmp_path / "web.log").read_text()[-3000:]) from None
             time.sleep(0.5)
     yield port, tmp_path / "out"
+    daemon = DAEMONS.pop(port)[0]
     for p in (daemon, proc):
         p.terminate()
     for p in (daemon, proc):
         p.wait(timeout=60)
+
+
+DAEMONS: dict[int, tuple] = {}  # webserver port -> (daemon process, tmp_path, env)
+
+
+def _daemon(tmp_path, env) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-m",
+                             "pipeline_defs.definitions"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "daemon.log", "a"))
+
+
+def restart_daemon(port: int) -> None:
+    """Stops the daemon of serve()'s instance (SIGKILL: no goodbye) and starts a new one."""
+    daemon, tmp_path, env = DAEMONS[port]
+    daemon.kill()
+    daemon.wait(timeout=60)
+    DAEMONS[port] = (_daemon(tmp_path, env), tmp_path, env)
 
 
 def launch(port: int, job: str) -> str:

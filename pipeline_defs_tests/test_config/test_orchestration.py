@@ -91,3 +91,16 @@ def test_the_documented_example_uses_every_key_and_builds(registry):
     assert ops["per_country_csv"].retry_policy.max_retries == 3  # the step's own
     assert ops["enriched"].retry_policy.max_retries == 2  # the pipeline's
     assert {d.pool for d in ops.values()} == {"warehouse"}
+
+
+def test_partitions_are_checked_and_need_runs_that_name_a_partition(tmp_path, registry):
+    f = _file(tmp_path, "p", partitions={"type": "hourly", "start": "2024-01-01"})
+    assert "partitions: start '2024-01-01' is not a hourly partition start (e.g. " \
+        "\"2024-01-01-00:00\")" in _problems([f], registry)
+    f = _file(tmp_path, "q", partitions={"type": "daily", "start": "2024-01-01"},
+              sensors=[{"type": "newFiles", "path": "/landing"}])
+    assert "a partitioned pipeline cannot have dependencies or sensors yet" in \
+        _problems([f], registry)
+    f = _file(tmp_path, "r", sensors=[{"type": "newFiles", "path": "hdfs://nn/landing"}])
+    assert "sensors[0].path: 'hdfs://' paths are not watched; use a local path, file://, " \
+        "s3a:// or s3://" in _problems([f], registry)

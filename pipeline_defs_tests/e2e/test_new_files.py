@@ -1,0 +1,82 @@
+"""`sensors: [{"type": "newFiles", ...}]` on the real daemon: each new file, in a local
+directory and under an S3 prefix (moto), starts exactly one run that reads it as
+${trigger.file}; after the daemon is killed and restarted no file runs again; a later file
+runs once."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.parquet as pq
+
+from pipeline_defs_tests.conftest import write_json
+from pipeline_defs_tests.e2e.test_orchestration import _runs, _wait
+from pipeline_defs_tests.e2e.test_webserver import restart_daemon, serve
+
+
+def _done(home: Path, job: str, n: int):
+    runs = _runs(home, job)
+    done = [r for r in runs if r.is_finished]
+    return done if len(done) >= n and len(runs) == len(done) else None
+
+
+def test_new_files_locally_and_on_s3_run_once_each_across_a_daemon_restart(tmp_path, s3):
+    landing, out, configs = tmp_path / "landing", tmp_path / "out", tmp_path / "configs"
+    for d in (landing, configs):
+        d.mkdir()
+    s3.client.create_bucket(Bucket="landing")
+    (tmp_path / "seed.csv").write_text("id\n1\n")
+    write_json(configs / "local.json", {
+        "name": "local", "sensors": [{"type": "newFiles", "path": str(landing),
+                                      "pattern": "*.csv", "minimumIntervalSeconds": 1}],
+        "steps": [
+            {"type": "extract", "method": "fromFile",
+             "config": {"path": "${trigger.file}", "format": "csv", "schema": "id INT"}},
+            {"type": "load", "method": "toFile", "config": {
+                "path": str(out / "local" / "${trigger.name}"), "format": "parquet",
+                "assetKey": "local_files"}}]})
+    write_json(configs / "remote.json", {
+        "name": "remote", "sensors": [{"type": "newFiles", "path": "s3a://landing/orders/",
+                                       "pattern": "*.csv", "minimumIntervalSeconds": 1,
+                                       "endpoint": s3.endpoint}],
+        "steps": [
+            {"type": "extract", "method": "fromFile",
+             "config": {"path": str(tmp_path / "seed.csv"), "format": "csv"}},
+            {"type": "transform", "method": "enrichData",
+             "config": {"columns": {"file": "'${trigger.file}'"}}},
+            {"type": "load", "method": "toFile", "config": {
+                "path": str(out / "remote" / "${trigger.name}"), "format": "parquet",
+                "assetKey": "remote_files"}}]})
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    home, log = tmp_path / "dagster_home", tmp_path / "daemon.log"
+    for port, _ in serve(tmp_path, configs, env):
+        for i in (1, 2, 3):
+            (landing / f"part{i}.csv").write_text(f"id\n{i}\n{i * 10}\n")
+            (landing / f"ignored{i}.txt").write_text("not a csv")
+            s3.client.put_object(Bucket="landing", Key=f"orders/o{i}.csv", Body=b"id\n1\n")
+        s3.client.put_object(Bucket="landing", Key="other/o9.csv", Body=b"id\n1\n")
+
+        local = _wait(lambda: _done(home, "local", 3), 300, log)
+        remote = _wait(lambda: _done(home, "remote", 3), 300, log)
+        assert sorted(r.tags["pipeline/trigger_file"] for r in local) == [
+            str(landing / f"part{i}.csv") for i in (1, 2, 3)]
+        assert sorted(r.tags["pipeline/trigger_file"] for r in remote) == [
+            f"s3a://landing/orders/o{i}.csv" for i in (1, 2, 3)]
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in local + remote)
+        for i in (1, 2, 3):  # each run read its own file
+            assert sorted(pq.read_table(out / "local" / f"part{i}.csv")["id"].to_pylist()) \
+                == [i, i * 10]
+            assert pq.read_table(out / "remote" / f"o{i}.csv")["file"].to_pylist() == [
+                f"s3a://landing/orders/o{i}.csv"]
+
+        restart_daemon(port)
+        time.sleep(15)  # many sensor intervals (1 s) of the new daemon
+        assert len(_runs(home, "local")) == 3 and len(_runs(home, "remote")) == 3
+
+        (landing / "part4.csv").write_text("id\n4\n")
+        local = _wait(lambda: _done(home, "local", 4), 300, log)
+        assert len(local) == 4 and local[-1].tags["pipeline/trigger_file"].endswith(
+            "part4.csv")
+        assert len(_runs(home, "remote")) == 3
