@@ -206,7 +206,9 @@ def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | No
     job = dg.define_asset_job(
         plan.job_name, selection=dg.AssetSelection.assets(assets),
         executor_def=dg.in_process_executor,
-        tags={"pipeline/name": p.name, "pipeline/mode": p.config.mode, **p.config.tags,
+        tags={"pipeline/name": p.name, "pipeline/mode": p.config.mode,
+              # DataFrames live in the run's memory: a retried run starts from the beginning
+              "dagster/retry_strategy": "ALL_STEPS", **p.config.tags,
               # dagster.yaml limits runs per value of this tag to one (streaming pipelines)
               **({"pipeline/streaming": plan.job_name} if p.config.mode == "streaming"
                  else {})},
