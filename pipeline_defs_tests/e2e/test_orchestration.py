@@ -2,7 +2,8 @@
 loopback: a schedule fires; `dependencies` start the downstream pipeline after its upstream
 succeeded, whether the upstream ran from `pipeline run` (in process, no code-location
 origin) or from the UI's API, never after a failed upstream; a `timeout` gives up a wait
-with its reason on the sensor's tick; lineage-driven automation; a backfill of three
+with its reason on the sensor's tick; `waitForCompletion: false` starts it with the
+upstream's start; lineage-driven automation; a backfill of three
 partitions through the API runs each once with its own ${DATE}."""
 from __future__ import annotations
 
@@ -69,6 +70,8 @@ def test_schedule_and_dependencies_on_the_real_daemon(tmp_path):
     _pipeline(configs, "up", good, out)
     _pipeline(configs, "never", good, out)
     _pipeline(configs, "down", good, out, dependencies=[{"pipeline": "up"}])
+    _pipeline(configs, "early", good, out, dependencies=[{"pipeline": "up",
+                                                          "waitForCompletion": False}])
     _pipeline(configs, "both", good, out, dependencies=[
         {"pipeline": "up"}, {"pipeline": "never", "timeout": 2000}])
     _pipeline(configs, "ticker", good, out, schedule={"cron": "* * * * *", "timezone": "UTC"})
@@ -113,6 +116,9 @@ def _scenario(port: int, tmp_path: Path, configs: Path, data: Path, out: Path) -
     assert down1.status == dg.DagsterRunStatus.SUCCESS
     assert up1.run_id in down1.tags["pipeline/triggered_by"]
     assert pq.read_table(out / "down").num_rows == 3
+    # waitForCompletion false: started by the upstream run's start
+    early1 = _wait(lambda: _finished(home, "early", 1), 240, log)[0]
+    assert up1.run_id in early1.tags["pipeline/triggered_by"]
 
     # 2. a failed upstream run starts nothing
     r = subprocess.run([PIPELINE, "run", str(configs / "up.json"), "--param",
