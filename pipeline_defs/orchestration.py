@@ -46,7 +46,8 @@ def schedule_for(p: LoadedPipeline, job_name: str) -> dg.ScheduleDefinition | No
                      description=f"Runs the latest complete partition of pipeline "
                                  f"'{p.name}' on '{s.cron}' ({s.timezone}), from {p.file}.")
         def _latest(context: dg.ScheduleEvaluationContext):
-            key = parts.get_last_partition_key(current_time=context.scheduled_execution_time)
+            keys = parts.get_partition_keys(current_time=context.scheduled_execution_time)
+            key = keys[-1] if keys else None
             if key is None:
                 return dg.SkipReason("no complete partition yet")
             return dg.RunRequest(run_key=key, partition_key=key)

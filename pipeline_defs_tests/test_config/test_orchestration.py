@@ -104,3 +104,22 @@ def test_partitions_are_checked_and_need_runs_that_name_a_partition(tmp_path, re
     f = _file(tmp_path, "r", sensors=[{"type": "newFiles", "path": "hdfs://nn/landing"}])
     assert "sensors[0].path: 'hdfs://' paths are not watched; use a local path, file://, " \
         "s3a:// or s3://" in _problems([f], registry)
+
+
+def test_a_schedule_on_partitions_runs_the_latest_complete_one(tmp_path, registry):
+    import datetime as dt
+
+    import dagster as dg
+
+    from pipeline_defs.definitions import definitions_for
+    f = _file(tmp_path, "daily", partitions={"type": "daily", "start": "2024-01-01",
+                                             "timezone": "UTC"},
+              schedule={"cron": "0 6 * * *", "timezone": "UTC"})
+    defs = definitions_for(load_pipelines([f], registry))
+    schedule = defs.resolve_schedule_def("daily_schedule")
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_schedule_context(
+            instance=instance, repository_def=defs.get_repository_def(),
+            scheduled_execution_time=dt.datetime(2024, 1, 5, 6, tzinfo=dt.UTC))
+        (request,) = schedule.evaluate_tick(ctx).run_requests
+    assert request.partition_key == "2024-01-04"  # the 5th is not complete at 06:00
