@@ -53,9 +53,15 @@ EOF
   fi
   if as_user postgres "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then return; fi
   touch "$DIR/postgres.log"; chown postgres: "$DIR/postgres.log" 2>/dev/null || true
-  as_user postgres "$bin/pg_ctl" -D "$data" -l "$DIR/postgres.log" -w -t 60 start -o \
+  if ! as_user postgres "$bin/pg_ctl" -D "$data" -l "$DIR/postgres.log" -w -t 60 start -o \
     "-p $PG_PORT -k $data -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-     -c full_page_writes=off -c max_connections=200" >/dev/null
+     -c full_page_writes=off -c max_connections=200" >/dev/null; then
+    echo "services: PostgreSQL did not start on 127.0.0.1:$PG_PORT; from $DIR/postgres.log:" >&2
+    grep -E "FATAL|HINT|ERROR" "$DIR/postgres.log" | tail -3 >&2
+    echo "(a server of another services directory on that port? stop it, or set" \
+         "PIPELINE_PG_PORT)" >&2
+    exit 1
+  fi
   echo "services: PostgreSQL on 127.0.0.1:$PG_PORT"
 }
 
