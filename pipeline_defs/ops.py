@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import dagster as dg
+from dagster._core.errors import DagsterExecutionInterruptedError  # a run's interruption
 from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, Observation
 from pyspark.sql import functions as F
@@ -543,14 +547,48 @@ def _auditor(context: dg.OpExecutionContext, vault):
     return audit
 
 
+@contextmanager
+def _interrupts_cancel_spark(context):
+    """While a step runs on the main thread (a run worker), an interrupt (Dagster's
+    termination, Ctrl-C) cancels the session's Spark jobs, so the running Spark action
+    returns at once; Dagster's own handler would raise in the middle of the py4j call and
+    leave the job running in the JVM. Yields the list of interrupts seen."""
+    hit: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield hit
+        return
+    spark = context.resources.spark
+
+    def handler(signo, _frame):
+        hit.append(signo)
+        if spark._session is not None:
+            threading.Thread(target=spark._session.sparkContext.cancelAllJobs,
+                             daemon=True).start()
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield hit
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _wrap(compute):
     """OpDefinition calls compute_fn(context, inputs_dict) and wants its results yielded."""
     def fn(context, inputs):
+        hit: list[int] = []
         try:
-            out = compute(context, **inputs)
+            with _interrupts_cancel_spark(context) as hit:
+                out = compute(context, **inputs)
         except _Failed as e:
+            if hit:
+                raise DagsterExecutionInterruptedError() from None
             yield from e.events
             raise e.failure from None
+        except BaseException:
+            if hit:  # the run was interrupted: its Spark jobs are cancelled
+                raise DagsterExecutionInterruptedError() from None
+            raise
+        if hit:
+            raise DagsterExecutionInterruptedError()
         yield from (out if isinstance(out, list) else [out])
     return fn
 

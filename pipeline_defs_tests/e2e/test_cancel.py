@@ -108,3 +108,50 @@ def test_terminate_from_the_ui_cancels_a_run_of_pipeline_run(tmp_path, spark):
         assert took < 120, took
         print(f"UI terminate: cancelled in {took:.1f}s")
         _after(spark, tmp_path, home, f, run.run_id, err, "terminated from Dagster")
+
+
+def test_terminate_from_the_ui_cancels_a_run_the_daemon_launched(tmp_path, spark):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    f = _long(tmp_path)
+    (configs / "long.json").write_text(f.read_text())
+    for port, _ in serve(tmp_path, configs, {}):
+        home = tmp_path / "dagster_home"
+        from pipeline_defs_tests.e2e.test_webserver import launch, run_status
+        run_id = launch(port, "long_job")
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # until the long write is under way
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                if any((r.step_key or "").endswith(".big_out") for r in instance.all_logs(
+                        run_id, of_type=dg.DagsterEventType.STEP_START)):
+                    break
+            time.sleep(0.5)
+        time.sleep(3)
+        sent = time.monotonic()
+        result = gql(port, """mutation($id: String!) { terminateRun(runId: $id) {
+            __typename } }""", {"id": run_id})["terminateRun"]
+        assert result["__typename"] == "TerminateRunSuccess", result
+        while run_status(port, run_id) not in ("CANCELED", "FAILURE", "SUCCESS") and \
+                time.monotonic() - sent < 120:
+            time.sleep(0.2)
+        took = time.monotonic() - sent
+        assert run_status(port, run_id) == "CANCELED" and took < 120, took
+        print(f"UI terminate of a daemon-launched run: CANCELED in {took:.1f}s")
+        # ...and its run worker, Spark JVM included, is gone (not writing on in the dark)
+        while _workers(run_id) and time.monotonic() - sent < 60:
+            time.sleep(0.5)
+        assert not _workers(run_id), _workers(run_id)
+        print(f"  run worker gone after {time.monotonic() - sent:.1f}s")
+        assert not list((tmp_path / "out" / "_delta_log").glob("*.json"))
+
+
+def _workers(run_id: str) -> list[int]:
+    """Processes whose command line names the run (Dagster's run worker and its JVM)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and run_id.encode() in (proc / "cmdline").read_bytes():
+                out.append(int(proc.name))
+        except OSError:
+            continue
+    return out
