@@ -13,6 +13,7 @@ import dagster as dg
 
 from pipeline_defs.config.assets import asset_names
 from pipeline_defs.config.loader import LoadedPipeline, dependency_problems, load_pipelines
+from pipeline_defs.console import console_logger
 from pipeline_defs.errors import ConfigError
 from pipeline_defs.factory import asset_checks, build_pipeline, source_specs
 from pipeline_defs.ops import params_resource, params_resource_key
@@ -58,9 +59,10 @@ def definitions_for(pipelines: Iterable[LoadedPipeline], resources: Mapping | No
     return dg.Definitions(
         assets=[b.assets for b in built] + source_specs(built, names),
         jobs=[b.job for b in built], asset_checks=asset_checks(built),
-        **orchestration_defs((b.plan.pipeline, b.plan) for b in built),
+        **orchestration_defs((b.plan.pipeline, b.plan, b.assets.keys) for b in built),
         # one process, one SparkSession: also for materializations launched from the catalog
         executor=dg.in_process_executor,
+        loggers={"console": console_logger},  # errors on one line; stacks in the event log
         resources={**{params_resource_key(b.plan): params_resource(b.plan) for b in built
                       if params_resource_key(b.plan)},
                    **dict(resources or default_resources())})

@@ -159,6 +159,58 @@ def kafka():
     return KAFKA
 
 
+@dataclass
+class Hdfs:
+    uri: str  # hdfs://127.0.0.1:<rpc port>
+    web: str  # http://127.0.0.1:<NameNode web port> (WebHDFS)
+
+    def put(self, path: str, data: bytes) -> None:
+        """Writes a file the way WebHDFS clients do: CREATE at the NameNode, which redirects
+        to the DataNode that takes the bytes."""
+        import urllib.request
+        url = f"{self.web}/webhdfs/v1/{path.strip('/')}?op=CREATE&overwrite=true"
+        first = urllib.request.Request(url, method="PUT")
+        try:
+            urllib.request.urlopen(first, timeout=30)
+            raise AssertionError("the NameNode did not redirect the CREATE")
+        except urllib.error.HTTPError as e:
+            assert e.code == 307, e.read()
+            location = e.headers["Location"]
+        urllib.request.urlopen(urllib.request.Request(location, data=data, method="PUT"),
+                               timeout=30).read()
+
+
+@pytest.fixture(scope="session")
+def hdfs(tmp_path_factory):
+    """A real HDFS (MiniDFSCluster: NameNode + DataNode, one JVM) from .cache/hdfs-jars."""
+    import time
+    jars = REPO / ".cache" / "hdfs-jars"
+    assert jars.is_dir(), "run make setup first (it resolves jvm/hdfs/pom.xml)"
+    data = tmp_path_factory.mktemp("hdfs")
+    log = open(data / "hdfs.log", "w+")
+    proc = subprocess.Popen(
+        ["java", "-Xmx384m", "-Dlog4j2.level=WARN", "-cp", f"{jars}/*",
+         str(REPO / "pipeline_defs_tests" / "MiniHdfs.java"), str(data / "cluster")],
+        stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+    deadline, line = time.time() + 180, ""
+    while time.time() < deadline and proc.poll() is None:
+        line = proc.stdout.readline()
+        if line.startswith("hdfs "):
+            break
+    if not line.startswith("hdfs "):
+        proc.kill()
+        log.seek(0)
+        pytest.fail(f"HDFS did not start: {log.read()[-3000:]}")
+    _, uri, web = line.split()
+    yield Hdfs(uri, web)
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
 @pytest.fixture
 def topic(kafka):
     """A fresh topic (3 partitions), created with the admin client; a factory for more."""

@@ -45,6 +45,16 @@ if [ ! -f "$kstamp" ]; then
   rm -rf .cache/kafka-jars && mv "$tmp" .cache/kafka-jars && touch "$kstamp"
 fi
 
+# 3b. The HDFS the tests watch with a newFiles sensor (Hadoop's MiniDFSCluster, its own JVM)
+hstamp=".cache/hdfs-jars/.resolved-$(hash_of jvm/hdfs/pom.xml)"
+if [ ! -f "$hstamp" ]; then
+  echo "setup: resolving the test HDFS jars with Maven (jvm/hdfs/pom.xml)"
+  tmp=$(mktemp -d .cache/hdfs-jars.XXXX)
+  mvn -q -B -f jvm/hdfs/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$ROOT/$tmp"
+  rm -rf .cache/hdfs-jars && mv "$tmp" .cache/hdfs-jars && touch "$hstamp"
+fi
+
 # 4. Sample data for the example pipelines in configs/
 dstamp=".cache/sample-data/.generated-$(hash_of pipeline_defs/sample_data.py)"
 if [ ! -f "$dstamp" ]; then

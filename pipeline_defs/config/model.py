@@ -10,7 +10,6 @@ from pydantic import (
     BeforeValidator,
     Field,
     field_validator,
-    model_validator,
 )
 
 from pipeline_defs.config import durations
@@ -233,11 +232,3 @@ class PipelineConfig(FormatModel):
                              "of every step (limits in dagster.yaml or the UI).")
     steps: list[StepSpec] = Field(min_length=1, description="The steps, run in order.")
 
-    @model_validator(mode="after")
-    def _partitioned_runs_name_their_partition(self):
-        if self.partitions and (self.dependencies or self.sensors):
-            raise ValueError("a partitioned pipeline cannot have dependencies or sensors yet "
-                             "(their runs would name no partition): run it on a schedule "
-                             "(the latest complete partition), a backfill or `pipeline run "
-                             "--partition`")
-        return self

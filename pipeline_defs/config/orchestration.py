@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
@@ -142,18 +143,42 @@ class NewFiles(FormatModel):
     (its name) for the steps."""
 
     type: Literal["newFiles"] = Field(description="newFiles.")
-    path: str = Field(description="Directory to watch: a local path, file://, or s3a:// / "
-                                  "s3:// bucket and prefix.")
+    path: str = Field(description="Directory to watch: a local path, file://, s3a:// / s3:// "
+                                  "bucket and prefix, or a Hadoop hdfs:// / webhdfs:// "
+                                  "directory.")
     pattern: str = Field("*", description="File name pattern, e.g. \"*.csv\".")
     minimum_interval_seconds: int = Field(30, ge=1, description="Seconds between looks.")
     endpoint: str | None = Field(None, description="S3-compatible endpoint (default: "
                                                    "AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).")
+    webhdfs: str | None = Field(None, description="For hdfs:// paths: the NameNode's web "
+                                                  "address the sensor lists through (default "
+                                                  "http://<namenode host>:9870).")
 
     @field_validator("path")
     @classmethod
     def _scheme(cls, v: str) -> str:
         scheme = v.split("://", 1)[0] if "://" in v else ""
-        if scheme not in ("", "file", "s3a", "s3"):
+        if scheme not in ("", "file", "s3a", "s3", "hdfs", "webhdfs", "swebhdfs"):
             raise ValueError(f"'{scheme}://' paths are not watched; use a local path, "
-                             "file://, s3a:// or s3://")
+                             "file://, s3a://, s3://, hdfs:// or webhdfs://")
+        if scheme in ("hdfs", "webhdfs", "swebhdfs") and not urlsplit(v).hostname:
+            raise ValueError(f"'{v}' names no NameNode: write {scheme}://<namenode>[:port]"
+                             "/directory")
         return v
+
+    @field_validator("webhdfs")
+    @classmethod
+    def _web(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/]+", v):
+            raise ValueError(f"'{v}' is not a web address: write http://<namenode>:9870")
+        return v
+
+    @model_validator(mode="after")
+    def _keys_for_the_scheme(self):
+        scheme = self.path.split("://", 1)[0] if "://" in self.path else ""
+        if self.webhdfs and scheme != "hdfs":
+            raise ValueError("'webhdfs' is for hdfs:// paths only (a webhdfs:// path already "
+                             "names the web address)")
+        if self.endpoint and scheme not in ("s3a", "s3"):
+            raise ValueError("'endpoint' is for s3a:// and s3:// paths only")
+        return self

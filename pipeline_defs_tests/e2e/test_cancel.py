@@ -96,7 +96,7 @@ def test_a_signal_cancels_the_spark_job_of_pipeline_run(tmp_path, sig, spark):
 def test_terminate_from_the_ui_cancels_a_run_of_pipeline_run(tmp_path, spark):
     f = _long(tmp_path)
     (tmp_path / "no-configs").mkdir()  # the UI serves no pipelines; the run is pipeline run's
-    for port, _ in serve(tmp_path, tmp_path / "no-configs", {}):
+    with serve(tmp_path, tmp_path / "no-configs", {}) as (port, _):
         home = tmp_path / "dagster_home"
         proc = _start(f, home)
         run = _writing(home, proc)
@@ -115,7 +115,7 @@ def test_terminate_from_the_ui_cancels_a_run_the_daemon_launched(tmp_path, spark
     configs.mkdir()
     f = _long(tmp_path)
     (configs / "long.json").write_text(f.read_text())
-    for port, _ in serve(tmp_path, configs, {}):
+    with serve(tmp_path, configs, {}) as (port, _):
         home = tmp_path / "dagster_home"
         from pipeline_defs_tests.e2e.test_webserver import launch, run_status
         run_id = launch(port, "long_job")

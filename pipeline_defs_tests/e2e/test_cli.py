@@ -68,7 +68,9 @@ def test_failing_step_fails_the_run_with_its_message_first(tmp_path, sample_data
          "config": {"path": str(sample_data / "customers.csv"), "format": "csv"}},
         {"type": "transform", "method": "filterRows", "config": {"condition": "agee > 3"}},
         {"type": "load", "method": "toFile", "config": {"path": str(tmp_path / "o")}}]})
-    r = cli("run", str(f))
+    home = tmp_path / "home"
+    home.mkdir()
+    r = cli("run", str(f), env={"DAGSTER_HOME": str(home)})
     assert r.returncode == 1 and "pipeline broken: FAILURE" in r.stdout, \
         r.stdout[-3000:] + r.stderr[-3000:]
     summary = r.stdout[r.stdout.index("pipeline broken: FAILURE"):]
@@ -77,6 +79,19 @@ def test_failing_step_fails_the_run_with_its_message_first(tmp_path, sample_data
     assert "pipeline 'broken', step 2 (transform.filterRows) failed: [UNRESOLVED_COLUMN" in line
     assert "`agee`" in line and "Py4J" not in line and "at org.apache" not in line
     assert not (tmp_path / "o").exists()
+    # the console log says it in one line per event; no stack trace reaches the terminal ...
+    everything = r.stdout + r.stderr
+    for trace in ("Stack Trace", "Traceback", 'File "', "dagster._core"):
+        assert trace not in everything, everything[-3000:]
+    (failure,) = [ln for ln in everything.splitlines() if "STEP_FAILURE" in ln]
+    message = line[line.index("pipeline 'broken'"):].strip()
+    assert failure.endswith(f'"broken_steps.s02_filterRows" failed: {message}'), failure
+    # ... and the run's event log keeps the whole error, stack included, for the UI
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        (event,) = [e for e in instance.all_logs(instance.get_runs()[0].run_id)
+                    if e.dagster_event and e.dagster_event.event_type_value == "STEP_FAILURE"]
+    error = event.dagster_event.step_failure_data.error
+    assert "UNRESOLVED_COLUMN" in error.message and any("ops.py" in f for f in error.stack)
 
 
 def test_invalid_file_is_rejected_before_spark_starts(tmp_path):

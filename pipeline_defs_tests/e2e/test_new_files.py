@@ -1,7 +1,7 @@
 """`sensors: [{"type": "newFiles", ...}]` on the real daemon: each new file, in a local
-directory and under an S3 prefix (moto), starts exactly one run that reads it as
-${trigger.file}; after the daemon is killed and restarted no file runs again; a later file
-runs once."""
+directory, under an S3 prefix (moto) and in an HDFS directory (a real NameNode and DataNode),
+starts exactly one run that reads it as ${trigger.file}; after the daemon is killed and
+restarted no file runs again; a later file runs once."""
 from __future__ import annotations
 
 import time
@@ -21,7 +21,8 @@ def _done(home: Path, job: str, n: int):
     return done if len(done) >= n and len(runs) == len(done) else None
 
 
-def test_new_files_locally_and_on_s3_run_once_each_across_a_daemon_restart(tmp_path, s3):
+def test_new_files_locally_on_s3_and_hdfs_run_once_each_across_a_daemon_restart(
+        tmp_path, s3, hdfs):
     landing, out, configs = tmp_path / "landing", tmp_path / "out", tmp_path / "configs"
     for d in (landing, configs):
         d.mkdir()
@@ -48,35 +49,56 @@ def test_new_files_locally_and_on_s3_run_once_each_across_a_daemon_restart(tmp_p
             {"type": "load", "method": "toFile", "config": {
                 "path": str(out / "remote" / "${trigger.name}"), "format": "parquet",
                 "assetKey": "remote_files"}}]})
+    write_json(configs / "hadoop.json", {
+        "name": "hadoop", "sensors": [{"type": "newFiles", "path": f"{hdfs.uri}/landing/",
+                                       "webhdfs": hdfs.web, "pattern": "*.csv",
+                                       "minimumIntervalSeconds": 1}],
+        "steps": [
+            {"type": "extract", "method": "fromFile",  # Spark reads the file from HDFS
+             "config": {"path": "${trigger.file}", "format": "csv", "schema": "id INT"}},
+            {"type": "load", "method": "toFile", "config": {
+                "path": str(out / "hadoop" / "${trigger.name}"), "format": "parquet",
+                "assetKey": "hadoop_files"}}]})
     env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
            "AWS_DEFAULT_REGION": "us-east-1"}
     home, log = tmp_path / "dagster_home", tmp_path / "daemon.log"
-    for port, _ in serve(tmp_path, configs, env):
+    with serve(tmp_path, configs, env) as (port, _):
         for i in (1, 2, 3):
             (landing / f"part{i}.csv").write_text(f"id\n{i}\n{i * 10}\n")
             (landing / f"ignored{i}.txt").write_text("not a csv")
             s3.client.put_object(Bucket="landing", Key=f"orders/o{i}.csv", Body=b"id\n1\n")
+            hdfs.put(f"/landing/h{i}.csv", f"id\n{i * 100}\n".encode())
+            hdfs.put(f"/landing/h{i}.txt", b"not a csv")
         s3.client.put_object(Bucket="landing", Key="other/o9.csv", Body=b"id\n1\n")
+        hdfs.put("/landing/._h9.csv._COPYING_", b"id\n9\n")  # a put still in flight
 
         local = _wait(lambda: _done(home, "local", 3), 300, log)
         remote = _wait(lambda: _done(home, "remote", 3), 300, log)
+        hadoop = _wait(lambda: _done(home, "hadoop", 3), 300, log)
         assert sorted(r.tags["pipeline/trigger_file"] for r in local) == [
             str(landing / f"part{i}.csv") for i in (1, 2, 3)]
         assert sorted(r.tags["pipeline/trigger_file"] for r in remote) == [
             f"s3a://landing/orders/o{i}.csv" for i in (1, 2, 3)]
-        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in local + remote)
+        assert sorted(r.tags["pipeline/trigger_file"] for r in hadoop) == [
+            f"{hdfs.uri}/landing/h{i}.csv" for i in (1, 2, 3)]
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in local + remote + hadoop)
         for i in (1, 2, 3):  # each run read its own file
             assert sorted(pq.read_table(out / "local" / f"part{i}.csv")["id"].to_pylist()) \
                 == [i, i * 10]
             assert pq.read_table(out / "remote" / f"o{i}.csv")["file"].to_pylist() == [
                 f"s3a://landing/orders/o{i}.csv"]
+            assert pq.read_table(out / "hadoop" / f"h{i}.csv")["id"].to_pylist() == [i * 100]
 
         restart_daemon(port)
         time.sleep(15)  # many sensor intervals (1 s) of the new daemon
-        assert len(_runs(home, "local")) == 3 and len(_runs(home, "remote")) == 3
+        assert [len(_runs(home, j)) for j in ("local", "remote", "hadoop")] == [3, 3, 3]
 
         (landing / "part4.csv").write_text("id\n4\n")
         local = _wait(lambda: _done(home, "local", 4), 300, log)
         assert len(local) == 4 and local[-1].tags["pipeline/trigger_file"].endswith(
             "part4.csv")
-        assert len(_runs(home, "remote")) == 3
+        hdfs.put("/landing/h4.csv", b"id\n400\n")
+        hadoop = _wait(lambda: _done(home, "hadoop", 4), 300, log)
+        assert hadoop[-1].tags["pipeline/trigger_file"] == f"{hdfs.uri}/landing/h4.csv"
+        assert pq.read_table(out / "hadoop" / "h4.csv")["id"].to_pylist() == [400]
+        assert len(_runs(home, "remote")) == 3 and len(_runs(home, "local")) == 4

@@ -4,7 +4,9 @@ succeeded, whether the upstream ran from `pipeline run` (in process, no code-loc
 origin) or from the UI's API, never after a failed upstream; a `timeout` gives up a wait
 with its reason on the sensor's tick; `waitForCompletion: false` starts it with the
 upstream's start; lineage-driven automation; a backfill of three
-partitions through the API runs each once with its own ${DATE}."""
+partitions through the API runs each once with its own ${DATE}, and a partitioned pipeline
+depending on it runs the same three partitions; a partitioned pipeline's newFiles run is for
+its latest complete partition."""
 from __future__ import annotations
 
 import os
@@ -82,6 +84,13 @@ def test_schedule_and_dependencies_on_the_real_daemon(tmp_path):
             {"type": "load", "method": "toFile", "name": "follower_out",
              "config": {"path": str(out / "follower"), "format": "parquet",
                         "mode": "overwrite"}}]})
+    # reads the same table, on a cron once it was updated since the previous tick
+    write_json(configs / "hourly.json", {
+        "name": "hourly", "automation": {"onCron": "* * * * *", "timezone": "UTC"}, "steps": [
+            {"type": "extract", "method": "fromFile", "config": {"path": str(out / "up")}},
+            {"type": "load", "method": "toFile", "name": "hourly_out",
+             "config": {"path": str(out / "hourly"), "format": "parquet",
+                        "mode": "overwrite"}}]})
     # one partition per day; each run writes that day's rows to a directory named by it
     (data / "days.csv").write_text("id,day\n1,2024-01-01\n2,2024-01-02\n3,2024-01-02\n"
                                    "4,2024-01-03\n5,2024-01-04\n")
@@ -97,8 +106,31 @@ def test_schedule_and_dependencies_on_the_real_daemon(tmp_path):
             {"type": "load", "method": "toFile", "config": {
                 "path": str(out / "parted" / "${DATE:yyyyMMdd}"), "format": "csv",
                 "mode": "overwrite"}}]})
-    for port, _ in serve(tmp_path, configs, {"PIPELINE_SENSOR_INTERVAL": "1"},
-                         "auto_materialize:\n  minimum_interval_seconds: 5\n"):
+    # same partitions, after `parted`: each partition `parted` finished runs here once
+    write_json(configs / "parted_after.json", {
+        "name": "parted_after", "dependencies": [{"pipeline": "parted"}],
+        "partitions": {"type": "daily", "start": "2024-01-01", "end": "2024-01-04"},
+        "steps": [
+            {"type": "extract", "method": "fromFile", "config": {
+                "path": str(out / "parted" / "${DATE:yyyyMMdd}"), "format": "csv",
+                "options": {"header": "true"}, "schema": "id INT, day DATE"}},
+            {"type": "load", "method": "toFile", "config": {
+                "path": str(out / "parted_after" / "${DATE}"), "format": "parquet",
+                "mode": "overwrite"}}]})
+    (data / "drop").mkdir()
+    write_json(configs / "parted_files.json", {
+        "name": "parted_files", "sensors": [{"type": "newFiles", "path": str(data / "drop"),
+                                             "minimumIntervalSeconds": 1}],
+        "partitions": {"type": "daily", "start": "2024-01-01", "end": "2024-01-04"},
+        "steps": [
+            {"type": "extract", "method": "fromFile", "config": {
+                "path": "${trigger.file}", "format": "csv", "schema": "id INT"}},
+            {"type": "transform", "method": "enrichData",
+             "config": {"columns": {"day": "'${DATE}'"}}},
+            {"type": "load", "method": "toFile", "config": {
+                "path": str(out / "parted_files"), "format": "parquet", "mode": "append"}}]})
+    with serve(tmp_path, configs, {"PIPELINE_SENSOR_INTERVAL": "1"},
+              "auto_materialize:\n  minimum_interval_seconds: 5\n") as (port, _):
         _scenario(port, tmp_path, configs, data, out)
 
 
@@ -178,8 +210,36 @@ def _scenario(port: int, tmp_path: Path, configs: Path, data: Path, out: Path) -
                      for line in f.read_text().splitlines()[1:])
         assert got == ids, (day, got)
     assert not (out / "parted" / "20240104").exists()
+    # ... and `parted_after` ran each of those partitions once, reading that day's output
+    after = _wait(lambda: (lambda rs: rs if len(rs) == 3 and all(r.is_finished for r in rs)
+                           else None)(_runs(home, "parted_after")), 240, log)
+    assert sorted(r.tags["dagster/partition"] for r in after) == [
+        "2024-01-01", "2024-01-02", "2024-01-03"]
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in after)
+    for day, ids in (("2024-01-01", [1]), ("2024-01-02", [2, 3]), ("2024-01-03", [4])):
+        assert sorted(pq.read_table(out / "parted_after" / day)["id"].to_pylist()) == ids
+    time.sleep(3)
+    assert len(_runs(home, "parted_after")) == 3
+
+    # a new file runs a partitioned pipeline for its latest complete partition (the last)
+    (tmp_path / "f.csv").write_text("id\n7\n")
+    (tmp_path / "f.csv").rename(data / "drop" / "f.csv")
+    (dropped,) = _wait(lambda: _finished(home, "parted_files", 1), 240, log)
+    assert dropped.status == dg.DagsterRunStatus.SUCCESS
+    assert dropped.tags["dagster/partition"] == "2024-01-03"
+    assert pq.read_table(out / "parted_files").to_pylist() == [{"id": 7, "day": "2024-01-03"}]
 
     # 7. the schedule (every minute) fired and its run succeeded
     (tick,) = _wait(lambda: _finished(home, "ticker", 1), 150, log)[:1]
     assert tick.status == dg.DagsterRunStatus.SUCCESS
     assert tick.tags["dagster/schedule_name"] == "ticker_schedule"
+
+    # 8. onCron: after `up` was materialized, the next minute's tick ran `hourly`, once
+    def cron_ran():
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            return instance.get_latest_materialization_event(dg.AssetKey("hourly"))
+    ran = _wait(cron_ran, 180, log)
+    assert pq.read_table(out / "hourly").num_rows == 3
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        run = instance.get_run_by_id(ran.run_id)
+    assert run.tags.get("dagster/sensor_name") == "pipelines_automation", run.tags

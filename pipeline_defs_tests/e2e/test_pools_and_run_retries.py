@@ -39,7 +39,7 @@ def test_a_pool_of_one_and_a_retried_run(tmp_path):
         {"type": "load", "method": "toFile",
          "config": {"path": str(out / "late"), "format": "parquet", "mode": "overwrite"}}]})
     home, log = tmp_path / "dagster_home", tmp_path / "daemon.log"
-    for port, _ in serve(tmp_path, configs, {}, RUN_RETRIES):
+    with serve(tmp_path, configs, {}, RUN_RETRIES) as (port, _):
         _scenario(port, tmp_path, home, log)
 
 

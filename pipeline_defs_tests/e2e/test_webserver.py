@@ -2,6 +2,7 @@
 and a run launched through the UI's API is queued, started by the daemon and succeeds."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -39,14 +40,17 @@ def gql(port: int, query: str, variables: dict | None = None) -> dict:
 
 @pytest.fixture
 def webserver(tmp_path, sample_data):
-    for port, out in serve(tmp_path, copy_configs(tmp_path / "configs"), {
+    with serve(tmp_path, copy_configs(tmp_path / "configs"), {
             "PIPELINE_DATA_DIR": str(sample_data),
-            "PIPELINE_OUTPUT_DIR": str(tmp_path / "out")}):
+            "PIPELINE_OUTPUT_DIR": str(tmp_path / "out")}) as (port, out):
         yield port, out, sample_data
 
 
+@contextlib.contextmanager
 def serve(tmp_path, config_dir, extra_env, instance_yaml: str = ""):
-    """dagster-webserver and dagster-daemon on loopback over config_dir; yields (port, out).
+    """dagster-webserver and dagster-daemon on loopback over config_dir, as (port, out);
+    stopped when the block ends, also when a test in it fails (a daemon left running keeps
+    firing its schedules and sensors, slowing every later test).
     `instance_yaml`: settings added to the instance's dagster.yaml."""
     port = free_port()
     home = tmp_path / "dagster_home"
@@ -72,12 +76,17 @@ def serve(tmp_path, config_dir, extra_env, instance_yaml: str = ""):
                 raise RuntimeError("webserver did not start:\n" +
                                    (tmp_path / "web.log").read_text()[-3000:]) from None
             time.sleep(0.5)
-    yield port, tmp_path / "out"
-    daemon = DAEMONS.pop(port)[0]
-    for p in (daemon, proc):
-        p.terminate()
-    for p in (daemon, proc):
-        p.wait(timeout=60)
+    try:
+        yield port, tmp_path / "out"
+    finally:
+        daemon = DAEMONS.pop(port)[0]
+        for p in (daemon, proc):
+            p.terminate()
+        for p in (daemon, proc):
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 DAEMONS: dict[int, tuple] = {}  # webserver port -> (daemon process, tmp_path, env)
@@ -195,7 +204,8 @@ def stream_server(tmp_path):
                 "twice": "id * 2"}}},
             {"type": "load", "method": "toDeltaLake", "config": {
                 "path": str(tmp_path / "out" / "stream"), "mode": "append"}}]}))
-    yield from serve(tmp_path, configs, {})
+    with serve(tmp_path, configs, {}) as served:
+        yield served
 
 
 def test_terminating_a_streaming_run_from_the_ui_stops_it_and_a_new_run_resumes(

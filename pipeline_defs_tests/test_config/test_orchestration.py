@@ -97,13 +97,57 @@ def test_partitions_are_checked_and_need_runs_that_name_a_partition(tmp_path, re
     f = _file(tmp_path, "p", partitions={"type": "hourly", "start": "2024-01-01"})
     assert "partitions: start '2024-01-01' is not a hourly partition start (e.g. " \
         "\"2024-01-01-00:00\")" in _problems([f], registry)
+    # dependencies and sensors of a partitioned pipeline start runs naming a partition
+    _file(tmp_path, "up")
     f = _file(tmp_path, "q", partitions={"type": "daily", "start": "2024-01-01"},
-              sensors=[{"type": "newFiles", "path": "/landing"}])
-    assert "a partitioned pipeline cannot have dependencies or sensors yet" in \
-        _problems([f], registry)
-    f = _file(tmp_path, "r", sensors=[{"type": "newFiles", "path": "hdfs://nn/landing"}])
-    assert "sensors[0].path: 'hdfs://' paths are not watched; use a local path, file://, " \
-        "s3a:// or s3://" in _problems([f], registry)
+              sensors=[{"type": "newFiles", "path": "/landing"}],
+              dependencies=[{"pipeline": "up"}])
+    assert load_pipeline(f, registry).config.partitions.type == "daily"
+
+
+@pytest.mark.parametrize("sensor, message", [
+    ({"path": "ftp://host/landing"}, "sensors[0].path: 'ftp://' paths are not watched; use a "
+     "local path, file://, s3a://, s3://, hdfs:// or webhdfs://"),
+    ({"path": "hdfs:///landing"}, "sensors[0].path: 'hdfs:///landing' names no NameNode: "
+     "write hdfs://<namenode>[:port]/directory"),
+    ({"path": "hdfs://nn/landing", "webhdfs": "nn:9870"}, "sensors[0].webhdfs: 'nn:9870' is "
+     "not a web address: write http://<namenode>:9870"),
+    ({"path": "s3a://b/landing", "webhdfs": "http://nn:9870"}, "'webhdfs' is for hdfs:// "
+     "paths only"),
+    ({"path": "/landing", "endpoint": "http://s3:9000"}, "'endpoint' is for s3a:// and s3:// "
+     "paths only"),
+])
+def test_a_new_files_path_names_where_and_how_to_list(tmp_path, registry, sensor, message):
+    f = _file(tmp_path, "r", sensors=[{"type": "newFiles", **sensor}])
+    assert message in _problems([f], registry)
+
+
+def test_hdfs_paths_are_listed_through_the_namenodes_web_address():
+    from pipeline_defs.config.orchestration import NewFiles
+    from pipeline_defs.orchestration import webhdfs_url
+
+    def url(**kw):
+        return webhdfs_url(NewFiles(type="newFiles", **kw))
+    assert url(path="hdfs://nn:8020/landing/") == "http://nn:9870/webhdfs/v1/landing"
+    assert url(path="hdfs://nn/a/b", webhdfs="https://web:50470/") == \
+        "https://web:50470/webhdfs/v1/a/b"
+    assert url(path="webhdfs://nn:9870/a") == "http://nn:9870/webhdfs/v1/a"
+    assert url(path="swebhdfs://nn:9871/a") == "https://nn:9871/webhdfs/v1/a"
+
+
+def test_an_unreachable_namenode_is_one_line_naming_the_fix():
+    import socket
+
+    from pipeline_defs.config.orchestration import NewFiles
+    from pipeline_defs.orchestration import list_files
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(RuntimeError) as e:
+        list_files(NewFiles(type="newFiles", path="hdfs://127.0.0.1:8020/landing",
+                            webhdfs=f"http://127.0.0.1:{port}"))
+    assert str(e.value).startswith("newFiles: cannot list hdfs://127.0.0.1:8020/landing: ")
+    assert "set the sensor's 'webhdfs' to the NameNode's web address" in str(e.value)
 
 
 def test_a_schedule_on_partitions_runs_the_latest_complete_one(tmp_path, registry):
