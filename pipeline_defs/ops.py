@@ -572,25 +572,33 @@ def _interrupts_cancel_spark(context):
 
 
 def _wrap(compute):
-    """OpDefinition calls compute_fn(context, inputs_dict) and wants its results yielded."""
+    """OpDefinition calls compute_fn(context, inputs_dict) and wants its results yielded.
+    A step of a terminated run (an interrupt, or the Spark resource's watcher saw the run
+    CANCELING or already marked CANCELED) ends as an interruption, not a failure: Dagster then
+    ends the run CANCELED, also when the UI marked it canceled at once."""
     def fn(context, inputs):
         hit: list[int] = []
         try:
             with _interrupts_cancel_spark(context) as hit:
                 out = compute(context, **inputs)
         except _Failed as e:
-            if hit:
-                raise DagsterExecutionInterruptedError() from None
+            _interrupted(context, hit, e.failure)
             yield from e.events
             raise e.failure from None
-        except BaseException:
-            if hit:  # the run was interrupted: its Spark jobs are cancelled
-                raise DagsterExecutionInterruptedError() from None
+        except BaseException as e:
+            _interrupted(context, hit, e)
             raise
-        if hit:
-            raise DagsterExecutionInterruptedError()
+        _interrupted(context, hit, None)
         yield from (out if isinstance(out, list) else [out])
     return fn
+
+
+def _interrupted(context, hit: list[int], error: BaseException | None) -> None:
+    if not hit and not context.resources.spark.cancelled:
+        return
+    if isinstance(error, dg.Failure) and error.description:
+        context.log.warning(error.description)
+    raise DagsterExecutionInterruptedError() from None
 
 
 DQ_COLUMNS = {"_dq_rules": "the rules of the group the row broke",

@@ -1,6 +1,6 @@
 """Cancelling a batch run stops its Spark job at once (a Spark action ignores Dagster's
 interrupt by itself): Ctrl-C / SIGTERM on `pipeline run`, and Terminate from the UI on a run
-`pipeline run` is executing. The run ends CANCELED with one line on the terminal, nothing
+`pipeline run`, `dagster job execute` or the daemon is executing. The run ends CANCELED with one line on the terminal, nothing
 of the cancelled write is committed, and the next run succeeds."""
 from __future__ import annotations
 
@@ -47,8 +47,9 @@ def _writing(home: Path, proc: subprocess.Popen) -> dg.DagsterRun:
     while time.monotonic() < deadline and proc.poll() is None:
         with dg.DagsterInstance.from_config(str(home)) as instance:
             for run in instance.get_runs():
-                if any(r.step_key and r.step_key.endswith(".big_out") for r in
-                       instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)):
+                starts = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
+                if not run.is_finished and any(
+                        r.step_key and r.step_key.endswith(".big_out") for r in starts):
                     time.sleep(3)  # well inside the Spark job
                     return run
         time.sleep(0.5)
@@ -108,6 +109,36 @@ def test_terminate_from_the_ui_cancels_a_run_of_pipeline_run(tmp_path, spark):
         assert took < 120, took
         print(f"UI terminate: cancelled in {took:.1f}s")
         _after(spark, tmp_path, home, f, run.run_id, err, "terminated from Dagster")
+
+
+def test_terminate_from_the_ui_cancels_a_run_of_dagster_job_execute(tmp_path, spark):
+    """Dagster's own CLI executes in process too: the Spark resource's watcher cancels the
+    job, and the run ends CANCELED (not FAILURE), whichever way the UI terminates it."""
+    f = _long(tmp_path)
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    f.rename(configs / f.name)
+    with serve(tmp_path, tmp_path / "no-configs", {}) as (port, _):
+        home = tmp_path / "dagster_home"
+        env = {**os.environ, "DAGSTER_HOME": str(home), "SPARK_MASTER": "local[2]",
+               "PIPELINE_CONFIG_DIR": str(configs)}
+        for policy in ("SAFE_TERMINATE", "MARK_AS_CANCELED_IMMEDIATELY"):
+            proc = subprocess.Popen(
+                [str(Path(sys.executable).parent / "dagster"), "job", "execute", "-m",
+                 "pipeline_defs.definitions", "-j", "long_job"], env=env, cwd=REPO,
+                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            run = _writing(home, proc)
+            sent = time.monotonic()
+            gql(port, """mutation($id: String!, $p: TerminateRunPolicy) {
+                terminateRun(runId: $id, terminatePolicy: $p) { __typename } }""",
+                {"id": run.run_id, "p": policy})
+            _, took = _ended(proc, sent)
+            assert took < 120, took
+            print(f"UI terminate ({policy}) of dagster job execute: ended in {took:.1f}s")
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                assert instance.get_run_by_id(run.run_id).status == \
+                    dg.DagsterRunStatus.CANCELED, policy
+            assert not list((tmp_path / "out" / "_delta_log").glob("*.json"))
 
 
 def test_terminate_from_the_ui_cancels_a_run_the_daemon_launched(tmp_path, spark):
