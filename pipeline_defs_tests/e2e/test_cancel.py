@@ -1,7 +1,8 @@
 """Cancelling a batch run stops its Spark job at once (a Spark action ignores Dagster's
 interrupt by itself): Ctrl-C / SIGTERM on `pipeline run`, and Terminate from the UI on a run
-`pipeline run`, `dagster job execute` or the daemon is executing. The run ends CANCELED with one line on the terminal, nothing
-of the cancelled write is committed, and the next run succeeds."""
+`pipeline run`, `dagster job execute` or the daemon is executing. The run ends CANCELED with
+one line on the terminal, nothing of the cancelled write is committed, and the next run
+succeeds."""
 from __future__ import annotations
 
 import os
