@@ -32,8 +32,11 @@ def gql(port: int, query: str, variables: dict | None = None) -> dict:
                                  data=json.dumps({"query": query,
                                                   "variables": variables or {}}).encode(),
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        body = json.loads(resp.read())
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as e:  # the server's own explanation, not just "500"
+        raise AssertionError(f"GraphQL: HTTP {e.code}: {e.read().decode()[:3000]}") from None
     assert "errors" not in body, body
     return body["data"]
 
@@ -47,15 +50,16 @@ def webserver(tmp_path, sample_data):
 
 
 @contextlib.contextmanager
-def serve(tmp_path, config_dir, extra_env, instance_yaml: str = ""):
+def serve(tmp_path, config_dir, extra_env, instance_yaml: str = "",
+          instance_file: str = "dagster.yaml"):
     """dagster-webserver and dagster-daemon on loopback over config_dir, as (port, out);
     stopped when the block ends, also when a test in it fails (a daemon left running keeps
     firing its schedules and sensors, slowing every later test).
-    `instance_yaml`: settings added to the instance's dagster.yaml."""
+    `instance_file`: the instance/ file to start from; `instance_yaml`: settings added."""
     port = free_port()
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text((REPO / "instance" / "dagster.yaml").read_text()
+    (home / "dagster.yaml").write_text((REPO / "instance" / instance_file).read_text()
                                        + instance_yaml)
     env = {**os.environ, "DAGSTER_HOME": str(home), "SPARK_MASTER": "local[2]",
            "PIPELINE_CONFIG_DIR": str(config_dir), **extra_env}
