@@ -18,7 +18,7 @@ from pipeline_defs.errors import ConfigError
 from pipeline_defs.factory import asset_checks, build_pipeline, source_specs
 from pipeline_defs.ops import params_resource, params_resource_key
 from pipeline_defs.orchestration import orchestration_defs
-from pipeline_defs.resources import SparkResource, VaultResource
+from pipeline_defs.resources import MetricsResource, SparkResource, VaultResource
 from pipeline_defs.resources.spark import REPO_ROOT, default_jars_dir
 from pipeline_defs.steps.registry import Registry, builtin_registry
 
@@ -41,6 +41,7 @@ def default_resources() -> dict:
         "spark": SparkResource(master=os.environ.get("SPARK_MASTER", "local[*]"),
                                jars_dir=str(default_jars_dir())),
         "vault": VaultResource.from_env(),
+        "metrics": MetricsResource.from_env(),
         "io_manager": dg.mem_io_manager,
     }
 
@@ -65,6 +66,8 @@ def definitions_for(pipelines: Iterable[LoadedPipeline], resources: Mapping | No
         loggers={"console": console_logger},  # errors on one line; stacks in the event log
         resources={**{params_resource_key(b.plan): params_resource(b.plan) for b in built
                       if params_resource_key(b.plan)},
+                   # metrics from the environment unless the caller chose its own
+                   "metrics": MetricsResource.from_env(),
                    **dict(resources or default_resources())})
 
 

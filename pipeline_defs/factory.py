@@ -14,6 +14,7 @@ import dagster as dg
 from pipeline_defs.config.assets import AssetNames, asset_names, uri
 from pipeline_defs.config.dataflow import safe_name
 from pipeline_defs.config.loader import LoadedPipeline
+from pipeline_defs.metrics import remember
 from pipeline_defs.ops import check_name, evaluated_checks, input_name, op_for
 from pipeline_defs.orchestration import automation_condition, partitions_def
 from pipeline_defs.plan import Plan, build_plan
@@ -214,6 +215,7 @@ def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | No
                  else {})},
         metadata={"pipeline_file": p.file, "steps": len(p.steps)},
         description=p.config.description or f"Pipeline '{p.name}' from {p.file}")
+    remember(graph.name, p)  # the run's metrics find the pipeline of its steps
     return PipelineDefs(assets, job, graph, plan, load_keys, source_keys, check_targets,
                         {i: k for i, k in kinds.items() if k})
 

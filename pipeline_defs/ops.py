@@ -31,6 +31,7 @@ from pipeline_defs.config.loader import (
 )
 from pipeline_defs.config.params import DATE, resolve_params
 from pipeline_defs.errors import ConfigError, PipelineError, StepExecutionError
+from pipeline_defs.metrics import job_group
 from pipeline_defs.orchestration import TRIGGER_TAG, retry_policy
 from pipeline_defs.plan import Plan, StepNode
 from pipeline_defs.steps.context import LoadResult, StepContext
@@ -245,7 +246,7 @@ def _step_context(context: dg.OpExecutionContext, plan: Plan, node: StepNode,
         if literal:
             raise dg.Failure(description=str(ConfigError(literal)))
     spark = context.resources.spark.spark
-    spark.sparkContext.setJobGroup(f"{plan.job_name}.{node.op_name}",
+    spark.sparkContext.setJobGroup(job_group(plan.job_name, node.op_name, context.run_id),
                                    f"{pipeline.name} step {s.index} {s.label}")
     return StepContext(spark=spark, pipeline=pipeline.name, step=s.index, method=s.label,
                        run_id=context.run_id, frames={n: o.df for n, o in named.items()},
@@ -331,7 +332,8 @@ def _condition_holds(context, plan: Plan, s, condition, current: StepOutput | No
                for o in src.lineage()}
     op_name = plan.node(s.index).op_name
     context.resources.spark.spark.sparkContext.setJobGroup(
-        f"{plan.job_name}.{op_name}", f"{plan.pipeline.name} step {s.index} condition")
+        job_group(plan.job_name, op_name, context.run_id),
+        f"{plan.pipeline.name} step {s.index} condition")
     params = run_params(context, plan, params_key)
     seen: dict[str, object] = {}
 
@@ -530,7 +532,8 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
               **({"done": dg.Out(dg.Nothing, description="The step ran, or its condition "
                                  "skipped it: steps that only come after it wait on this.")}
                  if condition is not None else {})},
-        required_resource_keys={"spark", "vault", *([params_key] if params_key else [])},
+        required_resource_keys={"spark", "vault", "metrics",
+                                *([params_key] if params_key else [])},
         tags=tags, retry_policy=retry_policy(s.retries or pipeline.config.retries),
         pool=s.pool or pipeline.config.pool,
         description=(s.description + "\n\n" if s.description else "")

@@ -1,6 +1,7 @@
 """Reading a finished run back: the per-step summary `pipeline run` prints."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import dagster as dg
@@ -23,11 +24,14 @@ def _value(v):
     return getattr(v, "value", getattr(v, "data", getattr(v, "text", v)))
 
 
-def step_rows(result: dg.ExecuteInProcessResult, pipeline: LoadedPipeline) -> list[StepRow]:
+def step_rows(events: Iterable[dg.DagsterEvent], pipeline: LoadedPipeline) -> list[StepRow]:
+    """Each step of a run from its Dagster events (an in-process result's, or the event
+    log's): status, seconds, rows counted by the run, a note."""
+    events = list(events)
     plan = build_plan(pipeline)
     rows = {n.op_name: StepRow(n.op_name, n.step.label) for n in plan.nodes}
     counted: dict[str, int] = {}
-    for e in result.all_events:
+    for e in events:
         # step keys are "<pipeline graph>.<op>": the ops are nodes of the pipeline's assets
         r = rows.get((e.step_key or "").rsplit(".", 1)[-1])
         if e.event_type_value == "STEP_SUCCESS" and r:
@@ -60,13 +64,13 @@ def step_rows(result: dg.ExecuteInProcessResult, pipeline: LoadedPipeline) -> li
     for op, n in counted.items():
         if op in rows:
             rows[op].rows = n
-    _skipped(result, plan, rows)
+    _skipped(events, plan, rows)
     return list(rows.values())
 
 
-def _skipped(result, plan, rows: dict[str, StepRow]) -> None:
+def _skipped(events: list[dg.DagsterEvent], plan, rows: dict[str, StepRow]) -> None:
     """Steps whose condition was false, and the steps skipped because they need them."""
-    produced = {(e.step_key or "").rsplit(".", 1)[-1] for e in result.all_events
+    produced = {(e.step_key or "").rsplit(".", 1)[-1] for e in events
                 if e.event_type_value == "STEP_OUTPUT"
                 and e.event_specific_data.step_output_handle.output_name == "result"}
     for n in plan.nodes:
@@ -79,7 +83,7 @@ def _skipped(result, plan, rows: dict[str, StepRow]) -> None:
 
 def print_summary(result: dg.ExecuteInProcessResult, pipeline: LoadedPipeline,
                   elapsed: float) -> None:
-    table = step_rows(result, pipeline)
+    table = step_rows(result.all_events, pipeline)
     w = max(len(r.op) for r in table)
     print(f"\npipeline {pipeline.name}: {'SUCCESS' if result.success else 'FAILURE'} "
           f"in {elapsed:.1f}s (run {result.run_id})")

@@ -61,7 +61,12 @@ def watch_op(plan: Plan, loads: list[StepNode], sinks: dict[int, dg.AssetKey]
                           "trigger_ms": int(d.get("triggerExecution", 0)),
                           "total_batches": q.batches, "total_input_rows": q.rows}))
 
-        watcher = streaming.Watcher(stats, context.log, settings, on_progress=committed)
+        def batch(q: streaming.QueryStats, p: dict) -> None:
+            context.resources.metrics.micro_batch(context.log, plan.pipeline.name,
+                                                  context.run_id, q.name, p)
+
+        watcher = streaming.Watcher(stats, context.log, settings, on_progress=committed,
+                                    on_batch=batch)
         try:
             ended = watcher.run(streaming.seconds(settings.timeout),
                                 first_batch_only=not settings.await_termination)
@@ -90,7 +95,7 @@ def watch_op(plan: Plan, loads: list[StepNode], sinks: dict[int, dg.AssetKey]
         name=f"{plan.job_name}__streams", compute_fn=lambda ctx, inputs: compute(ctx, **inputs),
         ins={f"s{n.step.index:02d}": dg.In(dg.Any) for n in loads},
         outs={f"sink_s{i:02d}": dg.Out(dg.Any, is_required=False) for i in sinks},
-        required_resource_keys={"spark"}, tags={"pipeline/kind": "streams"},
+        required_resource_keys={"spark", "metrics"}, tags={"pipeline/kind": "streams"},
         description="Watches the streaming queries the loads started: progress, failures, "
                     "graceful stop when the run ends or is terminated.")
 

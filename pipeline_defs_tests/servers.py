@@ -17,6 +17,7 @@ PG_PORT = int(os.environ.get("PIPELINE_PG_PORT", "55432"))
 MYSQL_PORT = int(os.environ.get("PIPELINE_MYSQL_PORT", "53306"))
 S3_PORT = int(os.environ.get("PIPELINE_S3_PORT", "55900"))
 S3_ENDPOINT = f"http://127.0.0.1:{S3_PORT}"
+PUSHGATEWAY = f"http://127.0.0.1:{os.environ.get('PIPELINE_PUSHGATEWAY_PORT', '29091')}"
 
 
 def start(script: str) -> None:
@@ -132,6 +133,12 @@ def s3(services):
     client = boto3.client("s3", endpoint_url=S3_ENDPOINT, aws_access_key_id="test",
                           aws_secret_access_key="test", region_name="us-east-1")
     return S3(S3_ENDPOINT, client)
+
+
+@pytest.fixture
+def pushgateway(services):
+    """The Prometheus Pushgateway of scripts/services.sh."""
+    return PUSHGATEWAY
 
 
 @pytest.fixture

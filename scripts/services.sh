@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The real servers the tests (and a local try-out) use, on loopback only:
-#   PostgreSQL and MariaDB from Debian's packages (installed if missing), moto's S3 server.
+#   PostgreSQL, MariaDB and Prometheus's Pushgateway from Debian's packages (installed if
+#   missing), moto's S3 server.
 #
-#   scripts/services.sh up [tools|postgres|mariadb|s3 ...]  start (idempotent; all by default)
+#   scripts/services.sh up [tools|postgres|mariadb|s3|pushgateway ...]  start (idempotent;
+#                                                         all by default)
 #   scripts/services.sh down                            stop all
 #   scripts/services.sh status
 #
 # Data lives under $PIPELINE_SERVICES_DIR (default /tmp/pipeline_defs-services), never in the
 # working tree. Ports: PIPELINE_PG_PORT (55432), PIPELINE_MYSQL_PORT (53306),
-# PIPELINE_S3_PORT (55900). Admin access: user `postgres` (trust on loopback) and
+# PIPELINE_S3_PORT (55900), PIPELINE_PUSHGATEWAY_PORT (29091). Admin access: user `postgres` (trust on loopback) and
 # `pipeline_admin` (MariaDB, no password, loopback only); the tests create their own users
 # with passwords, so password checks are real.
 set -euo pipefail
@@ -18,6 +20,7 @@ DIR=${PIPELINE_SERVICES_DIR:-/tmp/pipeline_defs-services}
 PG_PORT=${PIPELINE_PG_PORT:-55432}
 MYSQL_PORT=${PIPELINE_MYSQL_PORT:-53306}
 S3_PORT=${PIPELINE_S3_PORT:-55900}
+PUSH_PORT=${PIPELINE_PUSHGATEWAY_PORT:-29091}
 mkdir -p "$DIR"; chmod 755 "$DIR"
 
 as_user() {  # servers refuse to run as root: run them as their own system user
@@ -120,17 +123,40 @@ s3_down() {
   rm -f "$DIR/moto.pid"
 }
 
+# ---------------------------------------------------------------- Prometheus Pushgateway
+push_ping() { curl -fsS -o /dev/null "http://127.0.0.1:$PUSH_PORT/-/ready" 2>/dev/null; }
+
+pushgateway_up() {
+  push_ping && return
+  command -v prometheus-pushgateway >/dev/null || apt_install prometheus-pushgateway
+  # the package's own service (if the machine runs systemd) listens on :9091 of every
+  # address; this one is the tests' and listens on loopback only
+  setsid prometheus-pushgateway --web.listen-address="127.0.0.1:$PUSH_PORT" </dev/null \
+    >"$DIR/pushgateway.log" 2>&1 &
+  echo $! >"$DIR/pushgateway.pid"
+  for _ in $(seq 60); do push_ping && break; sleep 0.5; done
+  push_ping || { echo "services: the Pushgateway did not start, see $DIR/pushgateway.log" >&2
+                 exit 1; }
+  echo "services: Prometheus Pushgateway on 127.0.0.1:$PUSH_PORT"
+}
+
+pushgateway_down() {
+  [ -f "$DIR/pushgateway.pid" ] && kill "$(cat "$DIR/pushgateway.pid")" 2>/dev/null || true
+  rm -f "$DIR/pushgateway.pid"
+}
+
 # Tools the tests use beside the servers: docker-compose validates docker/ (no engine needed).
 tools_up() { command -v docker-compose >/dev/null || apt_install docker-compose; }
 
 cmd=${1:-up}; shift || true
-names=${*:-tools postgres mariadb s3}
+names=${*:-tools postgres mariadb s3 pushgateway}
 case $cmd in
   up)     for n in $names; do "${n}_up"; done ;;
-  down)   s3_down; mariadb_down; postgres_down ;;
+  down)   pushgateway_down; s3_down; mariadb_down; postgres_down ;;
   status) s3_ping && echo "s3 up" || echo "s3 down"
           mysql_ping && echo "mariadb up" || echo "mariadb down"
+          push_ping && echo "pushgateway up" || echo "pushgateway down"
           as_user postgres "$(pg_bin)/pg_ctl" -D "$DIR/postgres" status >/dev/null 2>&1 \
             && echo "postgres up" || echo "postgres down" ;;
-  *) echo "usage: $0 up|down|status [postgres mariadb s3]" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status [tools postgres mariadb s3 pushgateway]" >&2; exit 2 ;;
 esac

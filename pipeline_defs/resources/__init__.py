@@ -1,5 +1,6 @@
-"""Dagster resources: the SparkSession and Vault."""
+"""Dagster resources: the SparkSession, Vault, metrics."""
+from pipeline_defs.resources.metrics import MetricsResource
 from pipeline_defs.resources.spark import SparkResource
 from pipeline_defs.resources.vault import VaultResource
 
-__all__ = ["SparkResource", "VaultResource"]
+__all__ = ["MetricsResource", "SparkResource", "VaultResource"]

@@ -148,11 +148,14 @@ class Watcher:
     """Follows the run's queries: progress lines (throttled), failures, graceful stop."""
 
     def __init__(self, queries: list[QueryStats], log, settings, clock=time.monotonic,
-                 on_progress: Callable[[QueryStats, dict], None] | None = None):
+                 on_progress: Callable[[QueryStats, dict], None] | None = None,
+                 on_batch: Callable[[QueryStats, dict], None] | None = None):
         self.queries, self.log, self.settings, self.clock = queries, log, settings, clock
         self.on_progress = on_progress
         """Called with each progress line's query and latest progress (before its counts
         since the last line are reset): the runner records the commits in Dagster."""
+        self.on_batch = on_batch
+        """Called with every micro-batch's query and progress (the metrics)."""
 
     def poll(self) -> None:
         now = self.clock()
@@ -170,6 +173,8 @@ class Watcher:
                 q.pending_batches += 1
                 q.durations.append(float(p.get("durationMs", {}).get("triggerExecution", 0)))
                 self._warn_rules(q, p)
+                if self.on_batch is not None:
+                    self.on_batch(q, p)
                 if now - q.last_logged >= self.settings.progress_interval_s:
                     self._log_progress(q, p)
                     q.last_logged = now
