@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 DAGSTER_HOME ?= $(CURDIR)/.cache/dagster_home
 DEV_PORT ?= 3000
 
-.PHONY: setup home demo test dev validate bench services-up services-down kafka-up kafka-down clean
+.PHONY: setup home demo test dev validate bench services-up services-down kafka-up kafka-down \
+	spark-up spark-down clean
 
 # The Dagster instance for demo and dev: runs stay visible in the UI across sessions.
 home:
@@ -44,6 +45,13 @@ kafka-up: setup
 
 kafka-down:
 	@bash scripts/kafka.sh down
+
+# A Spark standalone master and one worker on loopback: SPARK_MASTER=spark://127.0.0.1:57077
+spark-up: setup
+	@bash scripts/spark.sh up
+
+spark-down:
+	@bash scripts/spark.sh down
 
 clean:
 	rm -rf .cache/sample-data .cache/output .cache/dagster_home

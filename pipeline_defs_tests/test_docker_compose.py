@@ -28,7 +28,7 @@ def test_compose_file_is_valid_and_complete():
     cfg = yaml.safe_load(r.stdout)
     services = cfg["services"]
     assert {"postgres", "mysql", "vault", "vault-seed", "minio", "minio-buckets", "kafka",
-            "dagster"} <= set(services)
+            "dagster-postgres", "user-code", "webserver", "daemon"} <= set(services)
     for name, svc in services.items():
         for port in svc.get("ports", []):
             published = port if isinstance(port, str) else f"{port.get('host_ip')}:"
@@ -47,9 +47,31 @@ def test_compose_file_is_valid_and_complete():
                 assert f"local/{step['config']['bucket']}" in buckets, (f.name, step)
 
 
+def test_dagster_runs_as_in_production_on_a_shared_postgres_instance():
+    """The webserver and the daemon load the pipelines from the user-code gRPC server and
+    share its instance on PostgreSQL, the image's dagster.yaml (instance/dagster-postgres)."""
+    cfg = yaml.safe_load(_config(COMPOSE).stdout)
+    services = cfg["services"]
+    workspace = yaml.safe_load((REPO / "docker" / "workspace.yaml").read_text())
+    (server,) = [w["grpc_server"] for w in workspace["load_from"]]
+    cmd = (REPO / "docker" / "Dockerfile").read_text().rsplit("\nCMD ", 1)[1]
+    assert server["host"] == "user-code" and f'"-p", "{server["port"]}"' in cmd
+    for name in ("webserver", "daemon"):
+        command = " ".join(services[name]["command"])
+        assert "-w /opt/pipeline_defs/docker/workspace.yaml" in command, name
+        assert services[name]["image"] == services["user-code"]["image"]
+    env = [services[n]["environment"] for n in ("user-code", "webserver", "daemon")]
+    assert all(e == env[0] for e in env) and env[0]["DAGSTER_PG_HOST"] == "dagster-postgres"
+    storage = services["dagster-postgres"]["environment"]
+    assert (env[0]["DAGSTER_PG_DB"], env[0]["DAGSTER_PG_USERNAME"]) == (
+        storage["POSTGRES_DB"], storage["POSTGRES_USER"])
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert "cp instance/dagster-postgres.yaml /opt/dagster/home/dagster.yaml" in dockerfile
+
+
 def test_an_undefined_service_is_caught(tmp_path):
     broken = yaml.safe_load(COMPOSE.read_text())
-    broken["services"]["dagster"]["depends_on"]["no-such-service"] = {
+    broken["services"]["webserver"]["depends_on"]["no-such-service"] = {
         "condition": "service_healthy"}
     f = tmp_path / "docker-compose.yml"
     f.write_text(yaml.safe_dump(broken))

@@ -145,8 +145,12 @@ pushgateway_down() {
   rm -f "$DIR/pushgateway.pid"
 }
 
-# Tools the tests use beside the servers: docker-compose validates docker/ (no engine needed).
-tools_up() { command -v docker-compose >/dev/null || apt_install docker-compose; }
+# Tools the tests use beside the servers: docker-compose validates docker/ (no engine needed);
+# Chromium and its WebDriver drive the Dagster UI in the browser tests.
+tools_up() {
+  command -v docker-compose >/dev/null || apt_install docker-compose
+  command -v chromedriver >/dev/null || apt_install chromium chromium-driver
+}
 
 cmd=${1:-up}; shift || true
 names=${*:-tools postgres mariadb s3 pushgateway}

@@ -22,6 +22,7 @@ from pipeline_defs.config.params import (
     UnresolvedParameter,
     UnsafeInSql,
     resolve_params,
+    substitute,
     substitute_config,
 )
 from pipeline_defs.config.types import Catalog, LoadedPipeline, LoadedStep, UnparsedConfig
@@ -152,6 +153,10 @@ def load_pipeline(path: str | Path, catalog: Catalog, overrides: Mapping[str, st
         problems.append(Problem(file, f"{e}.", field="params", fix="Dates are yyyy-MM-dd; "
                                 "placeholders ${DATE}, ${DATE-1}, ${DATE:yyyyMMdd}."))
 
+    if top is not None:
+        top, found = _top_level_params(file, top, params, env)
+        problems += found
+
     steps: list[LoadedStep] = []  # the steps that parsed
     seen: list[LoadedStep] = []  # every step, with stand-ins, for the dataflow check
     for index, raw in enumerate(raw_steps if per_step else [], start=1):
@@ -176,6 +181,30 @@ def load_pipeline(path: str | Path, catalog: Catalog, overrides: Mapping[str, st
         everything = sorted(problems + flow, key=lambda p: p.step or 0)  # stable: file order
         raise (ConfigError if problems else DataFrameResolutionError)(everything)
     return LoadedPipeline(file, top, steps, params, dict(overrides or {}))
+
+
+def _top_level_params(file: str, top: PipelineConfig, params: Mapping[str, str],
+                      env: Mapping[str, str] | None) -> tuple[PipelineConfig, list[Problem]]:
+    """${name} placeholders in the top-level paths (quarantineRoot,
+    streaming.checkpointRoot), filled with the values the file is loaded with."""
+    problems: list[Problem] = []
+
+    def fill(value: str | None, where: str) -> str | None:
+        if value is None or "${" not in value:
+            return value
+        try:
+            return substitute(value, params, env, where)
+        except UnresolvedParameter as e:
+            problems.append(Problem(file, f"placeholder ${{{e.name}}} has no value.",
+                                    field=where, fix="Add it to \"params\" or pass --param."))
+        except BadDate as e:
+            problems.append(Problem(file, f"{e}.", field=where))
+        return value
+    update = {"quarantine_root": fill(top.quarantine_root, "quarantineRoot")}
+    if top.streaming is not None:
+        update["streaming"] = top.streaming.model_copy(update={"checkpoint_root": fill(
+            top.streaming.checkpoint_root, "streaming.checkpointRoot")})
+    return top.model_copy(update=update), problems
 
 
 def _step_problems(file: str, steps: list[LoadedStep], params: Mapping[str, str]

@@ -167,3 +167,15 @@ def test_a_schedule_on_partitions_runs_the_latest_complete_one(tmp_path, registr
             scheduled_execution_time=dt.datetime(2024, 1, 5, 6, tzinfo=dt.UTC))
         (request,) = schedule.evaluate_tick(ctx).run_requests
     assert request.partition_key == "2024-01-04"  # the 5th is not complete at 06:00
+
+
+def test_params_fill_the_top_level_paths_and_a_missing_one_is_an_error(tmp_path, registry):
+    f = _file(tmp_path, "s", params={"out": "/data"}, mode="streaming",
+              quarantineRoot="${out}/q/${DATE:yyyy}",
+              streaming={"trigger": "availableNow", "checkpointRoot": "${out}/checkpoints"})
+    p = load_pipeline(f, registry, {"out": "/elsewhere"}, date="2024-03-02")
+    assert p.config.streaming.checkpoint_root == "/elsewhere/checkpoints"
+    assert p.config.quarantine_root == "/elsewhere/q/2024"
+    f = _file(tmp_path, "t", quarantineRoot="${nowhere}/q")
+    assert "t.json, quarantineRoot: placeholder ${nowhere} has no value." in \
+        _problems([f], registry)
