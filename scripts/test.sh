@@ -10,5 +10,7 @@ echo "lint: ruff check"
 bash scripts/services.sh up
 # line coverage of pipeline_defs/, in this process and every Python process it starts
 # (configured under [tool.coverage] in pyproject.toml); the report ends with the total
-rm -rf .cache/coverage && mkdir -p .cache/coverage
+# (the data stays outside the working tree, where every process finds it by COVERAGE_FILE)
+export COVERAGE_FILE=${TMPDIR:-/tmp}/pipeline_defs-coverage/data
+rm -rf "$(dirname "$COVERAGE_FILE")" && mkdir -p "$(dirname "$COVERAGE_FILE")"
 exec .venv/bin/python -m pytest -q -p no:cacheprovider --cov --cov-report=term "$@"
