@@ -23,8 +23,9 @@ demo: setup home
 test: setup
 	@bash scripts/test.sh
 
+# Ctrl-C or SIGTERM (to make, or to the process) stops it with everything it started
 dev: setup home
-	DAGSTER_HOME=$(DAGSTER_HOME) $(VENV)/bin/dg dev -h 127.0.0.1 -p $(DEV_PORT)
+	@DAGSTER_HOME=$(DAGSTER_HOME) $(PY) scripts/dev.py $(VENV)/bin/dg dev -h 127.0.0.1 -p $(DEV_PORT)
 
 validate: setup
 	@$(VENV)/bin/pipeline validate configs
