@@ -35,25 +35,23 @@ if [ ! -f "$jstamp" ]; then
   rm -rf .cache/jars && mv "$tmp" .cache/jars && touch "$jstamp"
 fi
 
-# 3. The Kafka broker the tests and `make kafka-up` run (its own classpath, its own JVM)
-kstamp=".cache/kafka-jars/.resolved-$(hash_of jvm/kafka/pom.xml)"
-if [ ! -f "$kstamp" ]; then
-  echo "setup: resolving the Kafka broker jars with Maven (jvm/kafka/pom.xml)"
-  tmp=$(mktemp -d .cache/kafka-jars.XXXX)
-  mvn -q -B -f jvm/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+# A separate classpath resolved from its own pom (a JVM of its own runs it), redone when the
+# pom changes: resolve_jars <pom> <directory under .cache> <what>
+resolve_jars() {
+  local pom=$1 dir=.cache/$2 stamp tmp
+  stamp="$dir/.resolved-$(hash_of "$pom")"
+  [ -f "$stamp" ] && return
+  echo "setup: resolving $3 with Maven ($pom)"
+  tmp=$(mktemp -d "$dir.XXXX")
+  mvn -q -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
     -DoutputDirectory="$ROOT/$tmp"
-  rm -rf .cache/kafka-jars && mv "$tmp" .cache/kafka-jars && touch "$kstamp"
-fi
+  rm -rf "$dir" && mv "$tmp" "$dir" && touch "$dir/.resolved-$(hash_of "$pom")"
+}
 
-# 3b. The HDFS the tests watch with a newFiles sensor (Hadoop's MiniDFSCluster, its own JVM)
-hstamp=".cache/hdfs-jars/.resolved-$(hash_of jvm/hdfs/pom.xml)"
-if [ ! -f "$hstamp" ]; then
-  echo "setup: resolving the test HDFS jars with Maven (jvm/hdfs/pom.xml)"
-  tmp=$(mktemp -d .cache/hdfs-jars.XXXX)
-  mvn -q -B -f jvm/hdfs/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
-    -DoutputDirectory="$ROOT/$tmp"
-  rm -rf .cache/hdfs-jars && mv "$tmp" .cache/hdfs-jars && touch "$hstamp"
-fi
+# 3. The Kafka broker the tests and `make kafka-up` run; the HDFS (Hadoop's MiniDFSCluster)
+#    the tests watch with a newFiles sensor
+resolve_jars jvm/kafka/pom.xml kafka-jars "the Kafka broker jars"
+resolve_jars jvm/hdfs/pom.xml hdfs-jars "the test HDFS jars"
 
 # 4. Sample data for the example pipelines in configs/
 dstamp=".cache/sample-data/.generated-$(hash_of pipeline_defs/sample_data.py)"
