@@ -32,6 +32,7 @@ def test_webserver_and_daemon_share_runs_and_sensor_cursors_in_postgres(
     (data / "in.csv").write_text("id\n1\n2\n")
     write_json(configs / "pgjob.json", {
         "name": "pgjob", "params": {"src": str(data / "in.csv")},
+        "schedule": {"cron": "0 6 * * *", "timezone": "UTC"},
         "sensors": [{"type": "newFiles", "path": str(drop), "pattern": "*.csv",
                      "minimumIntervalSeconds": 1}],
         "steps": [
@@ -68,5 +69,8 @@ def test_webserver_and_daemon_share_runs_and_sensor_cursors_in_postgres(
     (state,) = pg.sql("SELECT instigator_body FROM instigators WHERE instigator_body LIKE "
                       "'%pgjob_new_files%'")
     assert "f3.csv" in state[0]  # the sensor's cursor of seen files
+    (schedule,) = pg.sql("SELECT status FROM instigators WHERE instigator_body LIKE "
+                         "'%pgjob_schedule%'")  # the daemon's scheduler state
+    assert schedule == ("DECLARED_IN_CODE",) or schedule == ("RUNNING",), schedule
     assert not list(home.rglob("*.db")), list(home.rglob("*.db"))
     assert os.environ["DAGSTER_PG_DB"] == pg.database

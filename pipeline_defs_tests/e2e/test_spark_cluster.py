@@ -1,8 +1,8 @@
 """The pipelines on a Spark standalone cluster (scripts/spark.sh: a master and a worker, each
 its own JVM, on loopback), unchanged: `pipeline run` with SPARK_MASTER=spark://... runs a
-PostgreSQL -> Delta + MySQL pipeline and a streaming one on the cluster's executor (the
-connector jars reach it, its Python is the project's), and their output equals the same
-pipelines' output in local mode."""
+PostgreSQL -> Delta + PostgreSQL (COPY from Python workers) + MySQL pipeline and a streaming
+one on the cluster's executor (the connector jars reach it, its Python is the project's), and
+their output equals the same pipelines' output in local mode."""
 from __future__ import annotations
 
 import json
@@ -68,6 +68,11 @@ def test_delta_jdbc_and_streaming_pipelines_run_unchanged_on_a_standalone_cluste
          "config": {"columns": {"km": "distance * 1.609"}}},
         {"type": "load", "method": "toDeltaLake", "name": "trips_delta",
          "config": {"path": "${out}/delta", "mode": "overwrite"}},
+        # PostgreSQL loads COPY from Spark's Python workers: the executor runs the project's
+        # Python (with psycopg)
+        {"type": "load", "method": "toPostgres", "name": "trips_pg",
+         "config": {"table": "${table}_km", "mode": "overwrite",
+                    "credentialPath": "secret/data/pg"}},
         {"type": "transform", "method": "aggregateData", "config": {
             "groupBy": ["region"],
             "aggregations": {"n": "count(*)", "km": "sum(km)"}}},
@@ -103,7 +108,8 @@ def test_delta_jdbc_and_streaming_pipelines_run_unchanged_on_a_standalone_cluste
         results[where] = (
             _rows(spark, out / "delta"),
             sorted(mysql.sql(f"SELECT region, n, km FROM by_region_{where}")),
+            sorted(pg.sql(f"SELECT trip_id, km FROM by_region_{where}_km")),
             _rows(spark, out / "stream"))
     cluster, local = results["cluster"], results["local"]
-    assert len(cluster[0]) == 2000 and len(cluster[1]) == 3 and len(cluster[2]) == 125
+    assert [len(x) for x in cluster] == [2000, 3, 2000, 125]
     assert cluster == local
