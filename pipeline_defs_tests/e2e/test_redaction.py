@@ -67,7 +67,10 @@ def test_no_secret_value_anywhere(pg, mysql, s3, vault, tmp_path, spark):
     env = {**{k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"},
            "SPARK_MASTER": "local[2]", "DAGSTER_HOME": str(home), "VAULT_ADDR": vault.url,
            "VAULT_ROLE_ID": role_id, "VAULT_SECRET_ID": secret_id,
-           "PIPELINE_AUDIT_LOG": str(audit)}
+           "PIPELINE_AUDIT_LOG": str(audit),
+           # the metrics exporters write too: a JSON line per run in the run's log, a file
+           # per run under DAGSTER_HOME (scanned below with the rest of it)
+           "PIPELINE_METRICS_LOG": "1", "PIPELINE_METRICS_DIR": str(home / "metrics")}
     runs = {"ok": _run(ok, env), "bad": _run(bad_vault, env), "literal": _run(literal, env)}
     token_env = {**env, "VAULT_TOKEN": vault.root_token}
     token_env.pop("VAULT_ROLE_ID"), token_env.pop("VAULT_SECRET_ID")
@@ -105,6 +108,7 @@ def test_no_secret_value_anywhere(pg, mysql, s3, vault, tmp_path, spark):
                             qe.optimizedPlan().toString()).encode()
     assert b"JDBCRelation(users)" in texts["spark plans"]
 
+    assert any(k.startswith("dagster home metrics/") for k in texts), sorted(texts)
     assert len(texts) > 20
     hits = [(what, where) for what, value in known.items() for where, data in texts.items()
             if value.encode() in data]
