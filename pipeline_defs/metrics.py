@@ -72,16 +72,23 @@ class RunMetrics:
 
 
 # ---------------------------------------------------------------- collecting
+def _spark_context(drain: bool = False):
+    """This process's SparkContext, if any; `drain`: once every finished stage has reached
+    Spark's status store (its listener bus is empty)."""
+    from pyspark import SparkContext
+    sc = SparkContext._active_spark_context
+    if sc is not None and drain:
+        sc._jsc.sc().listenerBus().waitUntilEmpty()
+    return sc
+
+
 def spark_bytes(group: str) -> tuple[int, int] | None:
     """(read, written) bytes of the Spark jobs of a job group, from Spark's status store (the
     numbers of its UI); None without a SparkContext in this process."""
-    from pyspark import SparkContext
-    sc = SparkContext._active_spark_context
+    sc = _spark_context()
     if sc is None:
         return None
-    jsc = sc._jsc.sc()
-    jsc.listenerBus().waitUntilEmpty()  # every finished stage has reached the store
-    store, tracker = jsc.statusStore(), sc.statusTracker()
+    store, tracker = sc._jsc.sc().statusStore(), sc.statusTracker()
     stages = {sid for jid in tracker.getJobIdsForGroup(group)
               if (info := tracker.getJobInfo(jid)) for sid in info.stageIds}
     read = written = 0
@@ -112,6 +119,7 @@ def collect(instance: dg.DagsterInstance, run_id: str, micro_batches: list[dict]
         key = r.dagster_event.step_key if r.dagster_event else None
         if key and "." in key:
             graphs.setdefault(key.rsplit(".", 1)[0], []).append(r)
+    _spark_context(drain=True)  # once, before the bytes of every step are read
     out = []
     for graph, recs in graphs.items():
         pipeline = PIPELINES.get(graph)
