@@ -1,9 +1,14 @@
-"""bench/RESULTS.md: each benchmark owns one `## ` section and replaces only that one."""
+"""Shared by the benchmarks: whole-process timing, and bench/RESULTS.md, where each benchmark
+owns one `## ` section and replaces only that one."""
 from __future__ import annotations
 
+import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 PATH = Path(__file__).resolve().parent / "RESULTS.md"
+ROOT = PATH.parent.parent
 
 
 def write_section(section: str, body: str) -> None:
@@ -15,3 +20,17 @@ def write_section(section: str, body: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + body
     PATH.write_text(text)
+
+
+def timed(cmd: list[str], env: dict) -> float:
+    """Wall time until the process ends (what the person at the terminal waits for). Output
+    goes to a file, not a pipe: Spark's JVM inherits the pipe and finishes its shutdown after
+    the Python process has ended, for either command alike."""
+    with tempfile.TemporaryFile("w+") as out:
+        t = time.perf_counter()
+        r = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        elapsed = time.perf_counter() - t
+        if r.returncode != 0:
+            out.seek(0)
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{out.read()[-3000:]}")
+    return elapsed

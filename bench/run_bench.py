@@ -16,11 +16,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from results import write_section
+from results import timed, write_section
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -36,15 +35,6 @@ def generate(data: Path, scale: int) -> None:
     subprocess.run([str(BIN / "tpchgen-cli"), "csv", "-s", str(scale),
                     "--tables=lineitem,orders", f"--output-dir={data}"], check=True)
     stamp.touch()
-
-
-def timed(cmd: list[str], env: dict) -> float:
-    t = time.perf_counter()
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - t
-    if r.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    return elapsed
 
 
 def main() -> None:

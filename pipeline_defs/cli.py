@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import sys
@@ -66,7 +67,7 @@ def cmd_schema(args) -> int:
 def cmd_run(args) -> int:
     params = _params(args.param)
     # Start the JVM first, on another thread: it takes seconds, and so does loading Dagster.
-    from pipeline_defs.resources import spark as spark_res
+    from pipeline_defs import spark_session as spark_res
     settings = spark_res.settings_from_env()
     if args.master:
         settings = spark_res.SparkSettings(master=args.master, jars_dir=settings.jars_dir)
@@ -238,10 +239,26 @@ def main(argv: list[str] | None = None) -> int:
     d.set_defaults(fn=cmd_docs)
     args = ap.parse_args(argv)
     try:
-        return args.fn(args)
+        rc = args.fn(args)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if argv is None and args.cmd == "run":
+        _exit_now(rc)
+    return rc
+
+
+def _exit_now(rc: int) -> None:
+    """End the `pipeline run` process as soon as its outcome is printed. Python's own teardown
+    finalizes the run's Py4J objects one JVM round trip each and waits on Dagster's and
+    Spark's threads: ~0.5 s (measured) of nothing for the person at the terminal. Everything
+    the run wrote is committed by now (Delta, JDBC, the Dagster instance's SQLite or
+    PostgreSQL); the JVM ends by itself when its stdin closes, running Spark's shutdown hooks.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(rc)
 
 
 if __name__ == "__main__":

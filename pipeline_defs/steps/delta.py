@@ -2,6 +2,7 @@
 merge, schema evolution; as a stream, idempotent appends)."""
 from __future__ import annotations
 
+import json
 from typing import ClassVar, Literal
 
 from pydantic import Field
@@ -134,6 +135,29 @@ def _merge(df: DataFrame, cfg: ToDeltaLake, ctx: StepContext, table) -> None:
         raise
 
 
+def last_commit(spark, table) -> dict:
+    """Version, operation and operation metrics of the table's latest commit, read from its
+    commit file in `_delta_log` (0.07 s) rather than `history(1)`, a Spark job that costs
+    0.7 s in a fresh JVM (measured): that is half of a small pipeline's fixed overhead."""
+    try:
+        log = table._jdt.deltaLog()
+        version = log.unsafeVolatileSnapshot().version()
+        jvm = spark._jvm
+        path = jvm.org.apache.hadoop.fs.Path(log.logPath(), f"{version:020d}.json")
+        stream = path.getFileSystem(log.newDeltaHadoopConf()).open(path)
+        try:
+            text = jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+        finally:
+            stream.close()
+        info = next(json.loads(line)["commitInfo"] for line in text.splitlines()
+                    if line.startswith('{"commitInfo"'))
+        return {"version": version, "operation": info.get("operation"),
+                "operationMetrics": info.get("operationMetrics")}
+    except Exception:  # noqa: BLE001 - a commit kept elsewhere (managed commits): ask Delta
+        last = table.history(1).select("version", "operation", "operationMetrics").first()
+        return last.asDict()
+
+
 @step("load", "toDeltaLake", ToDeltaLake, asset_kind="delta")
 def to_delta_lake(df: DataFrame, cfg: ToDeltaLake, ctx: StepContext) -> LoadResult:
     target = cfg.path or cfg.table
@@ -158,7 +182,7 @@ def to_delta_lake(df: DataFrame, cfg: ToDeltaLake, ctx: StepContext) -> LoadResu
         table = table or _delta_table(ctx, cfg)
     meta, rows = {}, None
     if table is not None:
-        last = table.history(1).select("version", "operation", "operationMetrics").first()
+        last = last_commit(ctx.spark, table)
         metrics = last["operationMetrics"] or {}
         meta = {"delta_version": last["version"], "delta_operation": last["operation"],
                 **{f"delta_{k}": int(v) for k, v in metrics.items()

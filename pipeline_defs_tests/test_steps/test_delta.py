@@ -113,3 +113,30 @@ def test_delta_by_table_name(spark, yearly, ctx):
     spark.sql("DROP TABLE people_t")
 
 
+
+
+def test_the_load_reads_its_commit_from_the_log_without_a_spark_job(spark, ctx, tmp_path):
+    """The load's metadata comes from the commit file (no `history()` job): same values as
+    Delta's own history, for a write, an append and a merge, and no Spark job runs for it."""
+    path = str(tmp_path / "lc")
+    df = spark.createDataFrame([(1, "a"), (2, "b")], "k long, v string")
+    delta.to_delta_lake(df, cfg(delta.ToDeltaLake, path=path), ctx())
+    delta.to_delta_lake(df.limit(1), cfg(delta.ToDeltaLake, path=path, mode="append"), ctx())
+    table = DeltaTable.forPath(spark, path)
+    tracker = spark.sparkContext.statusTracker()
+    group = "last-commit-test"
+    spark.sparkContext.setJobGroup(group, "last_commit")
+    try:
+        got = delta.last_commit(spark, table)
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    assert tracker.getJobIdsForGroup(group) == []
+    want = table.history(1).select("version", "operation", "operationMetrics").first()
+    assert got == want.asDict() and got["version"] == 1 and got["operation"] == "WRITE"
+    assert got["operationMetrics"]["numOutputRows"] == "1"
+    c = cfg(delta.ToDeltaLake, path=path, merge={"keyColumns": ["k"]})
+    r = delta.to_delta_lake(spark.createDataFrame([(2, "B"), (3, "c")], "k long, v string"),
+                            c, ctx())
+    assert r.metadata["delta_version"] == 2 and r.metadata["delta_operation"] == "MERGE"
+    assert (r.metadata["delta_numTargetRowsUpdated"], r.metadata["delta_numTargetRowsInserted"]
+            ) == (1, 1)
