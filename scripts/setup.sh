@@ -35,6 +35,20 @@ if [ ! -f "$jstamp" ]; then
   rm -rf .cache/jars && mv "$tmp" .cache/jars && touch "$jstamp"
 fi
 
+# 2b. The bulk loader (COPY / LOAD DATA from Spark's executors, jvm/bulkload), compiled against
+#     the pyspark wheel's jars and the connector jars into .cache/jars, so it is on the driver's
+#     classpath in local mode and shipped to the executors on a cluster like the others.
+bsrc=jvm/bulkload/src/pipeline_defs/BulkLoad.java
+bstamp=".cache/jars/.bulkload-$(hash_of "$bsrc")"
+if [ ! -f "$bstamp" ]; then
+  echo "setup: compiling the bulk loader (jvm/bulkload)"
+  pyjars=$(.venv/bin/python -c "import pyspark,os;print(os.path.join(os.path.dirname(pyspark.__file__),'jars'))")
+  out=$(mktemp -d)
+  javac -nowarn --release 17 -d "$out" -cp "$pyjars/*:.cache/jars/*" "$bsrc"
+  jar cf .cache/jars/pipeline-defs-bulkload.jar -C "$out" .
+  rm -rf "$out" .cache/jars/.bulkload-*; touch "$bstamp"
+fi
+
 # A separate classpath resolved from its own pom (a JVM of its own runs it), redone when the
 # pom changes: resolve_jars <pom> <directory under .cache> <what>
 resolve_jars() {

@@ -83,13 +83,14 @@ def test_killed_while_copying_then_while_publishing(setup):
                        "LIKE '\\_pd\\_stage\\_scores\\_%'")
     assert leftovers, "the staging table should be there (and invisible to readers)"
 
-    # 2. SIGKILL while the publishing transaction waits for a reader's lock on the target
+    # 2. SIGKILL while the publishing transaction (the table swap) waits for a reader's
+    #    lock on the target
     with pg.admin.transaction():
         pg.sql("LOCK TABLE scores IN ACCESS SHARE MODE")  # a long read holds the table
         proc = _start(f, env)
         _wait_for(pg, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                      "current_database() AND query LIKE 'TRUNCATE TABLE scores%' AND "
-                      "wait_event_type = 'Lock'", proc)
+                      "current_database() AND query LIKE 'ALTER TABLE \"public\".\"scores\" "
+                      "RENAME TO%' AND wait_event_type = 'Lock'", proc)
         _kill(proc)
         assert _target(pg) == ORIGINAL  # the reader still sees the old rows
     time.sleep(0.5)  # the dead session's transaction rolls back once it notices the client

@@ -49,8 +49,10 @@ def test_load_modes_are_atomic_and_keep_the_table(db, spark):
         spark.createDataFrame(data, "user_id int, name string, score int"),
         cfg(jdbc.ToMySQL, table="users", credentialPath=db.path, **kw), db.ctx("load.toMySQL"))
     r = load([(3, "cy", 3)], mode="append", batchSize=500)
-    assert r.rows == 1 and r.metadata["write_path"] == "jdbc-batch-insert"
-    load([(7, "gus", 7), (8, "hal", 8)], mode="overwrite")
+    assert r.rows == 1 and r.metadata["write_path"] == "load-data"
+    assert r.metadata["publish"] == "insert"
+    r = load([(7, "gus", 7), (8, "hal", 8)], mode="overwrite")
+    assert (r.rows, r.metadata["write_path"], r.metadata["publish"]) == (2, "load-data", "swap")
     assert db.sql("SELECT * FROM users ORDER BY 1") == [(7, "gus", 7), (8, "hal", 8)]
     assert ("by_name",) in db.sql("SELECT index_name FROM information_schema.statistics WHERE "
                                   "table_schema = database() AND table_name = 'users'")
@@ -59,7 +61,8 @@ def test_load_modes_are_atomic_and_keep_the_table(db, spark):
                                                        (9, "ivy", 9)]
     bad = [(20, "ok", 1), (21, None, 1)]  # NOT NULL violated in the staging table
     with pytest.raises(JdbcError, match=r"writing the rows for users into MySQL at .* failed: "
-                       r".*'name' cannot be null.*The target was not changed"):
+                       r"row refused by MySQL: .*NULL supplied to NOT NULL column 'name'.*"
+                       r"The target was not changed"):
         load(bad, mode="overwrite")
     assert db.sql("SELECT * FROM users ORDER BY 1") == [(7, "gus", 7), (8, "HAL", 80),
                                                        (9, "ivy", 9)]

@@ -205,7 +205,8 @@ def test_a_failed_load_leaves_the_target_as_it_was(db, spark):
     _customers(db, f"reader_{db.database}")
     bad = spark.createDataFrame([(5, "ok", 1), (6, None, 1)], "id int, name string, score int")
     with pytest.raises(JdbcError, match=r'writing the rows for customers into PostgreSQL at '
-                       r'.* failed: NotNullViolation: null value in column "name" .*The target '
+                       r'.* failed: null value in column "name" of relation "customers" violates '
+                       r'not-null constraint. The target '
                        r'was not changed'):
         jdbc.to_postgres(
             bad.repartition(2),

@@ -118,7 +118,11 @@ class ToJdbc(JdbcConnection, StreamingSink):
                                           "row, e.g. [\"customer_id\"].")
     recreate: bool = Field(False, description="overwrite: drop and recreate the table from the "
                            "data's schema instead of keeping its DDL.")
-    batch_size: int = Field(1000, ge=1, description="Rows per INSERT batch (when not COPY).")
+    batch_size: int = Field(1000, ge=1, description="Rows per INSERT batch (when fastPath "
+                            "is off or cannot carry the columns).")
+    fast_path: bool = Field(True, description="Bulk-load from Spark's executors: COPY into "
+                            "PostgreSQL, LOAD DATA LOCAL INFILE into MySQL (several times "
+                            "faster than batched INSERTs); false uses Spark's JDBC writer.")
     asset_key: AssetKeyParts | None = asset_key_field("the table")
     kind: ClassVar[str] = ""
 
@@ -152,12 +156,10 @@ class ToPostgres(ToJdbc):
     """Write to a PostgreSQL table: COPY into a staging table, then one transaction."""
 
     kind: ClassVar[str] = "postgres"
-    fast_path: bool = Field(True, description="Load with COPY (several times faster than "
-                            "batched INSERTs); false uses Spark's JDBC writer.")
 
 
 class ToMySQL(ToJdbc):
-    """Write to a MySQL table: batched INSERTs into a staging table, then one transaction."""
+    """Write to a MySQL table: LOAD DATA into a staging table, then one transaction."""
 
     kind: ClassVar[str] = "mysql"
 
@@ -165,7 +167,7 @@ class ToMySQL(ToJdbc):
 def _jdbc_write(df: DataFrame, cfg: ToJdbc, ctx: StepContext, dialect: str) -> LoadResult:
     ep = jdbc_endpoint(cfg, ctx, dialect)
     spec = LoadSpec(cfg.table, cfg.mode, tuple(cfg.key_columns or ()), cfg.recreate,
-                         cfg.batch_size, getattr(cfg, "fast_path", False))
+                         cfg.batch_size, cfg.fast_path)
     out = load(ctx.spark, df, ep, spec, ctx.run_id, ctx.log)
     meta = {"target": f"{ep.label} {ep.host}:{ep.port}/{ep.database} {cfg.table}",
             **{k: v for k, v in out.items() if k != "rows"}}
@@ -189,7 +191,7 @@ def _write_stream(df: DataFrame, cfg: ToJdbc, ctx: StepContext, sink: Sink, dial
     together with a (query, batch id) marker, and a replayed batch is skipped."""
     ep = jdbc_endpoint(cfg, ctx, dialect)
     spec = LoadSpec(cfg.table, cfg.mode, tuple(cfg.key_columns or ()), False, cfg.batch_size,
-                    getattr(cfg, "fast_path", False))
+                    cfg.fast_path)
 
     def write(batch: DataFrame, batch_id: int) -> None:
         load(batch.sparkSession, batch, ep, spec, f"{sink.query_name}{batch_id}", ctx.log,

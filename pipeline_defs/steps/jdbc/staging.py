@@ -14,8 +14,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pipeline_defs import secrets
 from pipeline_defs.errors import PipelineError
 from pipeline_defs.steps.errors import spark_error_summary
+from pipeline_defs.steps.jdbc.bulk import bulk_load, bulk_loadable, local_infile_enabled
 from pipeline_defs.steps.jdbc.connection import Connection, Endpoint, JdbcError, java_message
-from pipeline_defs.steps.jdbc.copy import copy_into
+from pipeline_defs.steps.jdbc.swap import Swap, plan_mysql, plan_postgres
 
 
 @dataclass
@@ -67,23 +68,32 @@ def load(spark: SparkSession, df: DataFrame, ep: Endpoint, spec: LoadSpec, run_i
         if spec.mode == "upsert" and exists:
             _require_columns(conn, spec.table, spec.key_columns, ep)
         like_target = exists and not spec.recreate
+        swap: Swap | None = None
+        if like_target and spec.mode == "overwrite":
+            swap = (plan_postgres(conn, spec.table, stage, log) if ep.dialect == "postgres"
+                    else plan_mysql(conn, ep, spec.table, stage, log))
         if like_target:
-            conn.execute(_create_like(ep, stage, spec.table))
+            conn.execute(swap.create if swap else _create_like(ep, stage, spec.table))
         try:
             t0 = time.perf_counter()
             try:
-                method, rows = _fill_stage(spark, df, ep, spec, stage, like_target, log)
+                method, rows = _fill_stage(spark, df, ep, spec, stage, like_target, log, conn)
+                for sql in swap.finish if swap else ():
+                    conn.execute(sql)
             except PipelineError:
                 raise
             except Exception as e:  # noqa: BLE001 - the database refused rows (or Spark failed)
+                # the server names the staging table: name the target the user knows
+                why = re.sub(r"^ERROR:\s*", "", _refusal(e)).replace(
+                    stage.rpartition(".")[2], spec.table.rpartition(".")[2])
                 raise JdbcError(f"writing the rows for {spec.table} into {ep.describe()} "
-                                f"failed: {_refusal(e)}. The target was not changed.") from e
+                                f"failed: {why}. The target was not changed.") from e
             if rows is None:
                 rows = int(conn.query(f"SELECT count(*) FROM {stage}")[0][0])
             if spec.mode == "upsert" and spec.key_columns:
                 _refuse_duplicate_keys(conn, ep, stage, spec.key_columns)
             t1 = time.perf_counter()
-            statements = _publish(ep, spec, stage, cols, exists)
+            statements = swap.publish if swap else _publish(ep, spec, stage, cols, exists)
             if marker is not None:
                 statements.append(f"INSERT INTO {MARKERS} (query_name, batch_id) VALUES "
                                   f"('{marker[0]}', {marker[1]})")
@@ -92,6 +102,7 @@ def load(spark: SparkSession, df: DataFrame, ep: Endpoint, spec: LoadSpec, run_i
         finally:
             conn.execute(f"DROP TABLE IF EXISTS {stage}")
     return {"rows": rows, "write_path": method, "created": not exists,
+            "publish": "swap" if swap else "rename" if not like_target else "insert",
             "staging_s": round(t1 - t0, 3), "publish_s": round(t2 - t1, 3)}
 
 
@@ -192,8 +203,8 @@ def _publish(ep: Endpoint, spec: LoadSpec, stage: str, cols: list[str],
 
 
 def _fill_stage(spark: SparkSession, df: DataFrame, ep: Endpoint, spec: LoadSpec, stage: str,
-                like_target: bool, log) -> tuple[str, int | None]:
-    copyable = spec.fast_path and ep.dialect == "postgres" and _copyable(df)
+                like_target: bool, log, conn: Connection) -> tuple[str, int | None]:
+    fast = spec.fast_path and bulk_loadable(df)
     if not like_target:
         # Spark creates the staging table from the schema alone. Not `df.limit(0)`: that would
         # be a second action on the load's plan, and the first action to run a plan fills its
@@ -201,17 +212,18 @@ def _fill_stage(spark: SparkSession, df: DataFrame, ep: Endpoint, spec: LoadSpec
         empty = spark.createDataFrame(spark.sparkContext.emptyRDD(), df.schema)
         empty.write.format("jdbc").mode("overwrite").options(
             **ep.spark_options(), dbtable=stage).save()
-    if copyable:
-        return "copy", copy_into(df, ep, stage)
-    if spec.fast_path and ep.dialect == "postgres":
-        log.warning(f"toPostgres: COPY cannot carry array/map/struct/binary columns; "
-                    f"{spec.table} is written with batched INSERTs instead.")
+    if fast and ep.dialect == "mysql" and not local_infile_enabled(conn):
+        log.warning(f"toMySQL: the server does not allow LOAD DATA LOCAL INFILE (local_infile "
+                    f"is OFF); {spec.table} is written with batched INSERTs instead. "
+                    "`SET GLOBAL local_infile = 1` on the server enables the fast path.")
+        fast = False
+    if fast:
+        return ("copy" if ep.dialect == "postgres" else "load-data",
+                bulk_load(spark, df, ep, stage, conn))
+    if spec.fast_path:
+        log.warning(f"{'toPostgres: COPY' if ep.dialect == 'postgres' else 'toMySQL: LOAD DATA'}"
+                    f" cannot carry array/map/struct/binary columns; {spec.table} is written "
+                    "with batched INSERTs instead.")
     df.write.format("jdbc").mode("append").options(
         **ep.spark_options(), dbtable=stage, batchsize=str(spec.batch_size)).save()
     return "jdbc-batch-insert", None
-
-
-def _copyable(df: DataFrame) -> bool:
-    from pyspark.sql.types import ArrayType, BinaryType, MapType, StructType
-    return not any(isinstance(f.dataType, (ArrayType, MapType, StructType, BinaryType))
-                   for f in df.schema.fields)
