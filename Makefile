@@ -30,8 +30,14 @@ dev: setup home
 validate: setup
 	@$(VENV)/bin/pipeline validate configs
 
+# every figure of bench/RESULTS.md; run it alone on the machine (about 30 minutes)
 bench: setup
-	@$(PY) bench/run_bench.py
+	@$(PY) bench/overhead_bench.py
+	@$(PY) bench/run_bench.py --scale 0.25 --runs 5
+	@$(PY) bench/run_bench.py --scale 1 --runs 3
+	@$(PY) bench/load_bench.py
+	@$(PY) bench/stream_bench.py
+	@$(PY) bench/dq_bench.py
 
 # PostgreSQL, MariaDB and an S3 server (moto) on loopback, as the tests use them
 services-up: setup

@@ -85,9 +85,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
-    csv = HERE / ".data" / "lineitem.csv"
+    csv = HERE / ".data" / "tpch-sf1" / "lineitem.csv"
     if not csv.exists():
-        raise SystemExit("run bench/run_bench.py first (it generates TPC-H data)")
+        raise SystemExit("run bench/run_bench.py --scale 1 first (it generates TPC-H data)")
     spark = session(SparkSettings(master="local[*]", conf=(("spark.driver.memory", "8g"),)))
     spark.sparkContext.setLogLevel("ERROR")
     raw = spark.read.option("header", "true").schema(LINEITEM).csv(str(csv))

@@ -1,8 +1,9 @@
-"""Batch-core benchmark: `pipeline run` vs the same work as a hand-written PySpark script.
+"""Batch-core benchmark: `pipeline run` vs the same work as a hand-written PySpark script, and
+the same query in DuckDB.
 
-Generates TPC-H scale-1 lineitem and orders (tpchgen-cli) once into bench/.data, then runs
-both alternately, each as a whole process (start-up included), and prints the medians and the
-ratio. Writes the last results into bench/RESULTS.md.
+Generates TPC-H lineitem and orders (tpchgen-cli) once into bench/.data/tpch-sf<scale>, then
+runs the three alternately, each as a whole process (start-up included), and prints the
+medians and the ratios. Writes the results into bench/RESULTS.md (one section per scale).
 
     .venv/bin/python bench/run_bench.py [--runs 3] [--scale 1] [--master local[2]]
 """
@@ -26,8 +27,8 @@ ROOT = HERE.parent
 BIN = Path(sys.executable).parent
 
 
-def generate(data: Path, scale: int) -> None:
-    stamp = data / f".scale-{scale}"
+def generate(data: Path, scale: float) -> None:
+    stamp = data / ".generated"
     if stamp.exists():
         return
     shutil.rmtree(data, ignore_errors=True)
@@ -40,48 +41,63 @@ def generate(data: Path, scale: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--scale", type=int, default=1)
+    ap.add_argument("--scale", type=float, default=1)
     ap.add_argument("--master", default="local[*]")
     args = ap.parse_args()
-    data = HERE / ".data"
+    data = HERE / ".data" / f"tpch-sf{args.scale:g}"
     generate(data, args.scale)
     out = data / "out"
     home = Path(tempfile.mkdtemp(prefix="bench-dagster-home-"))
     env = {**os.environ, "SPARK_MASTER": args.master, "DAGSTER_HOME": str(home)}
-    pipeline = [str(BIN / "pipeline"), "run", str(HERE / "tpch_pipeline.json"),
-                "--param", f"data_dir={data}", "--param", f"out={out}/pipeline"]
-    plain = [sys.executable, str(HERE / "plain_pyspark.py"), str(data), str(out / "plain")]
-    times: dict[str, list[float]] = {"pipeline": [], "plain": []}
+    cmds = {
+        "plain": [sys.executable, str(HERE / "plain_pyspark.py"), str(data), str(out / "plain")],
+        "pipeline": [str(BIN / "pipeline"), "run", str(HERE / "tpch_pipeline.json"),
+                     "--param", f"data_dir={data}", "--param", f"out={out}/pipeline"],
+        "duckdb": [sys.executable, str(HERE / "duckdb_tpch.py"), str(data), str(out / "duckdb")],
+    }
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    names = list(cmds)
     for i in range(args.runs):
-        for name, cmd in (("plain", plain), ("pipeline", pipeline)) if i % 2 == 0 else \
-                (("pipeline", pipeline), ("plain", plain)):
-            times[name].append(timed(cmd, env))
+        for name in names[i % 3:] + names[:i % 3]:  # each goes first in turn
+            times[name].append(timed(cmds[name], env))
             print(f"run {i + 1} {name:<8} {times[name][-1]:6.1f}s", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["pipeline"] / med["plain"]
     print(f"median plain PySpark {med['plain']:.1f}s, pipeline run {med['pipeline']:.1f}s, "
-          f"ratio {ratio:.3f} (target <= 1.10)")
-    write_results(args, times, med, ratio)
+          f"DuckDB {med['duckdb']:.1f}s; pipeline / plain {ratio:.3f} (target <= 1.05)")
+    write_results(args, data, times, med, ratio)
     shutil.rmtree(home, ignore_errors=True)
 
 
-def write_results(args, times, med, ratio) -> None:
-    section = "## Batch core: TPC-H lineitem pipeline vs plain PySpark"
+def write_results(args, data: Path, times, med, ratio) -> None:
+    rows = {"lineitem": 0, "orders": 0}
+    for t in rows:
+        with open(data / f"{t}.csv", "rb") as f:
+            rows[t] = sum(1 for _ in f) - 1
+    size_mb = sum((data / f"{t}.csv").stat().st_size for t in rows) / 1e6
+    section = f"## Batch core: TPC-H scale {args.scale:g} pipeline vs plain PySpark and DuckDB"
+
+    def row(label, k):
+        return f"| {label} | {', '.join(f'{t:.1f}' for t in times[k])} | {med[k]:.1f} | " \
+               f"{med[k] / med['plain']:.3f} |"
     body = f"""{section}
 
 Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores,
-{platform.python_version()}, master `{args.master}`, TPC-H scale {args.scale} CSV
-(lineitem 6M rows, orders 1.5M). Work: lineitem -> filter shipdate -> derive disc_price and
-charge -> join orders -> aggregate by returnflag, linestatus, orderpriority -> Delta.
-Whole-process wall time, {args.runs} runs each, alternating (`bench/run_bench.py`).
+{platform.python_version()}, master `{args.master}`, TPC-H scale {args.scale:g} CSV
+(lineitem {rows['lineitem']:,} rows, orders {rows['orders']:,}; {size_mb:,.0f} MB). Work:
+lineitem -> filter shipdate -> derive disc_price and charge -> join orders -> aggregate by
+returnflag, linestatus, orderpriority -> Delta (DuckDB: Parquet). Whole-process wall time,
+{args.runs} runs each, alternating (`bench/run_bench.py`).
 
-| | runs (s) | median (s) |
-|---|---|---|
-| plain PySpark script | {', '.join(f'{t:.1f}' for t in times['plain'])} | {med['plain']:.1f} |
-| `pipeline run` (Dagster job, DAGSTER_HOME instance) | {', '.join(f'{t:.1f}' for t in times['pipeline'])} | {med['pipeline']:.1f} |
+| | runs (s) | median (s) | vs plain |
+|---|---|---|---|
+{row("plain PySpark script", "plain")}
+{row("`pipeline run` (Dagster job, DAGSTER_HOME instance)", "pipeline")}
+{row("DuckDB 1.4 (same query, same 2 threads)", "duckdb")}
 
-**Ratio pipeline / plain: {ratio:.3f}** (target <= 1.10). Run-to-run noise on these VMs is
-+-10-15% for the same command, so compare medians, and alternate.
+**Ratio pipeline / plain: {ratio:.3f}** (target <= 1.05). DuckDB / pipeline:
+{med['duckdb'] / med['pipeline']:.2f}. Run-to-run noise on these VMs is +-10% for the same
+command, so compare medians, and alternate.
 """
     write_section(section, body)
 

@@ -95,7 +95,8 @@ def run_pipeline(f: Path) -> float:
     return time.perf_counter() - t0
 
 
-def run_plain(spark, topic: str, out: Path, cp: Path) -> float:
+def run_plain(spark, topic: str, out: Path, cp: Path, trigger: str | None = None,
+              timeout_s: int | None = None) -> float:
     from pyspark.sql import functions as F
     t0 = time.perf_counter()
     raw = spark.readStream.format("kafka").options(**{
@@ -105,9 +106,14 @@ def run_plain(spark, topic: str, out: Path, cp: Path) -> float:
     df = df.filter("kind <> 'test'").withColumns({
         "amount_cents": F.expr("CAST(amount * 100 AS BIGINT)"),
         "loaded_at": F.current_timestamp()})
-    q = df.writeStream.format("delta").option("checkpointLocation", str(cp)) \
-        .trigger(availableNow=True).start(str(out))
-    q.awaitTermination()
+    w = df.writeStream.format("delta").option("checkpointLocation", str(cp))
+    w = w.trigger(processingTime=trigger) if trigger else w.trigger(availableNow=True)
+    q = w.start(str(out))
+    if timeout_s:
+        q.awaitTermination(timeout_s)
+        q.stop()
+    else:
+        q.awaitTermination()
     return time.perf_counter() - t0
 
 
@@ -126,16 +132,61 @@ def paced_producer(topic: str, rate: int, seconds: int) -> None:
     p.flush(30)
 
 
-def latency(d: Path, rate: int, seconds: int, warmup: int, spark) -> list[float]:
+PHASES = ("latestOffset", "getBatch", "queryPlanning", "addBatch", "walCommit",
+          "commitOffsets", "triggerExecution")
+
+
+class Progress:
+    """Each micro-batch's `durationMs` by phase, from a StreamingQueryListener."""
+
+    def __init__(self, spark):
+        from pyspark.sql.streaming import StreamingQueryListener
+        self.batches: list[dict] = []
+        outer = self
+
+        class Listener(StreamingQueryListener):
+            def onQueryStarted(self, event):
+                pass
+
+            def onQueryProgress(self, event):
+                p = event.progress
+                outer.batches.append({"batch": p.batchId, "rows": p.numInputRows,
+                                      "ts": p.timestamp, **dict(p.durationMs)})
+
+            def onQueryIdle(self, event):
+                pass
+
+            def onQueryTerminated(self, event):
+                pass
+
+        self.listener = Listener()
+        spark.streams.addListener(self.listener)
+
+    def close(self, spark) -> None:
+        spark.streams.removeListener(self.listener)
+
+
+def latency(d: Path, rate: int, seconds: int, warmup: int, spark, plain: bool = False
+            ) -> tuple[list[float], list[dict], list[float]]:
     """Events produced during the first `warmup` seconds are not counted: the first
     micro-batches of a new JVM pay for class loading and JIT (several seconds), and the
-    backlog they leave takes a while to drain. The figure is the steady state."""
+    backlog they leave takes a while to drain. The figure is the steady state.
+
+    Returns the latencies (s), the progress of each micro-batch that carried measured events,
+    and per commit the time from its last Parquet file to the commit file (Delta's commit)."""
     topic = new_topic()
-    out = d / "latency_out"
-    f = pipeline_file(d, topic, out, "1 second", f"{seconds + warmup + 15} seconds")
-    runner = threading.Thread(target=run_pipeline, args=(f,))
+    out = d / ("latency_plain" if plain else "latency_out")
+    cp = d / ("cp_plain" if plain else "cp")
+    shutil.rmtree(cp, ignore_errors=True)
+    progress = Progress(spark)
+    if plain:
+        runner = threading.Thread(target=run_plain, args=(spark, topic, out, cp, "1 second",
+                                                         seconds + warmup + 15))
+    else:
+        f = pipeline_file(d, topic, out, "1 second", f"{seconds + warmup + 15} seconds")
+        runner = threading.Thread(target=run_pipeline, args=(f,))
     runner.start()
-    while not (d / "cp").exists():
+    while not cp.exists():
         time.sleep(0.2)
     time.sleep(3)  # let the query reach its steady state before measuring
     # the producer is a process of its own: in this one it would fight the driver for the GIL
@@ -146,19 +197,45 @@ def latency(d: Path, rate: int, seconds: int, warmup: int, spark) -> list[float]
     prod.start()
     prod.join()
     runner.join()
+    progress.close(spark)
     # visibility time of each commit = the commit file's mtime
-    lat = []
+    lat, commit_s = [], []
     log = out / "_delta_log"
     for c in sorted(log.glob("*.json")):
         visible_ms = c.stat().st_mtime * 1000
         files = [json.loads(line)["add"]["path"] for line in c.read_text().splitlines()
                  if line.startswith('{"add"')]
         if files:
-            for r in spark.read.parquet(*[str(out / p) for p in files]).select("ts_ms") \
-                    .collect():
-                if r.ts_ms >= measure_from_ms:
-                    lat.append((visible_ms - r.ts_ms) / 1000)
-    return lat
+            ts = [r.ts_ms for r in spark.read.parquet(*[str(out / p) for p in files])
+                  .select("ts_ms").collect()]
+            if ts and min(ts) >= measure_from_ms:
+                commit_s.append(visible_ms / 1000 - max((out / p).stat().st_mtime
+                                                        for p in files))
+            lat.extend((visible_ms - t) / 1000 for t in ts if t >= measure_from_ms)
+    start = datetime.fromtimestamp(measure_from_ms / 1000, UTC)
+    steady = [b for b in progress.batches if b["rows"] and
+              datetime.fromisoformat(b["ts"].replace("Z", "+00:00")) >= start]
+    return lat, steady, commit_s
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * q))] if xs else float("nan")
+
+
+def breakdown_table(steady: list[dict], commit_s: list[float]) -> str:
+    rows = ["| phase (ms per micro-batch) | median | p95 | max |", "|---|---|---|---|"]
+    for ph in PHASES:
+        xs = [b.get(ph, 0) for b in steady]
+        rows.append(f"| {ph} | {pct(xs, 0.5):.0f} | {pct(xs, 0.95):.0f} | "
+                    f"{max(xs, default=0):.0f} |")
+    ms = [x * 1000 for x in commit_s]
+    rows.append(f"| of addBatch: last Parquet file -> Delta commit file | {pct(ms, 0.5):.0f} | "
+                f"{pct(ms, 0.95):.0f} | {max(ms, default=0):.0f} |")
+    rows.append(f"| rows per micro-batch | {pct([b['rows'] for b in steady], 0.5):.0f} | "
+                f"{pct([b['rows'] for b in steady], 0.95):.0f} | "
+                f"{max((b['rows'] for b in steady), default=0)} |")
+    return "\n".join(rows)
 
 
 def main() -> None:
@@ -168,43 +245,77 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--latency-only", action="store_true")
     args = ap.parse_args()
     subprocess.run(["bash", str(REPO / "scripts/kafka.sh"), "up"], check=True)
-    from pipeline_defs.resources.spark import SparkSettings, session
+    from pipeline_defs.spark_session import SparkSettings, session
     spark = session(SparkSettings(master="local[2]", app_name="stream_bench"))
     d = Path(tempfile.mkdtemp(prefix="stream_bench_"))
+    section = "## Streaming: Kafka -> filter/enrich -> Delta"
+    from results import PATH
+    old = PATH.read_text() if PATH.exists() else ""
+    throughput = old[old.index("**Throughput**"):old.index("**Latency**")] \
+        if "**Throughput**" in old and "**Latency**" in old else ""
     try:
-        t = time.perf_counter()
-        topic = new_topic()
-        produce_backlog(topic, args.events)
-        print(f"backlog of {args.events:,} events produced in {time.perf_counter() - t:.1f}s")
-        times = {"plain": [], "pipeline": []}
-        run_plain(spark, topic, d / "warm", d / "warm_cp")  # JIT, class loading: not counted
-        for r in range(args.runs):
-            times["plain"].append(run_plain(spark, topic, d / f"plain{r}", d / f"plain_cp{r}"))
-            times["pipeline"].append(run_pipeline(pipeline_file(
-                d, topic, d / f"pipe{r}", "availableNow", None)))
-            shutil.rmtree(d / "cp")
-            print({k: round(v[-1], 2) for k, v in times.items()}, flush=True)
-        expected = args.events - args.events // 10
-        assert spark.read.format("delta").load(str(d / "pipe0")).count() == expected
-        med = {k: statistics.median(v) for k, v in times.items()}
-        lat = sorted(latency(d, args.rate, args.seconds, args.warmup, spark))
-        p50, p95 = lat[len(lat) // 2], lat[int(len(lat) * 0.95)]
-        print(f"throughput: pipeline {args.events / med['pipeline']:,.0f} events/s, plain "
-              f"{args.events / med['plain']:,.0f} events/s; latency at {args.rate}/s: "
-              f"p50 {p50:.2f}s p95 {p95:.2f}s max {lat[-1]:.2f}s ({len(lat):,} events)")
+        if not args.latency_only:
+            throughput = measure_throughput(spark, d, args)
+        lat, steady, commit_s = latency(d, args.rate, args.seconds, args.warmup, spark)
+        plain_lat, _, _ = latency(d, args.rate, args.seconds, args.warmup, spark, plain=True)
     finally:
         shutil.rmtree(d, ignore_errors=True)
+    table = breakdown_table(steady, commit_s)
+    q = {name: (pct(x, 0.5), pct(x, 0.95), max(x)) for name, x in
+         (("pipeline", lat), ("plain", plain_lat))}
+    print(f"latency at {args.rate}/s: pipeline p50 {q['pipeline'][0]:.2f}s p95 "
+          f"{q['pipeline'][1]:.2f}s max {q['pipeline'][2]:.2f}s ({len(lat):,} events); plain "
+          f"PySpark p50 {q['plain'][0]:.2f}s p95 {q['plain'][1]:.2f}s max {q['plain'][2]:.2f}s")
+    print(table)
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    write_section("## Streaming: Kafka -> filter/enrich -> Delta", f"""\
-## Streaming: Kafka -> filter/enrich -> Delta
+    write_section(section, f"""{section}
 
 `bench/stream_bench.py`, measured {now} on 2 cores (the Kafka broker, Spark `local[2]` and
 the producer share them). JSON events (`id, kind, amount, ts_ms`), 2 partitions; filter
 drops 10%, enrich adds two columns; Delta on local disk.
 
-**Throughput** - a backlog of {args.events:,} events drained with `trigger: availableNow`,
+{throughput.strip()}
+
+**Latency** - {args.rate:,} events/s, trigger 1 second; produce time (in the event) to the
+Delta commit that holds it becoming visible (commit file mtime), over {args.seconds} s of
+steady state after {args.warmup} s of warm-up (the first micro-batches of a new JVM take
+several seconds: class loading and JIT). The same query written by hand in plain PySpark, on
+the same JVM, measured the same way right after:
+
+| | events | p50 (s) | p95 (s) | max (s) |
+|---|---|---|---|---|
+| pipeline (Dagster run) | {len(lat):,} | {q['pipeline'][0]:.2f} | **{q['pipeline'][1]:.2f}** | {q['pipeline'][2]:.2f} |
+| plain PySpark | {len(plain_lat):,} | {q['plain'][0]:.2f} | {q['plain'][1]:.2f} | {q['plain'][2]:.2f} |
+
+Target: p95 <= 2 s. Where a pipeline micro-batch's time goes (Spark's progress `durationMs`,
+{len(steady)} micro-batches of the steady state; `triggerExecution` is the whole batch):
+
+{table}
+""")
+
+
+def measure_throughput(spark, d: Path, args) -> str:
+    t = time.perf_counter()
+    topic = new_topic()
+    produce_backlog(topic, args.events)
+    print(f"backlog of {args.events:,} events produced in {time.perf_counter() - t:.1f}s")
+    times = {"plain": [], "pipeline": []}
+    run_plain(spark, topic, d / "warm", d / "warm_cp")  # JIT, class loading: not counted
+    for r in range(args.runs):
+        times["plain"].append(run_plain(spark, topic, d / f"plain{r}", d / f"plain_cp{r}"))
+        times["pipeline"].append(run_pipeline(pipeline_file(
+            d, topic, d / f"pipe{r}", "availableNow", None)))
+        shutil.rmtree(d / "cp")
+        print({k: round(v[-1], 2) for k, v in times.items()}, flush=True)
+    expected = args.events - args.events // 10
+    assert spark.read.format("delta").load(str(d / "pipe0")).count() == expected
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"throughput: pipeline {args.events / med['pipeline']:,.0f} events/s, plain "
+          f"{args.events / med['plain']:,.0f} events/s")
+    return f"""**Throughput** - a backlog of {args.events:,} events drained with `trigger: availableNow`,
 {args.runs} runs each, alternating, whole query wall time (start to drained, JVM warm):
 
 | | runs (s) | median (s) | events/s |
@@ -213,13 +324,7 @@ drops 10%, enrich adds two columns; Delta on local disk.
 | pipeline (Dagster run, in process) | {', '.join(f'{x:.1f}' for x in times['pipeline'])} | {med['pipeline']:.1f} | **{args.events / med['pipeline']:,.0f}** |
 
 Ratio pipeline / plain: {med['pipeline'] / med['plain']:.2f} (target >= 100,000 events/s).
-
-**Latency** - {args.rate:,} events/s, trigger 1 second; produce time (in the event) to the
-Delta commit that holds it becoming visible (commit file mtime), over {args.seconds} s of
-steady state after {args.warmup} s of warm-up (the first micro-batches of a new JVM take
-several seconds: class loading and JIT), {len(lat):,} events: **p50 {p50:.2f} s, p95 {p95:.2f} s**, max {lat[-1]:.2f} s (target p95
-<= 2 s).
-""")
+"""
 
 
 if __name__ == "__main__":
