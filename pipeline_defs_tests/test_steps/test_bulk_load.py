@@ -172,3 +172,22 @@ def test_mysql_overwrite_swap_keeps_indexes_and_grants_and_a_trigger_blocks_it(m
     assert r.metadata["publish"] == "insert" and "because of trigger u_ins" in caplog.text
     assert mydb.sql("SELECT * FROM u") == [(7, "x")]
     assert mydb.sql("SELECT count(*) FROM audit") == [(1,)]  # the trigger is still there
+
+
+def test_load_data_into_a_table_spark_created_bit_booleans_and_timestamps(mydb, spark):
+    """A missing target is created by Spark's JDBC writer (booleans become BIT(1)); LOAD DATA
+    fills it, and a TIMESTAMP column holds the same instant whatever the server's zone."""
+    df = spark.createDataFrame(
+        [(1, True, datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)), (2, False, None), (3, None, None)],
+        "id int, active boolean, seen timestamp")
+    r = jdbc.to_mysql(df, _cfg(jdbc.ToMySQL, table="made", credentialPath=mydb.path),
+                      mydb.ctx())
+    assert (r.rows, r.metadata["write_path"], r.metadata["created"]) == (3, "load-data", True)
+    assert "bit(1)" in mydb.sql("SHOW CREATE TABLE made")[0][1]
+    assert mydb.sql("SELECT id, active + 0 FROM made ORDER BY id") == [(1, 1), (2, 0), (3, None)]
+    mydb.sql("CREATE TABLE stamped (id int, at timestamp NULL)")
+    jdbc.to_mysql(df.select("id", df.seen.alias("at")),
+                  _cfg(jdbc.ToMySQL, table="stamped", credentialPath=mydb.path), mydb.ctx())
+    mydb.sql("SET time_zone = '+05:00'")
+    assert mydb.sql("SELECT UNIX_TIMESTAMP(at) FROM stamped WHERE id = 1") == [
+        (int(datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()),)]

@@ -104,9 +104,18 @@ def bulk_load(spark: SparkSession, df: DataFrame, ep: Endpoint, table: str,
                 return int(helper.postgresBinary(df._jdf, ep.url, props, sql, markers, arr))
             sql = f"COPY {table} ({cols}) FROM STDIN (FORMAT csv)"
             return int(helper.postgres(df._jdf, ep.url, props, sql, markers))
+        # booleans through a variable: `1`/`0` as text fit TINYINT(1) but not BIT(1), the
+        # type Spark's JDBC writer gives a boolean when it creates a MySQL table
+        targets, sets = [], []
+        for i, f in enumerate(df.schema.fields):
+            if isinstance(f.dataType, BooleanType):
+                targets.append(f"@b{i}")
+                sets.append(f"{ep.quote(f.name)} = (@b{i} = '1')")
+            else:
+                targets.append(ep.quote(f.name))
         sql = (f"LOAD DATA LOCAL INFILE 'spark-partition' INTO TABLE {table} CHARACTER SET "
                "utf8mb4 FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' "
-               f"({cols})")
+               f"({', '.join(targets)})" + (f" SET {', '.join(sets)}" if sets else ""))
         return int(helper.mysql(df._jdf, ep.url, props, sql, markers))
     finally:
         conn.execute(f"DROP TABLE IF EXISTS {markers}")

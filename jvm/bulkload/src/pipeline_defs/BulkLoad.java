@@ -242,6 +242,9 @@ public final class BulkLoad {
 
         private long loadData(Connection c, RowStream stream) throws SQLException {
             try (Statement st = c.createStatement()) {
+                // timestamps are written as UTC wall time: TIMESTAMP columns then hold the
+                // same instant, DATETIME columns the UTC time
+                st.execute("SET time_zone = '+00:00'");
                 st.unwrap(com.mysql.cj.jdbc.JdbcStatement.class).setLocalInfileInputStream(stream);
                 st.execute(sql);
                 // LOCAL turns refused rows (NULL in NOT NULL, duplicate keys, bad values) into
@@ -533,8 +536,9 @@ public final class BulkLoad {
     /**
      * Text forms both servers parse exactly: PostgreSQL CSV (NULL is an unquoted empty field,
      * an empty string is quoted) and MySQL's tab-separated LOAD DATA format (NULL is \N,
-     * backslash escapes). Timestamps are written as the session's wall time; PostgreSQL also
-     * gets the offset, so timestamptz columns hold the same instant.
+     * backslash escapes). PostgreSQL gets timestamps as the session's wall time with its
+     * offset (timestamptz columns hold the same instant); MySQL as UTC wall time, loaded with
+     * the connection's time_zone at UTC.
      */
     static final class Encoder {
         static final DateTimeFormatter WALL = DateTimeFormatter.ofPattern(
@@ -580,7 +584,8 @@ public final class BulkLoad {
                         long us = r.getLong(i);
                         Instant t = Instant.ofEpochSecond(Math.floorDiv(us, 1_000_000L),
                                 Math.floorMod(us, 1_000_000L) * 1000L);
-                        sb.append((pg ? WITH_OFFSET : WALL).format(t.atZone(zone)));
+                        sb.append(pg ? WITH_OFFSET.format(t.atZone(zone))
+                                : WALL.format(t.atZone(java.time.ZoneOffset.UTC)));
                         break;
                     }
                     case TIMESTAMP_NTZ: {
