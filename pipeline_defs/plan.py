@@ -124,6 +124,11 @@ def build_plan(p: LoadedPipeline) -> Plan:
                                    after if s.kind in ("load", "extract") else ()))
     _run_dead_ends(plan)
     counted = {n.step.index: _counted_by(plan, n) for n in plan.nodes}
+    if p.config.row_counts == "ends":
+        # only counts that come with an extract's chain or ride on a load's write: an
+        # observe() between two transforms splits Spark's whole-stage code generation
+        ends = {counted[n.step.index] for n in plan.nodes if n.step.kind in ("extract", "load")}
+        counted = {i: c if c in ends else None for i, c in counted.items()}
     for i, n in enumerate(plan.nodes):
         observe = n.step.kind != "load" and n.step.index in counted.values()
         plan.nodes[i] = StepNode(n.step, n.op_name, n.current, n.named, n.after, observe,

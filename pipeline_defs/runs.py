@@ -93,7 +93,8 @@ def print_summary(result: dg.ExecuteInProcessResult, pipeline: LoadedPipeline,
         rows = f"{r.rows:,}" if r.rows is not None else "-"
         print(f"  {r.op:<{w}}  {r.status:<7} {secs:>6} {rows:>10}  {r.note}")
     print("  (rows: counted with observe() by the write that ran the step; '-' where counting "
-          "would have blocked a pushdown or the step ran inside another's count)")
+          "would have blocked a pushdown, or a transform between extracts and loads: "
+          "\"rowCounts\": \"all\" counts those too)")
 
 
 def show_outputs(result: dg.ExecuteInProcessResult, n: int) -> None:

@@ -1,6 +1,8 @@
 """The step graph: who reads what, where rows are counted."""
 from __future__ import annotations
 
+import json
+
 from pipeline_defs.config.dataflow import safe_name
 from pipeline_defs.config.loader import load_pipeline
 from pipeline_defs.plan import build_plan
@@ -32,16 +34,27 @@ def test_extract_after_a_load_waits_for_it(tmp_path, registry):
     assert plan.nodes[2].after == (2,) and plan.nodes[3].current == 3
 
 
-def test_no_observe_where_it_would_block_a_pushed_filter(registry):
+def test_no_observe_where_it_would_block_a_pushed_filter(registry, tmp_path):
     plan = build_plan(load_pipeline(COMPAT / "data-quality-pipeline.json", registry))
     # extract -> validations (pass rows through) -> filterRows: the filter must reach the scan
     assert [n.observe for n in plan.nodes] == [False] * 7
-    plan = build_plan(load_pipeline(COMPAT / "aggregation-pipeline.json", registry))
+    # rowCounts "all": transforms between extracts and loads are counted too
+    raw = json.loads((COMPAT / "aggregation-pipeline.json").read_text())
+    plan = build_plan(load_pipeline(write_json(tmp_path / "all.json", {
+        **raw, "rowCounts": "all"}), registry))
     observed = [n.op_name for n in plan.nodes if n.observe]
     assert observed == ["s02_filterRows", "s04_enrichData"]
     # the aggregate's rows are the enrichment's (it keeps rows); the pivot is counted by the
     # first load; the extract is not counted (its consumer filter must reach the scan)
     assert [n.counted_by for n in plan.nodes] == [None, 2, 4, 4, 6, 6, 7]
+
+
+def test_by_default_only_extracts_and_loads_count(registry):
+    """An observe() between two transforms splits Spark's whole-stage code generation: by
+    default only what rides on an extract's chain or a load's write is counted."""
+    plan = build_plan(load_pipeline(COMPAT / "aggregation-pipeline.json", registry))
+    assert not any(n.observe for n in plan.nodes)
+    assert [n.counted_by for n in plan.nodes] == [None, None, None, None, 6, 6, 7]
 
 
 def test_row_preserving_chains_are_counted_once(registry):
