@@ -16,7 +16,8 @@ def write_section(section: str, body: str) -> None:
     if section in text:
         start = text.index(section)
         nxt = text.find("\n## ", start + len(section))
-        text = text[:start] + body + (text[nxt + 1:] if nxt != -1 else "")
+        text = text[:start] + body.rstrip("\n") + "\n" + \
+            ("\n" + text[nxt + 1:] if nxt != -1 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + body
     PATH.write_text(text)
