@@ -191,3 +191,21 @@ def test_load_data_into_a_table_spark_created_bit_booleans_and_timestamps(mydb, 
     mydb.sql("SET time_zone = '+05:00'")
     assert mydb.sql("SELECT UNIX_TIMESTAMP(at) FROM stamped WHERE id = 1") == [
         (int(datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()),)]
+
+
+def test_copy_falls_back_to_csv_for_pairs_without_an_exact_binary_form(pgdb, spark):
+    """A Spark date into a timestamp column has no exact binary form: the JVM loader writes
+    CSV, whose quoting must carry every awkward string."""
+    from pipeline_defs.steps.jdbc.bulk import binary_types
+    from pipeline_defs.steps.jdbc.connection import Connection, endpoint
+    pgdb.sql("CREATE TABLE csvvals (id int PRIMARY KEY, txt text, day timestamp)")
+    df = spark.createDataFrame([(i, t, date(1999, 12, 31)) for i, t in enumerate(TEXTS)],
+                               "id int, txt string, day date")
+    ep = endpoint("postgres", pgdb.secret(), {}, "the test")
+    with Connection(spark, ep) as conn:
+        assert binary_types(conn, "csvvals", df) is None
+    r = jdbc.to_postgres(df, _cfg(jdbc.ToPostgres, table="csvvals", credentialPath=pgdb.path),
+                         pgdb.ctx())
+    assert (r.rows, r.metadata["write_path"]) == (len(TEXTS), "copy")
+    assert pgdb.sql("SELECT * FROM csvvals ORDER BY id") == [
+        (i, t, datetime(1999, 12, 31)) for i, t in enumerate(TEXTS)]
