@@ -11,6 +11,7 @@ from pyspark.sql import DataFrame, DataFrameReader, SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from pipeline_defs.config.model import AssetKeyParts, asset_key_field
+from pipeline_defs.steps import csvsplit
 from pipeline_defs.steps.context import LoadResult, StepContext
 from pipeline_defs.steps.credentials import Credentialed, credentials
 from pipeline_defs.steps.errors import missing_columns
@@ -106,8 +107,9 @@ def with_defaults(defaults: dict[str, str], options: dict[str, str]) -> dict[str
 # CSV as RFC 4180 has it, and as PostgreSQL COPY, pandas, Excel and DuckDB write it: a quote
 # inside a quoted field is doubled (Spark's own default escape is a backslash, which reads
 # `""` back literally), and a quoted field may hold line breaks (multiLine: each file is then
-# read by one task; "multiLine": false splits large files whose fields hold none).
+# read by one task). Local files whose quoted fields hold none are read split (csvsplit.py).
 CSV_READ = {"header": "true", "escape": '"', "multiLine": "true"}
+BIG_CSV = 128 << 20  # a file this big read by one task is worth a line in the log
 CSV_WRITE = {"header": "true", "escape": '"'}
 
 
@@ -135,26 +137,43 @@ class FromFile(Extract):
     options: dict[str, Scalar] = Field(
         default_factory=dict, description="Spark reader options, e.g. {\"header\": true}. CSV "
         "defaults (RFC 4180): header true, escape '\"' (a doubled quote is a quote), multiLine "
-        "true (quoted fields may hold line breaks; false splits big files for parallel reads), "
-        "and inferSchema true unless `schema` is given.")
+        "true (quoted fields may hold line breaks) except for local files found to hold none, "
+        "which are read in parallel; false splits any big file. inferSchema true unless "
+        "`schema` is given.")
     ddl_schema: str | None = Field(
         None, alias="schema", description="Schema as a DDL string, e.g. \"id BIGINT, name "
         "STRING\". Giving it saves the inference pass over CSV and JSON.")
 
 
-def _reader(ctx: StepContext, fmt: str, options: dict[str, str], ddl: str | None
-            ) -> DataFrameReader:
+def _reader(ctx: StepContext, fmt: str, options: dict[str, str], ddl: str | None,
+            path: str | None = None) -> DataFrameReader:
     r = ctx.spark.read.format(fmt)
     if fmt == "csv":
+        if path and "multiline" not in {k.lower() for k in options}:
+            options = {**options, "multiLine": _multi_line(ctx, path, options)}
         options = csv_read_options(options, ddl)
     r = r.options(**options)
     return r.schema(ddl) if ddl else r
 
 
+def _multi_line(ctx: StepContext, path: str, options: dict[str, str]) -> str:
+    """multiLine unless the files are local CSV whose quoted fields hold no line break
+    (csvsplit.py): those are read split, several tasks per file, to the same rows."""
+    if csvsplit.splittable(path, options):
+        return "false"
+    files = csvsplit.local_files(path) or []
+    if any(f.stat().st_size > BIG_CSV for f in files):
+        ctx.log.info("%s: quoted fields hold line breaks (or the files could not be scanned), "
+                     "so each file is read by one task; if no field holds one, "
+                     "\"options\": {\"multiLine\": false} reads them in parallel", path)
+    return "true"
+
+
 @step("extract", "fromFile", FromFile, asset_kind=lambda c: c.format)
 def from_file(df: None, cfg: FromFile, ctx: StepContext) -> DataFrame:
     prepare_path(ctx.spark, cfg, ctx, cfg.path)
-    return _reader(ctx, cfg.format, options_of(cfg.options), cfg.ddl_schema).load(cfg.path)
+    return _reader(ctx, cfg.format, options_of(cfg.options), cfg.ddl_schema,
+                   cfg.path).load(cfg.path)
 
 
 @stream_reader("fromFile")

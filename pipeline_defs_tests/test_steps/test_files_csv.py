@@ -128,3 +128,69 @@ def test_s3_round_trip_is_rfc4180(s3, vault, vault_resource, ctx, spark):
         if k.endswith(".csv")
     ]
     assert texts and read_back(texts) == sorted(ROWS)
+
+
+# ---- local files read split when no quoted field holds a line break (csvsplit.py)
+QUOTED = [(i, f'row "{i}", with a comma', "x" * (i % 7)) for i in range(1, 4001)]
+
+
+def test_quoted_line_break_is_found_wherever_chunks_split(tmp_path, monkeypatch):
+    from pipeline_defs.steps import csvsplit
+    cases = {
+        "no quotes": (b"a,b\n1,2\n", False),
+        "quoted commas": (b'a,b\n1,"x, y"\n2,"z"\r\n', False),
+        "doubled quote then break": (b'a,b\n1,"say ""hi"""\n2,3\n', False),
+        "quoted LF": (b'a,b\n1,"two\nlines"\n', True),
+        "quoted CR": (b'a,b\n1,"two\rlines"\n', True),
+        "doubled quote inside a broken field": (b'a,b\n1,"""x""\ny"\n', True),
+        "break late in the file": (b'a,b\n' + b'1,"q"\n' * 50 + b'2,"a\nb"\n', True),
+        "empty": (b"", False),
+    }
+    for chunk in (1 << 25, 3, 4, 7):  # chunk edges land inside and outside quoted fields
+        monkeypatch.setattr(csvsplit, "CHUNK", chunk)
+        for name, (data, expected) in cases.items():
+            f = tmp_path / "f.csv"
+            f.write_bytes(data)
+            assert csvsplit.quoted_line_break(f) is expected, (name, chunk)
+
+
+def test_what_cannot_be_scanned_keeps_multiline(tmp_path):
+    from pipeline_defs.steps import csvsplit
+    f = tmp_path / "d" / "a.csv"
+    f.parent.mkdir()
+    f.write_text("a,b\n1,2\n")
+    assert csvsplit.splittable(str(f), {})
+    assert csvsplit.splittable(str(f.parent), {})  # a directory: every data file scanned
+    assert csvsplit.splittable(f"file://{f}", {})
+    (f.parent / "_SUCCESS").write_text("")
+    (f.parent / "b.csv").write_text('a,b\n1,"x\ny"\n')
+    assert not csvsplit.splittable(str(f.parent), {})  # one file needs multiLine: all read so
+    assert not csvsplit.splittable(str(f), {"quote": "'"})
+    assert not csvsplit.splittable(str(f), {"escape": "\\"})
+    assert not csvsplit.splittable(str(f), {"encoding": "UTF-16"})
+    assert not csvsplit.splittable(str(f), {"lineSep": ";"})
+    assert not csvsplit.splittable("s3a://bucket/a.csv", {})
+    assert not csvsplit.splittable(str(tmp_path / "d" / "*.csv"), {})
+    assert not csvsplit.splittable(str(tmp_path / "missing.csv"), {})
+    gz = tmp_path / "a.csv.gz"
+    gz.write_bytes(b"")
+    assert not csvsplit.splittable(str(gz), {})
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["no-line-breaks", "a-quoted-line-break"])
+def test_big_local_csv_is_read_in_parallel_only_when_that_keeps_every_row(
+        ctx, spark, tmp_path, broken):
+    rows = QUOTED + [(5000, "two\nlines", "z")] if broken else QUOTED
+    f = tmp_path / "big.csv"
+    f.write_text(rfc4180(rows), encoding="utf-8")
+    old = spark.conf.get("spark.sql.files.maxPartitionBytes")
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(f.stat().st_size // 4))
+    try:
+        df = files.from_file(None, cfg(files.FromFile, path=str(f), format="csv", schema=SCHEMA),
+                             ctx())
+        assert spark_rows(df) == sorted(rows)
+        parts = df.rdd.getNumPartitions()
+        # split into several tasks, or one task per file when a field holds a line break
+        assert (parts == 1) if broken else (parts >= 4), parts
+    finally:
+        spark.conf.set("spark.sql.files.maxPartitionBytes", old)

@@ -1,0 +1,105 @@
+"""Whether local CSV files can be read split (several tasks per file) without changing a row.
+
+RFC 4180 lets a quoted field hold line breaks; Spark's CSV reader only reads such files right
+with `multiLine`, which reads each file with one task (a 750 MB file then parses on one core
+while the others wait: 2.3 s of an 11 s read on 2 cores at TPC-H scale 1). With `"` as quote
+and escape (a quote inside a field is doubled), a line break is inside a quoted field exactly
+when an odd number of quotes precede it, so one pass over the bytes answers the question:
+~1.2 GB/s on 2 cores, in chunks scanned in parallel (numpy releases the GIL) and combined by
+the parity of the quotes before each chunk.
+
+Only plain local files are scanned (not s3a://, hdfs://, compressed files, other encodings
+or quote characters): anything else keeps multiLine, which is always right.
+"""
+from __future__ import annotations
+
+import itertools
+import mmap
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+CHUNK = 1 << 25
+SCAN_LIMIT = 16 << 30  # beyond this much CSV, reading it split is not decided by a scan
+COMPRESSED = (".gz", ".bz2", ".zst", ".zstd", ".lz4", ".snappy", ".deflate", ".xz", ".zip")
+ASCII_ENCODINGS = {"utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin1"}
+
+
+def local_files(path: str) -> list[Path] | None:
+    """The data files a Spark read of `path` can see, or None when that is not a local path
+    this module can list (another scheme, a Hadoop glob)."""
+    if "://" in path and not path.startswith("file://"):
+        return None
+    path = path.removeprefix("file://")
+    if any(c in path for c in "*?[{"):
+        return None
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        return None
+    return sorted(_walk(p))
+
+
+def _walk(d: Path) -> Iterator[Path]:
+    for entry in os.scandir(d):
+        if entry.name.startswith(("_", ".")):  # Spark's hidden files (_SUCCESS, .crc)
+            continue
+        if entry.is_dir():
+            yield from _walk(Path(entry.path))
+        elif entry.is_file():
+            yield Path(entry.path)
+
+
+def splittable(path: str, options: dict[str, str]) -> bool:
+    """True when every file under `path` is plain CSV whose quoted fields hold no line break:
+    reading it without multiLine gives the same rows, in parallel."""
+    opts = {k.lower(): v for k, v in options.items()}
+    if opts.get("quote", '"') != '"' or opts.get("escape", '"') != '"' or "linesep" in opts:
+        return False
+    if (opts.get("encoding") or opts.get("charset") or "utf-8").lower() not in ASCII_ENCODINGS:
+        return False
+    files = local_files(path)
+    if not files or any(f.name.lower().endswith(COMPRESSED) for f in files):
+        return False
+    if sum(f.stat().st_size for f in files) > SCAN_LIMIT:
+        return False
+    return not any(quoted_line_break(f) for f in files)
+
+
+def quoted_line_break(path: Path) -> bool:
+    """Whether a line break in the file lies inside a quoted field."""
+    if path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        if mm.find(b'"') < 0:
+            return False
+        cr = mm.find(b"\r") >= 0
+        chunks = _scan(mm, cr)  # returns holding no view of the map, so it can close
+    parity = 0
+    for quotes_odd, inside_if_even, inside_if_odd in chunks:
+        if inside_if_odd if parity else inside_if_even:
+            return True
+        parity ^= quotes_odd
+    return False
+
+
+def _scan(mm: mmap.mmap, cr: bool) -> list[tuple[int, bool, bool]]:
+    data = np.frombuffer(mm, dtype=np.uint8)
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 2)) as pool:
+        return list(pool.map(_chunk, (data[s:s + CHUNK] for s in range(0, len(data), CHUNK)),
+                             itertools.repeat(cr)))
+
+
+def _chunk(a: np.ndarray, cr: bool) -> tuple[int, bool, bool]:
+    """(odd number of quotes in the chunk, a line break inside quotes if the chunk starts
+    outside a quoted field, the same if it starts inside one)."""
+    quotes = np.flatnonzero(a == 34)
+    breaks = a == 10
+    if cr:
+        breaks |= a == 13
+    before = np.searchsorted(quotes, np.flatnonzero(breaks)) & 1  # quotes before each break
+    return quotes.size & 1, bool(before.any()), bool(before.size and not before.all())
