@@ -47,8 +47,9 @@ def cmd_list(args) -> int:
     defs = builtin_registry().all()
     width = max(len(f"{d.kind}.{d.method}") for d in defs)
     for d in defs:  # "stream": the method also works in streaming pipelines
+        also = "".join(f" (also {a})" for a in d.aliases)
         print(f"{d.kind + '.' + d.method:<{width}}  {'stream' if d.streams else '      '}  "
-              f"{d.summary}")
+              f"{d.summary}{also}")
     return 0
 
 

@@ -95,7 +95,8 @@ def method_reference(registry) -> str:
         for d in [d for d in registry.all() if d.kind == kind]:
             doc = " ".join((d.model.__doc__ or "").split())
             stream = "batch and streaming" if d.streams else "batch only"
-            parts.append(f"**`{d.method}`** *({stream})*: {doc}")
+            also = "".join(f" (also `{a}`)" for a in d.aliases)
+            parts.append(f"**`{d.method}`**{also} *({stream})*: {doc}")
             parts.append("")
             own, groups = _own(d.model, shared)
             if own:

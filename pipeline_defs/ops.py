@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 import dagster as dg
 from dagster._core.errors import DagsterExecutionInterruptedError  # a run's interruption
+from pyspark import StorageLevel
 from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, Observation
 from pyspark.sql import functions as F
@@ -371,9 +372,14 @@ def _run_step(context, plan: Plan, node: StepNode, stepdef: StepDef, current: St
               ctx: StepContext) -> DataFrame:
     """An extract or transform step: its (lazy) output DataFrame."""
     ctx.activity = "building its Spark plan"
+    cfg = node.step.config
     if node.step.kind == "extract" and ctx.streaming is not None and stepdef.stream_read:
-        return stepdef.stream_read(node.step.config, ctx)
-    return stepdef.fn(current.df if current else None, node.step.config, ctx)
+        return stepdef.stream_read(cfg, ctx)
+    df = stepdef.fn(current.df if current else None, cfg, ctx)
+    if cfg.cache and not df.isStreaming:  # `cache` (the original's extract key): kept once
+        df = df.persist(getattr(StorageLevel, cfg.cache_storage_level))  # computed; freed
+        ctx.metadata["cached"] = cfg.cache_storage_level  # when the run's session closes
+    return df
 
 
 def _output(context, node: StepNode, df: DataFrame, ctx: StepContext, parents: tuple,

@@ -20,7 +20,8 @@ def start_stream(context, plan: Plan, node: StepNode, stepdef: StepDef, current:
     s = node.step
     _refuse_concurrent_run(context, plan)
     ctx.activity = f"starting its streaming query to {s.config.location()}"
-    name = f"{plan.job_name}.{node.op_name}.{context.run_id[:8]}"
+    name = getattr(s.config, "query_name", None) or \
+        f"{plan.job_name}.{node.op_name}.{context.run_id[:8]}"
     q = streaming.start_query(stepdef.stream_write, current.df, s.config, ctx, name)
     meta = {"location": s.config.location(), "query": name, "query_id": str(q.id),
             "dagster/column_schema": table_schema(current.df.schema),

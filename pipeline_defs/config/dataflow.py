@@ -65,6 +65,7 @@ def check_streaming(file: str, steps: Sequence[LoadedStep], catalog: Catalog
     config that has no meaning on a stream, loads that no streaming source feeds."""
     out: list[Problem] = []
     sources: dict[int, bool] = {}  # step -> a stream flows out of it
+    names: dict[str, int] = {}  # queryName -> step
     def streaming(kind: str) -> list[str]:
         return sorted(m for k, m in catalog.methods() if k == kind and catalog.streams(k, m))
     for s, current, named, _, _ in walk(file, steps):
@@ -100,6 +101,18 @@ def check_streaming(file: str, steps: Sequence[LoadedStep], catalog: Catalog
                        if s.kind == "validate" else "Run it in a batch pipeline instead.")
                 out.append(Problem(file, f"{s.method} {what}, which a stream never has.",
                                    s.index, s.label, "method", fix))
+        query = getattr(s.config, "query_name", None) if s.kind == "load" else None
+        if query and query in names:
+            out.append(Problem(file, f"queryName '{query}' is also step {names[query]}'s: a "
+                               "session runs one query per name.", s.index, s.label,
+                               "config.queryName", "Give each streaming load its own "
+                               "queryName."))
+        elif query:
+            names[query] = s.index
+        if sources.get(s.index) and s.kind != "load" and getattr(s.config, "cache", False):
+            out.append(Problem(file, "a stream cannot be cached: each micro-batch is new data.",
+                               s.index, s.label, "config.cache", "Remove \"cache\" (or set "
+                               "\"mode\": \"batch\" to read what is there now)."))
         if fed or s.kind == "extract":
             for fpath, msg, fix in s.config.streaming_problems():
                 out.append(Problem(file, msg, s.index, s.label, f"config.{fpath}", fix))

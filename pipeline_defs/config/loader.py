@@ -283,6 +283,10 @@ def _load_step(file: str, index: int, raw, catalog: Catalog, params: dict[str, s
         return _stand_in(index, cfg_raw, model, spec), problems
     for fpath, msg, fix in cfg.problems():
         problems.append(Problem(file, msg, index, label, f"config.{fpath}", fix))
+    if spec.type == "load" and cfg.cache:
+        problems.append(Problem(file, "a load's output is a table, not a DataFrame to cache.",
+                                index, label, "config.cache", "Put \"cache\": true on the "
+                                "step whose output later steps read more than once."))
     return LoadedStep(index, spec.type, spec.method, spec.name, spec.description, cfg,
                       cfg_raw, dict(spec.config), spec.condition, spec.retries,
                       spec.pool), problems

@@ -46,12 +46,24 @@ def asset_key_field(what: str = "the table"):
 
 
 
+StorageLevelName = Literal["MEMORY_AND_DISK", "MEMORY_ONLY", "DISK_ONLY", "MEMORY_AND_DISK_2",
+                           "MEMORY_ONLY_2", "DISK_ONLY_2", "OFF_HEAP",
+                           "MEMORY_AND_DISK_DESER"]
+
+
 class StepModel(FormatModel):
     """Base of every method's `config`. Subclasses describe one method each."""
 
     register_as: str | None = Field(
         None, description="Also store this step's output under this name, for later steps' "
                           "`inputDataFrames` / `referencedDataFrame` and as a view in `sql`.")
+
+    cache: bool = Field(
+        False, description="Persist this step's output (its registerAs name too) once computed, "
+        "at cacheStorageLevel, for later steps that read it more than once (the original's "
+        "extract key; any extract or transform here). \"true\" as a string works too.")
+    cache_storage_level: StorageLevelName = Field(
+        "MEMORY_AND_DISK", description="Spark storage level of `cache`.")
 
     parameters: dict[str, str] = Field(
         default_factory=dict, description="Values for ${name} placeholders of this step only, "

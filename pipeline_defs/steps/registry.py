@@ -42,6 +42,9 @@ class StepDef:
     asset_kind: str | Callable[[StepModel], str] | None = None
     """What an extract reads or a load writes, as a Dagster kind: "delta", "postgres", or a
     function of the config (a file's format)."""
+    aliases: tuple[str, ...] = ()
+    """Other names files may use for the method (e.g. the improvement plan's
+    repartitionData): one registration, one entry in the docs."""
 
     @property
     def streams(self) -> bool:
@@ -78,31 +81,38 @@ def secret_fields(model: type[StepModel]) -> tuple[str, ...]:
 class Registry:
     def __init__(self) -> None:
         self._defs: dict[tuple[str, str], StepDef] = {}
+        self._aliases: dict[tuple[str, str], str] = {}  # (kind, alias) -> method
+
+    def _key(self, kind: str, method: str) -> tuple[str, str]:
+        return kind, self._aliases.get((kind, method), method)
 
     def register(self, d: StepDef) -> None:
         if d.kind not in KINDS:
             raise RegistryError(f"{d.fn.__qualname__}: kind '{d.kind}' is not one of {KINDS}.")
-        if (d.kind, d.method) in self._defs:
-            other = self._defs[(d.kind, d.method)].fn
-            raise RegistryError(f"{d.kind}.{d.method} is registered twice: by "
-                                f"{other.__module__}.{other.__qualname__} and "
-                                f"{d.fn.__module__}.{d.fn.__qualname__}.")
+        for name in (d.method, *d.aliases):
+            if self._key(d.kind, name) in self._defs:
+                other = self._defs[self._key(d.kind, name)].fn
+                raise RegistryError(f"{d.kind}.{name} is registered twice: by "
+                                    f"{other.__module__}.{other.__qualname__} and "
+                                    f"{d.fn.__module__}.{d.fn.__qualname__}.")
         if not issubclass(d.model, StepModel):
             raise RegistryError(f"{d.kind}.{d.method}: its model must subclass StepModel.")
         self._defs[(d.kind, d.method)] = d
+        self._aliases.update({(d.kind, a): d.method for a in d.aliases})
 
     # ------------------------------------------------------------ decorators
     def step(self, kind: str, method: str, model: type[StepModel], *,
              row_level: bool | None = None,
-             asset_kind: str | Callable[[StepModel], str] | None = None
-             ) -> Callable[[Callable], Callable]:
+             asset_kind: str | Callable[[StepModel], str] | None = None,
+             aliases: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
         """Register `fn(df, cfg, ctx)` as method `kind.method` configured by `model`.
         `row_level` (transforms and validations): it applies row by row, so also to streams;
-        transforms are unless they say otherwise, validations must say so."""
+        transforms are unless they say otherwise, validations must say so. `aliases`: other
+        names of the same method."""
         def deco(fn: Callable) -> Callable:
             self.register(StepDef(kind, method, model, fn,
                                   row_level if row_level is not None else kind == "transform",
-                                  asset_kind=asset_kind))
+                                  asset_kind=asset_kind, aliases=aliases))
             return fn
         return deco
 
@@ -130,27 +140,29 @@ class Registry:
         """A copy to add methods to (a plugin, a test) without changing this registry."""
         out = Registry()
         out._defs = dict(self._defs)
+        out._aliases = dict(self._aliases)
         return out
 
     # ------------------------------------------------------------ the catalog config/ reads
     def model_for(self, kind: str, method: str) -> type[StepModel] | None:
-        d = self._defs.get((kind, method))
+        d = self._defs.get(self._key(kind, method))
         return d.model if d else None
 
     def methods(self) -> Iterable[tuple[str, str]]:
-        return list(self._defs)
+        """Every name a file may use, aliases included."""
+        return [*self._defs, *self._aliases]
 
     def streams(self, kind: str, method: str) -> bool:
-        d = self._defs.get((kind, method))
+        d = self._defs.get(self._key(kind, method))
         return bool(d and d.streams)
 
     def secret_fields(self, kind: str, method: str) -> tuple[str, ...]:
-        d = self._defs.get((kind, method))
+        d = self._defs.get(self._key(kind, method))
         return d.secret_fields if d else ()
 
     # ------------------------------------------------------------ lookups
     def get(self, kind: str, method: str) -> StepDef:
-        return self._defs[(kind, method)]
+        return self._defs[self._key(kind, method)]
 
     def all(self) -> list[StepDef]:
         order = {k: i for i, k in enumerate(KINDS)}

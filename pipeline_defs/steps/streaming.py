@@ -74,6 +74,11 @@ class StreamingSink(FormatModel):
         "\"once\" (the run ends when the backlog is drained). Default: the pipeline's "
         "streaming.trigger, else micro-batches as fast as possible.")
 
+    query_name: str | None = Field(
+        None, min_length=1, max_length=200, description="Streaming: the query's name "
+        "(Spark's queryName), shown in progress lines, metrics, the run's events and the "
+        "Spark UI. Unique among the pipeline's loads. Default: <job>.<step>.<run id>.")
+
     _trigger = field_validator("trigger")(check_trigger)
 
 

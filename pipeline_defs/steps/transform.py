@@ -3,14 +3,14 @@ partitions and caching. Each turns DataFrames into a DataFrame, lazily."""
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from pydantic import Field
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from pipeline_defs.config.model import StepModel
+from pipeline_defs.config.model import StepModel, StorageLevelName
 from pipeline_defs.steps.context import StepContext
 from pipeline_defs.steps.errors import missing_columns
 from pipeline_defs.steps.registry import step
@@ -150,7 +150,7 @@ class Repartition(StepModel):
     passes_filters = True
 
 
-@step("transform", "repartition", Repartition)
+@step("transform", "repartition", Repartition, aliases=("repartitionData",))
 def repartition(df: DataFrame, cfg: Repartition, ctx: StepContext) -> DataFrame:
     return df.repartition(cfg.num_partitions, *(cfg.columns or []))
 
@@ -183,14 +183,9 @@ class Coalesce(StepModel):
     passes_filters = True
 
 
-@step("transform", "coalesce", Coalesce)
+@step("transform", "coalesce", Coalesce, aliases=("coalesceData",))
 def coalesce(df: DataFrame, cfg: Coalesce, ctx: StepContext) -> DataFrame:
     return df.coalesce(cfg.num_partitions)
-
-
-StorageLevelName = Literal["MEMORY_AND_DISK", "MEMORY_ONLY", "DISK_ONLY", "MEMORY_AND_DISK_2",
-                           "MEMORY_ONLY_2", "DISK_ONLY_2", "OFF_HEAP",
-                           "MEMORY_AND_DISK_DESER"]
 
 
 class Cache(StepModel):

@@ -140,3 +140,28 @@ def test_the_load_reads_its_commit_from_the_log_without_a_spark_job(spark, ctx, 
     assert r.metadata["delta_version"] == 2 and r.metadata["delta_operation"] == "MERGE"
     assert (r.metadata["delta_numTargetRowsUpdated"], r.metadata["delta_numTargetRowsInserted"]
             ) == (1, 1)
+
+
+def test_auto_optimize_writes_fewer_files_and_compacts_small_ones(spark, ctx, tmp_path):
+    """autoOptimize (the improvement plan): optimized writes bin the data into few files, and
+    auto compaction rewrites a table's small files (>= 50 of them) after the commit; both
+    show in the load's metadata. The session's settings are back as they were after it."""
+    path = str(tmp_path / "ao")
+    df = spark.range(10_000).repartition(60)
+    plain = delta.to_delta_lake(df, cfg(delta.ToDeltaLake, path=path, mode="overwrite"), ctx())
+    assert plain.metadata["delta_numFiles"] == 60
+    assert "delta_compacted_files" not in plain.metadata
+    first = delta.to_delta_lake(df, cfg(delta.ToDeltaLake, path=path, mode="append",
+                                        autoOptimize=True), ctx())
+    assert first.metadata["delta_operation"] == "WRITE" and first.rows == 10_000
+    assert first.metadata["delta_numFiles"] == 1  # 60 partitions, one optimized file
+    assert first.metadata["delta_compacted_files"] == 61  # the 60 small ones and the new one
+    assert first.metadata["delta_compacted_into"] == 1
+    assert first.metadata["delta_auto_compaction_version"] == first.metadata["delta_version"] + 1
+    assert len(spark.read.format("delta").load(path).inputFiles()) == 1
+    again = delta.to_delta_lake(df, cfg(delta.ToDeltaLake, path=path, mode="append",
+                                        autoOptimize=True), ctx())
+    assert again.metadata["delta_numFiles"] == 1 and again.metadata["delta_compacted_files"] == 0
+    assert spark.read.format("delta").load(path).count() == 30_000
+    assert spark.conf.get("spark.databricks.delta.optimizeWrite.enabled", None) is None
+    assert spark.conf.get("spark.databricks.delta.autoCompact.enabled", None) is None

@@ -104,6 +104,25 @@ def test_filters_and_columns_of_later_steps_are_pushed_to_postgres(events, spark
     assert len(df.collect()) == len([i for i in range(1, 1001) if i % 3 == 0 and i * 1.5 > 100])
 
 
+@pytest.mark.parametrize("pushdown", [True, False])
+def test_hints_pushdown_decides_who_filters(db, pushdown):
+    """The column's collation makes PostgreSQL compare case-insensitively; Spark compares
+    exactly. So the filter's result tells where it ran: in PostgreSQL (hints.pushdown true,
+    Spark's default) or in Spark (false)."""
+    db.sql("CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', "
+           "deterministic = false)")
+    db.sql("CREATE TABLE codes (id int, code text COLLATE ci)")
+    db.sql("INSERT INTO codes VALUES (1, 'AB'), (2, 'abc')")
+    c = db.ctx("extract.fromPostgres")
+    df = jdbc.from_postgres(None, cfg(jdbc.FromPostgres, table="codes", credentialPath=db.path,
+                                      hints={"pushdown": pushdown, "columnPruning": True}), c)
+    assert c.metadata["pushdown"] == ("on" if pushdown else "off")
+    got = transform.filter_rows(df, cfg(transform.FilterRows, condition="code = 'ab'"), c)
+    plan = got._jdf.queryExecution().executedPlan().toString()
+    assert ("*EqualTo(code,ab)" in plan) is pushdown
+    assert [r.id for r in got.collect()] == ([1] if pushdown else [])
+
+
 def _customers(db, grant_to: str):
     db.sql("CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, score int DEFAULT 0)")
     db.sql("CREATE INDEX customers_name ON customers (name)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
 from pipeline_defs.steps.validate import ValidationFailed, ValidationGroup, dataset, history, rows
@@ -455,3 +457,38 @@ def test_metrics_history_flags_a_jump_and_survives_restarts(spark, ctx, tmp_path
     assert saved.filter("run_id = 'r4' AND NOT passed").count() == 2
     c = run(102, 10, "r5")  # the failed run is not part of the baseline
     assert c.metadata["passed"] is True
+
+
+def test_expected_schema_as_ddl_and_as_sparks_json_form(spark, ctx):
+    """validateSchema's expectedSchema (the improvement plan): DDL, Spark's JSON form as an
+    object and as a string, nested types, aliases, allowExtraColumns / allowMissingColumns."""
+    df = spark.createDataFrame(
+        [(1, Decimal("2.50"), ["a"], (1, "x"))],
+        "id bigint, amount decimal(10,2), tags array<string>, s struct<Longitude:bigint,t:string>")
+    ddl = ("id LONG NOT NULL, amount DECIMAL(10, 2), tags ARRAY<STRING>, "
+           "`s` STRUCT<Longitude: BIGINT, t: STRING> COMMENT 'nested, with a comma'")
+    json_form = df.schema.jsonValue()
+    for schema in (ddl, json_form, df.schema.json()):  # strict: raises on any difference
+        rows.validate_schema(df, cfg(rows.ValidateSchema, expectedSchema=schema,
+                                     mode="strict"), ctx())
+    with pytest.raises(ValidationFailed, match="column 'amount' is decimal\\(10,2\\), expected "
+                       "double; column 'tags' is array<string>, expected array<int>"):
+        rows.validate_schema(df, cfg(rows.ValidateSchema, mode="strict", expectedSchema=(
+            "id BIGINT, amount DOUBLE, tags ARRAY<INT>, s STRUCT<Longitude: BIGINT, t: STRING>"
+        )), ctx())
+    narrower = "id BIGINT, amount DECIMAL(10,2), gone INT"
+    with pytest.raises(ValidationFailed, match="column 'gone' is missing; unexpected columns "
+                       "tags, s"):
+        rows.validate_schema(df, cfg(rows.ValidateSchema, expectedSchema=narrower,
+                                     allowExtraColumns=False), ctx())
+    with pytest.raises(ValidationFailed, match="problems: column 'gone' is missing[.]$"):
+        rows.validate_schema(df, cfg(rows.ValidateSchema, expectedSchema=narrower), ctx())
+    rows.validate_schema(df, cfg(rows.ValidateSchema, expectedSchema=narrower,
+                                 allowMissingColumns=True), ctx())  # extra allowed by default
+    # evolve adds a missing nullable column of the DDL's type, not a NOT NULL one
+    out = rows.validate_schema(df, cfg(rows.ValidateSchema, mode="evolve", expectedSchema=(
+        "id BIGINT, added DATE")), ctx())
+    assert out.schema["added"].dataType.simpleString() == "date"
+    with pytest.raises(ValidationFailed, match="column 'required' is missing"):
+        rows.validate_schema(df, cfg(rows.ValidateSchema, mode="evolve", expectedSchema=(
+            "id BIGINT, required DATE NOT NULL")), ctx())

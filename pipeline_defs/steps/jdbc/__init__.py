@@ -9,7 +9,7 @@ from pydantic import Field
 from pyspark.sql import DataFrame
 from pyspark.sql.streaming import StreamingQuery
 
-from pipeline_defs.config.model import AssetKeyParts, asset_key_field, exactly_one
+from pipeline_defs.config.model import AssetKeyParts, FormatModel, asset_key_field, exactly_one
 from pipeline_defs.steps.context import LoadResult, StepContext
 from pipeline_defs.steps.jdbc.connection import (
     Connection,
@@ -26,6 +26,24 @@ __all__ = ["FromMySQL", "FromPostgres", "JdbcError", "ToMySQL", "ToPostgres"]
 
 
 # ---------------------------------------------------------------- reads
+PUSHDOWN = ("pushDownPredicate", "pushDownAggregate", "pushDownLimit", "pushDownOffset",
+            "pushDownTableSample")
+
+
+class JdbcHints(FormatModel):
+    """How much of the work Spark may hand to the database (the improvement plan's hints)."""
+
+    pushdown: bool = Field(True, description="Spark sends later steps' filters to the database "
+                           "as a WHERE clause (and, where Spark's JDBC source can, aggregates, "
+                           "LIMIT, OFFSET and TABLESAMPLE): its options pushDownPredicate, "
+                           "pushDownAggregate, pushDownLimit, pushDownOffset, "
+                           "pushDownTableSample. false: the database returns every row and "
+                           "Spark filters them (when the database would compare differently, "
+                           "e.g. a case-insensitive collation).")
+    column_pruning: bool = Field(True, description="Read only the columns later steps use. "
+                                 "Spark's JDBC source always does; false is refused.")
+
+
 class FromJdbc(JdbcConnection):
     sql_fields: ClassVar[frozenset[str]] = frozenset({"query"})  # SQL text
     uses_current = False
@@ -51,14 +69,26 @@ class FromJdbc(JdbcConnection):
     fetch_size: int = Field(10_000, ge=1, description="Rows per round trip (Spark's default 0 "
                                                       "makes the Postgres driver buffer all).")
 
+    hints: JdbcHints | None = Field(None, description="{\"pushdown\": true, "
+                                    "\"columnPruning\": true} (the defaults): what Spark may "
+                                    "hand to the database.")
+
     def problems(self):
-        return exactly_one(self, "table", "query", "Set \"table\", or \"query\" with a SELECT.")
+        out = exactly_one(self, "table", "query", "Set \"table\", or \"query\" with a SELECT.")
+        if self.hints and not self.hints.column_pruning:
+            out.append(("hints.columnPruning", "Spark's JDBC source always reads only the "
+                        "columns later steps use; it has no switch to read them all.",
+                        "Remove \"columnPruning\" (or set it to true)."))
+        return out
 
 
 def _jdbc_read(cfg: FromJdbc, ctx: StepContext, dialect: str) -> DataFrame:
     ep = jdbc_endpoint(cfg, ctx, dialect)
     source = cfg.table or f"({cfg.query}) AS pipeline_query"
     opts = {**ep.spark_options(), "fetchsize": str(cfg.fetch_size), "dbtable": source}
+    if cfg.hints is not None:
+        opts.update(dict.fromkeys(PUSHDOWN, str(cfg.hints.pushdown).lower()))
+        ctx.metadata["pushdown"] = "on" if cfg.hints.pushdown else "off"
     # One driver-side connection first: a wrong password or host fails here with a message
     # naming host, database and user (Spark's own error hides the whole URL), and the
     # partition bounds come from one min/max query on it.

@@ -2,15 +2,17 @@
 micro-batch of a stream), except uniqueness and referential integrity, which compare rows."""
 from __future__ import annotations
 
+import json
 import re
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 from pyspark.sql.window import Window
 
-from pipeline_defs.config.model import FormatModel
+from pipeline_defs.config.model import FormatModel, exactly_one
 from pipeline_defs.steps.context import StepContext
 from pipeline_defs.steps.registry import step
 from pipeline_defs.steps.validate.engine import (
@@ -39,8 +41,69 @@ _WIDER = {("tinyint", "smallint"), ("tinyint", "int"), ("tinyint", "bigint"),
 
 
 def normalize_type(name: str) -> str:
+    """A type as Spark's simpleString writes it, in lower case, with the common aliases
+    (long, integer, text, ...) replaced, also inside array/map/struct types."""
     t = name.strip().lower().replace(" ", "")
-    return _TYPE_ALIASES.get(t, t)
+    return re.sub(r"\b[a-z][a-z0-9_]*\b(?!:)",  # a word before ':' is a struct field's name
+                  lambda m: _TYPE_ALIASES.get(m.group(), m.group()), t)
+
+
+def _top_level(text: str, sep: str = ",") -> list[str]:
+    """`text` split at `sep` outside <>, () and quotes."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, c in enumerate(text):
+        if quote:
+            quote = "" if c == quote else quote
+        elif c in "'`\"":
+            quote = c
+        elif c in "<(":
+            depth += 1
+        elif c in ">)":
+            depth -= 1
+        elif c == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts]
+
+
+_DDL_COLUMN = re.compile(r"^(`(?:[^`]|``)+`|[A-Za-z_][\w$]*)\s*:?\s+(.+?)"
+                         r"(\s+NOT\s+NULL)?(\s+COMMENT\s+'(?:[^'\\]|\\.)*')?$",
+                         re.IGNORECASE | re.DOTALL)
+
+
+def ddl_columns(ddl: str) -> list[ExpectedColumn]:
+    """Columns of a DDL schema string: "id BIGINT NOT NULL, amount DECIMAL(10,2)"."""
+    out = []
+    for part in _top_level(ddl):
+        m = _DDL_COLUMN.match(part)
+        if not part or m is None:
+            raise ValueError(f"'{part}' is not \"name TYPE\" (e.g. \"id BIGINT NOT NULL\")")
+        name = m.group(1)[1:-1].replace("``", "`") if m.group(1)[0] == "`" else m.group(1)
+        if m.group(2).count("<") != m.group(2).count(">") or \
+                m.group(2).count("(") != m.group(2).count(")"):
+            raise ValueError(f"the type of '{name}' is unbalanced: {m.group(2)}")
+        out.append(ExpectedColumn(name=name, type=m.group(2), nullable=m.group(3) is None))
+    return out
+
+
+def schema_columns(schema: dict | str) -> list[ExpectedColumn]:
+    """Columns of Spark's JSON schema form (an object, or that JSON as a string) or DDL."""
+    if isinstance(schema, str) and schema.lstrip().startswith("{"):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"is not valid JSON: {e}") from None
+    if isinstance(schema, str):
+        return ddl_columns(schema)
+    try:
+        struct = StructType.fromJson(schema)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError("is not Spark's JSON schema form ({\"type\": \"struct\", "
+                         f"\"fields\": [{{\"name\", \"type\", \"nullable\"}}]}}): {e}"
+                         ) from None
+    return [ExpectedColumn(name=f.name, type=f.dataType.simpleString(), nullable=f.nullable)
+            for f in struct.fields]
 
 
 class ValidateSchema(Validator):
@@ -48,7 +111,13 @@ class ValidateSchema(Validator):
     Modes: strict (exactly these), lenient (allowExtraColumns / allowMissingColumns), evolve
     (missing nullable columns added as nulls, types widened where safe)."""
 
-    expected_columns: list[ExpectedColumn] = Field(min_length=1, description="[{name, type}]")
+    expected_columns: list[ExpectedColumn] | None = Field(
+        None, min_length=1, description="[{name, type}] (or expectedSchema).")
+    expected_schema: dict[str, Any] | str | None = Field(
+        None, description="The expected schema instead of expectedColumns: Spark's JSON form "
+        "(df.schema.json(): {\"type\": \"struct\", \"fields\": [{\"name\", \"type\", "
+        "\"nullable\"}]}, as an object or a string) or a DDL string (\"id BIGINT NOT NULL, "
+        "amount DECIMAL(10,2)\"). Its nullability counts as expectedColumns' nullable.")
     mode: Literal["strict", "lenient", "evolve"] = Field(
         "lenient", description="strict, lenient or evolve.")
     allow_extra_columns: bool = Field(True, description="lenient: columns beyond the expected "
@@ -57,13 +126,30 @@ class ValidateSchema(Validator):
                                                            "absent.")
     row_actions = False
 
+    def columns(self) -> list[ExpectedColumn]:
+        return self.expected_columns or schema_columns(self.expected_schema)
+
+    def problems(self):
+        out = exactly_one(self, "expected_columns", "expected_schema",
+                          "Give the columns as expectedColumns [{name, type}] or as "
+                          "expectedSchema (Spark's JSON schema or a DDL string).")
+        if self.expected_schema is not None:
+            try:
+                if not self.columns():
+                    raise ValueError("has no columns")
+            except ValueError as e:
+                out.append(("expectedSchema", f"{e}.", "Write it as DDL (\"id BIGINT, name "
+                            "STRING\") or as Spark's JSON form (df.schema.json())."))
+        return out + super().problems()
+
 
 @step("validate", "validateSchema", ValidateSchema, row_level=True)
 def validate_schema(df: DataFrame, cfg: ValidateSchema, ctx: StepContext) -> DataFrame:
-    actual = {f.name: f.dataType.simpleString() for f in df.schema.fields}
-    expected = {c.name: c for c in cfg.expected_columns}
+    actual = {f.name: normalize_type(f.dataType.simpleString()) for f in df.schema.fields}
+    columns = cfg.columns()
+    expected = {c.name: c for c in columns}
     errors, added, widened = [], [], []
-    for col in cfg.expected_columns:
+    for col in columns:
         want = normalize_type(col.type) if col.type else None
         if col.name not in actual:
             if cfg.mode == "evolve" and col.nullable and want:
@@ -82,7 +168,7 @@ def validate_schema(df: DataFrame, cfg: ValidateSchema, ctx: StepContext) -> Dat
                                            not cfg.allow_extra_columns)):
         errors.append(f"unexpected columns {', '.join(extra)}")
     if cfg.mode == "strict" and not errors:
-        order = [c.name for c in cfg.expected_columns]
+        order = [c.name for c in columns]
         if [c for c in actual if c in expected] != order:
             errors.append(f"columns are in the order {', '.join(actual)}, expected "
                           f"{', '.join(order)}")
