@@ -47,7 +47,8 @@ def plan_file(tmp_path, cache: bool) -> dict:
                 "allowMissingColumns": True}},
             {"type": "transform", "method": "coalesceData", "config": {"numPartitions": 1}},
             {"type": "load", "method": "toDeltaLake", "name": "active_users", "config": {
-                "path": str(tmp_path / "lake/active_users"), "mode": "overwrite"}},
+                "path": str(tmp_path / "lake/active_users"), "mode": "overwrite",
+                "queryName": "unused_in_batch"}},
             {"type": "transform", "method": "sql", "config": {
                 "query": "SELECT signup_year, count(*) AS users FROM users "
                          "GROUP BY signup_year"}},
