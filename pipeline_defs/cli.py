@@ -12,12 +12,12 @@ from pathlib import Path
 from pipeline_defs.errors import ConfigError, PipelineError
 
 
-def _params(pairs: list[str]) -> dict[str, str]:
+def _params(pairs: list[str], flag: str = "--param") -> dict[str, str]:
     out = {}
     for pair in pairs:
         k, sep, v = pair.partition("=")
         if not sep or not k:
-            raise SystemExit(f"--param takes name=value, got '{pair}'.")
+            raise SystemExit(f"{flag} takes name=value, got '{pair}'.")
         out[k] = v
     return out
 
@@ -69,9 +69,17 @@ def cmd_run(args) -> int:
     params = _params(args.param)
     # Start the JVM first, on another thread: it takes seconds, and so does loading Dagster.
     from pipeline_defs import spark_session as spark_res
-    settings = spark_res.settings_from_env()
+    spark_config = {"spark.master": os.environ.get("SPARK_MASTER", "local[*]"),
+                    "spark.app.name": "pipeline_defs",
+                    **_params(args.spark_conf, "--spark-conf")}
     if args.master:
-        settings = spark_res.SparkSettings(master=args.master, jars_dir=settings.jars_dir)
+        spark_config["spark.master"] = args.master
+    refused = spark_res.refused(spark_config)
+    if refused:
+        print(f"{args.file}: --spark-conf refused: " + "; ".join(refused) + ".", file=sys.stderr)
+        return 2
+    settings = spark_res.SparkSettings.from_spark_config(
+        spark_config, str(spark_res.default_jars_dir()))
     spark_res.start_in_background(settings)
 
     from pipeline_defs.config.loader import load_pipeline
@@ -88,7 +96,7 @@ def cmd_run(args) -> int:
     from pipeline_defs.definitions import default_resources, definitions_for
     from pipeline_defs.runs import print_summary
     resources = default_resources()
-    resources["spark"] = resources["spark"].model_copy(update={"master": settings.master})
+    resources["spark"] = resources["spark"].model_copy(update={"spark_config": spark_config})
     defs = definitions_for([pipeline], resources)
     from pipeline_defs.config.dataflow import safe_name
     job = defs.resolve_job_def(safe_name(pipeline.name))
@@ -227,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--partition", metavar="KEY", help="run one partition of a partitioned "
                    "pipeline, e.g. 2024-01-03 (its ${DATE})")
     r.add_argument("--master", help="Spark master (default SPARK_MASTER or local[*])")
+    r.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Spark setting for this run, e.g. spark.sql.shuffle.partitions=8 "
+                        "(repeatable; the Launchpad's spark_config)")
     r.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     r.add_argument("--show", type=int, default=0, metavar="N",
                    help="after success, print the first N rows of every target written")

@@ -19,7 +19,7 @@ from pipeline_defs.factory import asset_checks, build_pipeline, source_specs
 from pipeline_defs.ops import params_resource, params_resource_key
 from pipeline_defs.orchestration import orchestration_defs
 from pipeline_defs.resources import MetricsResource, SparkResource, VaultResource
-from pipeline_defs.resources.spark import REPO_ROOT, default_jars_dir
+from pipeline_defs.resources.spark import REPO_ROOT, default_jars_dir, default_spark_config
 from pipeline_defs.steps.registry import Registry, builtin_registry
 
 # Dagster 1.13.27 warns about its own internals when a project is loaded through dg: the
@@ -38,7 +38,7 @@ def config_dir() -> Path:
 def default_resources() -> dict:
     """The one place that chooses resources for the environment (read from env vars)."""
     return {
-        "spark": SparkResource(master=os.environ.get("SPARK_MASTER", "local[*]"),
+        "spark": SparkResource(spark_config=default_spark_config(),
                                jars_dir=str(default_jars_dir())),
         "vault": VaultResource.from_env(),
         "metrics": MetricsResource.from_env(),

@@ -24,6 +24,37 @@ def default_jars_dir() -> Path:
     return Path(os.environ.get("PIPELINE_JARS_DIR", REPO_ROOT / ".cache" / "jars"))
 
 
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+SECRET_REGEX = r"(?i)secret|password|token|access[.]?key|credential"
+OPTION_REGEX = r"(?i)url|password|secret|token|access[.]?key|user"
+# What a user's setting may not change, and why (the message names the key and the fix).
+FIXED = {
+    "spark.sql.catalog.spark_catalog": (DELTA_CATALOG, "Delta tables by name need it"),
+    "spark.redaction.regex": (SECRET_REGEX, "it keeps secrets out of Spark's UI and logs"),
+    "spark.sql.redaction.options.regex": (OPTION_REGEX, "it keeps credentials in read and "
+                                          "write options out of plans and the UI"),
+    "spark.sql.session.timeZone": ("UTC", "dates, ${DATE} parameters and database loads are "
+                                   "computed in UTC"),
+}
+# Lists a user's setting adds to (the product's entries first).
+JOINED = {"spark.sql.extensions": ",", "spark.jars": ",", "spark.driver.extraClassPath":
+          os.pathsep, "spark.driver.extraJavaOptions": " "}
+
+
+def refused(conf: dict[str, str]) -> list[str]:
+    """The user's settings that would break one the product needs, each with the fix."""
+    out = []
+    for k, v in conf.items():
+        if k in FIXED and str(v) != FIXED[k][0]:
+            out.append(f"{k} cannot be changed ({FIXED[k][1]}); remove it from spark_config")
+        if k == "spark.pyspark.python" and Path(str(v)).resolve() != Path(sys.executable
+                                                                          ).resolve():
+            out.append(f"{k} must be this environment's Python ({sys.executable}): Python "
+                       "workers import this product; remove it from spark_config")
+    return out
+
+
 @dataclass(frozen=True)
 class SparkSettings:
     master: str = "local[*]"
@@ -37,16 +68,17 @@ class SparkSettings:
         if not jars:
             raise PipelineError(f"no connector jars in {jars_dir}. Run `make setup` (it resolves "
                                 "them with Maven), or set PIPELINE_JARS_DIR.")
+        problems = refused(dict(self.conf))
+        if problems:
+            raise PipelineError("Spark settings refused: " + "; ".join(problems) + ".")
         conf = {
-            "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
-            "spark.sql.catalog.spark_catalog":
-                "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+            "spark.sql.extensions": DELTA_EXTENSION,
+            "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
             "spark.ui.showConsoleProgress": "false",
             "spark.sql.session.timeZone": "UTC",
             # Secrets in options and Hadoop settings are masked in plans and the UI.
-            "spark.redaction.regex": r"(?i)secret|password|token|access[.]?key|credential",
-            "spark.sql.redaction.options.regex":
-                r"(?i)url|password|secret|token|access[.]?key|user",
+            "spark.redaction.regex": SECRET_REGEX,
+            "spark.sql.redaction.options.regex": OPTION_REGEX,
         }
         log4j = Path(__file__).parent / "resources" / "log4j2.properties"
         conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={log4j.as_uri()}"
@@ -62,8 +94,24 @@ class SparkSettings:
             conf["spark.databricks.delta.snapshotPartitions"] = str(local_cores(self.master))
         else:
             conf["spark.jars"] = ",".join(jars)
-        conf.update(dict(self.conf))
+        for k, v in self.conf:
+            sep = JOINED.get(k)
+            if sep and conf.get(k):  # the product's entries, then the user's new ones
+                ours = conf[k].split(sep)
+                conf[k] = sep.join(ours + [i for i in v.split(sep) if i and i not in ours])
+            else:
+                conf[k] = v
         return conf
+
+    @classmethod
+    def from_spark_config(cls, spark_config: dict, jars_dir: str = "") -> SparkSettings:
+        """Settings from a `spark_config` mapping (dagster-pyspark's form): spark.master and
+        spark.app.name (defaults: $SPARK_MASTER or local[*], pipeline_defs), the rest as is."""
+        conf = {k: str(v).lower() if isinstance(v, bool) else str(v)
+                for k, v in spark_config.items()}
+        master = conf.pop("spark.master", None) or os.environ.get("SPARK_MASTER", "local[*]")
+        app = conf.pop("spark.app.name", None) or "pipeline_defs"
+        return cls(master, app, jars_dir, tuple(sorted(conf.items())))
 
 
 def local_cores(master: str) -> int:

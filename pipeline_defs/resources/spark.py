@@ -2,17 +2,23 @@
 process) and the watcher that cancels its Spark jobs when the run is terminated."""
 from __future__ import annotations
 
+import os
 import threading
+from typing import Any
 
 import dagster as dg
+from dagster_pyspark import LazyPySparkResource
 from pydantic import Field, PrivateAttr
 from pyspark.sql import SparkSession
 
+from pipeline_defs.errors import PipelineError
 from pipeline_defs.spark_session import (  # noqa: F401 - re-exported
+    JOINED,
     REPO_ROOT,
     SparkSettings,
     default_jars_dir,
     local_cores,
+    refused,
     session,
     settings_from_env,
     start_in_background,
@@ -47,29 +53,91 @@ class RunWatcher(threading.Thread):
                 return
 
 
-class SparkResource(dg.ConfigurableResource):
-    """The run's SparkSession (one per run process, shared by every op)."""
+def default_spark_config() -> dict[str, str]:
+    """What a run gets unless its config says otherwise (shown in the Launchpad)."""
+    return {"spark.master": os.environ.get("SPARK_MASTER", "local[*]"),
+            "spark.app.name": "pipeline_defs"}
 
-    master: str = Field("local[*]", description="Spark master: local[*], spark://host:7077, "
-                                                "k8s://..., yarn.")
-    app_name: str = Field("pipeline_defs", description="Spark application name.")
-    jars_dir: str = Field("", description="Directory of connector jars (default .cache/jars).")
-    conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark settings.")
+
+class SparkResource(LazyPySparkResource):
+    """The run's SparkSession: dagster-pyspark's LazyPySparkResource, so a run sets any Spark
+    setting in `spark_config` (Launchpad, run config, `pipeline run --spark-conf`), merged
+    with what the product needs (Delta, connector jars, redaction, this Python for workers).
+    One session per process, started on first use (or ahead, by `pipeline run`); a watcher
+    cancels its Spark jobs when the run is terminated."""
+
+    spark_config: dict[str, Any] = Field(
+        default_factory=default_spark_config, description="Spark settings of the run, e.g. "
+        "{\"spark.sql.shuffle.partitions\": \"8\", \"spark.executor.memory\": \"4g\", "
+        "\"spark.master\": \"spark://host:7077\"}. Runtime SQL settings apply to this run; "
+        "static ones (master, memory, jars) when the process's session starts. The product's "
+        "own settings (Delta catalog, redaction, UTC) cannot be changed; extensions, jars and "
+        "Java options are added to its own.")
+    jars_dir: str = Field(
+        default_factory=lambda: str(default_jars_dir()), description="Connector jars: on the "
+        "driver's classpath in local mode, shipped to executors on a cluster.")
 
     _session: SparkSession | None = PrivateAttr(None)
     _watcher: RunWatcher | None = PrivateAttr(None)
+    _restore: dict = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def _is_dagster_maintained(cls) -> bool:
+        return False
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        problems = refused(self.settings_conf())
+        if problems:
+            raise PipelineError("Spark settings refused: " + "; ".join(problems) + ".")
+        existing = SparkSession._instantiatedSession
+        if existing is not None and existing.sparkContext._jsc is not None:
+            self._apply_to(existing, context.log)
         if context.instance is not None and context.run_id:
             self._watcher = RunWatcher(context.instance, context.run_id, self)
             self._watcher.start()
 
+    def settings_conf(self) -> dict[str, str]:
+        return dict(self.settings.conf)
+
+    def _apply_to(self, s: SparkSession, log) -> None:
+        """A session already runs in this process (an earlier run's, or started ahead):
+        runtime settings this run asks for are set until it ends; static ones that differ
+        cannot be, and the run says so."""
+        defaults = default_spark_config()
+        static = []
+        for k, v in {**{"spark.master": self.settings.master,
+                        "spark.app.name": self.settings.app_name}, **self.settings_conf()}.items():
+            current = s.sparkContext.master if k == "spark.master" else \
+                s.sparkContext.appName if k == "spark.app.name" else s.conf.get(k, None)
+            if k in JOINED:  # entries the running session's list lacks cannot be added
+                have = (current or "").split(JOINED[k])
+                if any(i and i not in have for i in v.split(JOINED[k])):
+                    static.append(f"{k}={v} (the session has {current})")
+                continue
+            if current == v:
+                continue
+            if k not in defaults and s.conf.isModifiable(k):
+                self._restore.setdefault(k, current)
+                s.conf.set(k, v)
+            elif defaults.get(k) != v:  # asked for by this run, not the environment's default
+                static.append(f"{k}={v} (the session has {current})")
+        if static and log is not None:
+            log.warning("Spark settings not applied to this run: " + ", ".join(static) + ". "
+                        "They are fixed when a process starts its Spark session, and this "
+                        "process's session was started by an earlier run with other values; "
+                        "they apply in a new process (a run launched from the UI or `pipeline "
+                        "run` gets one).")
+
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._watcher is not None:
             self._watcher.stop.set()
-        if self._session is not None:  # what the run persisted (conditions, `cache` steps)
+        if self._session is not None or self._restore:
+            s = self._session or SparkSession._instantiatedSession
             try:
-                self._session.catalog.clearCache()
+                if self._restore:  # the settings this run changed on a shared session
+                    for k, v in self._restore.items():
+                        s.conf.unset(k) if v is None else s.conf.set(k, v)
+                s.catalog.clearCache()  # what the run persisted (conditions, `cache` steps)
             except Exception:  # noqa: BLE001 - a session already stopped has nothing cached
                 pass
 
@@ -81,11 +149,18 @@ class SparkResource(dg.ConfigurableResource):
 
     @property
     def settings(self) -> SparkSettings:
-        return SparkSettings(self.master, self.app_name, self.jars_dir,
-                             tuple(sorted(self.conf.items())))
+        return SparkSettings.from_spark_config(self.spark_config, self.jars_dir)
 
     @property
     def spark(self) -> SparkSession:
         if self._session is None:
             self._session = session(self.settings)
         return self._session
+
+    @property
+    def spark_session(self) -> SparkSession:  # dagster-pyspark's name for it
+        return self.spark
+
+    @property
+    def spark_context(self):
+        return self.spark.sparkContext

@@ -144,9 +144,9 @@ def test_the_ui_in_a_browser(browser_world):
     b.click("Expand", name="op-graph-expand", tag="*")
     b.wait_for("customers_in", "add_label", "label_out", name="op-graph-expanded")
 
-    # the Launchpad: the file's param is there; change it and launch
+    # the Launchpad: the file's param is there, and the Spark resource's settings (issue 17)
     b.open(f"/locations/{location}/jobs/ui_demo/playground", "label: from-the-file",
-           name="launchpad")
+           "spark_config:", "spark.master: local[2]", name="launchpad")
     changed = b.driver.execute_script(
         "const cm = document.querySelector('.CodeMirror').CodeMirror;"
         "cm.setValue(cm.getValue().replace('label: from-the-file', 'label: from-the-ui'));"
