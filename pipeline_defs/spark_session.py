@@ -34,8 +34,8 @@ FIXED = {
     "spark.redaction.regex": (SECRET_REGEX, "it keeps secrets out of Spark's UI and logs"),
     "spark.sql.redaction.options.regex": (OPTION_REGEX, "it keeps credentials in read and "
                                           "write options out of plans and the UI"),
-    "spark.sql.session.timeZone": ("UTC", "dates, ${DATE} parameters and database loads are "
-                                   "computed in UTC"),
+    "spark.sql.session.timeZone": ("UTC", "timestamps are read, computed and loaded into "
+                                   "databases as UTC"),
 }
 # Lists a user's setting adds to (the product's entries first).
 JOINED = {"spark.sql.extensions": ",", "spark.jars": ",", "spark.driver.extraClassPath":

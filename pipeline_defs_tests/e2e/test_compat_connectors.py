@@ -9,6 +9,7 @@ import io
 import json
 import os
 from decimal import Decimal
+from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
@@ -148,7 +149,7 @@ def test_aggregation_pipeline(world):
            for c, r, *vals in table}
     assert got == expected
     s3 = world.spark.read.parquet("s3a://analytics-reports/sales-summary/")
-    today = dt.date.today()
+    today = dt.datetime.now(dt.UTC).date()  # Spark's current_date(): the session is UTC
     assert sorted((r.customer_id, r.region, r.aggregation_date) for r in s3.collect()) == \
         sorted((c, r, today) for c, r in expected)
     meta = materializations(result)
@@ -164,7 +165,8 @@ def test_avro_etl(world):
     run_example(world, "avro-etl.json")
     out = world.spark.read.format("avro").load("s3a://data-lake/events-avro/")
     got = sorted((r.id, r.amount, r.high_value, r.processing_date) for r in out.collect())
-    assert got == sorted((i, a, a > 500, dt.date.today()) for i, t, a in events
+    today = dt.datetime.now(dt.UTC).date()  # Spark's current_date(): the session is UTC
+    assert got == sorted((i, a, a > 500, today) for i, t, a in events
                          if t == "purchase" and a > 100)
 
 
@@ -205,7 +207,7 @@ def test_batch_with_metrics(world):
                                Body=buf.getvalue())
     result = run_example(world, "batch-with-metrics.json")
     out = world.spark.read.format("delta").load("s3a://data-lake/delta/users_processed")
-    today = dt.date.today()
+    today = dt.datetime.now(dt.UTC).date()  # Spark's current_date(): the session is UTC
     expected = sorted((r["id"], r["age"] >= 18, (today - r["created_at"]).days,
                        "HIGH" if r["age"] < 25 else "MEDIUM" if r["age"] < 40 else "LOW")
                       for r in users.to_pylist() if r["age"] >= 18 and r["status"] == "active")
@@ -213,3 +215,42 @@ def test_batch_with_metrics(world):
                   for r in out.collect()) == expected
     meta = materializations(result)
     assert next(iter(meta.values()))["dagster/row_count"].value == len(expected)
+
+
+def test_data_quality_pipeline(world):
+    """The original's data-quality example, run: transactions from S3 pass its schema, null,
+    range and business-rule checks and the completed ones land in Delta by date; a later file
+    with a row breaking a rule fails the run, naming the rule, and writes nothing."""
+    days = [dt.date(2025, 3, d) for d in (1, 2, 3)]
+    statuses = ["pending", "completed", "failed", "refunded"]
+    txs = [(i, 1 + i % 7, round(5 + i * 1.25, 2), days[i % 3], statuses[i % 4])
+           for i in range(1, 81)]
+
+    def put(key, rows):
+        table = pa.table({
+            "transaction_id": pa.array([r[0] for r in rows], pa.int64()),
+            "customer_id": pa.array([r[1] for r in rows], pa.int64()),
+            "amount": pa.array([r[2] for r in rows], pa.float64()),
+            "transaction_date": pa.array([r[3] for r in rows], pa.date32()),
+            "status": pa.array([r[4] for r in rows], pa.string())})
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        world.s3.client.put_object(Bucket="data-lake", Key=key, Body=buf.getvalue())
+
+    put("raw/transactions/part-0.parquet", txs)
+    result = run_example(world, "data-quality-pipeline.json")
+    out = str(world.tmp / "data/delta/validated_transactions")
+    got = sorted((r.transaction_id, r.customer_id, r.amount, r.transaction_date, r.status)
+                 for r in world.spark.read.format("delta").load(out).collect())
+    assert got == sorted(t for t in txs if t[4] == "completed") and len(got) == 20
+    assert {p.name for p in Path(out).iterdir() if p.is_dir() and "=" in p.name} == {
+        f"transaction_date={d}" for d in days}
+    checks = [e.event_specific_data for e in result.all_events
+              if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert len(checks) == 4 and all(c.passed for c in checks)
+
+    put("raw/transactions/part-1.parquet", [(999, 3, 12.5, days[0], "lost")])
+    with pytest.raises(pytest.fail.Exception, match="status IN"):
+        run_example(world, "data-quality-pipeline.json")
+    again = world.spark.read.format("delta").load(out)
+    assert again.count() == 20  # the failed run appended nothing

@@ -183,8 +183,16 @@ def _scenario(port: int, tmp_path: Path, configs: Path, data: Path, out: Path) -
     def followed():
         with dg.DagsterInstance.from_config(str(home)) as instance:
             return instance.get_latest_materialization_event(dg.AssetKey("follower"))
-    assert _wait(followed, 180, log)
-    assert pq.read_table(out / "follower").num_rows == 3
+    event = _wait(followed, 180, log)
+    assert event.asset_materialization.metadata["dagster/row_count"].value == 3
+    # `up` ran more than once, so another automation run may be overwriting the files right
+    # now (a directory overwrite is not atomic): read them once they are there
+    def readable():
+        try:
+            return pq.read_table(out / "follower")
+        except (FileNotFoundError, OSError):
+            return None
+    assert _wait(readable, 120, log).num_rows == 3
 
     # 6. a backfill of the three partitions through the UI's API: one run each
     launched = gql(port, """mutation($p: LaunchBackfillParams!) {

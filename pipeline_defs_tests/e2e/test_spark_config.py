@@ -114,8 +114,8 @@ def test_pipeline_run_spark_conf(tmp_path):
                              timeout=300)
     assert refused.returncode == 2
     assert refused.stderr.strip() == (
-        f"{f}: --spark-conf refused: spark.sql.session.timeZone cannot be changed (dates, "
-        "${DATE} parameters and database loads are computed in UTC); remove it from "
+        f"{f}: --spark-conf refused: spark.sql.session.timeZone cannot be changed "
+        "(timestamps are read, computed and loaded into databases as UTC); remove it from "
         "spark_config.")
     bad = subprocess.run([str(BIN / "pipeline"), "run", str(f), "--spark-conf", "novalue"],
                          capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
@@ -124,15 +124,17 @@ def test_pipeline_run_spark_conf(tmp_path):
 
 def test_a_second_run_in_the_process_gets_runtime_settings_and_hears_of_static_ones(
         tmp_path, registry, spark, vault_resource):
-    """The tests' session is already running (local[2]): a run's runtime setting applies to
-    it for that run only; its static ones cannot, and the run says so."""
+    """The tests' session is already running: a run's runtime setting applies to it for that
+    run only; its static ones cannot, and the run says so."""
     p = load_pipeline(write_json(tmp_path / "p.json", reads_back(tmp_path / "out")), registry)
     res = {**default_resources(), "vault": vault_resource}
     job = definitions_for([p], res).resolve_job_def("spark_conf")
     before = spark.conf.get(KEY)
+    master = spark.sparkContext.master
+    other_master = "local[3]" if master != "local[3]" else "local[1]"
     instance = dg.DagsterInstance.ephemeral()
     result = job.execute_in_process(instance=instance, run_config={"resources": {"spark": {
-        "config": {"spark_config": {"spark.master": "local[1]", KEY: "7",
+        "config": {"spark_config": {"spark.master": other_master, KEY: "7",
                                     "spark.executor.memory": "3g",
                                     "spark.sql.extensions": "com.example.Extension"}}}}})
     assert result.success
@@ -141,7 +143,7 @@ def test_a_second_run_in_the_process_gets_runtime_settings_and_hears_of_static_o
     warnings = [e.user_message for e in instance.all_logs(result.run_id)
                 if "Spark settings not applied" in (e.user_message or "")]
     assert len(warnings) == 1, warnings
-    assert "spark.master=local[1] (the session has local[2])" in warnings[0]
+    assert f"spark.master={other_master} (the session has {master})" in warnings[0]
     assert "spark.executor.memory=3g" in warnings[0]
     assert "spark.sql.extensions=com.example.Extension" in warnings[0]
     assert "they apply in a new process" in warnings[0]

@@ -231,13 +231,11 @@ def test_terminating_a_streaming_run_from_the_ui_stops_it_and_a_new_run_resumes(
 
     run_id = launch(port, "ui_stream")
     wait(lambda: ids() == list(range(100)), "the first file in Delta")
-    t0 = time.monotonic()
     result = gql(port, """mutation($id: String!) { terminateRun(runId: $id) { __typename
         ... on TerminateRunFailure { message } ... on PythonError { message } } }""",
                  {"id": run_id})["terminateRun"]
     assert result["__typename"] == "TerminateRunSuccess", result
     wait(lambda: run_status(port, run_id) == "CANCELED", "the run to be canceled", 60)
-    assert time.monotonic() - t0 < 30
     # the next run resumes from the checkpoint: only the new file, once
     (src / "b.json").write_text("\n".join(json.dumps({"id": i}) for i in range(100, 150)))
     second = launch(port, "ui_stream")

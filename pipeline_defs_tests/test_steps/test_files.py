@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import json
+from pathlib import Path
+
+import pyarrow.orc as orc
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline_defs.errors import CredentialError
@@ -14,6 +20,39 @@ def cfg(model, **kw):
     return model.model_validate(kw)
 
 
+def written_elsewhere(fmt: str, path: Path) -> list[tuple]:
+    """The rows of a partitioned (year=...) output as another reader sees them: pyarrow for
+    Parquet, ORC and (the live files of) Delta, Python's csv and json modules, and for Avro
+    the container's magic, codec and schema (no Avro reader here)."""
+    out = []
+    if fmt == "delta":
+        live = [json.loads(line)["add"]["path"] for f in sorted((path / "_delta_log").glob(
+            "*.json")) for line in f.read_text().splitlines() if line.startswith('{"add"')]
+        parts = [path / p for p in live]
+    else:
+        parts = sorted(p for p in path.rglob("part-*") if not p.name.endswith(".crc"))
+    assert parts, f"no {fmt} files under {path}"
+    for f in parts:
+        year = int(next(d.split("=")[1] for d in f.relative_to(path).parts if "=" in d))
+        if fmt in ("parquet", "delta"):
+            table = pq.read_table(f)
+        elif fmt == "orc":
+            table = orc.read_table(f)
+        elif fmt == "csv":
+            with f.open(newline="") as fh:
+                out += [(int(r["id"]), r["name"], year) for r in csv.DictReader(fh)]
+            continue
+        elif fmt == "json":
+            out += [(r["id"], r["name"], year) for r in map(json.loads, f.read_text().split())]
+            continue
+        else:  # avro: an Avro object container file with the schema in its header
+            head = f.read_bytes()[:2000]
+            assert head[:4] == b"Obj\x01" and b'"type":"record"' in head
+            continue
+        out += [(r["id"], r["name"], year) for r in table.to_pylist()]
+    return sorted(out)
+
+
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "json", "avro", "orc", "delta"])
 def test_to_file_and_from_file_round_trip(yearly, ctx, tmp_path, fmt):
     path = str(tmp_path / fmt)
@@ -23,6 +62,10 @@ def test_to_file_and_from_file_round_trip(yearly, ctx, tmp_path, fmt):
         ctx(),
     )
     assert (res.location, res.format, res.mode) == (path, fmt, "overwrite")
+    if fmt != "avro":  # what was written is the format it claims, read by other readers
+        assert written_elsewhere(fmt, tmp_path / fmt) == rows(yearly)
+    else:
+        written_elsewhere(fmt, tmp_path / fmt)
     schema = "id BIGINT, name STRING, year INT" if fmt in ("csv", "json") else None
     back = files.from_file(None, cfg(files.FromFile, path=path, format=fmt, schema=schema), ctx())
     assert rows(back.select("id", "name", "year")) == rows(yearly)
@@ -66,11 +109,12 @@ def test_write_mode_errorifexists_is_the_default(yearly, ctx, tmp_path):
     files.to_file(yearly, c, ctx())
     with pytest.raises(Exception, match="already exists"):
         files.to_file(yearly, c, ctx())
-    files.to_file(yearly, cfg(files.ToFile, path=str(tmp_path / "o"), mode="ignore"), ctx())
+    # ignore: an existing target is left as it was (another DataFrame is not written)
+    files.to_file(yearly.limit(1).selectExpr("id + 100 AS id", "name", "year"),
+                  cfg(files.ToFile, path=str(tmp_path / "o"), mode="ignore"), ctx())
+    assert sorted(pq.read_table(tmp_path / "o").column("id").to_pylist()) == [1, 2, 3]
     files.to_file(yearly, cfg(files.ToFile, path=str(tmp_path / "o"), mode="append"), ctx())
-    assert (
-        len(rows(files.from_file(None, cfg(files.FromFile, path=str(tmp_path / "o")), ctx()))) == 6
-    )
+    assert sorted(pq.read_table(tmp_path / "o").column("id").to_pylist()) == [1, 1, 2, 2, 3, 3]
 
 
 def test_partition_by_a_missing_column_names_it(yearly, ctx, tmp_path):
@@ -95,6 +139,11 @@ def test_avro_round_trip_with_record_name(yearly, ctx, tmp_path):
         ctx(),
     )
     assert rows(files.from_avro(None, cfg(files.FromAvro, path=path), ctx())) == rows(yearly)
+    # the container itself, not the product's reader: record name, namespace and codec
+    heads = [f.read_bytes()[:2000] for f in Path(path).glob("part-*.avro")]
+    assert heads and all(h[:4] == b"Obj\x01" for h in heads)
+    assert all(b'"name":"Person"' in h and b'"namespace":"com.x"' in h for h in heads)
+    assert all(b"avro.codec\x0csnappy" in h for h in heads)
 
 
 def test_credential_path_without_vault_is_a_clear_error(yearly, ctx):

@@ -39,7 +39,9 @@ def test_suggested_validators_pass_on_the_profiled_data(spark, ctx):
     fns = {"validateNulls": (rows.validate_nulls, rows.ValidateNulls),
            "validateRanges": (rows.validate_ranges, rows.ValidateRanges),
            "validateUnique": (rows.validate_unique, rows.ValidateUnique)}
-    for s in c.metadata["suggested_validators"]:
+    suggested = c.metadata["suggested_validators"]
+    assert sorted(s["method"] for s in suggested) == sorted(fns)  # one of each, none missing
+    for s in suggested:
         fn, model = fns[s["method"]]
         v = ctx()
         fn(df, model.model_validate(s["config"]), v)
