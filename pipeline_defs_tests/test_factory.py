@@ -173,6 +173,8 @@ def test_op_descriptions_mask_secrets(tmp_path, registry):
 def test_an_internal_error_is_reported_as_a_product_bug_in_one_line(spark, registry):
     """A bare JVM assertion (here Spark's own, from reading an Observation that an action
     which never reached it filled) becomes one line naming step, activity and what to do."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import AnalysisException
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
@@ -182,7 +184,7 @@ def test_an_internal_error_is_reported_as_a_product_bug_in_one_line(spark, regis
     df = spark.range(10).observe(obs, F.count(F.lit(1)).alias("rows"))
     df.limit(0).collect()  # fills the observation with an empty row
     assert observed_rows(obs) is None  # a missing count, not an error
-    with pytest.raises(Exception) as raised:
+    with pytest.raises(Py4JJavaError) as raised:
         obs.get  # noqa: B018 - what the product used to call
     assert internal_error(raised.value) == "java.lang.AssertionError: assertion failed"
     p = load_pipelines([COMPAT / "simple-etl.json"], registry)[0]
@@ -194,7 +196,7 @@ def test_an_internal_error_is_reported_as_a_product_bug_in_one_line(spark, regis
                            "pipeline file")
     assert "\n" not in text and "\tat " not in text
     # a user's error (a Spark analysis error) is not called a bug
-    with pytest.raises(Exception) as user:
+    with pytest.raises(AnalysisException) as user:
         spark.range(1).select("no_such_column").collect()
     assert internal_error(user.value) is None
     assert "bug" not in _failure(p, p.steps[1], user.value).description

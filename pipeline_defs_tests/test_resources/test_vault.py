@@ -45,21 +45,26 @@ def test_approle_login(vault, tmp_path):
 
 def test_token_is_renewed_during_a_long_run(vault, tmp_path):
     vault.token_ttl = 2
-    vault.tokens[vault.root_token]["expires"] = time.time() + 2
+    first_expiry = time.time() + 2
+    vault.tokens[vault.root_token]["expires"] = first_expiry
     path = vault.put("secret", "pg", JDBC)
     res = VaultResource(url=vault.url, token=vault.root_token)
     res.setup_for_execution(None)
     try:
         res.read_secret(path)
-        time.sleep(4.5)  # more than twice the TTL: without renewal the token would be dead
-        assert vault.renewals >= 3 and res.renewals == vault.renewals
+        deadline = time.time() + 60
+        while vault.renewals < 3:  # renewed at half the TTL, again and again
+            assert time.time() < deadline, f"{vault.renewals} renewals in 60 s"
+            time.sleep(0.05)
+        assert res.renewals == vault.renewals
+        assert vault.tokens[vault.root_token]["expires"] > first_expiry
+        assert time.time() > first_expiry  # without renewal the token would be dead now
         res._cache.clear()
         assert res.read_secret(path) == JDBC  # the token still works
     finally:
         res.teardown_after_execution(None)
-    renewed = vault.renewals
-    time.sleep(1.5)
-    assert vault.renewals == renewed, "renewal must stop when the run ends"
+    res._renewer.join(timeout=30)  # renewal stops when the run ends: its thread returns
+    assert not res._renewer.is_alive(), "renewal must stop when the run ends"
 
 
 def test_transient_errors_are_retried(vault, vault_resource):
