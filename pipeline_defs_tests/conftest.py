@@ -120,3 +120,23 @@ def streams_outputs(result) -> list[dict]:
            if e.event_type_value == "STEP_OUTPUT" and op_of(e.step_key) == "streams"]
     return [{k: getattr(v, "value", getattr(v, "text", v))
              for k, v in e.event_specific_data.metadata.items()} for e in out]
+
+
+def consume_records(bootstrap: str, topic: str, n: int) -> list[tuple[bytes, bytes]]:
+    """Up to n records of a topic as (key, value) bytes, read from the start by another
+    client than the product's (confluent-kafka); gives up after 120 s of polling."""
+    from confluent_kafka import Consumer
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{topic}",
+                  "auto.offset.reset": "earliest"})
+    c.subscribe([topic])
+    out: list[tuple[bytes, bytes]] = []
+    try:
+        for _ in range(240):
+            if len(out) >= n:
+                break
+            m = c.poll(0.5)
+            if m is not None and m.error() is None:
+                out.append((m.key(), m.value()))
+    finally:
+        c.close()
+    return out

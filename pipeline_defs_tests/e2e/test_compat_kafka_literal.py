@@ -7,31 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from confluent_kafka import Consumer
 
 from pipeline_defs.config.loader import load_pipeline
 from pipeline_defs.errors import ConfigError
-from pipeline_defs_tests.conftest import COMPAT, run_job, write_json
+from pipeline_defs_tests.conftest import COMPAT, consume_records, run_job, write_json
 
 EVENTS = [{"user_id": i, "event_type": ("view", "purchase")[i % 2], "amount": (i * 37) % 900,
            "timestamp": 1735689600 + i} for i in range(1, 121)]
-
-
-def _consume_raw(bootstrap: str, topic: str, n: int) -> list[bytes]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{topic}",
-                  "auto.offset.reset": "earliest"})
-    c.subscribe([topic])
-    out = []
-    try:
-        for _ in range(200):
-            if len(out) >= n:
-                break
-            m = c.poll(0.5)
-            if m is not None and m.error() is None:
-                out.append(m.value())
-    finally:
-        c.close()
-    return out
 
 
 def test_original_kafka_files_with_literal_client_properties(kafka, topic, tmp_path, registry,
@@ -47,7 +29,7 @@ def test_original_kafka_files_with_literal_client_properties(kafka, topic, tmp_p
             "topic": events, "bootstrap.servers": kafka, "acks": "all", "linger.ms": 5,
             "client.id": "pipeline-defs-compat", "keyColumn": "user_id"}}]})
     run_job(load_pipeline(produce, registry))
-    raw = _consume_raw(kafka, events, len(EVENTS))
+    raw = [v for _, v in consume_records(kafka, events, len(EVENTS))]
     assert sorted(json.loads(v)["user_id"] for v in raw) == [e["user_id"] for e in EVENTS]
 
     # the original streaming example, its Kafka connection written the original's way

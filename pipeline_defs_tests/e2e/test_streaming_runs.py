@@ -13,7 +13,7 @@ from pipeline_defs.config.loader import load_pipeline
 from pipeline_defs.definitions import default_resources, definitions_for
 from pipeline_defs.errors import ConfigError
 from pipeline_defs.resources.vault import VaultResource
-from pipeline_defs_tests.conftest import streams_outputs, write_json
+from pipeline_defs_tests.conftest import consume_records, streams_outputs, write_json
 
 
 def run(tmp_path, vault, raw: dict, registry):
@@ -195,20 +195,7 @@ def test_delta_source_to_kafka_and_mysql_sinks_once_and_first_batch(kafka, topic
     assert ended in ("first batch", "finished")
     assert sorted(r[0] for r in mysql.sql("SELECT id FROM names")) == list(range(1, 31))
     # the records as bytes, read by another client (not the product's reader): key, JSON value
-    from confluent_kafka import Consumer
-    c = Consumer({"bootstrap.servers": kafka, "group.id": f"check-{out}",
-                  "auto.offset.reset": "earliest"})
-    c.subscribe([out])
-    got = []
-    try:
-        for _ in range(240):
-            if len(got) >= 30:
-                break
-            m = c.poll(0.5)
-            if m is not None and m.error() is None:
-                got.append((m.key(), m.value()))
-    finally:
-        c.close()
+    got = consume_records(kafka, out, 30)
     assert sorted((int(k), json.loads(v)) for k, v in got) == [
         (i, {"id": i, "name": f"n{i}"}) for i in range(1, 31)]
 
