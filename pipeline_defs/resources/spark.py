@@ -104,9 +104,10 @@ class SparkResource(LazyPySparkResource):
         runtime settings this run asks for are set until it ends; static ones that differ
         cannot be, and the run says so."""
         defaults = default_spark_config()
+        settings = self.settings
         static = []
-        for k, v in {**{"spark.master": self.settings.master,
-                        "spark.app.name": self.settings.app_name}, **self.settings_conf()}.items():
+        for k, v in {"spark.master": settings.master, "spark.app.name": settings.app_name,
+                     **dict(settings.conf)}.items():
             current = s.sparkContext.master if k == "spark.master" else \
                 s.sparkContext.appName if k == "spark.app.name" else s.conf.get(k, None)
             if k in JOINED:  # entries the running session's list lacks cannot be added

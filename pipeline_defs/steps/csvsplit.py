@@ -54,15 +54,16 @@ def _walk(d: Path) -> Iterator[Path]:
             yield Path(entry.path)
 
 
-def splittable(path: str, options: dict[str, str]) -> bool:
-    """True when every file under `path` is plain CSV whose quoted fields hold no line break:
-    reading it without multiLine gives the same rows, in parallel."""
+def splittable(path: str, options: dict[str, str], files: list[Path] | None = None) -> bool:
+    """True when every file under `path` (`files`, when the caller listed them already) is
+    plain CSV whose quoted fields hold no line break: reading it without multiLine gives the
+    same rows, in parallel."""
     opts = {k.lower(): v for k, v in options.items()}
     if opts.get("quote", '"') != '"' or opts.get("escape", '"') != '"' or "linesep" in opts:
         return False
     if (opts.get("encoding") or opts.get("charset") or "utf-8").lower() not in ASCII_ENCODINGS:
         return False
-    files = local_files(path)
+    files = local_files(path) if files is None else files
     if not files or any(f.name.lower().endswith(COMPRESSED) for f in files):
         return False
     if sum(f.stat().st_size for f in files) > SCAN_LIMIT:

@@ -159,9 +159,9 @@ def _reader(ctx: StepContext, fmt: str, options: dict[str, str], ddl: str | None
 def _multi_line(ctx: StepContext, path: str, options: dict[str, str]) -> str:
     """multiLine unless the files are local CSV whose quoted fields hold no line break
     (csvsplit.py): those are read split, several tasks per file, to the same rows."""
-    if csvsplit.splittable(path, options):
+    files = csvsplit.local_files(path) or []  # listed once, for both questions
+    if csvsplit.splittable(path, options, files):
         return "false"
-    files = csvsplit.local_files(path) or []
     if any(f.stat().st_size > BIG_CSV for f in files):
         ctx.log.info("%s: quoted fields hold line breaks (or the files could not be scanned), "
                      "so each file is read by one task; if no field holds one, "
