@@ -7,6 +7,7 @@ import os
 import secrets
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,8 @@ PG_PORT = int(os.environ.get("PIPELINE_PG_PORT", "55432"))
 MYSQL_PORT = int(os.environ.get("PIPELINE_MYSQL_PORT", "53306"))
 S3_PORT = int(os.environ.get("PIPELINE_S3_PORT", "55900"))
 S3_ENDPOINT = f"http://127.0.0.1:{S3_PORT}"
+SERVICES_DIR = Path(os.environ.get("PIPELINE_SERVICES_DIR", "/tmp/pipeline_defs-services"))
+PG_CA = SERVICES_DIR / "postgres-ca.crt"  # the test server's self-signed TLS certificate
 PUSHGATEWAY = f"http://127.0.0.1:{os.environ.get('PIPELINE_PUSHGATEWAY_PORT', '29091')}"
 
 

@@ -2,19 +2,23 @@
 
 It speaks Vault's wire format, so the product's real hvac client is exercised: KV v1 and KV v2
 reads (mounts configured per test), token lookup-self and renew-self with TTLs, AppRole login,
-and the 403 / 404 / 503 answers Vault gives. `fail_next(n)` makes the next n requests answer
-503 (Vault sealed or in standby), to test retries."""
+and the 403 / 404 / 503 answers Vault gives. `fail_next(n, status)` makes the next n requests
+answer `status` (503: sealed or standby; 429, 500, 502, 401), to test retries and refusals.
+`namespace=` keeps the secrets in that Enterprise namespace (reads without the
+X-Vault-Namespace header find nothing); `tls=(cert, key)` serves HTTPS."""
 from __future__ import annotations
 
 import json
 import secrets
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class VaultDouble:
-    def __init__(self, token_ttl: int = 3600, kv2_mounts=("secret",), kv1_mounts=("kv",)):
+    def __init__(self, token_ttl: int = 3600, kv2_mounts=("secret",), kv1_mounts=("kv",),
+                 namespace: str | None = None, tls: tuple[str, str] | None = None):
         self.root_token = "hvs." + secrets.token_urlsafe(18)
         self.token_ttl = token_ttl
         self.kv2_mounts, self.kv1_mounts = set(kv2_mounts), set(kv1_mounts)
@@ -23,16 +27,24 @@ class VaultDouble:
                                                           "denied": set()}}
         self.approles: dict[str, str] = {}     # role_id -> secret_id
         self.requests: list[tuple[str, str]] = []  # (method, path); never bodies
+        self.namespace = namespace
+        self.namespaces: list[str | None] = []  # the X-Vault-Namespace of each request
         self.renewals = 0
         self._failures: list[int] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.tls = tls is not None
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     # ------------------------------------------------------------ test API
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     def start(self) -> VaultDouble:
         self._thread.start()
@@ -63,9 +75,11 @@ class VaultDouble:
         return sum(1 for m, p in self.requests if m == "GET" and p == f"/v1/{path}")
 
     # ------------------------------------------------------------ the server
-    def _answer(self, method: str, path: str, token: str | None, body: dict):
+    def _answer(self, method: str, path: str, token: str | None, body: dict,
+                namespace: str | None = None):
         with self._lock:
             self.requests.append((method, path))
+            self.namespaces.append(namespace)
             if self._failures:
                 return self._failures.pop(0), {"errors": ["Vault is sealed"]}
         if path == "/v1/auth/approle/login" and method in ("POST", "PUT"):
@@ -89,6 +103,8 @@ class VaultDouble:
         if method != "GET":
             return 405, {"errors": ["unsupported in the double"]}
         rel = path[len("/v1/"):]
+        if self.namespace and namespace != self.namespace:
+            return 404, {"errors": []}  # the path exists in another namespace only
         if rel in info["denied"]:
             return 403, {"errors": ["1 error occurred:\n\t* permission denied\n\n"]}
         mount, _, rest = rel.partition("/")
@@ -116,7 +132,8 @@ class VaultDouble:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(n) or b"{}") if n else {}
                 status, payload = double._answer(self.command, self.path.split("?")[0],
-                                                 self.headers.get("X-Vault-Token"), body)
+                                                 self.headers.get("X-Vault-Token"), body,
+                                                 self.headers.get("X-Vault-Namespace"))
                 raw = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

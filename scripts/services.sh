@@ -11,6 +11,7 @@
 # Data lives under $PIPELINE_SERVICES_DIR (default /tmp/pipeline_defs-services), never in the
 # working tree. Ports: PIPELINE_PG_PORT (55432), PIPELINE_MYSQL_PORT (53306),
 # PIPELINE_S3_PORT (55900), PIPELINE_PUSHGATEWAY_PORT (29091). Admin access: user `postgres` (trust on loopback) and
+# PostgreSQL has TLS on (self-signed; the CA for sslrootcert is $PIPELINE_SERVICES_DIR/postgres-ca.crt).
 # `pipeline_admin` (MariaDB, no password, loopback only); the tests create their own users
 # with passwords, so password checks are real.
 set -euo pipefail
@@ -54,11 +55,21 @@ host  all postgres 127.0.0.1/32 trust
 host  all all      127.0.0.1/32 scram-sha-256
 EOF
   fi
+  # TLS as production servers have it (clients choose with sslmode): a self-signed
+  # certificate for 127.0.0.1/localhost, copied out as the CA clients verify it with.
+  if [ ! -f "$data/server.crt" ]; then
+    command -v openssl >/dev/null || apt_install openssl
+    as_user postgres openssl req -new -x509 -days 3650 -nodes -subj "/CN=127.0.0.1" \
+      -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" -keyout "$data/server.key" \
+      -out "$data/server.crt" >/dev/null 2>&1
+    chmod 600 "$data/server.key"
+  fi
+  cp "$data/server.crt" "$DIR/postgres-ca.crt"; chmod 644 "$DIR/postgres-ca.crt"
   if as_user postgres "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then return; fi
   touch "$DIR/postgres.log"; chown postgres: "$DIR/postgres.log" 2>/dev/null || true
   if ! as_user postgres "$bin/pg_ctl" -D "$data" -l "$DIR/postgres.log" -w -t 60 start -o \
     "-p $PG_PORT -k $data -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-     -c full_page_writes=off -c max_connections=200" >/dev/null; then
+     -c full_page_writes=off -c max_connections=200 -c ssl=on" >/dev/null; then
     echo "services: PostgreSQL did not start on 127.0.0.1:$PG_PORT; from $DIR/postgres.log:" >&2
     grep -E "FATAL|HINT|ERROR" "$DIR/postgres.log" | tail -3 >&2
     echo "(a server of another services directory on that port? stop it, or set" \

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
 import threading
 from datetime import UTC, datetime
@@ -42,7 +43,10 @@ class VaultResource(dg.ConfigurableResource):
     secret_id: str | None = Field(None, description="AppRole secret id (VAULT_SECRET_ID).")
     approle_mount: str = Field("approle", description="Mount point of the AppRole auth method.")
     namespace: str | None = Field(None, description="Vault Enterprise namespace.")
-    verify: bool = Field(True, description="Verify the server's TLS certificate.")
+    verify: bool = Field(True, description="Verify the server's TLS certificate "
+                         "(VAULT_SKIP_VERIFY=true turns it off, for test servers only).")
+    ca_cert: str | None = Field(None, description="PEM file of the CA that signed Vault's "
+                                "certificate, when it is not a public one (VAULT_CACERT).")
     required: bool = Field(False, description="Refuse credentials written in pipeline configs "
                                               "(VAULT_REQUIRED=true): every secret from Vault.")
     audit_log: str | None = Field(None, description="JSON-lines file every credential access "
@@ -58,6 +62,7 @@ class VaultResource(dg.ConfigurableResource):
     _stop: Any = PrivateAttr(default_factory=threading.Event)
     _renewals: int = PrivateAttr(0)
     _lock: Any = PrivateAttr(default_factory=threading.Lock)
+    _renewal_error: str | None = PrivateAttr(None)
 
     def __repr__(self) -> str:
         return f"VaultResource(url={self.url!r}, token={'***' if self.token else None})"
@@ -70,6 +75,8 @@ class VaultResource(dg.ConfigurableResource):
                    role_id=env.get("VAULT_ROLE_ID"),
                    secret_id=dg.EnvVar("VAULT_SECRET_ID") if env.get("VAULT_SECRET_ID") else None,
                    namespace=env.get("VAULT_NAMESPACE"),
+                   verify=not _truthy(env.get("VAULT_SKIP_VERIFY")),
+                   ca_cert=env.get("VAULT_CACERT"),
                    required=_truthy(env.get("VAULT_REQUIRED")),
                    audit_log=env.get("PIPELINE_AUDIT_LOG"))
 
@@ -89,6 +96,11 @@ class VaultResource(dg.ConfigurableResource):
     def renewals(self) -> int:
         return self._renewals
 
+    @property
+    def renewal_error(self) -> str | None:
+        """Why renewal stopped before the run ended (None while it works)."""
+        return self._renewal_error
+
     # ------------------------------------------------------------ requests with retries
     def _call(self, what: str, fn, *args, **kwargs):
         import hvac.exceptions as hv
@@ -96,8 +108,15 @@ class VaultResource(dg.ConfigurableResource):
         transient = (requests.ConnectionError, requests.Timeout, hv.VaultDown,
                      hv.InternalServerError, hv.BadGateway, hv.RateLimitExceeded)
         try:
-            return with_backoff(lambda: fn(*args, **kwargs), lambda e: isinstance(e, transient),
+            return with_backoff(lambda: fn(*args, **kwargs),
+                                lambda e: isinstance(e, transient) and not isinstance(
+                                    e, requests.exceptions.SSLError),
                                 self.retries, self.backoff_s)
+        except requests.exceptions.SSLError:  # a certificate problem is not transient
+            raise CredentialError(
+                f"Vault at {self.url}: its TLS certificate is not trusted ({what} refused). "
+                "Set VAULT_CACERT to the PEM file of the CA that signed it (VAULT_SKIP_VERIFY="
+                "true only for a test server).") from None
         except GaveUp as e:
             kind = ("unreachable" if isinstance(e.last, (requests.ConnectionError,
                                                          requests.Timeout))
@@ -112,8 +131,9 @@ class VaultResource(dg.ConfigurableResource):
         if not self.configured:
             raise CredentialError("Vault is not configured: set VAULT_ADDR and VAULT_TOKEN "
                                   "(or VAULT_ROLE_ID and VAULT_SECRET_ID for AppRole).")
+        verify = (self.ca_cert or True) if self.verify else False
         client = hvac.Client(url=self.url, token=self.token, namespace=self.namespace,
-                             verify=self.verify, timeout=self.timeout_s)
+                             verify=verify, timeout=self.timeout_s)
         try:
             if self.token:
                 info = self._call("token lookup", client.auth.token.lookup_self)["data"]
@@ -143,7 +163,14 @@ class VaultResource(dg.ConfigurableResource):
                     auth = self._call("token renewal", client.auth.token.renew_self)["auth"]
                     ttl = int(auth.get("lease_duration") or ttl)
                     self._renewals += 1
-                except Exception:  # noqa: BLE001 - the next read reports a dead token clearly
+                except Exception as e:  # noqa: BLE001 - the next read reports a dead token
+                    why = (str(e) if isinstance(e, CredentialError)
+                           else f"Vault answered {type(e).__name__}")
+                    self._renewal_error = why
+                    logging.getLogger("pipeline_defs").warning(
+                        f"Vault token renewal failed ({why}); secrets already read stay "
+                        "usable, reads after the token expires will fail. Renewal stops "
+                        "for this run.")
                     return
         self._renewer = threading.Thread(target=loop, name="vault-token-renewer", daemon=True)
         self._renewer.start()

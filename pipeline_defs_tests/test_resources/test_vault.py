@@ -67,13 +67,130 @@ def test_token_is_renewed_during_a_long_run(vault, tmp_path):
     assert not res._renewer.is_alive(), "renewal must stop when the run ends"
 
 
-def test_transient_errors_are_retried(vault, vault_resource):
+@pytest.mark.parametrize("status", [429, 500, 502, 503])
+def test_transient_errors_are_retried(vault, vault_resource, status):
     path = vault.put("secret", "pg", JDBC)
-    vault.fail_next(3, 503)
+    vault.fail_next(3, status)
     assert vault_resource.read_secret(path) == JDBC
-    # the token lookup met the three 503s and succeeded on its fourth try; the read then once
+    # the token lookup met the three failures and succeeded on its fourth try; the read then once
     assert vault.requests.count(("GET", "/v1/auth/token/lookup-self")) == 4
     assert vault.reads(path) == 1
+    # and a failure of the read itself is retried too
+    other = vault.put("secret", "other", JDBC)
+    vault.fail_next(2, status)
+    assert vault_resource.read_secret(other) == JDBC
+    assert vault.reads(other) == 3
+
+
+@pytest.mark.parametrize("status", [400, 501])
+def test_other_errors_are_not_retried(vault, vault_resource, status):
+    path = vault.put("secret", "pg", JDBC)
+    vault_resource.read_secret(vault.put("secret", "first", JDBC))  # logged in
+    vault.fail_next(1, status)
+    with pytest.raises(CredentialError, match=r"Vault could not read 'secret/data/pg'"):
+        vault_resource.read_secret(path)
+    assert vault.reads(path) == 1
+
+
+def test_a_401_on_a_read_says_the_token_expired_and_is_not_retried(vault, vault_resource):
+    vault_resource.read_secret(vault.put("secret", "first", JDBC))
+    path = vault.put("secret", "pg", JDBC)
+    vault.fail_next(1, 401)
+    with pytest.raises(CredentialError, match=r"rejected the token while reading "
+                       r"'secret/data/pg' \(401\): it expired or was revoked"):
+        vault_resource.read_secret(path)
+    assert vault.reads(path) == 1
+    assert vault.root_token not in str(vault.requests)
+
+
+def test_a_401_at_login_names_the_token_not_its_value(vault):
+    res = VaultResource(url=vault.url, token=vault.root_token)
+    vault.fail_next(1, 401)
+    with pytest.raises(CredentialError) as e:
+        res.read_secret(vault.put("secret", "pg", JDBC))
+    assert "rejected the token (VAULT_TOKEN)" in str(e.value)
+    assert vault.root_token not in str(e.value)
+
+
+def test_namespace_reaches_vault(tmp_path):
+    from pipeline_defs_tests.vault_double import VaultDouble
+    v = VaultDouble(namespace="team-a").start()
+    try:
+        path = v.put("secret", "pg", JDBC)
+        with pytest.raises(CredentialError, match="no secret at"):  # not in the root namespace
+            VaultResource(url=v.url, token=v.root_token).read_secret(path)
+        assert VaultResource(url=v.url, token=v.root_token,
+                             namespace="team-a").read_secret(path) == JDBC
+        assert v.namespaces[-1] == "team-a"
+    finally:
+        v.stop()
+
+
+def test_namespace_and_tls_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("VAULT_ADDR", "https://vault:8200")
+    monkeypatch.setenv("VAULT_NAMESPACE", "team-a")
+    monkeypatch.setenv("VAULT_CACERT", "/etc/ssl/vault-ca.pem")
+    res = VaultResource.from_env()
+    assert (res.namespace, res.ca_cert, res.verify) == ("team-a", "/etc/ssl/vault-ca.pem", True)
+    monkeypatch.setenv("VAULT_SKIP_VERIFY", "true")
+    assert VaultResource.from_env().verify is False
+
+
+@pytest.fixture(scope="module")
+def vault_tls(tmp_path_factory):
+    """A certificate for 127.0.0.1 signed by its own CA (it is its own CA: self-signed)."""
+    import subprocess
+    d = tmp_path_factory.mktemp("vault-tls")
+    subprocess.run(["openssl", "req", "-new", "-x509", "-days", "1", "-nodes", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
+                   check=True, capture_output=True)
+    return str(d / "cert.pem"), str(d / "key.pem")
+
+
+def test_tls_verify(vault_tls):
+    from pipeline_defs_tests.vault_double import VaultDouble
+    v = VaultDouble(tls=vault_tls).start()
+    try:
+        path = v.put("secret", "pg", JDBC)
+        assert v.url.startswith("https://")
+        # an untrusted certificate is refused at once, with the fix
+        res = VaultResource(url=v.url, token=v.root_token, backoff_s=0.01)
+        with pytest.raises(CredentialError) as e:
+            res.read_secret(path)
+        msg = str(e.value)
+        assert "its TLS certificate is not trusted" in msg and "VAULT_CACERT" in msg
+        assert v.requests == []  # refused during the handshake: no request reached Vault
+        # trusted through the CA file
+        assert VaultResource(url=v.url, token=v.root_token,
+                             ca_cert=vault_tls[0]).read_secret(path) == JDBC
+        # or not verified at all
+        assert VaultResource(url=v.url, token=v.root_token,
+                             verify=False).read_secret(path) == JDBC
+    finally:
+        v.stop()
+
+
+def test_a_failing_renewal_warns_once_and_stops(vault, caplog):
+    vault.token_ttl = 2
+    vault.tokens[vault.root_token]["expires"] = time.time() + 2  # renewed after ~1 s
+    path = vault.put("secret", "pg", JDBC)
+    res = VaultResource(url=vault.url, token=vault.root_token, retries=1, backoff_s=0.01)
+    res.setup_for_execution(None)
+    try:
+        with caplog.at_level("WARNING", logger="pipeline_defs"):
+            assert res.read_secret(path) == JDBC
+            vault.fail_next(10, 403)  # the token was revoked: renewal is refused
+            res._renewer.join(timeout=30)  # renewal gives up: its thread returns
+            assert not res._renewer.is_alive()
+        assert res.renewal_error is not None and res.renewals == 0
+        warnings = [r.getMessage() for r in caplog.records
+                    if "renewal failed" in r.getMessage()]
+        assert len(warnings) == 1 and "Renewal stops for this run" in warnings[0]
+        assert vault.root_token not in warnings[0]
+        assert res.read_secret(path) == JDBC  # what was read stays usable (per-run cache)
+    finally:
+        res.teardown_after_execution(None)
 
 
 def test_vault_down_fails_after_the_retries(vault, tmp_path):

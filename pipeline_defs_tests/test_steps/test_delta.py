@@ -165,3 +165,48 @@ def test_auto_optimize_writes_fewer_files_and_compacts_small_ones(spark, ctx, tm
     assert spark.read.format("delta").load(path).count() == 30_000
     assert spark.conf.get("spark.databricks.delta.optimizeWrite.enabled", None) is None
     assert spark.conf.get("spark.databricks.delta.autoCompact.enabled", None) is None
+
+
+def test_delta_merge_when_matched_ignore_only_inserts_new_keys(spark, ctx, tmp_path):
+    path = str(tmp_path / "mi")
+    delta.to_delta_lake(spark.createDataFrame([(1, "a"), (2, "b")], "k long, v string"),
+                        cfg(delta.ToDeltaLake, path=path), ctx())
+    r = delta.to_delta_lake(
+        spark.createDataFrame([(2, "CHANGED"), (3, "c")], "k long, v string"),
+        cfg(delta.ToDeltaLake, path=path, merge={"keyColumns": ["k"], "whenMatched": "ignore"}),
+        ctx())
+    assert r.metadata["delta_numTargetRowsInserted"] == 1
+    assert r.metadata["delta_numTargetRowsUpdated"] == 0
+    assert rows(DeltaTable.forPath(spark, path).toDF()) == [(1, "a"), (2, "b"), (3, "c")]
+
+
+def test_delta_merge_into_a_catalog_table(spark, ctx):
+    c = cfg(delta.ToDeltaLake, table="merged_t", merge={"keyColumns": ["k"]})
+    try:
+        r = delta.to_delta_lake(spark.createDataFrame([(1, "a")], "k long, v string"), c, ctx())
+        assert r.mode == "overwrite"  # created by the first run
+        r = delta.to_delta_lake(spark.createDataFrame([(1, "A"), (2, "b")], "k long, v string"),
+                                c, ctx())
+        assert r.mode == "merge" and r.metadata["delta_operation"] == "MERGE"
+        assert rows(spark.table("merged_t")) == [(1, "A"), (2, "b")]
+        assert spark.catalog.tableExists("merged_t")
+    finally:
+        spark.sql("DROP TABLE IF EXISTS merged_t")
+
+
+def test_delta_merge_with_merge_schema_adds_the_new_column(spark, ctx, tmp_path):
+    path = str(tmp_path / "ms")
+    delta.to_delta_lake(spark.createDataFrame([(1, "a"), (2, "b")], "k long, v string"),
+                        cfg(delta.ToDeltaLake, path=path), ctx())
+    wider = spark.createDataFrame([(2, "B", 20), (3, "c", 30)], "k long, v string, extra int")
+    merge = {"keyColumns": ["k"]}
+    # without mergeSchema the table's schema wins: the new column is not added
+    delta.to_delta_lake(wider, cfg(delta.ToDeltaLake, path=path, merge=merge), ctx())
+    assert DeltaTable.forPath(spark, path).toDF().columns == ["k", "v"]
+    assert rows(DeltaTable.forPath(spark, path).toDF()) == [(1, "a"), (2, "B"), (3, "c")]
+    wider = spark.createDataFrame([(3, "C", 33), (4, "d", 40)], "k long, v string, extra int")
+    delta.to_delta_lake(wider, cfg(delta.ToDeltaLake, path=path, merge=merge, mergeSchema=True),
+                        ctx())
+    table = DeltaTable.forPath(spark, path).toDF()
+    assert table.columns == ["k", "v", "extra"]
+    assert rows(table) == [(1, "a", None), (2, "B", None), (3, "C", 33), (4, "d", 40)]

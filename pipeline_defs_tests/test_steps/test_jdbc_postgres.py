@@ -299,3 +299,113 @@ def test_a_missing_table_names_it(db):
         jdbc.from_postgres(
             None, cfg(jdbc.FromPostgres, table="nope", credentialPath=db.path), db.ctx()
         )
+
+
+def _other_ca(tmp_path) -> str:
+    """A self-signed certificate that did not sign the server's."""
+    import subprocess
+    crt = tmp_path / "other-ca.crt"
+    subprocess.run(["openssl", "req", "-new", "-x509", "-days", "1", "-nodes", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(tmp_path / "other.key"), "-out", str(crt)],
+                   check=True, capture_output=True)
+    return str(crt)
+
+
+def test_sslmode_and_sslrootcert_reach_the_driver(db, tmp_path):
+    """The test server has TLS on (scripts/services.sh); PostgreSQL's own view of the
+    connection Spark read through says whether it was encrypted."""
+    from pipeline_defs_tests.servers import PG_CA
+
+    def read(props):
+        c = cfg(jdbc.FromPostgres, credentialPath=db.path, properties=props,
+                query="SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        return jdbc.from_postgres(None, c, db.ctx("extract.fromPostgres")).collect()[0]
+
+    verified = read({"sslmode": "verify-full", "sslrootcert": str(PG_CA)})
+    assert verified.ssl is True and verified.version.startswith("TLSv1.")
+    assert read({"sslmode": "disable"}).ssl is False
+    with pytest.raises(JdbcError) as e:  # another CA: the server's certificate is refused
+        read({"sslmode": "verify-full", "sslrootcert": _other_ca(tmp_path)})
+    msg = str(e.value)
+    assert "the TLS handshake failed" in msg and "Check sslmode and sslrootcert" in msg
+    assert "after" not in msg.split("[")[0]  # not retried: a refused certificate stays refused
+    assert db.password not in msg
+
+
+def test_explicit_bounds_split_the_read_without_asking_the_database(events):
+    c = events.ctx("extract.fromPostgres")
+    df = jdbc.from_postgres(None, cfg(jdbc.FromPostgres, table="events", credentialPath=events.path,
+                                      partitionColumn="id", lowerBound=1, upperBound=101,
+                                      numPartitions=4), c)
+    assert "partition_bounds" not in c.metadata  # no min/max query ran
+    # Spark's stride is (101 - 1) / 4 = 25; the first and last partitions are open-ended, so
+    # rows outside the bounds are read too (by the last partition here)
+    sizes = df.rdd.glom().map(len).collect()
+    assert sizes == [25, 25, 25, 925]
+    assert df.count() == 1000
+
+
+def test_bounds_of_an_empty_table_read_it_in_one_task(db):
+    db.sql("CREATE TABLE nothing (id int, v text)")
+    c = db.ctx("extract.fromPostgres")
+    df = jdbc.from_postgres(None, cfg(jdbc.FromPostgres, table="nothing", credentialPath=db.path,
+                                      partitionColumn="id", numPartitions=4), c)
+    assert c.metadata["partition_bounds"] == "none (no rows)"
+    assert df.rdd.getNumPartitions() == 1 and df.count() == 0
+    assert df.columns == ["id", "v"]
+
+
+@pytest.mark.parametrize("mode", ["error", "errorifexists"])
+def test_mode_error_refuses_an_existing_table_and_creates_a_missing_one(db, spark, mode):
+    df = spark.createDataFrame([(9, "new")], "k int, v string")
+    db.sql("CREATE TABLE kept (k int, v text)")
+    db.sql("INSERT INTO kept VALUES (1, 'old')")
+    with pytest.raises(JdbcError, match=rf"table kept already exists in PostgreSQL at .*mode is "
+                       rf"'{mode}'\. Use append, overwrite or upsert"):
+        jdbc.to_postgres(df, cfg(jdbc.ToPostgres, table="kept", mode=mode,
+                                 credentialPath=db.path), db.ctx("load.toPostgres"))
+    assert db.sql("SELECT * FROM kept") == [(1, "old")]
+    r = jdbc.to_postgres(df, cfg(jdbc.ToPostgres, table="made", mode=mode,
+                                 credentialPath=db.path), db.ctx("load.toPostgres"))
+    assert r.rows == 1 and db.sql("SELECT * FROM made") == [(9, "new")]
+
+
+def test_mode_ignore_leaves_an_existing_table_and_creates_a_missing_one(db, spark):
+    df = spark.createDataFrame([(9, "new")], "k int, v string")
+    db.sql("CREATE TABLE kept (k int, v text)")
+    db.sql("INSERT INTO kept VALUES (1, 'old')")
+    r = jdbc.to_postgres(df, cfg(jdbc.ToPostgres, table="kept", mode="ignore",
+                                 credentialPath=db.path), db.ctx("load.toPostgres"))
+    assert r.rows == 0 and r.metadata["skipped"] == "target exists (mode ignore)"
+    assert db.sql("SELECT * FROM kept") == [(1, "old")]
+    r = jdbc.to_postgres(df, cfg(jdbc.ToPostgres, table="made", mode="ignore",
+                                 credentialPath=db.path), db.ctx("load.toPostgres"))
+    assert r.rows == 1 and db.sql("SELECT * FROM made") == [(9, "new")]
+
+
+def test_upsert_refusals(db, spark, registry, tmp_path):
+    from pipeline_defs.config.loader import load_pipeline
+    from pipeline_defs.errors import ConfigError
+    from pipeline_defs_tests.conftest import write_json
+    db.sql("CREATE TABLE accounts (id int PRIMARY KEY, v text)")
+    db.sql("INSERT INTO accounts VALUES (1, 'old')")
+    df = spark.createDataFrame([(1, "new")], "id int, v string")
+    # a key column the target lacks: refused before anything is published
+    with pytest.raises(JdbcError, match=r"upsert keyColumns \['account_id'\] are not all "
+                       r"columns of accounts in PostgreSQL at"):
+        jdbc.to_postgres(df, cfg(jdbc.ToPostgres, table="accounts", mode="upsert",
+                                 keyColumns=["account_id"], credentialPath=db.path),
+                         db.ctx("load.toPostgres"))
+    assert db.sql("SELECT * FROM accounts") == [(1, "old")]
+    # no keyColumns, recreate with upsert: refused when the file is read, naming the field
+    for extra, field, fix in (({}, "config.keyColumns", "Set \"keyColumns\""),
+                              ({"keyColumns": ["id"], "recreate": True}, "config.recreate",
+                               "set \"mode\": \"overwrite\"")):
+        f = write_json(tmp_path / "p.json", {"name": "p", "steps": [
+            {"type": "extract", "method": "fromFile", "config": {"path": "x.csv"}},
+            {"type": "load", "method": "toPostgres", "config": {
+                "table": "accounts", "mode": "upsert", "credentialPath": db.path, **extra}}]})
+        with pytest.raises(ConfigError) as e:
+            load_pipeline(f, registry)
+        assert f"step 2 (load.toPostgres), {field}" in str(e.value) and fix in str(e.value)

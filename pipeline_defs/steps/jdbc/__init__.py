@@ -106,7 +106,8 @@ def _jdbc_read(cfg: FromJdbc, ctx: StepContext, dialect: str) -> DataFrame:
                 blo, bhi = conn.query(f"SELECT min({c}), max({c}) FROM {source}")[0]
                 lo = lo if lo is not None else blo
                 hi = hi if hi is not None else bhi
-                ctx.metadata["partition_bounds"] = f"{lo} .. {hi}"
+                ctx.metadata["partition_bounds"] = (f"{lo} .. {hi}" if lo is not None and
+                                                    hi is not None else "none (no rows)")
             if lo is not None and hi is not None:
                 opts.update(partitionColumn=cfg.partition_column, lowerBound=str(lo),
                             upperBound=str(hi), numPartitions=str(cfg.num_partitions or 4))

@@ -117,7 +117,7 @@ class Connection:
             return jvm.java.sql.DriverManager.getDriver(ep.url).connect(ep.url, props)
         try:
             self._conn = with_backoff(connect, lambda e: sql_state(e).startswith(
-                _TRANSIENT_STATES), retries, backoff_s)
+                _TRANSIENT_STATES) and not tls_failure(e), retries, backoff_s)
         except GaveUp as e:
             raise connect_error(ep, e.last, e.attempts) from None
         except Exception as e:  # noqa: BLE001 - Py4JJavaError carries the SQLException
@@ -191,11 +191,21 @@ def java_message(e: BaseException) -> str:
     return secrets.scrub(text.strip().splitlines()[0] if text.strip() else type(e).__name__)
 
 
+def tls_failure(e: BaseException) -> bool:
+    """The server's certificate was refused, or TLS was required and not offered: never
+    worth retrying."""
+    return any(w in java_message(e).lower() for w in ("ssl", "certificate", "pkix"))
+
+
 def connect_error(ep: Endpoint, e: BaseException, attempts: int) -> PipelineError:
     state = sql_state(e)
     why = _EXPLAIN.get(state, "the connection failed")
     tries = f" after {attempts} attempts" if attempts > 1 else ""
+    tls = tls_failure(e)
+    why = "the TLS handshake failed" if tls else why
     fix = ("Check the user and password in the secret." if state in ("28P01", "28000")
+           else "Check sslmode and sslrootcert (the CA that signed the server's certificate) "
+                "in the step's properties." if tls
            else "Check the database name." if state in ("3D000", "42000")
            else "Check host and port, and that the server is up.")
     cls = CredentialError if state in ("28P01", "28000") else JdbcError
