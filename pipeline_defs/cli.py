@@ -16,8 +16,9 @@ def _params(pairs: list[str], flag: str = "--param") -> dict[str, str]:
     out = {}
     for pair in pairs:
         k, sep, v = pair.partition("=")
-        if not sep or not k:
-            raise SystemExit(f"{flag} takes name=value, got '{pair}'.")
+        if not sep or not k:  # a usage error, like argparse's own: exit code 2
+            print(f"pipeline: {flag} takes name=value, got '{pair}'.", file=sys.stderr)
+            raise SystemExit(2)
         out[k] = v
     return out
 

@@ -126,3 +126,65 @@ def test_the_summary_shows_the_rows_a_validation_saw_and_what_it_quarantined(tmp
     assert status == "ok" and rest.startswith(f"{total:,}  quarantined {bad:,} -> ")
     assert lines["one_row_per_order"][2].strip() == f"{total - bad:,}"
     assert lines["orders_clean"][2].startswith(f"{total - bad:,}  -> {out}/delta/orders_2025")
+
+
+def test_param_and_spark_conf_syntax_errors_exit_2_like_usage_errors(tmp_path):
+    for args in (["--param", "novalue"], ["--spark-conf", "=x"]):
+        r = cli("run", str(CONFIGS / "sales_pivot.json"), *args, timeout=60)
+        assert r.returncode == 2 and "takes name=value" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    r = cli("run", timeout=60)  # argparse: the file is missing
+    assert r.returncode == 2 and "the following arguments are required: file" in r.stderr
+    r = cli("validate", str(tmp_path), timeout=60)  # a directory without pipeline files
+    assert r.returncode == 2 and f"no pipeline files found in {tmp_path}" in r.stderr
+
+
+def test_run_with_master_and_show(tmp_path):
+    """--master reaches the run's session (a sql step reads it back with Spark's SET) and
+    --show prints the rows the target received."""
+    out = tmp_path / "out"
+    f = write_json(tmp_path / "m.json", {"name": "master-check", "steps": [
+        {"type": "transform", "method": "sql", "config": {"query": "SET spark.master"}},
+        {"type": "load", "method": "toDeltaLake", "config": {"path": str(out),
+                                                            "mode": "overwrite"}}]})
+    r = cli("run", str(f), "--master", "local[1]", "--show", "3",
+            env={"DAGSTER_HOME": str(tmp_path / "home")})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    from pipeline_defs_tests.e2e.test_spark_config import value_in
+    assert value_in(out) == "local[1]"  # SPARK_MASTER (local[2]) lost to --master
+    shown = r.stdout[r.stdout.index("pipeline master-check: SUCCESS"):]
+    assert "spark.master" in shown and "local[1]" in shown, shown
+    r = cli("run", str(f), env={"DAGSTER_HOME": str(tmp_path / "home")})
+    assert r.returncode == 0 and value_in(out) == "local[2]"  # without it, SPARK_MASTER
+    assert "|local[2]" not in r.stdout and "local[2]" not in r.stdout.split("SUCCESS", 1)[1]
+
+
+def test_validate_with_params(tmp_path):
+    f = write_json(tmp_path / "p.json", {"name": "p", "steps": [
+        {"type": "extract", "method": "fromFile", "config": {
+            "path": "${input_dir}/orders.csv", "format": "csv"}},
+        {"type": "load", "method": "toFile", "config": {"path": "${output_dir}/o"}}]})
+    r = cli("validate", str(f), timeout=60)
+    assert r.returncode == 1 and "input_dir" in r.stdout, r.stdout
+    r = cli("validate", str(f), "--param", "input_dir=/data", "--param", "output_dir=/out",
+            timeout=60)
+    assert r.returncode == 0 and "1 valid, 0 invalid" in r.stdout, r.stdout
+
+
+def test_schema_and_docs_write_files_that_match_the_committed_ones(tmp_path):
+    r = cli("schema", "-o", str(tmp_path / "schema.json"), timeout=60)
+    assert r.returncode == 0 and f"wrote {tmp_path / 'schema.json'}" in r.stdout
+    written = (tmp_path / "schema.json").read_text()
+    assert written == cli("schema", timeout=60).stdout  # -o writes what stdout shows
+    assert written == (CONFIGS / "pipeline.schema.json").read_text(), \
+        "configs/pipeline.schema.json is stale: run `pipeline schema -o " \
+        "configs/pipeline.schema.json`"
+    from pipeline_defs.docs import BEGIN, END
+    committed = (REPO / "docs" / "methods.md").read_text()
+    doc = tmp_path / "methods.md"  # the generated part replaced by stale text
+    doc.write_text(committed[:committed.index(BEGIN)] + f"{BEGIN}\n### stale\n{END}"
+                   + committed[committed.index(END) + len(END):])
+    r = cli("docs", "-o", str(doc), timeout=60)
+    assert r.returncode == 0 and f"updated the method reference in {doc}" in r.stdout
+    assert doc.read_text() == committed, \
+        "docs/methods.md is stale: run `pipeline docs`"
