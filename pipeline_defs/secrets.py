@@ -27,7 +27,14 @@ SECRET_KEY = re.compile(r"(?i)pass|secret|token|jaas|credential|private|api_?key
 def remember_values_of(mapping: dict) -> None:
     """Remembers the values of the secret-looking keys (password, secretAccessKey, sasl.jaas.
     config, ...) but not host, database or user, which errors must be able to name."""
-    remember(*(v for k, v in mapping.items() if SECRET_KEY.search(str(k))))
+    values = [v for k, v in mapping.items() if SECRET_KEY.search(str(k))]
+    remember(*values)
+    # a JAAS config (Kafka's sasl.jaas.config) holds its password inside: that alone too,
+    # for a driver message that echoes it without the rest
+    remember(*(m.group(2) for v in values for m in _JAAS_SECRET.finditer(str(v))))
+
+
+_JAAS_SECRET = re.compile(r"(?i)\b(password|secret|token)\s*=\s*\"([^\"]*)\"")
 
 
 def scrub(text: str) -> str:

@@ -26,8 +26,8 @@ def default_jars_dir() -> Path:
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
-SECRET_REGEX = r"(?i)secret|password|token|access[.]?key|credential"
-OPTION_REGEX = r"(?i)url|password|secret|token|access[.]?key|user"
+SECRET_REGEX = r"(?i)secret|password|token|access[.]?key|credential|jaas"
+OPTION_REGEX = r"(?i)url|password|secret|token|access[.]?key|user|jaas"
 # What a user's setting may not change, and why (the message names the key and the fix).
 FIXED = {
     "spark.sql.catalog.spark_catalog": (DELTA_CATALOG, "Delta tables by name need it"),

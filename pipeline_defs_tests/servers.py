@@ -160,6 +160,9 @@ def vault_resource(vault, tmp_path):
 
 KAFKA_PORT = int(os.environ.get("PIPELINE_KAFKA_PORT", "29092"))
 KAFKA = f"127.0.0.1:{KAFKA_PORT}"
+# scripts/kafka.sh's SASL_PLAINTEXT listener (mechanism PLAIN) and its development user
+KAFKA_SASL = f"127.0.0.1:{KAFKA_PORT + 2}"
+KAFKA_SASL_USER = ("etl", "etl-dev-secret")
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,9 @@
 #   scripts/kafka.sh up      format a fresh data directory (first time) and start; idempotent
 #   scripts/kafka.sh down    stop it and delete its data
 #
-# PIPELINE_KAFKA_PORT (29092; the controller listens on the next port; both below Linux's
+# PIPELINE_KAFKA_PORT (29092; the controller listens on the next port, and a SASL_PLAINTEXT
+# listener (mechanism PLAIN, users etl / etl-dev-secret and admin / admin-dev-secret: a
+# development broker's, for testing client properties) on the one after; all below Linux's
 # ephemeral range 32768-60999, where a client socket can hold the port when the broker binds),
 # PIPELINE_KAFKA_PARTITIONS (1): partitions of a topic created on first use,
 # data under $PIPELINE_SERVICES_DIR/kafka (default /tmp/pipeline_defs-services/kafka).
@@ -17,6 +19,7 @@ ROOT=$PWD
 DIR=${PIPELINE_SERVICES_DIR:-/tmp/pipeline_defs-services}/kafka
 PORT=${PIPELINE_KAFKA_PORT:-29092}
 CPORT=$((PORT + 1))
+SPORT=$((PORT + 2))
 PARTITIONS=${PIPELINE_KAFKA_PARTITIONS:-1}
 CP="$ROOT/.cache/kafka-jars/*"
 
@@ -58,10 +61,13 @@ properties() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$CPORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT,SASL_PLAINTEXT://127.0.0.1:$SPORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,SASL_PLAINTEXT://127.0.0.1:$SPORT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="admin" password="admin-dev-secret" user_admin="admin-dev-secret" user_etl="etl-dev-secret";
 log.dirs=$DIR/data
 num.partitions=$PARTITIONS
 auto.create.topics.enable=true
