@@ -52,25 +52,37 @@ def configure_s3(spark: SparkSession, cfg: S3Connection, ctx: StepContext, bucke
                                "secretAccessKey": cfg.secret_access_key,
                                "sessionToken": cfg.session_token, "region": cfg.region,
                                "endpoint": cfg.endpoint}, (), "s3")
-    hconf = spark.sparkContext._jsc.hadoopConfiguration()
     prefix = f"fs.s3a.bucket.{bucket}."
+    settings: dict[str, str] = {}
     if c.get("accessKeyId"):
-        hconf.set(prefix + "access.key", str(c["accessKeyId"]))
-        hconf.set(prefix + "secret.key", str(c.get("secretAccessKey", "")))
+        settings[prefix + "access.key"] = str(c["accessKeyId"])
+        settings[prefix + "secret.key"] = str(c.get("secretAccessKey", ""))
         if c.get("sessionToken"):
-            hconf.set(prefix + "session.token", str(c["sessionToken"]))
-            hconf.set(prefix + "aws.credentials.provider",
-                      "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider")
+            settings[prefix + "session.token"] = str(c["sessionToken"])
+            settings[prefix + "aws.credentials.provider"] = \
+                "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider"
         else:
-            hconf.set(prefix + "aws.credentials.provider",
-                      "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider")
+            settings[prefix + "aws.credentials.provider"] = \
+                "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"
     if c.get("region"):
-        hconf.set(prefix + "endpoint.region", str(c["region"]))
+        settings[prefix + "endpoint.region"] = str(c["region"])
     endpoint = (c.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3")
                 or os.environ.get("AWS_ENDPOINT_URL"))
     if endpoint:
-        hconf.set(prefix + "endpoint", str(endpoint))
-        hconf.set(prefix + "path.style.access", "true")
+        settings[prefix + "endpoint"] = str(endpoint)
+        settings[prefix + "path.style.access"] = "true"
+    hconf = spark.sparkContext._jsc.hadoopConfiguration()
+    changed = [k for k, v in settings.items() if hconf.get(k) not in (None, v)]
+    for k, v in settings.items():
+        hconf.set(k, v)
+    if changed:
+        # Hadoop caches one file system per bucket, made with the settings of its time: a
+        # later step (or run in this process) with other credentials or another endpoint
+        # for the bucket would silently go on with the old ones. Close it: the next use
+        # makes a new one from these settings.
+        jvm = spark._jvm
+        jvm.org.apache.hadoop.fs.FileSystem.get(jvm.java.net.URI(f"s3a://{bucket}/"),
+                                                hconf).close()
 
 
 class PathCredentials(S3Connection):
@@ -88,7 +100,8 @@ class PathCredentials(S3Connection):
 
 def prepare_path(spark: SparkSession, cfg: PathCredentials, ctx: StepContext, path: str) -> None:
     bucket = bucket_of(path)
-    if bucket and (cfg.credential_path or cfg.access_key_id or cfg.endpoint or cfg.region):
+    if bucket and (cfg.credential_path or cfg.access_key_id or cfg.endpoint or cfg.region
+                   or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")):
         configure_s3(spark, cfg, ctx, bucket)
 
 

@@ -70,3 +70,145 @@ def test_missing_bucket_is_named(bucket, spark):
     with pytest.raises(Exception, match="no-such-bucket"):
         files.from_s3(None, cfg(files.FromS3, bucket="no-such-bucket", path="x.parquet",
                             credentialPath=bucket.path), bucket.ctx()).collect()
+
+
+@pytest.fixture
+def iam_s3(tmp_path):
+    """A second moto S3 server that checks credentials as AWS does (signature, user, policy):
+    two users, each allowed one bucket of its own (bucket names unique per test, as s3a
+    caches a file system per bucket)."""
+    import json
+    import secrets as pysecrets
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import boto3
+    import requests
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    # the first 10 requests (the set-up below) are let through; every later one is checked
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H",
+                             "127.0.0.1", "-p", str(port)],
+                            env={**__import__("os").environ, "INITIAL_NO_AUTH_ACTION_COUNT": "10"},
+                            stdout=open(tmp_path / "moto.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        for _ in range(120):
+            try:
+                requests.get(f"{endpoint}/moto-api/", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.25)
+        admin = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
+                     aws_secret_access_key="setup")
+        iam, s3 = boto3.client("iam", **admin), boto3.client("s3", **admin)
+        suffix = pysecrets.token_hex(4)
+        users = {}
+        for user in ("alice", "bob"):
+            bucket = f"{user}-{suffix}"
+            iam.create_user(UserName=user)
+            key = iam.create_access_key(UserName=user)["AccessKey"]
+            iam.put_user_policy(UserName=user, PolicyName="own-bucket", PolicyDocument=json.dumps(
+                {"Version": "2012-10-17", "Statement": [
+                    {"Effect": "Allow", "Action": "s3:*", "Resource": [
+                        f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]},
+                    {"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}]}))
+            users[user] = {"bucket": bucket, "accessKeyId": key["AccessKeyId"],
+                           "secretAccessKey": key["SecretAccessKey"], "region": "us-east-1",
+                           "endpoint": endpoint}
+        # a role alice may assume, allowed her bucket: temporary credentials with a token
+        iam.create_role(RoleName="writer", AssumeRolePolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Action": "sts:AssumeRole",
+                "Principal": {"AWS": "arn:aws:iam::123456789012:user/alice"}}]}))
+        iam.put_role_policy(RoleName="writer", PolicyName="alice-bucket", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*",
+             "Resource": [f"arn:aws:s3:::alice-{suffix}", f"arn:aws:s3:::alice-{suffix}/*"]}]}))
+        for u in users.values():
+            s3.create_bucket(Bucket=u["bucket"])
+
+        def client(user):
+            u = users[user]
+            return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                                aws_access_key_id=u["accessKeyId"],
+                                aws_secret_access_key=u["secretAccessKey"])
+        yield users, client
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _secret(u: dict, **extra) -> dict:
+    return {k: v for k, v in {**u, **extra}.items() if k != "bucket"}
+
+
+def test_two_buckets_with_different_credentials_in_one_spark_job(iam_s3, vault, vault_resource,
+                                                                 ctx, spark):
+    users, client = iam_s3
+    alice, bob = users["alice"], users["bob"]
+    client("alice").put_object(Bucket=alice["bucket"], Key="in/users.csv",
+                               Body=b"id,name\n1,ada\n2,bob\n")
+    c = ctx(read_secret=vault_resource.read_secret, audit=vault_resource.audit)
+    pa = vault.put("secret", "s3/alice", _secret(alice))
+    pb = vault.put("secret", "s3/bob", _secret(bob))
+    df = files.from_s3(None, cfg(files.FromS3, bucket=alice["bucket"], path="in/users.csv",
+                                 format="csv", credentialPath=pa), c)
+    # one job reads alice's bucket and writes bob's: both credentials are live at once
+    files.to_s3(df, cfg(files.ToS3, bucket=bob["bucket"], path="out", format="json",
+                        mode="overwrite", credentialPath=pb), c)
+    keys = [o["Key"] for o in client("bob").list_objects_v2(Bucket=bob["bucket"])["Contents"]]
+    assert any(k.startswith("out/part-") for k in keys) and "out/_SUCCESS" in keys
+    back = files.from_s3(None, cfg(files.FromS3, bucket=bob["bucket"], path="out",
+                                   format="json", credentialPath=pb), c)
+    assert rows(back.select("id", "name")) == [(1, "ada"), (2, "bob")]
+    # the server does check: alice's credentials for bob's bucket are refused
+    wrong = vault.put("secret", "s3/wrong", {**_secret(alice)})
+    with pytest.raises(Exception, match=r"(?i)403|AccessDenied"):
+        files.to_s3(df, cfg(files.ToS3, bucket=bob["bucket"], path="other", format="json",
+                            credentialPath=wrong), c)
+
+
+def test_a_session_token_reaches_s3(iam_s3, vault, vault_resource, ctx, spark):
+    import boto3
+    users, _ = iam_s3
+    alice = users["alice"]
+    sts = boto3.client("sts", endpoint_url=alice["endpoint"], region_name="us-east-1",
+                       aws_access_key_id=alice["accessKeyId"],
+                       aws_secret_access_key=alice["secretAccessKey"])
+    temp = sts.assume_role(RoleArn="arn:aws:iam::123456789012:role/writer",
+                           RoleSessionName="etl")["Credentials"]
+    assert temp["AccessKeyId"].startswith("ASIA")  # temporary: useless without the token
+    c = ctx(read_secret=vault_resource.read_secret, audit=vault_resource.audit)
+    session = {"accessKeyId": temp["AccessKeyId"], "secretAccessKey": temp["SecretAccessKey"],
+               "sessionToken": temp["SessionToken"], "region": "us-east-1",
+               "endpoint": alice["endpoint"]}
+    df = spark.createDataFrame([(1, "a")], "id int, v string")
+    files.to_s3(df, cfg(files.ToS3, bucket=alice["bucket"], path="t1", format="json",
+                        credentialPath=vault.put("secret", "s3/session", session)), c)
+    assert [r.id for r in files.from_s3(None, cfg(
+        files.FromS3, bucket=alice["bucket"], path="t1", format="json",
+        credentialPath=vault.put("secret", "s3/session", session)), c).collect()] == [1]
+    # the same keys without their token are refused: the token is what made them work
+    no_token = vault.put("secret", "s3/no-token", {k: v for k, v in session.items()
+                                                   if k != "sessionToken"})
+    with pytest.raises(Exception, match=r"(?i)403|InvalidAccessKeyId|AccessDenied"):
+        files.to_s3(df, cfg(files.ToS3, bucket=alice["bucket"], path="t2", format="json",
+                            credentialPath=no_token), c)
+
+
+def test_the_endpoint_from_aws_endpoint_url(s3, vault, vault_resource, ctx, spark, monkeypatch):
+    import secrets as pysecrets
+    name = f"env-{pysecrets.token_hex(4)}"  # a bucket s3a has no file system cached for
+    s3.client.create_bucket(Bucket=name)
+    secret = {k: v for k, v in s3.secret().items() if k != "endpoint"}
+    c = ctx(read_secret=vault_resource.read_secret, audit=vault_resource.audit)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3.endpoint)  # the S3-specific one wins
+    df = spark.createDataFrame([(1, "a")], "id int, v string")
+    files.to_s3(df, cfg(files.ToS3, bucket=name, path="t", format="json",
+                        credentialPath=vault.put("secret", "s3/noendpoint", secret)), c)
+    assert any(k.startswith("t/part-") for k in s3.keys(name))
