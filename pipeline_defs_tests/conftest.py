@@ -140,3 +140,36 @@ def consume_records(bootstrap: str, topic: str, n: int) -> list[tuple[bytes, byt
     finally:
         c.close()
     return out
+
+
+def checkpoint_batches(checkpoint: Path) -> tuple[int, int]:
+    """(latest batch planned, latest batch committed) of a Structured Streaming checkpoint;
+    -1 for none. A batch is planned (offsets/N written) when it starts and committed
+    (commits/N) when its output is: between the two, it is running."""
+    def latest(d: Path) -> int:
+        ids = [int(p.name) for p in d.glob("[0-9]*")] if d.is_dir() else []
+        return max(ids, default=-1)
+    return latest(checkpoint / "offsets"), latest(checkpoint / "commits")
+
+
+def caught_up(checkpoint: Path, bootstrap: str, topic: str) -> bool:
+    """Has the query committed a batch that ends at the topic's current end offsets (every
+    record sent so far is read and its output committed; nothing more can come until more
+    records are sent)?"""
+    from confluent_kafka import Consumer, TopicPartition
+    planned, committed = checkpoint_batches(checkpoint)
+    if committed < 0 or committed != planned:
+        return False
+    lines = (checkpoint / "offsets" / str(committed)).read_text().splitlines()
+    offsets = {}
+    for line in lines[2:]:  # version, metadata, then one line per source
+        if line.strip().startswith("{"):
+            offsets.update(json.loads(line).get(topic, {}))
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"caught-up-{topic}"})
+    try:
+        parts = c.list_topics(topic, timeout=30).topics[topic].partitions
+        ends = {str(p): c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+                for p in parts}
+    finally:
+        c.close()
+    return bool(ends) and all(int(offsets.get(p, -1)) >= end for p, end in ends.items())

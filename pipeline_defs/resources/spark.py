@@ -47,9 +47,18 @@ class RunWatcher(threading.Thread):
                 continue
             if run is not None and run.status in stopping:
                 self.cancelled = True
-                session = self.resource._session
-                if session is not None:
+                break
+        # Cancelled: every job of the session now and every job started until the run ends
+        # (a termination that lands while a step prepares its write, before the write's job
+        # is submitted, would otherwise let that job run to its end)
+        while self.cancelled:
+            session = self.resource._session
+            if session is not None:
+                try:
                     session.sparkContext.cancelAllJobs()
+                except Exception:  # noqa: BLE001 - the session is stopping with the run
+                    return
+            if self.stop.wait(self.POLL_S):
                 return
 
 

@@ -6,6 +6,7 @@ succeeds."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,16 +43,23 @@ def _start(f: Path, home: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _writing(home: Path, proc: subprocess.Popen) -> dg.DagsterRun:
-    """The run, once its load step (the long Spark job) has started."""
+def _tasks_writing(out: Path) -> bool:
+    """Spark's tasks have opened their output files (Delta writes data files into the table
+    directory, and makes them part of the table only at the commit)."""
+    return out.is_dir() and any(out.glob("part-*.parquet"))
+
+
+def _writing(home: Path, proc: subprocess.Popen, out: Path | None) -> dg.DagsterRun:
+    """The run, once its load step (the long Spark job) is writing (with `out` None: as soon
+    as the step has started, maybe before its job is submitted)."""
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
         with dg.DagsterInstance.from_config(str(home)) as instance:
             for run in instance.get_runs():
                 starts = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
                 if not run.is_finished and any(
-                        r.step_key and r.step_key.endswith(".big_out") for r in starts):
-                    time.sleep(3)  # well inside the Spark job
+                        r.step_key and r.step_key.endswith(".big_out") for r in starts) \
+                        and (out is None or _tasks_writing(out)):
                     return run
         time.sleep(0.5)
     raise AssertionError(f"the load never started: {proc.communicate()}")
@@ -86,7 +94,7 @@ def test_a_signal_cancels_the_spark_job_of_pipeline_run(tmp_path, sig, spark):
     home.mkdir()
     f = _long(tmp_path)
     proc = _start(f, home)
-    run = _writing(home, proc)
+    run = _writing(home, proc, tmp_path / "out")
     sent = time.monotonic()
     proc.send_signal(sig)
     err, took = _ended(proc, sent)
@@ -102,7 +110,7 @@ def test_terminate_from_the_ui_cancels_a_run_of_pipeline_run(tmp_path, spark):
     with serve(tmp_path, tmp_path / "no-configs", {}) as (port, _):
         home = tmp_path / "dagster_home"
         proc = _start(f, home)
-        run = _writing(home, proc)
+        run = _writing(home, proc, tmp_path / "out")
         sent = time.monotonic()
         result = gql(port, """mutation($id: String!) { terminateRun(runId: $id) {
             __typename } }""", {"id": run.run_id})["terminateRun"]
@@ -123,12 +131,16 @@ def test_terminate_from_the_ui_cancels_a_run_of_dagster_job_execute(tmp_path, sp
         home = tmp_path / "dagster_home"
         env = {**os.environ, "DAGSTER_HOME": str(home), "SPARK_MASTER": "local[2]",
                "PIPELINE_CONFIG_DIR": str(configs)}
-        for policy in ("SAFE_TERMINATE", "MARK_AS_CANCELED_IMMEDIATELY"):
+        # the second termination lands as the load step starts, before or while it submits
+        # its Spark job: a job submitted after the termination is cancelled too
+        for policy, out in (("SAFE_TERMINATE", tmp_path / "out"),
+                            ("MARK_AS_CANCELED_IMMEDIATELY", None)):
+            shutil.rmtree(tmp_path / "out", ignore_errors=True)
             proc = subprocess.Popen(
                 [str(Path(sys.executable).parent / "dagster"), "job", "execute", "-m",
                  "pipeline_defs.definitions", "-j", "long_job"], env=env, cwd=REPO,
                 text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            run = _writing(home, proc)
+            run = _writing(home, proc, out)
             sent = time.monotonic()
             gql(port, """mutation($id: String!, $p: TerminateRunPolicy) {
                 terminateRun(runId: $id, terminatePolicy: $p) { __typename } }""",
@@ -154,10 +166,10 @@ def test_terminate_from_the_ui_cancels_a_run_the_daemon_launched(tmp_path, spark
         while time.monotonic() < deadline:  # until the long write is under way
             with dg.DagsterInstance.from_config(str(home)) as instance:
                 if any((r.step_key or "").endswith(".big_out") for r in instance.all_logs(
-                        run_id, of_type=dg.DagsterEventType.STEP_START)):
+                        run_id, of_type=dg.DagsterEventType.STEP_START)) \
+                        and _tasks_writing(tmp_path / "out"):
                     break
             time.sleep(0.5)
-        time.sleep(3)
         sent = time.monotonic()
         result = gql(port, """mutation($id: String!) { terminateRun(runId: $id) {
             __typename } }""", {"id": run_id})["terminateRun"]

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline_defs_tests.conftest import REPO, write_json
+from pipeline_defs_tests.conftest import REPO, caught_up, checkpoint_batches, write_json
 from pipeline_defs_tests.servers import produce
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
@@ -64,10 +64,25 @@ def test_sigkill_twice_mid_stream_then_every_key_exactly_once(kafka, topic, vaul
             assert time.time() < deadline, "no progress"
             time.sleep(0.2)
 
+    def checkpoint() -> Path:
+        found = list((tmp_path / "checkpoints").glob("*/*/offsets"))
+        return found[0].parent if found else tmp_path / "checkpoints" / "none"
+
+    def wait_mid_batch(proc) -> None:
+        """Until a micro-batch has started (its offsets written) and not yet committed."""
+        deadline = time.time() + 300
+        while True:
+            planned, committed = checkpoint_batches(checkpoint())
+            if planned > committed:
+                return
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.time() < deadline, "no micro-batch started"
+            time.sleep(0.02)
+
     for kill in (1, 2):
         proc = start()
         wait_versions(versions() + 2, proc)  # two more micro-batches committed, then kill
-        time.sleep(0.7)  # land inside a batch, not between two
+        wait_mid_batch(proc)  # inside a batch, not between two
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         count = spark.read.format("delta").load(str(delta)).count()
@@ -84,7 +99,11 @@ def test_sigkill_twice_mid_stream_then_every_key_exactly_once(kafka, topic, vaul
     while spark.read.format("delta").load(str(delta)).count() < expected:
         assert proc.poll() is None and time.time() < deadline
         time.sleep(1)
-    time.sleep(3)
+    # a committed batch ends at the topic's end: nothing more can come, a replayed batch
+    # would already be in the table
+    while not caught_up(checkpoint(), kafka, t):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
 

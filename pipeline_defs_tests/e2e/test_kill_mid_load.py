@@ -45,7 +45,7 @@ def _start(f, env) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def _wait_for(pg, sql: str, proc: subprocess.Popen, timeout: float = 240) -> None:
+def _wait_for(pg, sql: str, proc: subprocess.Popen | None, timeout: float = 240) -> None:
     """Polls on its own connection: pg_stat_activity is a snapshot per transaction."""
     import psycopg
     deadline = time.time() + timeout
@@ -54,7 +54,8 @@ def _wait_for(pg, sql: str, proc: subprocess.Popen, timeout: float = 240) -> Non
         while time.time() < deadline:
             if monitor.execute(sql).fetchone()[0]:
                 return
-            assert proc.poll() is None, "the pipeline ended before the moment to kill it"
+            assert proc is None or proc.poll() is None, \
+                "the pipeline ended before the moment to kill it"
             time.sleep(0.1)
     raise AssertionError(f"timed out waiting for: {sql}")
 
@@ -70,13 +71,15 @@ def _target(pg):
 
 def test_killed_while_copying_then_while_publishing(setup):
     pg, f, env = setup
+    # a COPY is running and rows have reached the staging table's pages (uncommitted)
     copying = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-               "AND query LIKE 'COPY %_pd_stage_scores_%' AND state = 'active'")
+               "AND query LIKE 'COPY %_pd_stage_scores_%' AND state = 'active' AND EXISTS ("
+               "SELECT 1 FROM pg_class WHERE relname LIKE '\\_pd\\_stage\\_scores\\_%' "
+               "AND relkind = 'r' AND pg_relation_size(oid) > 0)")
 
     # 1. SIGKILL while the partitions are being copied into the staging table
     proc = _start(f, env)
     _wait_for(pg, copying, proc)
-    time.sleep(1.0)
     _kill(proc)
     assert _target(pg) == ORIGINAL
     leftovers = pg.sql("SELECT table_name FROM information_schema.tables WHERE table_name "
@@ -93,7 +96,10 @@ def test_killed_while_copying_then_while_publishing(setup):
                       "RENAME TO%' AND wait_event_type = 'Lock'", proc)
         _kill(proc)
         assert _target(pg) == ORIGINAL  # the reader still sees the old rows
-    time.sleep(0.5)  # the dead session's transaction rolls back once it notices the client
+    # the dead client's session rolls back its transaction once it notices: wait for that
+    _wait_for(pg, "SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = "
+                  "current_database() AND query LIKE 'ALTER TABLE \"public\".\"scores\" "
+                  "RENAME TO%'", None)
     assert _target(pg) == ORIGINAL
 
     # 3. an uninterrupted run drops the leftovers and publishes everything at once

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_defs_tests.conftest import COMPAT, REPO, write_json
+from pipeline_defs_tests.conftest import COMPAT, REPO, caught_up, write_json
 from pipeline_defs_tests.servers import produce
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
@@ -130,7 +130,10 @@ def test_streaming_example_stops_gracefully_and_resumes_exactly_once(example):
     proc = _start(ex)
     _wait(lambda: len(_ids(ex)) >= len(expected_ids(first + second)), proc,
           what="the events sent while stopped")
-    time.sleep(3)  # nothing more may come: no duplicate from a replayed batch
+    # the query has committed a batch ending at the topic's end: nothing more can come, so a
+    # replayed batch would already show as a duplicate
+    _wait(lambda: caught_up(ex.checkpoint, ex.kafka, ex.topic), proc,
+          what="the query to commit the topic's last offsets")
     _stop(proc)
     assert _ids(ex) == expected_ids(first + second)
     rows = ex.spark.read.format("delta").load("s3a://data-lake/delta/high_value_purchases")
