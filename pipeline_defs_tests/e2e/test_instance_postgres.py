@@ -12,7 +12,7 @@ import dagster as dg
 import yaml
 
 from pipeline_defs_tests.conftest import REPO, write_json
-from pipeline_defs_tests.e2e.test_orchestration import _runs, _wait
+from pipeline_defs_tests.e2e.test_orchestration import _runs, _wait, wait_ticks
 from pipeline_defs_tests.e2e.test_webserver import launch, restart_daemon, run_status, serve
 
 
@@ -57,8 +57,10 @@ def test_webserver_and_daemon_share_runs_and_sensor_cursors_in_postgres(
         for i in (1, 2):
             (drop / f"f{i}.csv").write_text("id\n1\n")
         _wait(lambda: len([r for r in _runs(home, "pgjob") if r.is_finished]) == 3, 240, log)
+        restarted = time.time()
         restart_daemon(port)
-        time.sleep(15)  # many sensor intervals of the new daemon: the cursor came from PG
+        # the new daemon evaluated the sensor several times: the cursor came from PostgreSQL
+        wait_ticks(home, "pgjob_new_files", 3, log, since=restarted)
         assert len(_runs(home, "pgjob")) == 3
         (drop / "f3.csv").write_text("id\n1\n")
         _wait(lambda: len([r for r in _runs(home, "pgjob") if r.is_finished]) == 4, 240, log)

@@ -11,7 +11,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 
 from pipeline_defs_tests.conftest import write_json
-from pipeline_defs_tests.e2e.test_orchestration import _runs, _wait
+from pipeline_defs_tests.e2e.test_orchestration import _runs, _wait, wait_ticks
 from pipeline_defs_tests.e2e.test_webserver import restart_daemon, serve
 
 
@@ -89,8 +89,10 @@ def test_new_files_locally_on_s3_and_hdfs_run_once_each_across_a_daemon_restart(
                 f"s3a://landing/orders/o{i}.csv"]
             assert pq.read_table(out / "hadoop" / f"h{i}.csv")["id"].to_pylist() == [i * 100]
 
+        restarted = time.time()
         restart_daemon(port)
-        time.sleep(15)  # many sensor intervals (1 s) of the new daemon
+        for job in ("local", "remote", "hadoop"):  # each sensor evaluated by the new daemon
+            wait_ticks(home, f"{job}_new_files", 3, log, since=restarted)
         assert [len(_runs(home, j)) for j in ("local", "remote", "hadoop")] == [3, 3, 3]
 
         (landing / "part4.csv").write_text("id\n4\n")

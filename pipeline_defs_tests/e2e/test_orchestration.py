@@ -63,6 +63,17 @@ def _ticks(home: Path, sensor: str) -> list:
     return []
 
 
+def wait_ticks(home: Path, sensor: str, n: int, log: Path, since: float | None = None) -> None:
+    """Until the daemon has evaluated `sensor` n more times (ticks ended after `since`, by
+    default now): what a sensor would start, it has started by then."""
+    since = time.time() if since is None else since
+
+    def done():  # ticks whose evaluation ended (not STARTED)
+        return len([t for t in _ticks(home, sensor) if t.timestamp >= since and
+                    t.status.value in ("SUCCESS", "SKIPPED", "FAILURE")]) >= n
+    _wait(done, 240, log)
+
+
 def test_schedule_and_dependencies_on_the_real_daemon(tmp_path):
     data, out, configs = tmp_path / "data", tmp_path / "out", tmp_path / "configs"
     data.mkdir()
@@ -166,7 +177,7 @@ def _scenario(port: int, tmp_path: Path, configs: Path, data: Path, out: Path) -
     assert run_status(port, up3) == "SUCCESS"
     _, down2 = _wait(lambda: _finished(home, "down", 2), 240, log)
     assert up3 in down2.tags["pipeline/triggered_by"]
-    time.sleep(5)  # several sensor ticks later: still one run per successful upstream
+    wait_ticks(home, "down_after_upstreams", 3, log)  # still one run per successful upstream
     downs = _runs(home, "down")
     assert len(downs) == 2 and not any(failed.run_id in d.tags["pipeline/triggered_by"]
                                        for d in downs)
@@ -226,7 +237,7 @@ def _scenario(port: int, tmp_path: Path, configs: Path, data: Path, out: Path) -
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in after)
     for day, ids in (("2024-01-01", [1]), ("2024-01-02", [2, 3]), ("2024-01-03", [4])):
         assert sorted(pq.read_table(out / "parted_after" / day)["id"].to_pylist()) == ids
-    time.sleep(3)
+    wait_ticks(home, "parted_after_after_upstreams", 3, log)
     assert len(_runs(home, "parted_after")) == 3
 
     # a new file runs a partitioned pipeline for its latest complete partition (the last)
@@ -238,7 +249,7 @@ def _scenario(port: int, tmp_path: Path, configs: Path, data: Path, out: Path) -
     assert pq.read_table(out / "parted_files").to_pylist() == [{"id": 7, "day": "2024-01-03"}]
 
     # 7. the schedule (every minute) fired and its run succeeded
-    (tick,) = _wait(lambda: _finished(home, "ticker", 1), 150, log)[:1]
+    (tick,) = _wait(lambda: _finished(home, "ticker", 1), 300, log)[:1]
     assert tick.status == dg.DagsterRunStatus.SUCCESS
     assert tick.tags["dagster/schedule_name"] == "ticker_schedule"
 
