@@ -91,6 +91,9 @@ def cmd_run(args) -> int:
     except ConfigError as e:
         print(f"{args.file}: {e}", file=sys.stderr)
         return 2
+    if pipeline.config.mode != "streaming":
+        from pipeline_defs.steps.files import prescan_csv_inputs
+        prescan_csv_inputs(pipeline.steps)  # overlaps the CSV scans with Dagster's start
 
     import dagster as dg
 

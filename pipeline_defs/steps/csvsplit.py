@@ -10,14 +10,19 @@ the parity of the quotes before each chunk.
 
 Only plain local files are scanned (not s3a://, hdfs://, compressed files, other encodings
 or quote characters): anything else keeps multiLine, which is always right.
+
+`prescan` starts the scans of a pipeline's CSV inputs in the background (`pipeline run` calls
+it while the JVM and Dagster start); a step then finds its answer ready. Answers are kept per
+file, keyed by size and modification time, so a changed file is scanned again.
 """
 from __future__ import annotations
 
 import itertools
 import mmap
 import os
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -71,8 +76,48 @@ def splittable(path: str, options: dict[str, str], files: list[Path] | None = No
     return not any(quoted_line_break(f) for f in files)
 
 
+_answers: dict[tuple[str, int, int], Future] = {}
+_answers_lock = threading.Lock()
+
+
 def quoted_line_break(path: Path) -> bool:
-    """Whether a line break in the file lies inside a quoted field."""
+    """Whether a line break in the file lies inside a quoted field (scanned once per
+    version of the file; a scan under way in the background is waited for)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    with _answers_lock:
+        answer, mine = _answers.get(key), False
+        if answer is None:
+            answer, mine = _answers.setdefault(key, Future()), True
+    if mine:
+        try:
+            answer.set_result(_quoted_line_break(path))
+        except BaseException as e:  # noqa: BLE001 - whoever waits gets it too
+            answer.set_exception(e)
+            with _answers_lock:
+                _answers.pop(key, None)
+    return answer.result()
+
+
+def prescan(inputs: Iterable[tuple[str, dict[str, str]]]) -> threading.Thread | None:
+    """Answers `splittable` for these (path, reader options) in a background thread, so the
+    steps reading them find the answer ready. Never raises: a step scans (or fails) itself."""
+    todo = [(p, o) for p, o in inputs if local_files(p) is not None]
+    if not todo:
+        return None
+
+    def run() -> None:
+        for path, options in todo:
+            try:
+                splittable(path, options)
+            except Exception:  # noqa: BLE001 - the step will meet the problem and report it
+                pass
+    t = threading.Thread(target=run, name="csv-prescan", daemon=True)
+    t.start()
+    return t
+
+
+def _quoted_line_break(path: Path) -> bool:
     if path.stat().st_size == 0:
         return False
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:

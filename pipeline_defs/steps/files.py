@@ -182,6 +182,19 @@ def _multi_line(ctx: StepContext, path: str, options: dict[str, str]) -> str:
     return "true"
 
 
+def prescan_csv_inputs(steps) -> None:
+    """Starts the scans `_multi_line` will ask for, of the local CSV files these loaded steps
+    read, in the background (`pipeline run`: while the JVM and Dagster start)."""
+    inputs = []
+    for s in steps:
+        cfg = s.config
+        if s.method == "fromFile" and isinstance(cfg, FromFile) and cfg.format == "csv":
+            options = options_of(cfg.options)
+            if "multiline" not in {k.lower() for k in options}:
+                inputs.append((cfg.path, options))
+    csvsplit.prescan(inputs)
+
+
 @step("extract", "fromFile", FromFile, asset_kind=lambda c: c.format)
 def from_file(df: None, cfg: FromFile, ctx: StepContext) -> DataFrame:
     prepare_path(ctx.spark, cfg, ctx, cfg.path)

@@ -151,7 +151,7 @@ def test_quoted_line_break_is_found_wherever_chunks_split(tmp_path, monkeypatch)
         for name, (data, expected) in cases.items():
             f = tmp_path / "f.csv"
             f.write_bytes(data)
-            assert csvsplit.quoted_line_break(f) is expected, (name, chunk)
+            assert csvsplit._quoted_line_break(f) is expected, (name, chunk)
 
 
 def test_what_cannot_be_scanned_keeps_multiline(tmp_path):
@@ -194,3 +194,22 @@ def test_big_local_csv_is_read_in_parallel_only_when_that_keeps_every_row(
         assert (parts == 1) if broken else (parts >= 4), parts
     finally:
         spark.conf.set("spark.sql.files.maxPartitionBytes", old)
+
+
+def test_answers_are_kept_per_version_of_a_file_and_prescanned(tmp_path):
+    """A file is scanned once per version (size, mtime): a step finds the answer `pipeline
+    run` started in the background; a changed file is scanned again."""
+    import os
+
+    from pipeline_defs.steps import csvsplit
+    f = tmp_path / "p.csv"
+    f.write_bytes(b'a,b\n1,"x, y"\n')
+    t = csvsplit.prescan([(str(f), {}), ("s3a://bucket/x.csv", {})])  # s3a: not scanned
+    t.join(30)
+    st = f.stat()
+    assert (str(f.resolve()), st.st_size, st.st_mtime_ns) in csvsplit._answers
+    assert csvsplit.quoted_line_break(f) is False
+    f.write_bytes(b'a,b\n1,"x\ny"\n')  # same size, other content, other mtime
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert csvsplit.quoted_line_break(f) is True
+    assert csvsplit.prescan([("s3a://bucket/x.csv", {})]) is None
