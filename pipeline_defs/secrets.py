@@ -22,6 +22,7 @@ def remember(*values: object) -> None:
 
 
 SECRET_KEY = re.compile(r"(?i)pass|secret|token|jaas|credential|private|api_?key|access_?key")
+_JAAS_SECRET = re.compile(r"(?i)\b(password|secret|token)\s*=\s*\"([^\"]*)\"")
 
 
 def remember_values_of(mapping: dict) -> None:
@@ -32,9 +33,6 @@ def remember_values_of(mapping: dict) -> None:
     # a JAAS config (Kafka's sasl.jaas.config) holds its password inside: that alone too,
     # for a driver message that echoes it without the rest
     remember(*(m.group(2) for v in values for m in _JAAS_SECRET.finditer(str(v))))
-
-
-_JAAS_SECRET = re.compile(r"(?i)\b(password|secret|token)\s*=\s*\"([^\"]*)\"")
 
 
 def scrub(text: str) -> str:

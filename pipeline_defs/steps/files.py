@@ -46,6 +46,11 @@ def bucket_of(path: str) -> str | None:
     return None
 
 
+def _env_endpoint() -> str | None:
+    """The S3 endpoint the AWS tools' environment names (the S3-specific one first)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
 def configure_s3(spark: SparkSession, cfg: S3Connection, ctx: StepContext, bucket: str) -> None:
     """Per-bucket s3a settings, so two buckets with two sets of credentials can coexist."""
     c = credentials(cfg, ctx, {"accessKeyId": cfg.access_key_id,
@@ -66,8 +71,7 @@ def configure_s3(spark: SparkSession, cfg: S3Connection, ctx: StepContext, bucke
                 "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"
     if c.get("region"):
         settings[prefix + "endpoint.region"] = str(c["region"])
-    endpoint = (c.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL_S3")
-                or os.environ.get("AWS_ENDPOINT_URL"))
+    endpoint = c.get("endpoint") or _env_endpoint()
     if endpoint:
         settings[prefix + "endpoint"] = str(endpoint)
         settings[prefix + "path.style.access"] = "true"
@@ -101,7 +105,7 @@ class PathCredentials(S3Connection):
 def prepare_path(spark: SparkSession, cfg: PathCredentials, ctx: StepContext, path: str) -> None:
     bucket = bucket_of(path)
     if bucket and (cfg.credential_path or cfg.access_key_id or cfg.endpoint or cfg.region
-                   or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")):
+                   or _env_endpoint()):
         configure_s3(spark, cfg, ctx, bucket)
 
 

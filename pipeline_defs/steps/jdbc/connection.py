@@ -193,16 +193,16 @@ def java_message(e: BaseException) -> str:
 
 def tls_failure(e: BaseException) -> bool:
     """The server's certificate was refused, or TLS was required and not offered: never
-    worth retrying."""
-    return any(w in java_message(e).lower() for w in ("ssl", "certificate", "pkix"))
+    worth retrying. (A login refusal that mentions SSL, like PostgreSQL's "no pg_hba.conf
+    entry ... no encryption", is a login refusal.)"""
+    return not sql_state(e).startswith("28") and any(
+        w in java_message(e).lower() for w in ("ssl", "certificate", "pkix"))
 
 
 def connect_error(ep: Endpoint, e: BaseException, attempts: int) -> PipelineError:
-    state = sql_state(e)
-    why = _EXPLAIN.get(state, "the connection failed")
+    state, tls = sql_state(e), tls_failure(e)
+    why = "the TLS handshake failed" if tls else _EXPLAIN.get(state, "the connection failed")
     tries = f" after {attempts} attempts" if attempts > 1 else ""
-    tls = tls_failure(e)
-    why = "the TLS handshake failed" if tls else why
     fix = ("Check the user and password in the secret." if state in ("28P01", "28000")
            else "Check sslmode and sslrootcert (the CA that signed the server's certificate) "
                 "in the step's properties." if tls
