@@ -189,7 +189,8 @@ def to_delta_lake(df: DataFrame, cfg: ToDeltaLake, ctx: StepContext) -> LoadResu
     target = cfg.path or cfg.table
     if cfg.path:
         prepare_path(ctx.spark, cfg, ctx, cfg.path)
-    table = _delta_table(ctx, cfg)
+    # only a merge needs the table before writing (and a plain write opens it faster after)
+    table = _delta_table(ctx, cfg) if cfg.merge else None
     with session_conf(ctx.spark, AUTO_OPTIMIZE if cfg.auto_optimize else {}):
         if cfg.merge and table is not None:
             _merge(df, cfg, ctx, table)
