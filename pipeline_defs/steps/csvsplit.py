@@ -140,12 +140,29 @@ def _scan(mm: mmap.mmap, cr: bool) -> list[tuple[int, bool, bool]]:
                              itertools.repeat(cr)))
 
 
+_buffers = threading.local()
+
+
 def _chunk(a: np.ndarray, cr: bool) -> tuple[int, bool, bool]:
     """(odd number of quotes in the chunk, a line break inside quotes if the chunk starts
-    outside a quoted field, the same if it starts inside one)."""
-    quotes = np.flatnonzero(a == 34)
-    breaks = a == 10
+    outside a quoted field, the same if it starts inside one).
+
+    One pass finds every quote and line break (into two masks kept per thread: a fresh
+    32 MB array per comparison costs its page faults), then the parity of the quotes before
+    each break is read off the short list of those bytes: 0.40 s of CPU for TPC-H's 766 MB
+    lineitem, 0.53 s with a position list per character."""
+    n = a.size
+    masks = getattr(_buffers, "masks", None)
+    if masks is None or masks[0].size < n:
+        masks = _buffers.masks = (np.empty(max(n, CHUNK), bool), np.empty(max(n, CHUNK), bool))
+    special, other = masks[0][:n], masks[1][:n]
+    np.equal(a, 34, out=special)
+    special |= np.equal(a, 10, out=other)
     if cr:
-        breaks |= a == 13
-    before = np.searchsorted(quotes, np.flatnonzero(breaks)) & 1  # quotes before each break
-    return quotes.size & 1, bool(before.any()), bool(before.size and not before.all())
+        special |= np.equal(a, 13, out=other)
+    found = a[np.flatnonzero(special)]
+    quote = found == 34
+    before = np.cumsum(quote, dtype=np.int64) & 1  # odd quotes up to each special byte
+    odd_at_break = before[~quote]  # (a break is no quote: "up to" = "before" there)
+    return (int(before[-1]) if before.size else 0, bool(odd_at_break.any()),
+            bool(odd_at_break.size and not odd_at_break.all()))
