@@ -53,10 +53,12 @@ def test_token_is_renewed_during_a_long_run(vault, tmp_path):
     try:
         res.read_secret(path)
         deadline = time.time() + 60
-        while vault.renewals < 3:  # renewed at half the TTL, again and again
-            assert time.time() < deadline, f"{vault.renewals} renewals in 60 s"
+        # renewed at half the TTL, again and again; the resource counts a renewal once it has
+        # read Vault's answer, i.e. just after the double counted it
+        while res.renewals < 3:
+            assert time.time() < deadline, f"{res.renewals} renewals in 60 s"
             time.sleep(0.05)
-        assert res.renewals == vault.renewals
+        assert vault.renewals >= res.renewals
         assert vault.tokens[vault.root_token]["expires"] > first_expiry
         assert time.time() > first_expiry  # without renewal the token would be dead now
         res._cache.clear()
@@ -65,6 +67,7 @@ def test_token_is_renewed_during_a_long_run(vault, tmp_path):
         res.teardown_after_execution(None)
     res._renewer.join(timeout=30)  # renewal stops when the run ends: its thread returns
     assert not res._renewer.is_alive(), "renewal must stop when the run ends"
+    assert res.renewals == vault.renewals  # settled: every renewal Vault saw was counted
 
 
 @pytest.mark.parametrize("status", [429, 500, 502, 503])
