@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import random
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,34 @@ def test_quoted_line_break_is_found_wherever_chunks_split(tmp_path, monkeypatch)
             f = tmp_path / "f.csv"
             f.write_bytes(data)
             assert csvsplit._quoted_line_break(f) is expected, (name, chunk)
+
+
+def test_scan_agrees_with_a_byte_by_byte_reading(tmp_path, monkeypatch):
+    """The bit-parallel scan against the plain definition, on random bytes made of quotes,
+    line breaks and text, with chunks cut at word edges and off them."""
+    from pipeline_defs.steps import csvsplit
+
+    def by_hand(data: bytes) -> bool:
+        inside = False
+        for c in data:
+            if c == 34:
+                inside = not inside
+            elif c in (10, 13) and inside:
+                return True
+        return False
+
+    rnd = random.Random(4180)
+    f = tmp_path / "f.csv"
+    answers = set()
+    for _ in range(300):
+        alphabet = rnd.choice([b'a"\n', b'ab,"\n', b'a"\r\n', b'abcdefgh,"\n', b'a""\n\n'])
+        data = bytes(rnd.choice(alphabet) for _ in range(rnd.choice([1, 63, 64, 65, 200, 999])))
+        f.write_bytes(data)
+        for chunk in (3, 64, 100, 1 << 25):
+            monkeypatch.setattr(csvsplit, "CHUNK", chunk)
+            assert csvsplit._quoted_line_break(f) is by_hand(data), (data, chunk)
+        answers.add(by_hand(data))
+    assert answers == {True, False}  # both answers met
 
 
 def test_what_cannot_be_scanned_keeps_multiline(tmp_path):
