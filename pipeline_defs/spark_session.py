@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from pipeline_defs import jvm_archive
 from pipeline_defs.errors import PipelineError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -101,6 +102,12 @@ class SparkSettings:
                 conf[k] = sep.join(ours + [i for i in v.split(sep) if i and i not in ours])
             else:
                 conf[k] = v
+        # the JVM's class archive, when one was made for this classpath (jvm_archive.py);
+        # first, so that the user's own flags win
+        archive = jvm_archive.java_options(conf)
+        if archive:
+            java = "spark.driver.extraJavaOptions"
+            conf[java] = f"{archive} {conf[java]}"
         return conf
 
     @classmethod
