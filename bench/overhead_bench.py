@@ -2,9 +2,10 @@
 a plain PySpark script, both as whole processes (interpreter start to exit), alternating.
 
 The plain script (bench/plain_tiny.py) gets the product's session settings (same jars, Delta
-extensions) and nothing else: no Dagster import. The difference of the medians is what the
-product costs on top of Spark: imports, definitions, the Dagster instance's writes, the run
-summary, exit. A breakdown of one traced pipeline run is printed and recorded too.
+extensions) and nothing else: no Dagster import, and its JVM starts as PySpark's does; run
+again with the product's class-data archive of the driver JVM (jvm_archive.py), the
+difference of the medians is what the orchestration costs on top of Spark: imports,
+definitions, the Dagster instance's writes, the run summary, exit. A breakdown of one traced pipeline run is printed and recorded too.
 
     .venv/bin/python bench/overhead_bench.py [--runs 7] [--master local[2]]
 """

@@ -2,8 +2,9 @@
 the same query in DuckDB.
 
 Generates TPC-H lineitem and orders (tpchgen-cli) once into bench/.data/tpch-sf<scale>, then
-runs the three alternately, each as a whole process (start-up included), and prints the
-medians and the ratios. Writes the results into bench/RESULTS.md (one section per scale).
+runs them alternately (the plain script without and with the product's JVM class archive,
+`pipeline run` by default and with `multiLine: false`, DuckDB), each as a whole process
+(start-up included), and prints the medians and the ratios. Writes the results into bench/RESULTS.md (one section per scale).
 
     .venv/bin/python bench/run_bench.py [--runs 3] [--scale 1] [--master local[2]]
 """
