@@ -67,6 +67,9 @@ def test_dagster_runs_as_in_production_on_a_shared_postgres_instance():
         storage["POSTGRES_DB"], storage["POSTGRES_USER"])
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
     assert "cp instance/dagster-postgres.yaml /opt/dagster/home/dagster.yaml" in dockerfile
+    # set-up compiles the bulk loader with javac: the image needs a JDK, not only a JRE
+    assert "javac " in (REPO / "scripts" / "setup.sh").read_text()
+    assert "openjdk-17-jdk-headless" in dockerfile and "RUN bash scripts/setup.sh" in dockerfile
 
 
 def test_an_undefined_service_is_caught(tmp_path):
