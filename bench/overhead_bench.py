@@ -5,7 +5,8 @@ The plain script (bench/plain_tiny.py) gets the product's session settings (same
 extensions) and nothing else: no Dagster import, and its JVM starts as PySpark's does; run
 again with the product's class-data archive of the driver JVM (jvm_archive.py), the
 difference of the medians is what the orchestration costs on top of Spark: imports,
-definitions, the Dagster instance's writes, the run summary, exit. A breakdown of one traced pipeline run is printed and recorded too.
+definitions, the Dagster instance's writes, the run summary, exit. A breakdown of one traced
+pipeline run is printed and recorded too.
 
     .venv/bin/python bench/overhead_bench.py [--runs 7] [--master local[2]]
 """
@@ -22,7 +23,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from results import timed, write_section
+from results import alternate, timed, write_section
 
 from pipeline_defs import jvm_archive
 
@@ -95,13 +96,7 @@ def main() -> None:
             "plain+archive": (plain, {}), "pipeline": (pipeline, {})}
     for cmd, extra in cmds.values():  # one of each first, not counted: the OS file cache
         timed(cmd, {**env, **extra})    # holds the jars (and the archive) for all after it
-    times: dict[str, list[float]] = {k: [] for k in cmds}
-    names = list(cmds)
-    for i in range(args.runs):
-        for name in names[i % len(names):] + names[:i % len(names)]:  # each first in turn
-            cmd, extra = cmds[name]
-            times[name].append(timed(cmd, {**env, **extra}))
-            print(f"run {i + 1} {name:<13} {times[name][-1]:6.2f}s", flush=True)
+    times = alternate(cmds, env, args.runs, digits=2)
     phases = breakdown(home)
     med = {k: statistics.median(v) for k, v in times.items()}
     over = med["pipeline"] - med["plain"]

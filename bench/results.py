@@ -35,3 +35,17 @@ def timed(cmd: list[str], env: dict) -> float:
             out.seek(0)
             raise SystemExit(f"{' '.join(cmd)} failed:\n{out.read()[-3000:]}")
     return elapsed
+
+
+def alternate(cmds: dict[str, tuple[list[str], dict]], env: dict, runs: int,
+              digits: int = 1) -> dict[str, list[float]]:
+    """Runs each (command, extra environment) `runs` times, in rounds where each command
+    goes first in turn; returns the wall times by name."""
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    names = list(cmds)
+    for i in range(runs):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            cmd, extra = cmds[name]
+            times[name].append(timed(cmd, {**env, **extra}))
+            print(f"run {i + 1} {name:<13} {times[name][-1]:6.{digits}f}s", flush=True)
+    return times

@@ -4,7 +4,8 @@ the same query in DuckDB.
 Generates TPC-H lineitem and orders (tpchgen-cli) once into bench/.data/tpch-sf<scale>, then
 runs them alternately (the plain script without and with the product's JVM class archive,
 `pipeline run` by default and with `multiLine: false`, DuckDB), each as a whole process
-(start-up included), and prints the medians and the ratios. Writes the results into bench/RESULTS.md (one section per scale).
+(start-up included), and prints the medians and the ratios. Writes the results into
+bench/RESULTS.md (one section per scale).
 
     .venv/bin/python bench/run_bench.py [--runs 3] [--scale 1] [--master local[2]]
 """
@@ -22,7 +23,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from results import timed, write_section
+from results import alternate, write_section
 
 from pipeline_defs import jvm_archive
 
@@ -77,13 +78,7 @@ def main() -> None:
         "duckdb": ([sys.executable, str(HERE / "duckdb_tpch.py"), str(data),
                     str(out / "duckdb")], {}),
     }
-    times: dict[str, list[float]] = {k: [] for k in cmds}
-    names = list(cmds)
-    for i in range(args.runs):
-        for name in names[i % len(names):] + names[:i % len(names)]:  # each first in turn
-            cmd, extra = cmds[name]
-            times[name].append(timed(cmd, {**env, **extra}))
-            print(f"run {i + 1} {name:<13} {times[name][-1]:6.1f}s", flush=True)
+    times = alternate(cmds, env, args.runs)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["pipeline"] / med["plain"]
     # each round's two runs follow each other: the machine's state of the moment (another
