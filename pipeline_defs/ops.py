@@ -598,7 +598,12 @@ def _wrap(compute):
             _interrupted(context, hit, e)
             raise
         _interrupted(context, hit, None)
-        yield from (out if isinstance(out, list) else [out])
+        # Only the outputs this run selected: a subset of the pipeline's assets, or a graph
+        # whose last step is conditional, leaves some (`done`, a quarantine table) unselected,
+        # and Dagster refuses an output it did not ask for.
+        selected = context.selected_output_names
+        yield from (o for o in (out if isinstance(out, list) else [out])
+                    if not isinstance(o, dg.Output) or o.output_name in selected)
     return fn
 
 
@@ -622,8 +627,7 @@ def _quarantine_outputs(context, ctx: StepContext, steps: list[int], df) -> list
     for p in ctx.validation.pending:
         name = f"quarantine_s{p.ctx.step:02d}"
         location = p.ctx.metadata.get("quarantine_location")
-        if p.ctx.step not in steps or not location or \
-                name not in context.selected_output_names:
+        if p.ctx.step not in steps or not location:  # (unselected ones are dropped by _wrap)
             continue
         rows = int(p.ctx.metadata.get("quarantined_rows", 0))
         schema = dg.TableSchema(columns=[

@@ -11,6 +11,7 @@ import pytest
 
 from pipeline_defs.config.loader import load_pipeline
 from pipeline_defs.errors import ConfigError
+from pipeline_defs.runs import step_rows
 from pipeline_defs_tests.conftest import REPO, op_of, run_job, write_json
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
@@ -71,3 +72,66 @@ def test_bad_conditions_are_validate_errors(tmp_path, registry, condition, messa
                        text=True)
     assert r.returncode == 1 and message in r.stdout + r.stderr
     assert json.loads(f.read_text())["steps"][2]["condition"] == condition
+
+
+def _two_branches(tmp_path: Path, condition: str) -> Path:
+    """extract -> load, then extract -> filter (no rows) -> load: the conditional load is the
+    file's last step, so nothing waits for its `done`."""
+    src = {"path": str(tmp_path / "in.csv"), "format": "csv", "schema": "id INT, v INT"}
+    return write_json(tmp_path / "branches.json", {"name": "branches", "steps": [
+        {"type": "extract", "method": "fromFile", "name": "a", "config": src},
+        {"type": "load", "method": "toFile", "name": "a_out",
+         "config": {"path": str(tmp_path / "a"), "format": "parquet"}},
+        {"type": "extract", "method": "fromFile", "name": "b", "config": src},
+        {"type": "transform", "method": "filterRows", "name": "big",
+         "config": {"condition": "v > 100"}},
+        {"type": "load", "method": "toFile", "name": "b_out", "condition": condition,
+         "config": {"path": str(tmp_path / "b"), "format": "parquet"}}]})
+
+
+@pytest.mark.parametrize("condition, written", [("previous_step_count > 0", False),
+                                                ("previous_step_count = 0", True)])
+def test_a_conditional_last_step_ends_the_run_successfully(tmp_path, registry, spark,
+                                                          condition, written):
+    (tmp_path / "in.csv").write_text("id,v\n1,5\n2,7\n")
+    p = load_pipeline(_two_branches(tmp_path, condition), registry)
+    result = run_job(p)
+    assert spark.read.parquet(str(tmp_path / "a")).count() == 2
+    assert (tmp_path / "b").exists() is written
+    status = {r.op: r.status for r in step_rows(result.all_events, p)}
+    assert status == {"a": "ok", "a_out": "ok", "b": "ok", "big": "ok",
+                      "b_out": "ok" if written else "skipped"}
+    if written:  # the load ran on the filter's output: no rows
+        assert spark.read.parquet(str(tmp_path / "b")).count() == 0
+
+
+@pytest.mark.parametrize("holds", [True, False])
+def test_materializing_some_assets_of_a_graph_with_a_conditional_step(tmp_path, registry,
+                                                                      spark, holds):
+    """Only the conditional load's table is selected: the later load, which waits for the
+    conditional step's `done`, is not, so `done` is not an output this run selected."""
+    import dagster as dg
+
+    from pipeline_defs.definitions import default_resources, definitions_for
+    (tmp_path / "in.csv").write_text("id,v\n1,5\n2,7\n")
+    f = write_json(tmp_path / "sel.json", {"name": "sel", "steps": [
+        {"type": "extract", "method": "fromFile", "name": "src",
+         "config": {"path": str(tmp_path / "in.csv"), "format": "csv",
+                    "schema": "id INT, v INT"}},
+        {"type": "load", "method": "toFile", "name": "first", "condition":
+         f"previous_step_count {'>' if holds else '<'} 0",
+         "config": {"path": str(tmp_path / "first"), "format": "parquet"}},
+        {"type": "load", "method": "toFile", "name": "second",
+         "config": {"path": str(tmp_path / "second"), "format": "parquet"}}]})
+    job = definitions_for([load_pipeline(f, registry)], default_resources()) \
+        .resolve_job_def("sel")
+    result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(),
+                                    asset_selection=[dg.AssetKey("first")],
+                                    raise_on_error=False)
+    assert result.success, [e.message for e in result.all_events
+                            if e.event_type_value == "STEP_FAILURE"]
+    assert (tmp_path / "first").exists() is holds
+    assert not (tmp_path / "second").exists()
+    materialized = {e.asset_key.to_user_string() for e in result.all_events
+                    if e.event_type_value == "ASSET_MATERIALIZATION"}
+    assert materialized == ({"first"} if holds else set())
