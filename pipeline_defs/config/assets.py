@@ -89,7 +89,8 @@ def _undated(p: LoadedPipeline, s: LoadedStep) -> str | None:
     model = type(s.config)
     try:
         other = model.model_validate(substitute_config(
-            s.template, {**p.params, DATE: "1999-12-31"}, None, model.sql_fields)).location()
+            s.template, {**p.params, DATE: "1999-12-31"}, None, model.sql_fields,
+            model.sql_dialect)).location()
     except Exception:  # noqa: BLE001 - the step's own problems are reported elsewhere
         return None
     here = s.config.location()

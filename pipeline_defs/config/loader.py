@@ -230,8 +230,9 @@ def _step_problems(file: str, steps: list[LoadedStep], params: Mapping[str, str]
 
 
 TRIGGER_FILE, TRIGGER_NAME = "trigger.file", "trigger.name"
-_PARAM_FIX = ("Quote a value used inside SQL ('${name}') and pass plain values (a date, a "
-              "number, a name); dates are yyyy-MM-dd.")
+_PARAM_FIX = ("In SQL a value is a literal: quote the placeholder ('${name}') for text and "
+              "dates, or pass one number or true/false; a column or table name cannot come "
+              "from a value. Dates are yyyy-MM-dd.")
 
 
 def _plain_params(value) -> dict[str, str]:
@@ -265,7 +266,8 @@ def _load_step(file: str, index: int, raw, catalog: Catalog, params: dict[str, s
         problems.append(_method_problem(file, index, spec, catalog))
         return _stand_in(index, spec.config, None, spec), problems
     try:
-        cfg_raw = substitute_config(spec.config, params, env, model.sql_fields)
+        cfg_raw = substitute_config(spec.config, params, env, model.sql_fields,
+                                    model.sql_dialect)
     except UnresolvedParameter as e:
         problems.append(Problem(file, f"placeholder ${{{e.name}}} has no value.", index,
                                 label, e.where, f"Add \"{e.name}\" to the pipeline's "
@@ -424,7 +426,8 @@ def with_params(pipeline: LoadedPipeline, step: LoadedStep, catalog: Catalog,
     label = step.label
     model = catalog.model_for(step.kind, step.method)
     try:
-        raw = substitute_config(step.template, params, None, model.sql_fields)
+        raw = substitute_config(step.template, params, None, model.sql_fields,
+                                model.sql_dialect)
     except UnresolvedParameter as e:
         raise ConfigError([Problem(pipeline.file, f"placeholder ${{{e.name}}} has no value.",
                                    step.index, label, e.where, "Set it in the run's params.")]

@@ -71,8 +71,11 @@ class StepModel(FormatModel):
         "{\"execution_date\": \"${DATE-1}\"}.")
 
     sql_fields: ClassVar[frozenset[str]] = frozenset()
-    """Keys (as the file writes them) whose strings are SQL: a parameter's value substituted
-    there must not be able to change the statement's structure."""
+    """Keys (as the file writes them; `merge.matchedCondition` for a nested one) whose strings
+    are SQL (also the strings of the lists and maps they hold): a parameter's value
+    substituted there must not be able to change the statement's structure."""
+    sql_dialect: ClassVar[str] = "spark"
+    """The SQL dialect of those strings (sqlglot's name): spark, postgres, mysql."""
 
     # Dataflow traits, read by the static check and the factory (not part of the JSON).
     uses_current: ClassVar[bool] = True

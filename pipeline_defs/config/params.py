@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from pipeline_defs.config.sqltext import Placeholder, UnsafeSqlValue, substitute_sql
+
 DATE = "DATE"
 _DATE_EXPR = re.compile(r"^DATE(?:([+-])(\d+))?(?::(.+))?$")
 _JAVA = {"yyyy": "%Y", "yy": "%y", "MM": "%m", "dd": "%d", "HH": "%H", "mm": "%M",
@@ -99,79 +101,66 @@ def _resolve(expr: str, params: Mapping[str, str], env: Mapping[str, str], where
 class UnsafeInSql(ValueError):
     """A parameter's value that could change the structure of the SQL it is put into."""
 
-    def __init__(self, name: str, value: str, where: str, quoted: bool):
+    def __init__(self, name: str, value: str, where: str, reason: str):
         self.name, self.where = name, where
-        how = ("inside a quoted SQL string it may not contain a quote or a backslash"
-               if quoted else "outside quotes it may only be a plain value (letters, digits, "
-               "_ . : + -, no spaces, no --)")
-        super().__init__(f"the value of ${{{name}}} ({value[:40]!r}) would change the SQL "
-                         f"it is put into: {how}")
+        super().__init__(f"the value of ${{{name}}} ({value[:40]!r}) cannot go into this SQL: "
+                         f"{reason}")
 
 
-_PLAIN = re.compile(r"^[A-Za-z0-9_.:+\-]*$")
-
-
-def _quote_at(text: str, pos: int) -> str | None:
-    """The quote character (' " `) whose literal encloses position `pos`, if any."""
-    quote = None
-    i = 0
-    while i < pos:
-        ch = text[i]
-        if quote is None:
-            if ch in "'\"`":
-                quote = ch
-        elif ch == "\\":
-            i += 1
-        elif ch == quote:
-            if i + 1 < len(text) and text[i + 1] == quote:  # a doubled quote
-                i += 1
-            else:
-                quote = None
-        i += 1
-    return quote
-
-
-def _sql_safe(name: str, value: str, template: str, pos: int, where: str) -> str:
-    quote = _quote_at(template, pos)
-    if quote is not None:
-        if quote in value or "\\" in value:
-            raise UnsafeInSql(name, value, where, True)
-    elif not _PLAIN.match(value) or "--" in value:
-        raise UnsafeInSql(name, value, where, False)
-    return value
+def _is_sql(where: str, sql_fields: frozenset[str]) -> bool:
+    """Is the string at `where` (config.merge.matchedCondition, config.rules[0],
+    config.columns.year) one of the SQL fields (`merge.matchedCondition`, `rules`,
+    `columns`: a field's own strings, and those of the lists and maps it holds)?"""
+    path = re.sub(r"\[\d+\]", "", where.removeprefix("config."))
+    parts = path.split(".")
+    return any(".".join(parts[:n]) in sql_fields for n in range(1, len(parts) + 1))
 
 
 def substitute(value: Any, params: Mapping[str, str], env: Mapping[str, str] | None = None,
-               where: str = "", sql: bool = False) -> Any:
+               where: str = "", sql_fields: frozenset[str] = frozenset(),
+               dialect: str = "spark") -> Any:
     """Replace placeholders in every string of `value` (recursively). `$${x}` stays literal.
-    `sql`: the strings are SQL text, where a value may never change the statement's
-    structure (UnsafeInSql otherwise)."""
+    Strings at a path in `sql_fields` are SQL text (in `dialect`), where a value may never
+    change the statement's structure (config/sqltext.py; UnsafeInSql otherwise)."""
     env = os.environ if env is None else env
     if isinstance(value, str):
-        def repl(m: re.Match) -> str:
-            if m.start() > 0 and value[m.start() - 1] == "$":
-                return m.group(0)
-            got = _resolve(m.group(1), params, env, where)
-            return _sql_safe(m.group(1), got, value, m.start(), where) if sql else got
-        return _PLACEHOLDER.sub(repl, value).replace("$${", "${")
+        if not _is_sql(where, sql_fields):
+            def repl(m: re.Match) -> str:
+                if m.start() > 0 and value[m.start() - 1] == "$":
+                    return m.group(0)
+                return _resolve(m.group(1), params, env, where)
+            return _PLACEHOLDER.sub(repl, value).replace("$${", "${")
+        found = [Placeholder(m.start(), m.end(), m.group(1),
+                             _resolve(m.group(1), params, env, where))
+                 for m in _PLACEHOLDER.finditer(value)
+                 if not (m.start() > 0 and value[m.start() - 1] == "$")]
+        try:
+            return substitute_sql(value, found, dialect).replace("$${", "${")
+        except UnsafeSqlValue as e:
+            bad = next((p for p in found if f"${{{p.name}}}" in str(e)), found[0])
+            raise UnsafeInSql(bad.name, bad.value, where, str(e)) from None
     if isinstance(value, list):
-        return [substitute(v, params, env, f"{where}[{i}]", sql) for i, v in enumerate(value)]
+        return [substitute(v, params, env, f"{where}[{i}]", sql_fields, dialect)
+                for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: substitute(v, params, env, f"{where}.{k}" if where else k, sql)
+        return {k: substitute(v, params, env, f"{where}.{k}" if where else k, sql_fields,
+                              dialect)
                 for k, v in value.items()}
     return value
 
 
 def substitute_config(config: Mapping[str, Any], params: Mapping[str, str],
-                      env: Mapping[str, str] | None, sql_fields: frozenset[str]) -> dict:
+                      env: Mapping[str, str] | None, sql_fields: frozenset[str] = frozenset(),
+                      dialect: str = "spark") -> dict:
     """A step's config with its placeholders filled: its own `parameters` first (they may use
-    the pipeline's params and ${DATE...}), then every key, SQL keys guarded."""
+    the pipeline's params and ${DATE...}), then every key, SQL keys (paths as the file writes
+    them: `query`, `merge.matchedCondition`) guarded by a lexer of `dialect`."""
     scope = dict(params)
     own = config.get("parameters")
     if isinstance(own, dict):
         scope.update({k: str(v) for k, v in
                       substitute(own, params, env, "config.parameters").items()})
-    return {k: substitute(v, scope, env, f"config.{k}", k in sql_fields)
+    return {k: substitute(v, scope, env, f"config.{k}", sql_fields, dialect)
             for k, v in config.items()}
 
 

@@ -14,6 +14,7 @@ from pipeline_defs.config.model import FormatModel, exactly_one
 from pipeline_defs.steps.context import LoadResult, StepContext
 from pipeline_defs.steps.errors import StepDataError, missing_columns
 from pipeline_defs.steps.files import Extract, Load, WriteMode, prepare_path
+from pipeline_defs.steps.names import quoted
 from pipeline_defs.steps.registry import step, stream_reader, stream_writer
 from pipeline_defs.steps.streaming import Sink, StreamingSink
 
@@ -81,6 +82,7 @@ class ToDeltaLake(Load, StreamingSink):
     """Write a Delta table (path or table), or upsert into it with `merge`."""
 
     counts_rows: ClassVar[bool] = True  # Delta's commit metrics count what was written
+    sql_fields: ClassVar[frozenset[str]] = frozenset({"replaceWhere", "merge.matchedCondition"})
 
     path: str | None = Field(None, description="Table location.")
     table: str | None = Field(None, description="Catalog table name (instead of path).")
@@ -121,7 +123,7 @@ def _delta_table(ctx: StepContext, cfg: ToDeltaLake):
 def _merge(df: DataFrame, cfg: ToDeltaLake, ctx: StepContext, table) -> None:
     m = cfg.merge
     missing_columns(df, m.key_columns, "merge.keyColumns")
-    on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in m.key_columns)
+    on = " AND ".join(f"t.{quoted(k)} <=> s.{quoted(k)}" for k in m.key_columns)
     builder = table.alias("t").merge(df.alias("s"), on)
     if m.when_matched == "update":
         builder = builder.whenMatchedUpdateAll(condition=m.matched_condition)

@@ -16,6 +16,7 @@ from pipeline_defs.config.model import AssetKeyParts, asset_key_field
 from pipeline_defs.errors import UnsupportedError
 from pipeline_defs.steps.context import LoadResult, StepContext
 from pipeline_defs.steps.credentials import Credentialed, credentials
+from pipeline_defs.steps.names import quoted
 from pipeline_defs.steps.registry import step, stream_reader, stream_writer
 from pipeline_defs.steps.streaming import Sink, StreamingSink
 
@@ -174,7 +175,7 @@ def _infer_json_schema(ctx: StepContext, opts: dict[str, str], topic: str) -> st
     schema = ctx.spark.read.json(ctx.spark.sparkContext.parallelize(values)).schema
     if "_corrupt_record" in schema.fieldNames():
         return None
-    ddl = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in schema.fields)
+    ddl = ", ".join(f"{quoted(f.name)} {f.dataType.simpleString()}" for f in schema.fields)
     ctx.metadata["inferred_schema"] = ddl
     ctx.log.warning(f"fromKafka: the values of '{topic}' are decoded as JSON with the schema "
                     f"inferred from {len(values)} messages: {ddl}. Pin it with \"schema\".")
@@ -244,11 +245,12 @@ def read_kafka_stream(cfg: FromKafka, ctx: StepContext) -> DataFrame:
 # ---------------------------------------------------------------- toKafka
 class ToKafka(KafkaClient, StreamingSink):
     """Write rows to a Kafka topic: key/value columns, or each whole row as JSON."""
+    sql_fields: ClassVar[frozenset[str]] = frozenset({"keyColumn", "valueColumn"})  # SQL
 
     topic: str = Field(description="Topic name.")
     key_column: str | None = Field(None, description="Column (or SQL expression) for the key.")
-    value_column: str | None = Field(None, description="Column for the value; default: the "
-                                     "whole row as JSON.")
+    value_column: str | None = Field(None, description="Column (or SQL expression) for the "
+                                     "value; default: the whole row as JSON.")
     asset_key: AssetKeyParts | None = asset_key_field("the topic")
 
     def location(self) -> str | None:

@@ -14,6 +14,7 @@ from pyspark.sql.types import StructType
 from pipeline_defs.config.model import FormatModel, StepModel
 from pipeline_defs.steps.context import StepContext
 from pipeline_defs.steps.errors import StepDataError
+from pipeline_defs.steps.names import quoted
 from pipeline_defs.steps.registry import step
 
 # ---------------------------------------------------------------- joins and unions
@@ -152,8 +153,8 @@ def _aggregate(key: str, value: str):
     if fn.lower() in AGG_FUNCTIONS:
         lower = fn.lower()
         if lower in ("count_distinct", "countdistinct"):
-            return F.expr(f"count(DISTINCT `{key}`)").alias(f"{key}_{fn}")
-        return F.expr(f"{lower}(`{key}`)").alias(f"{key}_{fn}")
+            return F.expr(f"count(DISTINCT {quoted(key)})").alias(f"{key}_{fn}")
+        return F.expr(f"{lower}({quoted(key)})").alias(f"{key}_{fn}")
     return F.expr(value).alias(key)
 
 
@@ -248,7 +249,7 @@ def reshape_data(df: DataFrame, cfg: ReshapeData, ctx: StepContext) -> DataFrame
     fn = (cfg.aggregate_function or ("sum" if cfg.aggregate_column else "count")).lower()
     if fn == "count" and not cfg.aggregate_column:
         return grouped.count()
-    return grouped.agg(F.expr(f"{fn}(`{cfg.aggregate_column}`)"))
+    return grouped.agg(F.expr(f"{fn}({quoted(cfg.aggregate_column)})"))
 
 
 # ---------------------------------------------------------------- Avro schemas

@@ -52,6 +52,7 @@ def enrich_data(df: DataFrame, cfg: EnrichData, ctx: StepContext) -> DataFrame:
 
 class SelectColumns(StepModel):
     """Keep only these columns (names or SQL expressions such as \"price * qty AS total\")."""
+    sql_fields: ClassVar[frozenset[str]] = frozenset({"columns"})  # SQL text
     keeps_rows_identity = True
 
     columns: list[str] = Field(min_length=1, description="Column names or SQL expressions.")

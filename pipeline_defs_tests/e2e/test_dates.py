@@ -58,8 +58,10 @@ def test_the_date_of_the_run_config_re_reads_the_steps(tmp_path, registry):
 
 
 @pytest.mark.parametrize("value, why", [
-    ("x' OR '1'='1", "inside a quoted SQL string it may not contain a quote"),
-    ("eu\\' OR 1=1 --", "inside a quoted SQL string it may not contain a quote"),
+    ("x' OR '1'='1", "sits inside a quoted SQL string, where a value may not contain its "
+                     "quote (')"),
+    ("eu\\' OR 1=1 --", "sits inside a quoted SQL string, where a value may not contain "
+                        "its quote (') or a backslash"),
 ])
 def test_hostile_values_cannot_change_the_sql(tmp_path, registry, value, why):
     f = _file(tmp_path)
@@ -84,8 +86,9 @@ def test_unquoted_values_must_be_plain(tmp_path, registry):
         {"type": "transform", "method": "filterRows", "config": {"condition": "v > ${min}"}},
         {"type": "load", "method": "toFile", "config": {"path": "/out"}}]})
     assert load_pipeline(f, registry, {"min": "7.5"}).steps[1].config.condition == "v > 7.5"
-    for bad in ("1 OR 1=1", "5--", "(1)", "1;DROP TABLE t"):
-        with pytest.raises(ConfigError, match="outside quotes it may only be a plain value"):
+    for bad in ("1 OR 1=1", "5--", "(1)", "1;DROP TABLE t", "v", "0+v"):
+        with pytest.raises(ConfigError, match="sits outside quotes, where a value may only "
+                                              "be one number or true/false"):
             load_pipeline(f, registry, {"min": bad})
 
 

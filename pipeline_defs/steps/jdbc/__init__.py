@@ -45,7 +45,8 @@ class JdbcHints(FormatModel):
 
 
 class FromJdbc(JdbcConnection):
-    sql_fields: ClassVar[frozenset[str]] = frozenset({"query"})  # SQL text
+    # SQL text: the query, and the names spliced into the SQL sent to the database
+    sql_fields: ClassVar[frozenset[str]] = frozenset({"query", "table", "partitionColumn"})
     uses_current = False
 
     def location(self) -> str | None:
@@ -119,12 +120,14 @@ class FromPostgres(FromJdbc):
     """Read a PostgreSQL table or query over JDBC, in parallel when partitionColumn is set."""
 
     kind: ClassVar[str] = "postgres"
+    sql_dialect: ClassVar[str] = "postgres"
 
 
 class FromMySQL(FromJdbc):
     """Read a MySQL table or query over JDBC, in parallel when partitionColumn is set."""
 
     kind: ClassVar[str] = "mysql"
+    sql_dialect: ClassVar[str] = "mysql"
 
 
 @step("extract", "fromPostgres", FromPostgres, asset_kind="postgres")
@@ -139,6 +142,7 @@ def from_mysql(df: None, cfg: FromMySQL, ctx: StepContext) -> DataFrame:
 
 # ---------------------------------------------------------------- writes
 class ToJdbc(JdbcConnection, StreamingSink):
+    sql_fields: ClassVar[frozenset[str]] = frozenset({"table"})  # spliced into its SQL
     table: str = Field(description="Target table, e.g. public.customer_summary (created when "
                                    "missing).")
     mode: Literal["append", "overwrite", "upsert", "errorifexists", "error", "ignore"] = Field(
@@ -187,12 +191,14 @@ class ToPostgres(ToJdbc):
     """Write to a PostgreSQL table: COPY into a staging table, then one transaction."""
 
     kind: ClassVar[str] = "postgres"
+    sql_dialect: ClassVar[str] = "postgres"
 
 
 class ToMySQL(ToJdbc):
     """Write to a MySQL table: LOAD DATA into a staging table, then one transaction."""
 
     kind: ClassVar[str] = "mysql"
+    sql_dialect: ClassVar[str] = "mysql"
 
 
 def _jdbc_write(df: DataFrame, cfg: ToJdbc, ctx: StepContext, dialect: str) -> LoadResult:
