@@ -7,6 +7,16 @@ from dataclasses import dataclass
 class PipelineError(Exception):
     """Base of every error this project raises on purpose."""
 
+    transient: bool = False
+    """Would the same step likely succeed if tried again (a server down, restarting or busy)?
+    Set by the code that raises it, from what failed (an SQLSTATE, an HTTP status, an
+    exception type), never from the message's words."""
+
+    def retriable(self, yes: bool = True) -> PipelineError:
+        """This error, marked as one a retry may cure (`yes`)."""
+        self.transient = yes
+        return self
+
 
 @dataclass(frozen=True)
 class Problem:

@@ -123,7 +123,7 @@ class VaultResource(dg.ConfigurableResource):
                     else f"unavailable ({type(e.last).__name__})")
             raise CredentialError(
                 f"Vault at {self.url} is {kind}: {what} failed after {e.attempts} attempts. "
-                "Check VAULT_ADDR and that Vault is up and unsealed.") from None
+                "Check VAULT_ADDR and that Vault is up and unsealed.").retriable() from None
 
     def _connect(self):
         import hvac

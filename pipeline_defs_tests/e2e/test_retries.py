@@ -65,20 +65,26 @@ def test_a_transient_failure_is_retried_and_the_run_succeeds(pg, vault, tmp_path
 
 
 def test_data_and_config_errors_are_not_retried(tmp_path):
+    """Also when their text holds the digits of an HTTP status (a column `arr_delay_504`, a
+    directory `503`): what failed decides, not the words of the message."""
     (tmp_path / "in.csv").write_text("id,v\n1,5\n1,6\n")
-    steps = [{"type": "extract", "method": "fromFile",
-              "config": {"path": str(tmp_path / "in.csv"), "format": "csv"}}]
+    src = {"type": "extract", "method": "fromFile",
+           "config": {"path": str(tmp_path / "in.csv"), "format": "csv"}}
     cases = {
-        "duplicates": {"type": "validate", "method": "validateUnique",
-                       "config": {"columns": ["id"]}},
-        "missing_column": {"type": "transform", "method": "filterRows",
-                           "config": {"condition": "no_such_column > 0"}},
+        "duplicates": [src, {"type": "validate", "method": "validateUnique",
+                             "config": {"columns": ["id"]}}],
+        "missing_column": [src, {"type": "transform", "method": "filterRows",
+                                 "config": {"condition": "no_such_column > 0"}}],
+        "missing_column_504": [src, {"type": "transform", "method": "filterRows",
+                                     "config": {"condition": "arr_delay_504 > 503"}}],
+        "missing_path_503": [{"type": "extract", "method": "fromFile", "config": {
+            "path": str(tmp_path / "503" / "in.csv"), "format": "csv"}}],
     }
-    for name, bad in cases.items():
+    for name, steps in cases.items():
         p = load_pipeline(write_json(tmp_path / f"{name}.json", {
-            "name": name, "retries": {"maxRetries": 3, "delaySeconds": 0},
-            "steps": [*steps, bad, {"type": "load", "method": "toFile",
-                                    "config": {"path": str(tmp_path / name)}}]}),
+            "name": name, "retries": {"maxRetries": 2, "delaySeconds": 0},
+            "steps": [*steps, {"type": "load", "method": "toFile",
+                               "config": {"path": str(tmp_path / name)}}]}),
             builtin_registry())
         result = definitions_for([p]).resolve_job_def(name).execute_in_process(
             instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
@@ -86,3 +92,4 @@ def test_data_and_config_errors_are_not_retried(tmp_path):
         (failure,) = _events(result, "STEP_FAILURE")
         assert failure.event_specific_data.user_failure_data.metadata["transient"].value is False
         assert not _events(result, "STEP_UP_FOR_RETRY"), name
+        assert not _events(result, "STEP_RESTARTED"), name

@@ -11,6 +11,7 @@ from pyspark.sql.streaming import StreamingQuery
 
 from pipeline_defs.config.model import AssetKeyParts, FormatModel, asset_key_field, exactly_one
 from pipeline_defs.steps.context import LoadResult, StepContext
+from pipeline_defs.steps.errors import transient
 from pipeline_defs.steps.jdbc.connection import (
     Connection,
     JdbcConnection,
@@ -99,7 +100,7 @@ def _jdbc_read(cfg: FromJdbc, ctx: StepContext, dialect: str) -> DataFrame:
         except Exception as e:  # noqa: BLE001
             what = f"table {cfg.table}" if cfg.table else "the query"
             raise JdbcError(f"cannot read {what} from {ep.describe()}: {java_message(e)}"
-                            ) from None
+                            ).retriable(transient(e)) from None
         if cfg.partition_column:
             lo, hi = cfg.lower_bound, cfg.upper_bound
             if lo is None or hi is None:

@@ -14,6 +14,7 @@ from pipeline_defs.errors import CredentialError, PipelineError
 from pipeline_defs.retry import GaveUp, with_backoff
 from pipeline_defs.steps.context import StepContext
 from pipeline_defs.steps.credentials import Credentialed, credentials
+from pipeline_defs.steps.errors import transient
 
 
 class JdbcError(PipelineError):
@@ -39,8 +40,6 @@ DIALECTS = {
                      (("useCursorFetch", "true"), ("rewriteBatchedStatements", "true"))),
 }
 
-# Errors worth retrying: the server could not be reached (SQLState class 08) or is starting.
-_TRANSIENT_STATES = ("08", "57P03")
 _EXPLAIN = {
     "28P01": "the password was rejected", "28000": "the login was rejected",
     "3D000": "the database does not exist", "42000": "access denied or unknown database",
@@ -116,8 +115,8 @@ class Connection:
         def connect():
             return jvm.java.sql.DriverManager.getDriver(ep.url).connect(ep.url, props)
         try:
-            self._conn = with_backoff(connect, lambda e: sql_state(e).startswith(
-                _TRANSIENT_STATES) and not tls_failure(e), retries, backoff_s)
+            self._conn = with_backoff(connect, lambda e: transient(e) and not tls_failure(e),
+                                      retries, backoff_s)
         except GaveUp as e:
             raise connect_error(ep, e.last, e.attempts) from None
         except Exception as e:  # noqa: BLE001 - Py4JJavaError carries the SQLException
@@ -210,7 +209,7 @@ def connect_error(ep: Endpoint, e: BaseException, attempts: int) -> PipelineErro
            else "Check host and port, and that the server is up.")
     cls = CredentialError if state in ("28P01", "28000") else JdbcError
     return cls(f"cannot connect to {ep.describe()}: {why}{tries} [{state or 'no SQLState'}: "
-               f"{java_message(e)}]. {fix}")
+               f"{java_message(e)}]. {fix}").retriable(not tls and transient(e))
 
 
 # ---------------------------------------------------------------- the step config's part

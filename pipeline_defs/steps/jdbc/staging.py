@@ -13,7 +13,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from pipeline_defs import secrets
 from pipeline_defs.errors import PipelineError
-from pipeline_defs.steps.errors import spark_error_summary
+from pipeline_defs.steps.errors import spark_error_summary, transient
 from pipeline_defs.steps.jdbc.bulk import bulk_load, bulk_loadable, local_infile_enabled
 from pipeline_defs.steps.jdbc.connection import Connection, Endpoint, JdbcError, java_message
 from pipeline_defs.steps.jdbc.swap import Swap, plan_mysql, plan_postgres
@@ -87,7 +87,8 @@ def load(spark: SparkSession, df: DataFrame, ep: Endpoint, spec: LoadSpec, run_i
                 why = re.sub(r"^ERROR:\s*", "", _refusal(e)).replace(
                     stage.rpartition(".")[2], spec.table.rpartition(".")[2])
                 raise JdbcError(f"writing the rows for {spec.table} into {ep.describe()} "
-                                f"failed: {why}. The target was not changed.") from e
+                                f"failed: {why}. The target was not changed."
+                                ).retriable(transient(e)) from e
             if rows is None:
                 rows = int(conn.query(f"SELECT count(*) FROM {stage}")[0][0])
             if spec.mode == "upsert" and spec.key_columns:
@@ -155,7 +156,7 @@ def _require_columns(conn: Connection, table: str, cols: tuple[str, ...], ep: En
         conn.query(f"SELECT {', '.join(ep.quote(c) for c in cols)} FROM {table} WHERE 1 = 0")
     except Exception as e:  # noqa: BLE001
         raise JdbcError(f"upsert keyColumns {list(cols)} are not all columns of {table} in "
-                        f"{ep.describe()}: {java_message(e)}") from None
+                        f"{ep.describe()}: {java_message(e)}").retriable(transient(e)) from None
 
 
 def _refuse_duplicate_keys(conn: Connection, ep: Endpoint, stage: str,
