@@ -91,7 +91,7 @@ def cmd_run(args) -> int:
     from pipeline_defs.steps.registry import builtin_registry
     try:
         pipeline = load_pipeline(args.file, builtin_registry(), params,
-                                 date=args.date or (args.partition or "")[:10] or None)
+                                 date=args.date or args.partition)
     except ConfigError as e:
         print(f"{args.file}: {e}", file=sys.stderr)
         return 2
@@ -102,6 +102,7 @@ def cmd_run(args) -> int:
     import dagster as dg
 
     from pipeline_defs.definitions import default_resources, definitions_for
+    from pipeline_defs.orchestration import DATE_TAG
     from pipeline_defs.runs import print_summary
     resources = default_resources()
     resources["spark"] = resources["spark"].model_copy(update={"spark_config": spark_config})
@@ -141,7 +142,7 @@ def cmd_run(args) -> int:
             partition_key=args.partition,
             run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
             tags={**({"pipeline/params": ",".join(sorted(params))} if params else {}),
-                  **({"pipeline/date": args.date} if args.date else {}),
+                  **({DATE_TAG: args.date} if args.date else {}),
                   # lets a later run tell a killed run's leftover STARTED record from a live
                   # run
                   "pipeline/pid": str(os.getpid()), "pipeline/host": socket.gethostname()})
@@ -238,10 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("file")
     r.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="set a ${NAME} placeholder")
-    r.add_argument("--date", metavar="YYYY-MM-DD", help="the run's date: ${DATE}, ${DATE-1}, "
-                   "${DATE:yyyyMMdd} in the file (default today)")
+    r.add_argument("--date", metavar="YYYY-MM-DD[THH:MM]", help="the run's logical time: "
+                   "${DATE}, ${DATE-1}, ${DATE:yyyyMMdd}, ${DATE:HH} in the file (default now)")
     r.add_argument("--partition", metavar="KEY", help="run one partition of a partitioned "
-                   "pipeline, e.g. 2024-01-03 (its ${DATE})")
+                   "pipeline, e.g. 2024-01-03 or (hourly) 2024-01-03-05:00 (its ${DATE})")
     r.add_argument("--master", help="Spark master (default SPARK_MASTER or local[*])")
     r.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
                    help="a Spark setting for this run, e.g. spark.sql.shuffle.partitions=8 "

@@ -16,7 +16,7 @@ from pipeline_defs.config.loader import LoadedPipeline, dependency_problems, loa
 from pipeline_defs.console import console_logger
 from pipeline_defs.errors import ConfigError
 from pipeline_defs.factory import asset_checks, build_pipeline, source_specs
-from pipeline_defs.ops import params_resource, params_resource_key
+from pipeline_defs.ops import params_resource
 from pipeline_defs.orchestration import orchestration_defs
 from pipeline_defs.resources import MetricsResource, SparkResource, VaultResource
 from pipeline_defs.resources.spark import REPO_ROOT, default_jars_dir, default_spark_config
@@ -64,8 +64,8 @@ def definitions_for(pipelines: Iterable[LoadedPipeline], resources: Mapping | No
         # one process, one SparkSession: also for materializations launched from the catalog
         executor=dg.in_process_executor,
         loggers={"console": console_logger},  # errors on one line; stacks in the event log
-        resources={**{params_resource_key(b.plan): params_resource(b.plan) for b in built
-                      if params_resource_key(b.plan)},
+        resources={**{b.plan.params_key: params_resource(b.plan) for b in built
+                      if b.plan.params_key},
                    # metrics from the environment unless the caller chose its own
                    "metrics": MetricsResource.from_env(),
                    **dict(resources or default_resources())})

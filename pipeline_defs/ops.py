@@ -23,6 +23,7 @@ from pipeline_defs import secrets
 from pipeline_defs.config.assets import uri
 from pipeline_defs.config.conditions import parse as parse_condition
 from pipeline_defs.config.dataflow import safe_name
+from pipeline_defs.config.dates import iso, parse_time
 from pipeline_defs.config.loader import (
     TRIGGER_FILE,
     TRIGGER_NAME,
@@ -30,10 +31,10 @@ from pipeline_defs.config.loader import (
     literal_credentials,
     with_params,
 )
-from pipeline_defs.config.params import DATE, resolve_params
+from pipeline_defs.config.params import DATE, now, resolve_params
 from pipeline_defs.errors import ConfigError, PipelineError, StepExecutionError
 from pipeline_defs.metrics import job_group
-from pipeline_defs.orchestration import TRIGGER_TAG, retry_policy
+from pipeline_defs.orchestration import DATE_TAG, TRIGGER_TAG, retry_policy
 from pipeline_defs.plan import Plan, StepNode
 from pipeline_defs.steps.context import LoadResult, StepContext
 from pipeline_defs.steps.errors import internal_error, spark_error_summary, transient
@@ -257,14 +258,6 @@ def _step_context(context: dg.OpExecutionContext, plan: Plan, node: StepNode,
                        **_pipeline_settings(pipeline))
 
 
-def params_resource_key(plan: Plan) -> str | None:
-    """The resource holding a pipeline's `params` (and its `DATE`) for a run (None: it has
-    neither params nor dates)."""
-    p = plan.pipeline
-    uses_date = any("${DATE" in json.dumps(s.template) for s in p.steps)
-    return f"params_{plan.job_name}" if p.config.params or uses_date else None
-
-
 def params_resource(plan: Plan) -> dg.ResourceDefinition:
     """The pipeline's `params` as run configuration: the Launchpad shows each with its
     default (the file's, with the environment applied) and a run may change it. `DATE` and
@@ -282,8 +275,9 @@ def params_resource(plan: Plan) -> dg.ResourceDefinition:
                                 if p.dated(name) else ""))
               for name, value in p.params.items() if name != DATE}
     fields[DATE] = dg.Field(str, default_value="", is_required=False, description=(
-        "The run's date, yyyy-MM-dd (${DATE}, ${DATE-1}, ${DATE:yyyyMMdd}); empty: the "
-        "partition's, the schedule tick's, `pipeline run --date`'s, else today"))
+        "The run's logical time, yyyy-MM-dd or yyyy-MM-ddTHH:mm (${DATE}, ${DATE-1}, "
+        "${DATE:yyyyMMdd}, ${DATE:HH}); empty: the partition's start, the schedule tick's, "
+        "`pipeline run --date`'s, else now"))
     return dg.ResourceDefinition(resource_fn=pipeline_params, config_schema=fields,
                                  description=f"Parameters of pipeline '{p.name}' ({p.file})")
 
@@ -294,7 +288,7 @@ def run_params(context, plan: Plan, key: str | None) -> dict[str, str]:
     p = plan.pipeline
     given = {k: v for k, v in (dict(getattr(context.resources, key)) if key else {}).items()
              if v != ""}
-    date = given.pop(DATE, None) or run_date(context)
+    date = given.pop(DATE, None) or run_time(context)
     base = {k: v for k, v in p.params.items() if k != DATE and not p.dated(k)}
     base.update({k: v for k, v in p.overrides.items() if k != DATE})
     trigger = context.run.tags.get(TRIGGER_TAG)
@@ -311,18 +305,19 @@ def _with_run_params(context, plan: Plan, node: StepNode, registry: Registry,
     return node if step is node.step else replace(node, step=step)
 
 
-def run_date(context) -> str:
-    """The run's logical date (yyyy-MM-dd): its partition's, the date `pipeline run --date`
-    gave, its schedule tick's (in the schedule's timezone), else today."""
+def run_time(context) -> str:
+    """The run's logical time (yyyy-MM-ddTHH:mm:ss, local to its timezone): its partition's
+    start (in the partitions' timezone: an hourly partition keeps its hour), the time
+    `pipeline run --date` or its schedule's tick gave (tag `pipeline/date`, in the
+    schedule's timezone), else now."""
     if context.has_partition_key:
-        return context.partition_key[:10]
-    tags = context.run.tags
-    if tags.get("pipeline/date"):
-        return tags["pipeline/date"]
-    tick = tags.get("dagster/scheduled_execution_time")
-    if tick:
-        return tick[:10]
-    return time.strftime("%Y-%m-%d")
+        try:
+            return iso(context.partition_time_window.start)
+        except Exception:  # noqa: BLE001 - not a time partition: its key is the time
+            return iso(parse_time(context.partition_key))
+    if context.run.tags.get(DATE_TAG):
+        return iso(parse_time(context.run.tags[DATE_TAG]))
+    return now()
 
 
 def _condition_holds(context, plan: Plan, s, condition, current: StepOutput | None,
@@ -348,8 +343,8 @@ def _condition_holds(context, plan: Plan, s, condition, current: StepOutput | No
     def value_of(name: str):
         if name == "previous_step_count":
             value = rows(current, "the previous step's rows")
-        elif name == "execution_date":
-            value = params.get("execution_date", params.get(DATE, run_date(context)))
+        elif name == "execution_date":  # the logical time's date
+            value = params.get("execution_date") or parse_time(params[DATE]).date().isoformat()
         elif name.startswith("steps."):
             step = name.split(".")[1]
             value = rows(outputs.get(step), f"the rows of step '{step}'")
@@ -472,7 +467,7 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
     group = plan.validation_group(s.index)
     evaluated_in = plan.node(group[0]).op_name if group[0] != s.index else None
 
-    params_key = params_resource_key(plan)
+    params_key = plan.params_key
     quarantines = plan.quarantines().get(s.index, [])  # tables this op's pass writes
     condition = parse_condition(s.condition) if s.condition else None
 

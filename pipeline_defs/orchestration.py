@@ -15,14 +15,18 @@ from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlencode, urlsplit
 from urllib.request import urlopen
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 
+from pipeline_defs.config.dates import iso
 from pipeline_defs.config.loader import LoadedPipeline
 from pipeline_defs.config.orchestration import Automation, Dependency, NewFiles, Retries
+from pipeline_defs.config.params import DATE
 from pipeline_defs.plan import Plan
 
 TRIGGER_TAG = "pipeline/trigger_file"  # the file a newFiles sensor started the run for
+DATE_TAG = "pipeline/date"  # the run's logical time, from `--date` or a schedule's tick
 
 # How often the dependency sensors look at runs (seconds); tests make it short.
 SENSOR_INTERVAL = int(os.environ.get("PIPELINE_SENSOR_INTERVAL", "30"))
@@ -44,30 +48,36 @@ def latest_complete(parts: dg.PartitionsDefinition, at: datetime | None = None) 
     return keys[-1] if keys else None
 
 
-def schedule_for(p: LoadedPipeline, job_name: str) -> dg.ScheduleDefinition | None:
+def schedule_for(p: LoadedPipeline, plan: Plan) -> dg.ScheduleDefinition | None:
+    """The pipeline's `schedule`. Each tick's run carries its logical time, the tick in the
+    schedule's timezone, as the `DATE` of its run config (so the UI's "Preview tick result"
+    shows it) and as a tag; a partitioned pipeline runs its latest complete partition."""
     s = p.config.schedule
     if s is None:
         return None
     parts = partitions_def(p)
-    if parts is not None:  # each tick runs the latest complete partition
-        @dg.schedule(name=f"{job_name}_schedule", job_name=job_name, cron_schedule=s.cron,
-                     execution_timezone=s.timezone,
-                     default_status=dg.DefaultScheduleStatus.RUNNING if s.enabled
-                     else dg.DefaultScheduleStatus.STOPPED,
-                     description=f"Runs the latest complete partition of pipeline "
-                                 f"'{p.name}' on '{s.cron}' ({s.timezone}), from {p.file}.")
-        def _latest(context: dg.ScheduleEvaluationContext):
+    job_name = plan.job_name
+    what = (f"the latest complete partition of pipeline '{p.name}'" if parts is not None
+            else f"pipeline '{p.name}'")
+
+    @dg.schedule(name=f"{job_name}_schedule", job_name=job_name, cron_schedule=s.cron,
+                 execution_timezone=s.timezone,
+                 default_status=dg.DefaultScheduleStatus.RUNNING if s.enabled
+                 else dg.DefaultScheduleStatus.STOPPED,
+                 description=f"Runs {what} on '{s.cron}' ({s.timezone}), from {p.file}.")
+    def _tick(context: dg.ScheduleEvaluationContext):
+        tick = context.scheduled_execution_time.astimezone(ZoneInfo(s.timezone))
+        key, when = None, iso(tick)
+        if parts is not None:
             key = latest_complete(parts, context.scheduled_execution_time)
             if key is None:
                 return dg.SkipReason("no complete partition yet")
-            return dg.RunRequest(run_key=key, partition_key=key)
-        return _latest
-    return dg.ScheduleDefinition(
-        name=f"{job_name}_schedule", job_name=job_name, cron_schedule=s.cron,
-        execution_timezone=s.timezone,
-        default_status=dg.DefaultScheduleStatus.RUNNING if s.enabled
-        else dg.DefaultScheduleStatus.STOPPED,
-        description=f"Runs pipeline '{p.name}' on '{s.cron}' ({s.timezone}), from {p.file}.")
+            when = iso(parts.time_window_for_partition_key(key).start)
+        config = {"resources": {plan.params_key: {"config": {DATE: when}}}} \
+            if plan.params_key else {}
+        return dg.RunRequest(run_key=key, partition_key=key, run_config=config,
+                             tags={DATE_TAG: when})
+    return _tick
 
 
 def retry_policy(r: Retries | None) -> dg.RetryPolicy | None:
@@ -350,7 +360,7 @@ def orchestration_defs(pipelines: Iterable[tuple[LoadedPipeline, Plan, Iterable[
     triples = list(pipelines)
     pairs = [(p, plan) for p, plan, _ in triples]
     jobs = {p.name: Upstream(plan.job_name, frozenset(keys)) for p, plan, keys in triples}
-    schedules = [s for p, plan in pairs if (s := schedule_for(p, plan.job_name))]
+    schedules = [s for p, plan in pairs if (s := schedule_for(p, plan))]
     sensors = [dependency_sensor(p, plan.job_name, jobs) for p, plan in pairs
                if p.config.dependencies]
     sensors += [new_files_sensor(p, plan.job_name, k, cfg) for p, plan in pairs

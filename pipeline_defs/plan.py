@@ -3,6 +3,7 @@ waits for, and where its rows are counted (observe() placed so that it costs no 
 blocks no pushdown). Read by the Dagster layer and the run summary."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from pipeline_defs.config.dataflow import safe_name, walk
@@ -32,6 +33,14 @@ class Plan:
 
     def node(self, index: int) -> StepNode:
         return self.nodes[index - 1]
+
+    @property
+    def params_key(self) -> str | None:
+        """The Dagster resource holding the pipeline's `params` and its logical time `DATE`
+        for a run (None: it has neither params nor dates)."""
+        p = self.pipeline
+        uses_date = any("${DATE" in json.dumps(s.template) for s in p.steps)
+        return f"params_{self.job_name}" if p.config.params or uses_date else None
 
     def consumers(self, index: int) -> list[StepNode]:
         return [n for n in self.nodes if index in n.inputs]

@@ -1,9 +1,10 @@
 """${name}, ${env:NAME:-default} and ${DATE...} placeholders in pipeline files.
 
-`${DATE}` is the run's logical date (yyyy-MM-dd), `${DATE-1}` / `${DATE+7}` that many days
-before or after, `${DATE:yyyyMMdd}` / `${DATE-1:yyyy/MM/dd}` formatted with a Java/Spark
-date pattern. The date is the `DATE` entry of the parameters (the loader puts the run's
-date there: today unless a run says otherwise)."""
+`${DATE}` is the date of the run's logical time (yyyy-MM-dd), `${DATE-1}` / `${DATE+7}` that
+many days before or after, `${DATE:yyyyMMdd}` / `${DATE-1:yyyy/MM/dd}` / `${DATE:HH}` the
+time formatted with a Java/Spark date-time pattern (config/dates.py). The time is the `DATE`
+entry of the parameters (the loader puts the run's there: a partition's start, a schedule
+tick's, `--date`, else now), hours included."""
 from __future__ import annotations
 
 import datetime as dt
@@ -12,12 +13,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from pipeline_defs.config.dates import BadDate, iso, java_format, parse_time
 from pipeline_defs.config.sqltext import Placeholder, UnsafeSqlValue, substitute_sql
 
 DATE = "DATE"
 _DATE_EXPR = re.compile(r"^DATE(?:([+-])(\d+))?(?::(.+))?$")
-_JAVA = {"yyyy": "%Y", "yy": "%y", "MM": "%m", "dd": "%d", "HH": "%H", "mm": "%M",
-         "ss": "%S", "DDD": "%j", "EEE": "%a", "MMM": "%b"}
 
 _PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 
@@ -28,55 +28,21 @@ class UnresolvedParameter(ValueError):
         super().__init__(name)
 
 
-class BadDate(ValueError):
-    """A ${DATE...} placeholder or date value that cannot be read."""
-
-
-def java_pattern(pattern: str) -> str:
-    """A Java/Spark date pattern (yyyyMMdd, yyyy-MM-dd, dd/MM/yy, ...) as strftime."""
-    out, i = [], 0
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "'":  # a quoted literal
-            end = pattern.find("'", i + 1)
-            if end < 0:
-                raise BadDate(f"unclosed quote in date pattern '{pattern}'")
-            out.append(pattern[i + 1:end].replace("%", "%%") or "'")
-            i = end + 1
-            continue
-        if ch.isalpha():
-            j = i
-            while j < len(pattern) and pattern[j] == ch:
-                j += 1
-            run = pattern[i:j]
-            if run not in _JAVA:
-                raise BadDate(f"'{run}' in date pattern '{pattern}' is not supported (use "
-                              f"{', '.join(_JAVA)})")
-            out.append(_JAVA[run])
-            i = j
-            continue
-        out.append("%%" if ch == "%" else ch)
-        i += 1
-    return "".join(out)
-
-
-def parse_date(value: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise BadDate(f"'{value}' is not a date (yyyy-MM-dd)") from None
-
-
 def _date(expr: str, params: Mapping[str, str], where: str) -> str:
     m = _DATE_EXPR.match(expr)
     if not m:
         raise BadDate(f"${{{expr}}}: write ${{DATE}}, ${{DATE-N}}, ${{DATE+N}} or "
                       "${DATE:yyyyMMdd}")
-    day = parse_date(params.get(DATE) or dt.date.today().isoformat())
+    t = parse_time(params.get(DATE) or now())
     if m.group(2):
         n = int(m.group(2))
-        day += dt.timedelta(days=n if m.group(1) == "+" else -n)
-    return day.strftime(java_pattern(m.group(3))) if m.group(3) else day.isoformat()
+        t += dt.timedelta(days=n if m.group(1) == "+" else -n)
+    return java_format(t, m.group(3)) if m.group(3) else t.date().isoformat()
+
+
+def now() -> str:
+    """The logical time of a run that names none: this moment, local time."""
+    return iso(dt.datetime.now())
 
 
 def _resolve(expr: str, params: Mapping[str, str], env: Mapping[str, str], where: str) -> str:
@@ -168,9 +134,9 @@ def resolve_params(defaults: Mapping[str, str], overrides: Mapping[str, str],
                    env: Mapping[str, str] | None = None, date: str | None = None
                    ) -> dict[str, str]:
     """Parameter values: defaults (which may read the environment and the run's date), then
-    overrides; `DATE` is the run's date (given, else an override, else today)."""
-    day = date or overrides.get(DATE) or dt.date.today().isoformat()
-    parse_date(day)
+    overrides; `DATE` is the run's logical time (given, else an override, else now), as
+    `yyyy-MM-ddTHH:mm:ss`."""
+    day = iso(parse_time(date or overrides.get(DATE) or now()))
     resolved = {k: substitute(v, {DATE: day}, env, f"params.{k}") for k, v in defaults.items()
                 if k != DATE}
     resolved.update(overrides)
