@@ -122,18 +122,13 @@ def cmd_run(args) -> int:
     if home:
         Path(home).mkdir(parents=True, exist_ok=True)
     instance = dg.DagsterInstance.get() if home else dg.DagsterInstance.ephemeral()
-    import signal
     import uuid
     run_id = str(uuid.uuid4())
-    if pipeline.config.mode == "streaming":
-        # SIGTERM (a supervisor, `kill`) ends the run like Ctrl-C: streaming queries stop
-        # between two micro-batches, so what ran is committed and the next run resumes
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        stopped = None
-    else:
-        # SIGINT/SIGTERM cancel a batch run: its Spark jobs stop within a second (nothing
-        # half-written is committed) and the run ends CANCELED; a second Ctrl-C quits at once
-        stopped = _cancel_on_signals(instance, run_id)
+    streaming = pipeline.config.mode == "streaming"
+    # SIGINT/SIGTERM ask Dagster to terminate the run: a batch run's Spark jobs stop within a
+    # second (nothing half-written is committed), a streaming run's queries stop between two
+    # micro-batches (the next run resumes); the run ends CANCELED. A second one quits at once.
+    stopped = _cancel_on_signals(instance, run_id, pipeline.name)
     started = time.perf_counter()
 
     def execute():
@@ -146,9 +141,9 @@ def cmd_run(args) -> int:
                   # lets a later run tell a killed run's leftover STARTED record from a live
                   # run
                   "pipeline/pid": str(os.getpid()), "pipeline/host": socket.gethostname()})
-    # a batch run executes on a worker thread, so that signals reach our handlers here
-    # (on the main thread Dagster would take SIGINT for itself and abandon the Spark job)
-    result = execute() if stopped is None else _on_worker_thread(execute)
+    # the run executes on a worker thread, so that signals reach our handlers here (on the
+    # main thread Dagster would take SIGINT for itself and abandon the Spark job)
+    result = _on_worker_thread(execute)
     cancelled = _was_cancelled(instance, run_id)
     if cancelled:
         why = f"{stopped[0]} received" if stopped else "terminated from Dagster"
@@ -157,10 +152,13 @@ def cmd_run(args) -> int:
             instance.report_run_canceled(run, message=f"Run cancelled: {why}.")
         step = next((e.step_key.rsplit(".", 1)[-1] for e in result.all_events
                      if e.event_type_value == "STEP_FAILURE"), None)
+        what = ("its streaming queries were stopped between two micro-batches; run it again "
+                "to resume from their checkpoints" if streaming else
+                "its Spark jobs were cancelled and nothing it was writing was committed; run "
+                "it again to start over")
         print(f"pipeline {pipeline.name}: CANCELED after {time.perf_counter() - started:.1f}s "
-              f"({why}{f', during step {step}' if step else ''}): its Spark jobs were "
-              "cancelled and nothing it was writing was committed; run it again to start "
-              f"over (run {run_id}).", file=sys.stderr)
+              f"({why}{f', during step {step}' if step else ''}): {what} (run {run_id}).",
+              file=sys.stderr)
         return 130
     print_summary(result, pipeline, time.perf_counter() - started)
     if args.show and result.success:
@@ -170,10 +168,16 @@ def cmd_run(args) -> int:
 
 
 def _on_worker_thread(fn):
+    """fn() on a thread of its own, with SIGINT blocked there: the processes it starts
+    (Dagster's compute-log tails and their watchers) inherit the blocked signal, so a
+    terminal's Ctrl-C, which reaches the whole foreground process group, reaches this process
+    alone and is handled once, here, instead of each child printing its KeyboardInterrupt."""
+    import signal
     import threading
     box: dict = {}
 
     def work():
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             box["result"] = fn()
         except BaseException as e:  # noqa: BLE001 - re-raised on the main thread
@@ -187,19 +191,20 @@ def _on_worker_thread(fn):
     return box["result"]
 
 
-def _cancel_on_signals(instance, run_id: str) -> list[str]:
+def _cancel_on_signals(instance, run_id: str, pipeline: str) -> list[str]:
     """SIGINT/SIGTERM ask Dagster to terminate the run (the Spark resource's watcher then
-    cancels its Spark jobs); a second signal quits at once. Returns the signal names seen."""
+    cancels its Spark jobs, the streams op stops its queries); a second signal quits at once,
+    marking the run canceled. Returns the signal names seen."""
     import signal
     import threading
     seen: list[str] = []
 
     def handler(signum, _frame):
+        name = signal.Signals(signum).name
         if seen:
-            raise KeyboardInterrupt
-        seen.append(signal.Signals(signum).name)
-        print(f"\n{seen[0]}: cancelling the run's Spark jobs (again to quit at once)",
-              file=sys.stderr)
+            _quit_now(instance, run_id, pipeline, name)
+        seen.append(name)
+        print(f"\n{seen[0]}: stopping the run (again to quit at once)", file=sys.stderr)
 
         def request():
             run = instance.get_run_by_id(run_id)
@@ -210,6 +215,19 @@ def _cancel_on_signals(instance, run_id: str) -> list[str]:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, handler)
     return seen
+
+
+def _quit_now(instance, run_id: str, pipeline: str, signame: str) -> None:
+    """A second signal: the run is marked canceled and the process ends now (its JVM ends
+    with it: nothing uncommitted becomes visible, Delta and the JDBC loads commit last)."""
+    try:
+        run = instance.get_run_by_id(run_id)
+        if run is not None and not run.is_finished:
+            instance.report_run_canceled(run, message=f"a second {signame}: quit at once")
+    finally:
+        print(f"pipeline {pipeline}: CANCELED ({signame} again): quit at once; what it was "
+              f"writing was not committed (run {run_id}).", file=sys.stderr)
+        _exit_now(130)
 
 
 def _was_cancelled(instance, run_id: str) -> bool:

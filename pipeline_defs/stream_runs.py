@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import dagster as dg
+from dagster._core.errors import DagsterExecutionInterruptedError  # a run's interruption
 
 from pipeline_defs import secrets
 from pipeline_defs.config.assets import uri
@@ -30,6 +31,10 @@ def start_stream(context, plan: Plan, node: StepNode, stepdef: StepDef, current:
                      f"(checkpoint {ctx.metadata.get('checkpoint')})")
     return dg.Output({"query_id": str(q.id), "name": name, "step": s.index,
                       "location": s.config.location()}, metadata=meta)
+
+
+STOPPED = ("the run was interrupted: the queries were stopped between two micro-batches; a "
+           "new run resumes from their checkpoints")
 
 
 def watch_op(plan: Plan, loads: list[StepNode], sinks: dict[int, dg.AssetKey]
@@ -67,16 +72,19 @@ def watch_op(plan: Plan, loads: list[StepNode], sinks: dict[int, dg.AssetKey]
                                                   context.run_id, q.name, p)
 
         watcher = streaming.Watcher(stats, context.log, settings, on_progress=committed,
-                                    on_batch=batch)
+                                    on_batch=batch,
+                                    stop_requested=lambda: context.resources.spark.cancelled)
         try:
             ended = watcher.run(streaming.seconds(settings.timeout),
                                 first_batch_only=not settings.await_termination)
         except streaming.StreamingQueryFailed as e:
             raise dg.Failure(description=secrets.scrub(str(e))) from None
         except BaseException:
-            context.log.info("the run was interrupted: the queries were stopped between two "
-                             "micro-batches; a new run resumes from their checkpoints")
+            context.log.info(STOPPED)
             raise
+        if ended == "stopped":  # terminated (the UI, Ctrl-C on `pipeline run`)
+            context.log.info(STOPPED)
+            raise DagsterExecutionInterruptedError()
         totals = [q.totals() for q in stats]
         context.log.info(f"streams {ended}: " + "; ".join(
             f"{t['query']}: {t['batches']} batches, {t['input_rows']} rows" for t in totals))

@@ -29,7 +29,8 @@ class RunWatcher(threading.Thread):
     """Watches the run's status; when a termination is requested (CANCELING), cancels every
     Spark job of the session at once (a Spark action ignores Dagster's interrupt: the run
     would stay CANCELING until the action ends by itself). A cancelled job commits nothing:
-    no Delta commit, no published JDBC staging table."""
+    no Delta commit, no published JDBC staging table. Streaming queries are left to the
+    run's streams op, which stops them between two micro-batches."""
 
     POLL_S = 0.5
 
@@ -55,6 +56,8 @@ class RunWatcher(threading.Thread):
             session = self.resource._session
             if session is not None:
                 try:
+                    if session.streams.active:  # stopped gracefully by the streams op
+                        return
                     session.sparkContext.cancelAllJobs()
                 except Exception:  # noqa: BLE001 - the session is stopping with the run
                     return

@@ -154,8 +154,12 @@ class Watcher:
 
     def __init__(self, queries: list[QueryStats], log, settings, clock=time.monotonic,
                  on_progress: Callable[[QueryStats, dict], None] | None = None,
-                 on_batch: Callable[[QueryStats, dict], None] | None = None):
+                 on_batch: Callable[[QueryStats, dict], None] | None = None,
+                 stop_requested: Callable[[], bool] = lambda: False):
         self.queries, self.log, self.settings, self.clock = queries, log, settings, clock
+        self.stop_requested = stop_requested
+        """True once the run is asked to stop (terminated, Ctrl-C): the queries are then
+        stopped between two micro-batches and `run` returns 'stopped'."""
         self.on_progress = on_progress
         """Called with each progress line's query and latest progress (before its counts
         since the last line are reset): the runner records the commits in Dagster."""
@@ -232,9 +236,10 @@ class Watcher:
 
     def run(self, timeout_s: float | None, first_batch_only: bool = False,
             interval_s: float = 0.5) -> str:
-        """Until every query ends ('finished'), the timeout passes ('timeout') or, with
-        first_batch_only, each query committed one batch ('first batch'). Raises on a query
-        failure; stops the queries gracefully on KeyboardInterrupt (then re-raises)."""
+        """Until every query ends ('finished'), the timeout passes ('timeout'), the run is
+        asked to stop ('stopped') or, with first_batch_only, each query committed one batch
+        ('first batch'). Raises on a query failure; stops the queries gracefully on
+        KeyboardInterrupt (then re-raises)."""
         deadline = None if timeout_s is None else self.clock() + timeout_s
         try:
             while True:
@@ -245,6 +250,9 @@ class Watcher:
                     raise StreamingQueryFailed(explain_failure(bad))
                 if self.all_done():
                     return "finished"
+                if self.stop_requested():
+                    self.stop_all()
+                    return "stopped"
                 if first_batch_only and all(q.batches > 0 for q in self.queries):
                     self.stop_all()
                     return "first batch"

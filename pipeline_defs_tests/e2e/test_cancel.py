@@ -38,9 +38,24 @@ def _long(tmp_path: Path) -> Path:
 
 
 def _start(f: Path, home: Path) -> subprocess.Popen:
+    """`pipeline run` as a terminal's foreground job: a process group of its own, which
+    Ctrl-C signals as a whole (the run's JVM and Dagster's log tails included)."""
     env = {**os.environ, "DAGSTER_HOME": str(home), "SPARK_MASTER": "local[2]"}
     return subprocess.Popen([PIPELINE, "run", str(f)], env=env, cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def _group(pgid: int) -> list[int]:
+    """The processes still in a process group."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.getpgid(int(proc.name)) == pgid:
+                out.append(int(proc.name))
+        except OSError:
+            continue
+    return out
 
 
 def _tasks_writing(out: Path) -> bool:
@@ -88,20 +103,58 @@ def _after(spark, tmp_path: Path, home: Path, f: Path, run_id: str, err: str, wh
     assert spark.read.format("delta").load(str(tmp_path / "out")).count() == 1000
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_cancels_the_spark_job_of_pipeline_run(tmp_path, sig, spark):
+@pytest.mark.parametrize("sig, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)])
+def test_a_signal_cancels_the_spark_job_of_pipeline_run(tmp_path, sig, to_group, spark):
+    """Ctrl-C at a terminal signals the whole foreground process group; a supervisor's
+    SIGTERM the process. Either way: one CANCELED line, no traceback from any process."""
     home = tmp_path / "home"
     home.mkdir()
     f = _long(tmp_path)
     proc = _start(f, home)
     run = _writing(home, proc, tmp_path / "out")
+    assert len(_group(proc.pid)) >= 4  # the Python process, its JVM, Dagster's log tails
     sent = time.monotonic()
-    proc.send_signal(sig)
+    if to_group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     err, took = _ended(proc, sent)
     assert proc.returncode == 130, err[-3000:]  # cancelled: CANCELED, nothing committed (below)
     print(f"{sig.name}: cancelled in {took:.1f}s")
     _after(spark, tmp_path, home, f, run.run_id, err,
            f"{sig.name} received, during step big_out")
+
+
+def test_a_second_ctrl_c_quits_at_once(tmp_path, spark):
+    """The first Ctrl-C starts the cancel; a second one, before it is done, ends the process
+    at once with one line, the run marked CANCELED and nothing committed."""
+    home = tmp_path / "home"
+    home.mkdir()
+    f = _long(tmp_path)
+    proc = _start(f, home)
+    run = _writing(home, proc, tmp_path / "out")
+    os.killpg(proc.pid, signal.SIGINT)
+    deadline = time.monotonic() + 60
+    while True:  # until the first one has landed: the run is CANCELING
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            if instance.get_run_by_id(run.run_id).status != dg.DagsterRunStatus.STARTED:
+                break
+        assert time.monotonic() < deadline, "the first SIGINT did not ask for a termination"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("pipeline long-job: CANCELED (SIGINT again): quit at once"), err
+    assert run.run_id in last
+    assert "Traceback" not in err + out
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED
+    deadline = time.monotonic() + 30  # its JVM ends with it (its stdin closed)
+    while _group(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _group(proc.pid)
+    assert not list((tmp_path / "out" / "_delta_log").glob("*.json"))
 
 
 def test_terminate_from_the_ui_cancels_a_run_of_pipeline_run(tmp_path, spark):
@@ -145,7 +198,8 @@ def test_terminate_from_the_ui_cancels_a_run_of_dagster_job_execute(tmp_path, sp
             gql(port, """mutation($id: String!, $p: TerminateRunPolicy) {
                 terminateRun(runId: $id, terminatePolicy: $p) { __typename } }""",
                 {"id": run.run_id, "p": policy})
-            _, took = _ended(proc, sent)
+            output, took = _ended(proc, sent)
+            assert proc.returncode == 1, output[-3000:]  # Dagster's CLI: the run did not succeed
             print(f"UI terminate ({policy}) of dagster job execute: ended in {took:.1f}s")
             with dg.DagsterInstance.from_config(str(home)) as instance:
                 assert instance.get_run_by_id(run.run_id).status == \
@@ -163,12 +217,13 @@ def test_terminate_from_the_ui_cancels_a_run_the_daemon_launched(tmp_path, spark
         from pipeline_defs_tests.e2e.test_webserver import launch, run_status
         run_id = launch(port, "long_job")
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:  # until the long write is under way
+        while True:  # until the long write is under way
             with dg.DagsterInstance.from_config(str(home)) as instance:
                 if any((r.step_key or "").endswith(".big_out") for r in instance.all_logs(
                         run_id, of_type=dg.DagsterEventType.STEP_START)) \
                         and _tasks_writing(tmp_path / "out"):
                     break
+            assert time.monotonic() < deadline, run_status(port, run_id)  # never started
             time.sleep(0.5)
         sent = time.monotonic()
         result = gql(port, """mutation($id: String!) { terminateRun(runId: $id) {

@@ -104,8 +104,9 @@ def test_sigkill_twice_mid_stream_then_every_key_exactly_once(kafka, topic, vaul
     while not caught_up(checkpoint(), kafka, t):
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C, as a terminal sends it
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130 and "Traceback" not in out, out[-3000:]
 
     df = spark.read.format("delta").load(str(delta))
     stats = df.selectExpr("count(*) AS n", "count(DISTINCT id) AS ids",

@@ -103,9 +103,16 @@ def _ids(ex) -> list[int]:
 
 
 def _stop(proc) -> tuple[float, str]:
+    """Ctrl-C as a terminal sends it, to the whole process group: the queries stop between
+    two micro-batches and the run ends CANCELED, with one line and no traceback."""
     t0 = time.time()
-    proc.send_signal(signal.SIGINT)  # only the Python process: Spark stops the queries
+    os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert " CANCELED after " in last and "SIGINT received" in last and \
+        "its streaming queries were stopped between two micro-batches" in last, last
     return time.time() - t0, out
 
 
