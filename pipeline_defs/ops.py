@@ -89,7 +89,33 @@ def observed_rows(obs: Observation | None, wait: float = 0.0) -> int | None:
 
 def _observe(df: DataFrame, run_id: str, op_name: str) -> tuple[DataFrame, Observation]:
     obs = Observation(f"rows_{op_name}_{run_id.replace('-', '')[:12]}")
-    return df.observe(obs, F.count(F.lit(1)).alias("rows")), obs
+    out = df.observe(obs, F.count(F.lit(1)).alias("rows"))
+    obs.dataframe_id = df._jdf.id()  # with the name, the key Spark completes it by
+    return out, obs
+
+
+def _done(obs: Observation) -> bool:
+    return obs._jo is not None and obs._jo.future().isCompleted()
+
+
+@contextmanager
+def _counted_by_this_action(spark, outputs: list[StepOutput]):
+    """Around a Spark action over these steps' outputs: the row counts riding on them that
+    this action fills, it fills with what it saw. A failed action (a write the database cut
+    off, a retried step's first attempt) completes them too, with what it had read by then;
+    Spark never fills an Observation twice, so those are armed again, and the action that
+    succeeds (the retry) counts its own rows."""
+    waiting = [o.observation for o in outputs
+               if o.observation is not None and not _done(o.observation)]
+    try:
+        yield
+    except BaseException:
+        manager = spark._jsparkSession.observationManager()
+        for obs in waiting:
+            if _done(obs) and getattr(obs, "dataframe_id", None) is not None:
+                obs._jo = spark._jvm.org.apache.spark.sql.Observation(obs._name)
+                manager.register(obs._jo, obs.dataframe_id)
+        raise
 
 
 # ---------------------------------------------------------------- metadata helpers
@@ -338,7 +364,8 @@ def _condition_holds(context, plan: Plan, s, condition, current: StepOutput | No
             raise dg.Failure(description=f"step {s.index} ({s.label}): condition "
                              f"`{condition.text}` needs {what}, which this step does not "
                              "read.", allow_retries=False)
-        return o.df.persist().count()
+        with _counted_by_this_action(context.resources.spark.spark, o.lineage()):
+            return o.df.persist().count()
 
     def value_of(name: str):
         if name == "previous_step_count":
@@ -499,8 +526,9 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
                     return _run_load(context, plan, run_node, stepdef, current, ctx, started,
                                      load_keys[s.index])
                 if s.kind == "validate":
-                    df = _run_validations(context, plan, run_node, stepdef, current, ctx,
-                                          group, registry, params_key)
+                    with _counted_by_this_action(ctx.spark, current.lineage()):
+                        df = _run_validations(context, plan, run_node, stepdef, current, ctx,
+                                              group, registry, params_key)
                     _report_validation(context, plan, s, ctx.validation.pending,
                                        check_targets)
                 else:
@@ -702,7 +730,8 @@ def _run_load(context, plan: Plan, node: StepNode, stepdef: StepDef, current: St
     if not s.config.counts_rows:
         df, obs = _observe(df, context.run_id, node.op_name)
     ctx.activity = f"writing to {s.config.location() or 'its target'}"
-    result: LoadResult = stepdef.fn(df, s.config, ctx)
+    with _counted_by_this_action(ctx.spark, current.lineage()):
+        result: LoadResult = stepdef.fn(df, s.config, ctx)
     ctx.activity = "reading the row counts of the write"
     rows = result.rows if result.rows is not None else observed_rows(obs, OBSERVE_WAIT_S)
     duration = round(time.perf_counter() - started, 3)

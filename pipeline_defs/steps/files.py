@@ -4,6 +4,7 @@ RFC 4180."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Literal
 
 from pydantic import Field, SecretStr
@@ -287,8 +288,29 @@ def _write_files(df: DataFrame, cfg: FileSink, ctx: StepContext, fmt: str, path:
         w = w.option("compression", cfg.compression)
     if cfg.partition_by:
         w = w.partitionBy(*cfg.partition_by)
-    w.save(path)
+    with _removed_if_failed(ctx.spark, path):
+        w.save(path)
     return LoadResult(path, fmt, cfg.mode)
+
+
+@contextmanager
+def _removed_if_failed(spark: SparkSession, path: str):
+    """A write to a directory that does not exist yet: if it fails, what it left (the
+    directory, an aborted job's `_temporary`) is removed, so nothing half-written stays and
+    a retry (mode errorifexists) does not find the path taken by its own failed attempt."""
+    jvm = spark._jvm
+    p = jvm.org.apache.hadoop.fs.Path(path)
+    fs = p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    existed = fs.exists(p)
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            try:
+                fs.delete(p, True)
+            except Exception:  # noqa: BLE001 - the store is unreachable: the error says why
+                pass
+        raise
 
 
 # ---------------------------------------------------------------- files

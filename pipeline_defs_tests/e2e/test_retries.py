@@ -3,6 +3,7 @@ is retried by Dagster with the file's delay and succeeds; data and config errors
 once, never retried."""
 from __future__ import annotations
 
+import io
 import threading
 import time
 import uuid
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 from pipeline_defs.config.loader import load_pipeline
 from pipeline_defs.definitions import default_resources, definitions_for
 from pipeline_defs.resources.vault import VaultResource
+from pipeline_defs.runs import step_rows
 from pipeline_defs.steps.registry import builtin_registry
 from pipeline_defs_tests.conftest import op_of, write_json
 from pipeline_defs_tests.servers import FlakyProxy
@@ -93,3 +95,67 @@ def test_data_and_config_errors_are_not_retried(tmp_path):
         assert failure.event_specific_data.user_failure_data.metadata["transient"].value is False
         assert not _events(result, "STEP_UP_FOR_RETRY"), name
         assert not _events(result, "STEP_RESTARTED"), name
+
+
+SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+             b"<Message>Please reduce your request rate.</Message></Error>")
+
+
+def test_a_retried_write_counts_the_rows_of_the_attempt_that_succeeded(s3, tmp_path, spark):
+    """The first attempt's write to S3 fails in its tasks: a proxy in front of the S3 server
+    answers the part files' uploads with 503 SlowDown until the retry is scheduled; the
+    second attempt succeeds. Spark fills a row count once, also from a failed action (with
+    what it had seen by then); the run's counts are those of the attempt that succeeded,
+    checked against what pyarrow reads back."""
+    from pipeline_defs_tests.faults import HttpFaults
+    s3.client.create_bucket(Bucket="retried")
+    spark.range(0, 5000, numPartitions=2).selectExpr("id", "id % 7 AS k").write.parquet(
+        str(tmp_path / "in"))
+    proxy = HttpFaults(int(s3.endpoint.rsplit(":", 1)[1]))
+    proxy.answer("PUT", "part-", 503, SLOW_DOWN)
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    for k, v in {"retry.limit": "0", "attempts.maximum": "1", "retry.interval": "10ms",
+                 "retry.throttle.limit": "0", "retry.throttle.interval": "10ms"}.items():
+        conf.set(f"fs.s3a.bucket.retried.{k}", v)  # the SDK's own retries: none
+    secret = s3.secret()
+    (tmp_path / "names.csv").write_text("k,name\n" + "".join(f"{k},n{k}\n" for k in range(7)))
+    p = load_pipeline(write_json(tmp_path / "w.json", {
+        "name": "written", "retries": {"maxRetries": 2, "delaySeconds": 1}, "steps": [
+            # counted in its own op; the join with a small table (broadcast) puts that count
+            # in the stage that writes, whose failed tasks leave it short
+            {"type": "extract", "method": "fromFile", "name": "ids_in",
+             "config": {"path": str(tmp_path / "in"), "registerAs": "ids"}},
+            {"type": "extract", "method": "fromFile", "name": "names_in",
+             "config": {"path": str(tmp_path / "names.csv"), "format": "csv",
+                        "schema": "k BIGINT, name STRING", "registerAs": "names"}},
+            {"type": "transform", "method": "joinDataFrames", "name": "named",
+             "config": {"inputDataFrames": ["ids", "names"], "joinColumn": "k"}},
+            {"type": "load", "method": "toFile", "name": "ids_out",
+             "config": {"path": "s3a://retried/ids", "format": "parquet",
+                        "accessKeyId": secret["accessKeyId"],
+                        "secretAccessKey": secret["secretAccessKey"],
+                        "endpoint": f"http://127.0.0.1:{proxy.port}"}}]}),
+        builtin_registry())
+    job = definitions_for([p]).resolve_job_def("written")
+    instance, run_id, box = dg.DagsterInstance.ephemeral(), str(uuid.uuid4()), {}
+    runner = threading.Thread(target=lambda: box.update(result=job.execute_in_process(
+        instance=instance, run_id=run_id, raise_on_error=False)))
+    runner.start()
+    while runner.is_alive() and not any(
+            r.dagster_event and r.dagster_event.event_type_value == "STEP_UP_FOR_RETRY"
+            for r in instance.all_logs(run_id)):
+        time.sleep(0.2)
+    hits = proxy.rules[0].hits
+    proxy.lift()
+    runner.join(300)
+    proxy.close()
+    result = box["result"]
+    assert result.success and hits >= 1
+    (retry,) = _events(result, "STEP_UP_FOR_RETRY")
+    assert op_of(retry.step_key) == "ids_out"
+    keys = [k for k in s3.keys("retried", "ids/") if k.endswith(".parquet")]
+    written = sum(pq.read_table(io.BytesIO(s3.client.get_object(
+        Bucket="retried", Key=k)["Body"].read())).num_rows for k in keys)
+    counted = {r.op: r.rows for r in step_rows(result.all_events, p)}
+    assert written == 5000 and counted == {"ids_in": 5000, "names_in": 7, "named": 5000,
+                                           "ids_out": 5000}, counted

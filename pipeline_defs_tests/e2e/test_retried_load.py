@@ -1,0 +1,76 @@
+"""A load whose connections the database drops mid-COPY or mid-INSERT (as a restart does) is
+retried by its `retries`; the target then holds exactly the source's rows (the database's
+own count and sum), the summary has one SUCCESS line and counts what the attempt that
+succeeded read and wrote."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline_defs_tests.conftest import REPO, write_json
+from pipeline_defs_tests.e2e.test_kill_mid_load import _wait_for
+
+PIPELINE = str(Path(sys.executable).parent / "pipeline")
+N = 2_000_000
+
+
+@pytest.mark.parametrize("fast_path, statement", [(True, "COPY"), (False, "INSERT")])
+def test_a_load_retried_after_its_connections_dropped_counts_the_good_attempt(
+        pg, vault, tmp_path, spark, fast_path, statement):
+    """Both ways into PostgreSQL: the bulk loader's COPY, and Spark's JDBC writer (batched
+    INSERTs: a Spark SQL action, whose failure fills the row counts riding on its plan)."""
+    data = tmp_path / "big"
+    spark.range(0, N, numPartitions=4).selectExpr(
+        "id", "concat('name-', id) AS name", "id * 3 AS score").write.parquet(str(data))
+    path = vault.put("secret", "postgres/retried", pg.secret())
+    f = write_json(tmp_path / "retried.json", {
+        "name": "retried", "retries": {"maxRetries": 2, "delaySeconds": 1},
+        "steps": [
+            {"type": "extract", "method": "fromFile", "name": "scores_in",
+             "config": {"path": str(data)}},
+            # the extract is counted in its own op (an observe() on its output): the failed
+            # attempt's write fills that count with what it had read when it was cut off
+            {"type": "transform", "method": "deduplicate", "name": "latest",
+             "config": {"columns": ["id"]}},
+            {"type": "load", "method": "toPostgres", "name": "scores_out",
+             "config": {"table": "scores", "mode": "overwrite", "credentialPath": path,
+                        "fastPath": fast_path}}]})
+    env = {**{k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"},
+           "SPARK_MASTER": "local[2]", "DAGSTER_HOME": str(tmp_path / "home"),
+           "VAULT_ADDR": vault.url, "VAULT_TOKEN": vault.root_token,
+           "PIPELINE_AUDIT_LOG": str(tmp_path / "audit")}
+    proc = subprocess.Popen([PIPELINE, "run", str(f)], env=env, cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    box: dict = {}
+    reader = threading.Thread(target=lambda: box.update(out=proc.communicate(timeout=900)))
+    reader.start()
+    # rows have reached the staging table: the database now drops the COPY connections
+    _wait_for(pg, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                  f"AND query LIKE '{statement} %_pd_stage_scores_%' AND state = 'active' AND "
+                  "EXISTS (SELECT 1 FROM pg_class WHERE relname LIKE "
+                  "'\\_pd\\_stage\\_scores\\_%' AND relkind = 'r' AND "
+                  "pg_relation_size(oid) > 0)", proc)
+    pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+           f"current_database() AND query LIKE '{statement} %_pd_stage_%' "
+           "AND pid <> pg_backend_pid()")
+    reader.join()
+    out, err = box["out"]
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    assert "attempt 1 of step 3 (load.toPostgres) failed with a transient error" in err
+    lines = out.splitlines()
+    assert [ln for ln in lines if ln.startswith("pipeline retried:")] == \
+        [next(ln for ln in lines if ln.startswith("pipeline retried: SUCCESS"))]
+    rows = {ln.split()[0]: ln.split()[3] for ln in lines if ln.startswith(("  scores_",
+                                                                            "  latest"))}
+    source = pq.read_table(data).to_pandas()
+    assert rows == {"scores_in": f"{len(source):,}", "latest": f"{len(source):,}",
+                    "scores_out": f"{len(source):,}"}, out[-2000:]
+    assert pg.sql("SELECT count(*), sum(score) FROM scores") == [
+        (len(source), int(source["score"].sum()))]

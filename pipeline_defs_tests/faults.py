@@ -1,0 +1,90 @@
+"""Faults a real server cannot make on demand, from a small HTTP proxy in front of it: every
+request is forwarded to the server, except those a rule answers itself (a 503 SlowDown to
+the PUTs of Spark's part files, say) until the rule is lifted."""
+from __future__ import annotations
+
+import http.client
+import http.server
+import threading
+from dataclasses import dataclass
+
+
+@dataclass
+class Rule:
+    method: str
+    path_contains: str
+    status: int
+    body: bytes = b""
+    hits: int = 0
+
+
+class HttpFaults:
+    """`HttpFaults(target_port)`: a proxy on a loopback port of its own (`.port`);
+    `answer("PUT", "part-", 503, body)` makes it answer matching requests itself,
+    `lift()` forwards everything again."""
+
+    def __init__(self, target_port: int):
+        self.target_port, self.rules = target_port, []
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _any(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                rule = proxy._match(self.command, self.path)
+                if rule is not None:
+                    self.send_response(rule.status)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(rule.body)))
+                    self.end_headers()
+                    self.wfile.write(rule.body)
+                    return
+                conn = http.client.HTTPConnection("127.0.0.1", proxy.target_port, timeout=60)
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("connection", "expect")}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                r = conn.getresponse()
+                data = r.read()
+                self.send_response(r.status, r.reason)
+                for k, v in r.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any  # noqa: N815
+
+            def log_message(self, *args):
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def answer(self, method: str, path_contains: str, status: int, body: bytes = b"") -> Rule:
+        rule = Rule(method, path_contains, status, body)
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def lift(self) -> None:
+        with self._lock:
+            self.rules.clear()
+
+    def _match(self, method: str, path: str) -> Rule | None:
+        with self._lock:
+            for rule in self.rules:
+                if rule.method == method and rule.path_contains in path:
+                    rule.hits += 1
+                    return rule
+        return None
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
