@@ -32,6 +32,12 @@ class PipelineDirectory(dg.Component, dg.Resolvable, dg.Model):
     """Values for the files' ${param} placeholders (each pipeline's defaults otherwise; a run
     can still change them in the Launchpad)."""
 
+    @classmethod
+    def get_code_references_for_yaml(cls, yaml_path, source_position, context) -> list:
+        """None: each asset's code reference is its pipeline file, at the step that writes it
+        (the UI's "open in editor"), not this component's defs.yaml."""
+        return []
+
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         directory = (Path(context.project_root) / self.directory if self.directory
                      else config_dir())

@@ -16,7 +16,6 @@ from pipeline_defs.config.loader import LoadedPipeline, dependency_problems, loa
 from pipeline_defs.console import console_logger
 from pipeline_defs.errors import ConfigError
 from pipeline_defs.factory import asset_checks, build_pipeline, source_specs
-from pipeline_defs.ops import params_resource
 from pipeline_defs.orchestration import orchestration_defs
 from pipeline_defs.resources import MetricsResource, SparkResource, VaultResource
 from pipeline_defs.resources.spark import REPO_ROOT, default_jars_dir, default_spark_config
@@ -29,6 +28,11 @@ warnings.filterwarnings("ignore", message="Parameter `execution_type` of functio
                         category=dg.BetaWarning)
 warnings.filterwarnings("ignore", message="Class `SparkDeclarativePipelineScaffolder`",
                         category=dg.PreviewWarning)
+# Dagster's own APIs this project builds on, marked beta in 1.13: code references of assets,
+# and resources that come with the assets that need them (each job's Launchpad shows its own)
+for _beta in ("Class `LocalFileCodeReference`", "Class `CodeReferencesMetadataValue`",
+              "Parameter `resource_defs` of static method `AssetsDefinition.from_graph`"):
+    warnings.filterwarnings("ignore", message=_beta, category=dg.BetaWarning)
 
 
 def config_dir() -> Path:
@@ -64,9 +68,8 @@ def definitions_for(pipelines: Iterable[LoadedPipeline], resources: Mapping | No
         # one process, one SparkSession: also for materializations launched from the catalog
         executor=dg.in_process_executor,
         loggers={"console": console_logger},  # errors on one line; stacks in the event log
-        resources={**{b.plan.params_key: params_resource(b.plan) for b in built
-                      if b.plan.params_key},
-                   # metrics from the environment unless the caller chose its own
+        # (each pipeline's params resource comes with its assets: a job shows its own)
+        resources={# metrics from the environment unless the caller chose its own
                    "metrics": MetricsResource.from_env(),
                    **dict(resources or default_resources())})
 

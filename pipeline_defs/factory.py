@@ -5,21 +5,32 @@ DataFrames pass between ops as lazy plans (in-memory IO manager, in-process exec
 SparkSession per run). Row counts come from `observe()` on the plans that run anyway."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dagster as dg
+from dagster._core.types.dagster_type import resolve_dagster_type
 
 from pipeline_defs.config.assets import AssetNames, asset_names, uri
 from pipeline_defs.config.dataflow import safe_name
 from pipeline_defs.config.loader import LoadedPipeline
 from pipeline_defs.metrics import remember
-from pipeline_defs.ops import check_name, evaluated_checks, input_name, op_for
+from pipeline_defs.ops import (
+    LOADED_TABLE,
+    check_name,
+    evaluated_checks,
+    input_name,
+    op_for,
+    params_resource,
+)
 from pipeline_defs.orchestration import automation_condition, partitions_def
 from pipeline_defs.plan import Plan, build_plan
 from pipeline_defs.steps.registry import Registry
-from pipeline_defs.stream_runs import watch_op
+from pipeline_defs.stream_runs import STREAM_TOTALS, watch_op
 
 
 @dataclass
@@ -99,12 +110,35 @@ def _dependencies(plan: Plan, ops: dict[int, dg.OpDefinition]) -> dict:
     return deps
 
 
-def _about(p: LoadedPipeline, plan: Plan, out: str, kinds: dict[int, str],
+NOTHING = resolve_dagster_type(dg.Nothing)  # a graph input's type: an ordering, no value
+
+
+@dataclass(frozen=True)
+class GraphOutput:
+    """A graph output: the asset of a table a load writes (`table`), or of a validation's
+    quarantine table (`quarantine`); named after the asset it carries."""
+    node: str
+    node_output: str
+    key: dg.AssetKey
+    step: int
+    kind: str  # "table" or "quarantine"
+
+
+def io_name(key: dg.AssetKey) -> str:
+    """A graph input's or output's name: the asset it carries (`sales/orders` ->
+    `sales__orders`)."""
+    return safe_name("__".join(key.path))
+
+
+def _about(p: LoadedPipeline, plan: Plan, out: GraphOutput, kinds: dict[int, str],
            names: AssetNames | None = None) -> tuple[str, dict, str | None]:
-    """(description, definition metadata, storage kind) of a graph output's asset: a table a
-    load writes (`tNN`), or a validation's quarantine table (`qNN`)."""
-    step = plan.node(int(out[1:])).step
-    if out.startswith("q"):
+    """(description, definition metadata, storage kind) of a graph output's asset."""
+    step = plan.node(out.step).step
+    refs = {"dagster/code_references": dg.CodeReferencesMetadataValue(code_references=[
+        dg.LocalFileCodeReference(file_path=str(Path(p.file).resolve()),
+                                  line_number=step.line or 1,
+                                  label=f"{Path(p.file).name}, step {step.index}")])}
+    if out.kind == "quarantine":
         root = p.config.quarantine_root or os.environ.get("PIPELINE_QUARANTINE_ROOT",
                                                           "quarantine")
         location = step.config.quarantine_path or \
@@ -113,14 +147,44 @@ def _about(p: LoadedPipeline, plan: Plan, out: str, kinds: dict[int, str],
                 f"'{p.name}', with the rules and why (_dq_rules, _dq_reason). Location: "
                 f"{location}")
         return text, {"dagster/uri": uri(location), "location": location,
-                      "pipeline_file": p.file}, "delta"
+                      "pipeline_file": p.file, **refs}, "delta"
     table = names.of(step) if names is not None else None
     location = table.location if table is not None else step.config.location() or ""
-    meta = {"dagster/uri": uri(location), "location": location, "pipeline_file": p.file}
+    meta = {"dagster/uri": uri(location), "location": location, "pipeline_file": p.file,
+            **refs}
     if step.config.catalog_name():
         meta["dagster/table_name"] = step.config.catalog_name()
     return (f"Written by pipeline '{p.name}' (step {step.index}, {step.label}). Location: "
             f"{location}", meta, kinds.get(step.index))
+
+
+def code_version(plan: Plan, index: int) -> str:
+    """What the asset written by step `index` runs: that step and every step upstream of it,
+    as the file writes them (method, config with its placeholders, condition), hashed. It
+    changes when one of them changes, so the UI can say the table is out of date."""
+    steps = [plan.node(i).step for i in [*plan.upstream(index), index]]
+    text = json.dumps([[s.kind, s.method, s.template, s.condition] for s in steps],
+                      sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _outputs(plan: Plan, load_keys: dict[int, dg.AssetKey]) -> dict[str, GraphOutput]:
+    """The graph's outputs: one per table (its first load), one per quarantine table."""
+    first_load: dict[dg.AssetKey, int] = {}
+    for i, key in load_keys.items():
+        first_load.setdefault(key, i)
+    streaming = plan.pipeline.config.mode == "streaming"
+    out = {}
+    for key, i in first_load.items():
+        node, node_output = ("streams", f"sink_s{i:02d}") if streaming else \
+            (plan.node(i).op_name, "result")
+        out[io_name(key)] = GraphOutput(node, node_output, key, i, "table")
+    for evaluator, steps in plan.quarantines().items():
+        for i in steps:  # quarantine tables: written by the pass of the group's last step
+            key = dg.AssetKey(["quarantine", plan.job_name, plan.node(i).op_name])
+            out[io_name(key)] = GraphOutput(plan.node(evaluator).op_name,
+                                            f"quarantine_s{i:02d}", key, i, "quarantine")
+    return out
 
 
 def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | None = None
@@ -150,60 +214,52 @@ def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | No
                                 table_key=source_keys.get(n.step.index)) for n in plan.nodes}
     deps = _dependencies(plan, ops)
     node_defs = list(ops.values())
-    # graph outputs: one per table (the first load of it), each an asset
-    outputs: dict[str, tuple[str, str, dg.AssetKey]] = {}
-    first_load = {}
-    for i, key in load_keys.items():
-        first_load.setdefault(key, i)
+    outputs = _outputs(plan, load_keys)
     if p.config.mode == "streaming":
         loads = [n for n in plan.nodes if n.step.kind == "load"]
-        watch = watch_op(plan, loads, {first_load[k]: k for k in first_load})
+        watch = watch_op(plan, loads, {o.step: o.key for o in outputs.values()})
         node_defs.append(watch)
         deps[dg.NodeInvocation(watch.name, alias="streams")] = {
             f"s{n.step.index:02d}": dg.DependencyDefinition(n.op_name, "result")
             for n in loads}
-        for key, i in first_load.items():
-            outputs[f"t{i:02d}"] = ("streams", f"sink_s{i:02d}", key)
-    else:
-        for key, i in first_load.items():
-            outputs[f"t{i:02d}"] = (plan.node(i).op_name, "result", key)
-    for evaluator, steps in plan.quarantines().items():
-        for i in steps:  # quarantine tables: written by the pass of the group's last step
-            outputs[f"q{i:02d}"] = (plan.node(evaluator).op_name, f"quarantine_s{i:02d}",
-                                    dg.AssetKey(["quarantine", plan.job_name,
-                                                 plan.node(i).op_name]))
-    source_by_key: dict[dg.AssetKey, str] = {}
-    input_mappings = []
+    input_mappings, source_by_key = [], {}
     for i, key in inputs.items():
-        name = source_by_key.setdefault(key, f"src{len(source_by_key):02d}")
-        input_mappings.append(dg.InputMapping(graph_input_name=name,
-                                              mapped_node_name=plan.node(i).op_name,
-                                              mapped_node_input_name="source"))
+        name = source_by_key.setdefault(key, io_name(key))
+        input_mappings.append(dg.InputMapping(
+            graph_input_name=name, mapped_node_name=plan.node(i).op_name,
+            mapped_node_input_name="source", dagster_type=NOTHING,
+            graph_input_description=f"The table {key.to_user_string()}, read by step {i}"))
+    kinds = {n.step.index: registry.get(n.step.kind, n.step.method).kind_of(n.step.config)
+             for n in plan.nodes if n.step.kind in ("extract", "load")}
+    about = {name: _about(p, plan, o, kinds, names) for name, o in outputs.items()}
     graph = dg.GraphDefinition(
         # not the job's name: an asset job's own graph carries that one
         name=f"{plan.job_name}_steps", node_defs=node_defs, dependencies=deps,
         description=p.config.description, input_mappings=input_mappings,
-        output_mappings=[dg.OutputMapping(graph_output_name=out, mapped_node_name=node,
-                                          mapped_node_output_name=node_out)
-                         for out, (node, node_out, _) in outputs.items()])
-    kinds = {n.step.index: registry.get(n.step.kind, n.step.method).kind_of(n.step.config)
-             for n in plan.nodes if n.step.kind in ("extract", "load")}
-    lineage = {out: {source_keys[j] for j in plan.upstream(int(out[1:]))
-                     if j in inputs} for out in outputs}
-    about = {out: _about(p, plan, out, kinds, names) for out in outputs}
+        output_mappings=[dg.OutputMapping(
+            graph_output_name=name, mapped_node_name=o.node, mapped_node_output_name=o.node_output,
+            dagster_type=STREAM_TOTALS if o.node == "streams" else LOADED_TABLE,
+            graph_output_description=about[name][0]) for name, o in outputs.items()])
+    lineage = {name: {source_keys[j] for j in plan.upstream(o.step) if j in inputs}
+               for name, o in outputs.items()}
     assets = dg.AssetsDefinition.from_graph(
         graph, keys_by_input_name={v: k for k, v in source_by_key.items()},
-        keys_by_output_name={out: key for out, (_, _, key) in outputs.items()},
+        keys_by_output_name={name: o.key for name, o in outputs.items()},
         internal_asset_deps=lineage, group_name=plan.job_name, can_subset=True,
-        tags_by_output_name={  # Dagster's kinds: the storage, and spark
-            out: {f"dagster/kind/{k}": "" for k in ("spark", a[2]) if k}
-            for out, a in about.items()},
-        descriptions_by_output_name={out: a[0] for out, a in about.items()},
+        tags_by_output_name={name: _asset_tags(p, plan.node(o.step).step, about[name][2])
+                             for name, o in outputs.items()},
+        owners_by_output_name={name: _owners(p, plan.node(o.step).step)
+                               for name, o in outputs.items()},
+        code_versions_by_output_name={name: code_version(plan, o.step)
+                                      for name, o in outputs.items()},
+        descriptions_by_output_name={name: a[0] for name, a in about.items()},
         partitions_def=partitions_def(p),
+        # the pipeline's params: this job's Launchpad shows its own, no other pipeline's
+        resource_defs={plan.params_key: params_resource(plan)} if plan.params_key else None,
         automation_conditions_by_output_name={
-            out: automation_condition(p.config.automation) for out in outputs
-            if out.startswith("t")} if p.config.automation else None,
-        metadata_by_output_name={out: a[1] for out, a in about.items()})
+            name: automation_condition(p.config.automation) for name, o in outputs.items()
+            if o.kind == "table"} if p.config.automation else None,
+        metadata_by_output_name={name: a[1] for name, a in about.items()})
     job = dg.define_asset_job(
         plan.job_name, selection=dg.AssetSelection.assets(assets),
         executor_def=dg.in_process_executor,
@@ -218,6 +274,21 @@ def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | No
     remember(graph.name, p)  # the run's metrics find the pipeline of its steps
     return PipelineDefs(assets, job, graph, plan, load_keys, source_keys, check_targets,
                         {i: k for i, k in kinds.items() if k})
+
+
+def _asset_tags(p: LoadedPipeline, step, kind: str | None) -> dict[str, str]:
+    """Dagster's kinds (the storage, and spark), the pipeline's tags, the load's over them
+    (a quarantine table: the pipeline's)."""
+    own = step.tags if step.kind == "load" and step.tags else {}
+    return {**{f"dagster/kind/{k}": "" for k in ("spark", kind) if k}, **p.config.tags,
+            **own}
+
+
+def _owners(p: LoadedPipeline, step) -> list[str]:
+    """The load's owners when it names them, else the pipeline's."""
+    if step.kind == "load" and step.owners is not None:
+        return list(step.owners)
+    return list(p.config.owners)
 
 
 def source_specs(pipelines: Iterable[PipelineDefs], names: AssetNames) -> list[dg.AssetSpec]:

@@ -182,7 +182,7 @@ def _log_checks(context, s, ctx: StepContext, targets: list[dg.AssetKey], now: b
     failing op to report before it raises."""
     cfg = s.config
     rows = ctx.metadata.get("rows")
-    violations = sum(r.violations for r in ctx.results)
+    failing = int(ctx.metadata.get("failing_rows", 0))
     meta = {
         "rules": dg.MetadataValue.json([{"rule": r.name, "text": r.text,
                                          "columns": list(r.columns),
@@ -190,16 +190,20 @@ def _log_checks(context, s, ctx: StepContext, targets: list[dg.AssetKey], now: b
                                          "fraction": (r.violations / rows) if rows else None,
                                          **({"detail": r.detail} if r.detail else {})}
                                         for r in ctx.results]),
-        "violations": violations,
-        "violation_fraction": float(violations / rows) if rows else 0.0,
+        # a row that breaks two rules is one failing row and two rule violations
+        "failing_rows": failing,
+        "failing_fraction": float(failing / rows) if rows else 0.0,
+        "rule_violations": int(ctx.metadata.get("rule_violations", 0)),
         "action": cfg.on_failure,
-        "samples": dg.MetadataValue.json({r.name: r.samples for r in ctx.results
-                                          if r.samples}),
     }
+    table = samples_table(ctx.results)
+    if table is not None:
+        meta["samples"] = table
     if rows is not None:
         meta["rows"] = int(rows)
     if "quarantine_location" in ctx.metadata:
         meta["quarantine_location"] = ctx.metadata["quarantine_location"]
+        meta["quarantined_rows"] = int(ctx.metadata.get("quarantined_rows", 0))
     severity = dg.AssetCheckSeverity.ERROR if cfg.on_failure == "fail" else \
         dg.AssetCheckSeverity.WARN
     out = []
@@ -213,6 +217,20 @@ def _log_checks(context, s, ctx: StepContext, targets: list[dg.AssetKey], now: b
             _EVALUATED.setdefault(context.run_id, {})[dg.AssetCheckKey(key, check_name(s))] = \
                 dg.AssetCheckResult(**args)
     return out
+
+
+def samples_table(results) -> dg.TableMetadataValue | None:
+    """The validation's sample rows as one table (the rule each broke, then the row's
+    columns, masked ones as ***), for the UI; None without samples."""
+    samples = [(r.name, row) for r in results for row in r.samples]
+    if not samples:
+        return None
+    columns = list(dict.fromkeys(c for _, row in samples for c in row))
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({"rule": name, **{c: _cell(row.get(c)) for c in columns}})
+                 for name, row in samples],
+        schema=dg.TableSchema(columns=[dg.TableColumn("rule", "string"),
+                                       *[dg.TableColumn(c, "string") for c in columns]]))
 
 
 class _Failed(Exception):
@@ -418,6 +436,8 @@ def _output(context, node: StepNode, df: DataFrame, ctx: StepContext, parents: t
             **{k: _plain(v) for k, v in ctx.metadata.items()}}
     if "rows" in ctx.metadata:
         meta["dagster/row_count"] = int(ctx.metadata["rows"])
+    if ctx.results and samples_table(ctx.results) is not None:
+        meta["samples"] = samples_table(ctx.results)
     if evaluated_in:
         meta["evaluated_in"] = evaluated_in  # its rules ran in that op's Spark pass
         meta.pop("dagster/column_schema", None)
@@ -551,8 +571,8 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
 
     tags = {"pipeline/kind": s.kind, "pipeline/method": s.method}
     return dg.OpDefinition(
-        # unique in the repository; the node in the job is aliased to the readable op_name
-        name=f"{plan.job_name}__{node.op_name}",
+        # unique in the repository, the step first; the node is aliased to the op_name
+        name=f"{node.op_name}__{plan.job_name}",
         ins=_op_inputs(node, source), compute_fn=_wrap(compute),
         outs={"result": dg.Out(LOADED_TABLE if s.kind == "load" else SPARK_DATAFRAME,
                                is_required=condition is None),

@@ -144,13 +144,43 @@ def _latest(instance, up: Upstream, dep: Dependency, since: float):
     return max(done, key=lambda x: x[0]) if done else None
 
 
+INITIATED = ("Initiated: only upstream runs that end after this tick count (Dagster's rule "
+             "for run-status sensors); \"catchUp\": true on a dependency counts earlier ones.")
+
+
+def _since(context, p: LoadedPipeline, job_name: str, jobs: Mapping[str, Upstream],
+           cursor: dict) -> dict[str, float] | None:
+    """Per upstream pipeline, the time after which its runs count. The first tick (no
+    cursor) starts from now, as Dagster's run-status sensors do, except for a dependency
+    with `catchUp`, which counts the runs since this pipeline last ran (ever, if never).
+    None: this first tick only initiates the cursor."""
+    since = cursor.get("since")
+    if isinstance(since, dict):
+        return {d.pipeline: float(since.get(d.pipeline, 0.0)) for d in p.config.dependencies}
+    if since is not None:  # a cursor of the previous form: one time for all
+        return {d.pipeline: float(since) for d in p.config.dependencies}
+    now = time.time()
+    last = 0.0
+    if any(d.catch_up for d in p.config.dependencies):
+        mine = [r for j in (job_name, ASSET_JOB) for r in context.instance.get_run_records(
+            filters=dg.RunsFilter(job_name=j), limit=20) if jobs[p.name].ran(r.dagster_run)]
+        last = max((r.create_timestamp.timestamp() for r in mine), default=0.0)
+    out = {d.pipeline: last if d.catch_up else now for d in p.config.dependencies}
+    if any(d.catch_up for d in p.config.dependencies):
+        return out
+    context.update_cursor(json.dumps({"since": out}))
+    return None
+
+
 def dependency_sensor(p: LoadedPipeline, job_name: str, jobs: Mapping[str, Upstream]
                       ) -> dg.SensorDefinition:
     """Starts the pipeline once every pipeline it depends on has succeeded (or started, with
     waitForCompletion false) since it last ran. Reads the run storage, so it sees upstream
     runs whatever launched them (UI, schedule, sensor, backfill, `pipeline run`, `dagster job
-    execute`). A `timeout` gives up a wait that some upstreams satisfied and others did not
-    within it; the tick says so. Mine: runs of this pipeline's job or of its assets."""
+    execute`). Only runs that end after the sensor's first tick count (Dagster's convention
+    for run-status sensors), unless a dependency says `catchUp`. A `timeout` gives up a
+    wait that some upstreams satisfied and others did not within it; the tick says so.
+    Mine: runs of this pipeline's job or of its assets."""
     deps = p.config.dependencies
     names = ", ".join(f"'{d.pipeline}'" for d in deps)
     parts = partitions_def(p)
@@ -162,20 +192,18 @@ def dependency_sensor(p: LoadedPipeline, job_name: str, jobs: Mapping[str, Upstr
                            f"{'have' if len(deps) > 1 else 'has'} succeeded since it last ran.")
     def _sensor(context: dg.SensorEvaluationContext):
         cursor = json.loads(context.cursor) if context.cursor else {}
-        since = cursor.get("since")
-        if since is None:  # since this pipeline last ran (ever: since the beginning)
-            mine = [r for j in (job_name, ASSET_JOB) for r in context.instance.get_run_records(
-                filters=dg.RunsFilter(job_name=j), limit=20) if jobs[p.name].ran(r.dagster_run)]
-            since = max((r.create_timestamp.timestamp() for r in mine), default=0.0)
+        since = _since(context, p, job_name, jobs, cursor)
+        if since is None:
+            return dg.SkipReason(INITIATED)
         if parts is not None:
             return _partitioned_tick(context, p, job_name, jobs, parts, cursor, since)
-        found = {d.pipeline: _latest(context.instance, jobs[d.pipeline], d, since)
+        found = {d.pipeline: _latest(context.instance, jobs[d.pipeline], d, since[d.pipeline])
                  for d in deps}
         done = {n: f for n, f in found.items() if f is not None}
         now = time.time()
         if len(done) == len(deps):
             newest = max(t for t, _ in done.values())
-            context.update_cursor(json.dumps({"since": newest}))
+            context.update_cursor(json.dumps({"since": {d.pipeline: newest for d in deps}}))
             runs = ", ".join(f"{n}: {r.dagster_run.run_id}" for n, (_, r) in done.items())
             return dg.RunRequest(
                 run_key=f"{job_name}:{newest}",
@@ -185,7 +213,7 @@ def dependency_sensor(p: LoadedPipeline, job_name: str, jobs: Mapping[str, Upstr
             first = min(t for t, _ in done.values())
             limits = [d.timeout for d in deps if d.timeout]
             if limits and now - first > min(limits) / 1000:
-                context.update_cursor(json.dumps({"since": now}))
+                context.update_cursor(json.dumps({"since": {d.pipeline: now for d in deps}}))
                 return dg.SkipReason(
                     f"Gave up waiting: {', '.join(sorted(done))} finished at "
                     f"{datetime.fromtimestamp(first, UTC):%Y-%m-%d %H:%M:%S} UTC but "
@@ -199,21 +227,22 @@ def dependency_sensor(p: LoadedPipeline, job_name: str, jobs: Mapping[str, Upstr
 
 
 def _partitioned_tick(context, p: LoadedPipeline, job_name: str, jobs: Mapping[str, Upstream],
-                      parts: dg.PartitionsDefinition, cursor: dict, since: float):
+                      parts: dg.PartitionsDefinition, cursor: dict, since: dict[str, float]):
     """A partitioned pipeline runs a partition once every upstream has finished a run for
     it: the upstream run's own partition when it is one of this pipeline's (a backfill of
     three upstream days runs the same three days here), else the latest complete partition.
     Partitions some upstreams finished wait in the cursor (a `timeout` drops them)."""
     deps = p.config.dependencies
     pending: dict[str, dict[str, list]] = cursor.get("pending", {})  # key: {dep: [t, run]}
-    newest = since
+    newest = dict(since)
     for d in deps:
-        for t, r in _done_since(context.instance, jobs[d.pipeline], d, since, limit=500):
+        for t, r in _done_since(context.instance, jobs[d.pipeline], d, since[d.pipeline],
+                                limit=500):
             k = r.dagster_run.tags.get("dagster/partition")
             k = k if k and parts.has_partition_key(k) else latest_complete(parts)
             if k is not None:
                 pending.setdefault(k, {})[d.pipeline] = [t, r.dagster_run.run_id]
-            newest = max(newest, t)
+            newest[d.pipeline] = max(newest[d.pipeline], t)
     requests, gave_up, now = [], [], time.time()
     limits = [d.timeout for d in deps if d.timeout]
     for k, got in sorted(pending.items()):

@@ -85,8 +85,12 @@ def print_summary(result: dg.ExecuteInProcessResult, pipeline: LoadedPipeline,
                   elapsed: float) -> None:
     table = step_rows(result.all_events, pipeline)
     w = max(len(r.op) for r in table)
+    from pipeline_defs.spark_session import spark_start_seconds
     print(f"\npipeline {pipeline.name}: {'SUCCESS' if result.success else 'FAILURE'} "
           f"in {elapsed:.1f}s (run {result.run_id})")
+    if spark_start_seconds() is not None:
+        print(f"  Spark session started in {spark_start_seconds():.1f}s, beside Dagster's "
+              "own start (not in any step's time)")
     print(f"  {'step':<{w}}  {'status':<7} {'secs':>6} {'rows':>10}")
     for r in table:
         secs = f"{r.seconds:.2f}" if r.seconds is not None else "-"

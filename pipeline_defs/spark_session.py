@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,6 +130,12 @@ def local_cores(master: str) -> int:
 
 _lock = threading.Lock()
 _background: threading.Thread | None = None
+_started_in: list[float] = []  # how long this process's session took to start
+
+
+def spark_start_seconds() -> float | None:
+    """How long this process's SparkSession took to start (None: not started here)."""
+    return _started_in[0] if _started_in else None
 
 
 def session(settings: SparkSettings) -> SparkSession:
@@ -138,11 +145,13 @@ def session(settings: SparkSettings) -> SparkSession:
         if existing is not None and existing.sparkContext._jsc is not None:
             return existing
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers: this venv's Python
+        started = time.perf_counter()
         b = SparkSession.builder.master(settings.master).appName(settings.app_name)
         for k, v in settings.builder_conf().items():
             b = b.config(k, v)
         s = b.getOrCreate()
         s.sparkContext.setLogLevel(os.environ.get("SPARK_LOG_LEVEL", "ERROR"))
+        _started_in[:] = [time.perf_counter() - started]
         return s
 
 

@@ -33,6 +33,11 @@ def start_stream(context, plan: Plan, node: StepNode, stepdef: StepDef, current:
                       "location": s.config.location()}, metadata=meta)
 
 
+STREAM_TOTALS = dg.DagsterType(
+    name="StreamTotals", type_check_fn=lambda _context, value: isinstance(value, dict),
+    description="What a streaming query wrote while the run lasted: batches, input and output "
+    "rows, how it ended.")
+
 STOPPED = ("the run was interrupted: the queries were stopped between two micro-batches; a "
            "new run resumes from their checkpoints")
 
@@ -102,8 +107,10 @@ def watch_op(plan: Plan, loads: list[StepNode], sinks: dict[int, dg.AssetKey]
 
     return dg.OpDefinition(
         name=f"{plan.job_name}__streams", compute_fn=lambda ctx, inputs: compute(ctx, **inputs),
-        ins={f"s{n.step.index:02d}": dg.In(dg.Any) for n in loads},
-        outs={f"sink_s{i:02d}": dg.Out(dg.Any, is_required=False) for i in sinks},
+        ins={f"s{n.step.index:02d}": dg.In(dg.Any, description=f"The query step "
+                                            f"{n.step.index} ({n.op_name}) started")
+             for n in loads},
+        outs={f"sink_s{i:02d}": dg.Out(STREAM_TOTALS, is_required=False) for i in sinks},
         required_resource_keys={"spark", "metrics"}, tags={"pipeline/kind": "streams"},
         description="Watches the streaming queries the loads started: progress, failures, "
                     "graceful stop when the run ends or is terminated.")

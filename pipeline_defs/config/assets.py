@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pipeline_defs.config.params import DATE, substitute_config
+from pipeline_defs.config.params import DATE, SqlSpec, substitute_config
 from pipeline_defs.config.types import LoadedPipeline, LoadedStep
 from pipeline_defs.errors import Problem
 
@@ -89,8 +89,8 @@ def _undated(p: LoadedPipeline, s: LoadedStep) -> str | None:
     model = type(s.config)
     try:
         other = model.model_validate(substitute_config(
-            s.template, {**p.params, DATE: "1999-12-31"}, None, model.sql_fields,
-            model.sql_dialect)).location()
+            s.template, {**p.params, DATE: "1999-12-31"}, None, SqlSpec.of(model)
+        )).location()
     except Exception:  # noqa: BLE001 - the step's own problems are reported elsewhere
         return None
     here = s.config.location()

@@ -19,6 +19,7 @@ from pipeline_defs.config.dataflow import check_dataflow, check_streaming
 from pipeline_defs.config.model import PipelineConfig, StepModel, StepSpec
 from pipeline_defs.config.params import (
     BadDate,
+    SqlSpec,
     UnresolvedParameter,
     UnsafeInSql,
     resolve_params,
@@ -89,6 +90,36 @@ def _problems_from(exc: ValidationError, model: type[BaseModel], file: str, pref
 
 
 # ---------------------------------------------------------------- one file
+def step_lines(text: str) -> list[int]:
+    """The line (1-based) where each element of the top-level "steps" array begins, read off
+    the JSON text (for code references: "open in editor" at the step)."""
+    lines, depth, i, line, in_steps, key = [], 0, 0, 1, False, None
+    while i < len(text):
+        c = text[i]
+        if c == "\n":
+            line += 1
+        elif c == '"':
+            j = i + 1
+            while j < len(text) and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            if depth == 1:
+                key = text[i + 1:j]
+            line += text.count("\n", i, j)
+            i = j
+        elif c in "[{":
+            if depth == 1 and c == "[" and key == "steps":
+                in_steps = True
+            elif depth == 2 and in_steps and c == "{":
+                lines.append(line)
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+            if depth == 1:
+                in_steps = False
+        i += 1
+    return lines
+
+
 def _read_json(path: Path) -> dict | Problem:
     try:
         data = json.loads(path.read_text())
@@ -167,6 +198,8 @@ def load_pipeline(path: str | Path, catalog: Catalog, overrides: Mapping[str, st
             if not found:
                 steps.append(loaded)
 
+    lines = step_lines(path.read_text())
+    steps = [replace(s, line=lines[s.index - 1]) if s.index <= len(lines) else s for s in steps]
     problems += _step_problems(file, steps, params)
     env_now = os.environ if env is None else env
     if str(env_now.get("VAULT_REQUIRED", "")).strip().lower() in ("1", "true", "yes", "on"):
@@ -232,7 +265,14 @@ def _step_problems(file: str, steps: list[LoadedStep], params: Mapping[str, str]
 TRIGGER_FILE, TRIGGER_NAME = "trigger.file", "trigger.name"
 _PARAM_FIX = ("In SQL a value is a literal: quote the placeholder ('${name}') for text and "
               "dates, or pass one number or true/false; a column or table name cannot come "
-              "from a value. Dates are yyyy-MM-dd.")
+              "from a value (except in a field that is a name, such as a JDBC `table`). Dates "
+              "are yyyy-MM-dd.")
+_NAME_FIX = ("Pass a name such as sales_2024 or analytics.orders; for other characters, quote "
+             "the name in the file (\"${name}\" for PostgreSQL, `${name}` for MySQL).")
+
+
+def _param_fix(e: Exception) -> str:
+    return _NAME_FIX if getattr(e, "in_name", False) else _PARAM_FIX
 
 
 def _plain_params(value) -> dict[str, str]:
@@ -255,7 +295,7 @@ def _load_step(file: str, index: int, raw, catalog: Catalog, params: dict[str, s
         label = f"{raw.get('type')}.{raw.get('method')}"
         problems += _problems_from(e, StepSpec, file, "", index, label)
         known = {k: raw[k] for k in ("type", "method", "name", "description", "config")
-                 if k in raw}
+                 if k in raw and isinstance(raw[k], str | dict)}
         try:
             spec = StepSpec.model_validate(known)
         except ValidationError:
@@ -266,8 +306,7 @@ def _load_step(file: str, index: int, raw, catalog: Catalog, params: dict[str, s
         problems.append(_method_problem(file, index, spec, catalog))
         return _stand_in(index, spec.config, None, spec), problems
     try:
-        cfg_raw = substitute_config(spec.config, params, env, model.sql_fields,
-                                    model.sql_dialect)
+        cfg_raw = substitute_config(spec.config, params, env, SqlSpec.of(model))
     except UnresolvedParameter as e:
         problems.append(Problem(file, f"placeholder ${{{e.name}}} has no value.", index,
                                 label, e.where, f"Add \"{e.name}\" to the pipeline's "
@@ -276,7 +315,7 @@ def _load_step(file: str, index: int, raw, catalog: Catalog, params: dict[str, s
         return _stand_in(index, spec.config, model, spec), problems
     except (BadDate, UnsafeInSql) as e:
         problems.append(Problem(file, f"{e}.", index, label, getattr(e, "where", "config"),
-                                _PARAM_FIX))
+                                _param_fix(e)))
         return _stand_in(index, spec.config, model, spec), problems
     try:
         cfg = model.model_validate(cfg_raw)
@@ -289,9 +328,14 @@ def _load_step(file: str, index: int, raw, catalog: Catalog, params: dict[str, s
         problems.append(Problem(file, "a load's output is a table, not a DataFrame to cache.",
                                 index, label, "config.cache", "Put \"cache\": true on the "
                                 "step whose output later steps read more than once."))
+    if spec.type != "load" and (spec.owners or spec.tags):
+        problems.append(Problem(file, "owners and tags describe the table a load writes.",
+                                index, label, "owners" if spec.owners else "tags",
+                                "Move them to the load step, or to the pipeline's top level."))
     return LoadedStep(index, spec.type, spec.method, spec.name, spec.description, cfg,
                       cfg_raw, dict(spec.config), spec.condition, spec.retries,
-                      spec.pool), problems
+                      spec.pool, tuple(spec.owners) if spec.owners is not None else None,
+                      spec.tags), problems
 
 
 def _stand_in(index: int, config, model: type[StepModel] | None,
@@ -426,15 +470,14 @@ def with_params(pipeline: LoadedPipeline, step: LoadedStep, catalog: Catalog,
     label = step.label
     model = catalog.model_for(step.kind, step.method)
     try:
-        raw = substitute_config(step.template, params, None, model.sql_fields,
-                                model.sql_dialect)
+        raw = substitute_config(step.template, params, None, SqlSpec.of(model))
     except UnresolvedParameter as e:
         raise ConfigError([Problem(pipeline.file, f"placeholder ${{{e.name}}} has no value.",
                                    step.index, label, e.where, "Set it in the run's params.")]
                           ) from None
     except (BadDate, UnsafeInSql) as e:
         raise ConfigError([Problem(pipeline.file, f"{e}.", step.index, label,
-                                   getattr(e, "where", "config"), _PARAM_FIX)]) from None
+                                   getattr(e, "where", "config"), _param_fix(e))]) from None
     try:
         cfg = model.model_validate(raw)
     except ValidationError as e:

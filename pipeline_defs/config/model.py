@@ -1,6 +1,7 @@
 """Typed models of a pipeline file. Keys are camelCase, as in the original format."""
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -32,6 +33,30 @@ def _key_parts(value: list[str] | str) -> list[str]:
                          "\"sales/orders\" or [\"sales\", \"orders\"]")
     return parts
 
+
+def _owner(value: str) -> str:
+    if not (re.fullmatch(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,7}", value)
+            or (value.startswith("team:") and len(value) > 5)):
+        raise ValueError(f"owner '{value}' is neither an email address nor a team "
+                         "(\"team:data-platform\")")
+    return value
+
+
+def _tags(value: dict[str, str]) -> dict[str, str]:
+    for k, v in value.items():
+        if not re.fullmatch(r"([A-Za-z0-9_.-]{1,63}/)?[A-Za-z0-9_.-]{1,63}", k):
+            raise ValueError(f"tag key '{k}' may hold letters, digits, _ . - (at most 63, with "
+                             "an optional namespace/ before)")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{0,63}", v):
+            raise ValueError(f"tag '{k}': value '{v}' may hold letters, digits, _ . - (at most "
+                             "63): Dagster's rule for asset tags")
+    return value
+
+
+Owner = Annotated[str, AfterValidator(_owner)]
+"""Who to ask about a table: an email address or "team:<name>" (Dagster's asset owners)."""
+Tags = Annotated[dict[str, str], AfterValidator(_tags)]
+"""Dagster tags of a pipeline's runs and assets (Dagster's rules for asset tags)."""
 
 AssetKeyParts = Annotated[list[str] | str, AfterValidator(_key_parts)]
 """A load's Dagster asset key: "orders", "sales/orders" or ["sales", "orders"] (a list after
@@ -74,6 +99,10 @@ class StepModel(FormatModel):
     """Keys (as the file writes them; `merge.matchedCondition` for a nested one) whose strings
     are SQL (also the strings of the lists and maps they hold): a parameter's value
     substituted there must not be able to change the statement's structure."""
+    name_fields: ClassVar[frozenset[str]] = frozenset()
+    """Keys whose strings are names put into SQL (a JDBC `table`): values may build a name
+    (`${schema}.orders`, `${table}_km`) and nothing else; written with quotes, brackets or
+    spaces (a `(SELECT ...) t` subquery) they are SQL text as above."""
     sql_dialect: ClassVar[str] = "spark"
     """The SQL dialect of those strings (sqlglot's name): spark, postgres, mysql."""
 
@@ -177,6 +206,10 @@ class StepSpec(FormatModel):
                                     "failures (overrides the pipeline's).")
     pool: str | None = Field(None, pattern=POOL.pattern, description="Dagster concurrency pool "
                              "of this step (overrides the pipeline's).")
+    owners: list[Owner] | None = Field(None, description="A load's: the owners of the table it "
+                                       "writes (replacing the pipeline's `owners`).")
+    tags: Tags | None = Field(None, description="A load's: Dagster tags of the table it writes "
+                              "(over the pipeline's `tags`).")
 
 
 class StreamingSettings(FormatModel):
@@ -213,7 +246,12 @@ class PipelineConfig(FormatModel):
         description="Defaults for ${name} placeholders used in step configs. A default may "
                     "read the environment: \"${env:DATA_DIR:-/data}\". `pipeline run --param "
                     "name=value` overrides.")
-    tags: dict[str, str] = Field(default_factory=dict, description="Dagster tags for the job.")
+    tags: Tags = Field(default_factory=dict, description="Dagster tags of the job, its runs and "
+                       "its assets, e.g. {\"domain\": \"sales\", \"tier\": \"gold\"} "
+                       "(letters, digits, _ . -; a load's `tags` add to them for its table).")
+    owners: list[Owner] = Field(default_factory=list, description="Owners of the pipeline's "
+                                "tables: emails or \"team:<name>\" (a load's `owners` replace "
+                                "them for its table).")
     mask_columns: list[str] = Field(default_factory=list, description="Columns whose values "
                                     "are shown as *** in validation samples.")
     quarantine_root: str | None = Field(None, description="Where quarantined rows go by "

@@ -86,6 +86,11 @@ class Dependency(FormatModel):
         None, ge=1, description="Milliseconds to wait, once one upstream has succeeded, for "
                                 "the others; then that wait is given up (shown on the sensor's "
                                 "tick).")
+    catch_up: bool = Field(
+        False, description="false (Dagster's rule for run-status sensors): only upstream runs "
+        "that end after the sensor's first tick count. true: a run of the upstream that ended "
+        "before the sensor existed (since this pipeline last ran) counts too, so the first "
+        "tick may start this pipeline at once.")
 
 
 class Automation(FormatModel):

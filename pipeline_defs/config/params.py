@@ -11,6 +11,7 @@ import datetime as dt
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline_defs.config.dates import BadDate, iso, java_format, parse_time
@@ -67,8 +68,8 @@ def _resolve(expr: str, params: Mapping[str, str], env: Mapping[str, str], where
 class UnsafeInSql(ValueError):
     """A parameter's value that could change the structure of the SQL it is put into."""
 
-    def __init__(self, name: str, value: str, where: str, reason: str):
-        self.name, self.where = name, where
+    def __init__(self, name: str, value: str, where: str, reason: str, in_name: bool = False):
+        self.name, self.where, self.in_name = name, where, in_name
         super().__init__(f"the value of ${{{name}}} ({value[:40]!r}) cannot go into this SQL: "
                          f"{reason}")
 
@@ -82,52 +83,97 @@ def _is_sql(where: str, sql_fields: frozenset[str]) -> bool:
     return any(".".join(parts[:n]) in sql_fields for n in range(1, len(parts) + 1))
 
 
+# A name built from values (`${schema}.orders`, `${table}_km`): parts of letters, digits, _
+# and $, joined by dots; the template itself holds nothing else (no quote, space, bracket).
+_NAME_TEMPLATE = re.compile(r"(?:[A-Za-z0-9_$.]|\$\{[^}]*\})+")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(?:\.[A-Za-z_][A-Za-z0-9_$]*)*")
+
+
+@dataclass(frozen=True)
+class SqlSpec:
+    """Where a step's config holds SQL: `fields` are SQL text (in `dialect`, sqlglot's
+    name), where a value may never change the statement's structure; `names` are names put
+    into SQL (a JDBC table), where values may build a name and nothing else (a name field
+    written as SQL, a `(SELECT ...) t` subquery, is SQL text)."""
+    fields: frozenset[str] = frozenset()
+    names: frozenset[str] = frozenset()
+    dialect: str = "spark"
+
+    @classmethod
+    def of(cls, model) -> SqlSpec:
+        return cls(getattr(model, "sql_fields", frozenset()),
+                   getattr(model, "name_fields", frozenset()),
+                   getattr(model, "sql_dialect", "spark"))
+
+
+PLAIN = SqlSpec()
+
+
 def substitute(value: Any, params: Mapping[str, str], env: Mapping[str, str] | None = None,
-               where: str = "", sql_fields: frozenset[str] = frozenset(),
-               dialect: str = "spark") -> Any:
+               where: str = "", sql: SqlSpec = PLAIN) -> Any:
     """Replace placeholders in every string of `value` (recursively). `$${x}` stays literal.
-    Strings at a path in `sql_fields` are SQL text (in `dialect`), where a value may never
-    change the statement's structure (config/sqltext.py; UnsafeInSql otherwise)."""
+    Strings at a path in `sql.fields` are SQL text, where a value may never change the
+    statement's structure (config/sqltext.py); in `sql.names`, a name (UnsafeInSql
+    otherwise)."""
     env = os.environ if env is None else env
     if isinstance(value, str):
-        if not _is_sql(where, sql_fields):
-            def repl(m: re.Match) -> str:
-                if m.start() > 0 and value[m.start() - 1] == "$":
-                    return m.group(0)
-                return _resolve(m.group(1), params, env, where)
-            return _PLACEHOLDER.sub(repl, value).replace("$${", "${")
-        found = [Placeholder(m.start(), m.end(), m.group(1),
-                             _resolve(m.group(1), params, env, where))
-                 for m in _PLACEHOLDER.finditer(value)
-                 if not (m.start() > 0 and value[m.start() - 1] == "$")]
+        if _is_sql(where, sql.names) and _NAME_TEMPLATE.fullmatch(value):
+            return _name(value, params, env, where)
+        if not _is_sql(where, sql.fields | sql.names):
+            return _plain(value, params, env, where)
+        found = _found(value, params, env, where)
         try:
-            return substitute_sql(value, found, dialect).replace("$${", "${")
+            return substitute_sql(value, found, sql.dialect).replace("$${", "${")
         except UnsafeSqlValue as e:
             bad = next((p for p in found if f"${{{p.name}}}" in str(e)), found[0])
             raise UnsafeInSql(bad.name, bad.value, where, str(e)) from None
     if isinstance(value, list):
-        return [substitute(v, params, env, f"{where}[{i}]", sql_fields, dialect)
-                for i, v in enumerate(value)]
+        return [substitute(v, params, env, f"{where}[{i}]", sql) for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: substitute(v, params, env, f"{where}.{k}" if where else k, sql_fields,
-                              dialect)
+        return {k: substitute(v, params, env, f"{where}.{k}" if where else k, sql)
                 for k, v in value.items()}
     return value
 
 
+def _found(value: str, params, env, where: str) -> list[Placeholder]:
+    return [Placeholder(m.start(), m.end(), m.group(1), _resolve(m.group(1), params, env, where))
+            for m in _PLACEHOLDER.finditer(value)
+            if not (m.start() > 0 and value[m.start() - 1] == "$")]
+
+
+def _plain(value: str, params, env, where: str) -> str:
+    def repl(m: re.Match) -> str:
+        if m.start() > 0 and value[m.start() - 1] == "$":
+            return m.group(0)
+        return _resolve(m.group(1), params, env, where)
+    return _PLACEHOLDER.sub(repl, value).replace("$${", "${")
+
+
+def _name(value: str, params, env, where: str) -> str:
+    """A name field built from values: the result must be a (dotted) name."""
+    out = _plain(value, params, env, where)
+    if "$${" not in value and not _NAME.fullmatch(out):
+        found = _found(value, params, env, where)
+        bad = next((p for p in found if not re.fullmatch(r"[A-Za-z0-9_$.]*", p.value)),
+                   found[0] if found else Placeholder(0, 0, "?", out))
+        raise UnsafeInSql(bad.name, bad.value, where, f"this field is a name, and {out[:60]!r} "
+                          "is not one: a value put into a name may hold letters, digits, _ and "
+                          "$ (a dot between parts), never a space, quote, bracket or operator",
+                          in_name=True)
+    return out
+
+
 def substitute_config(config: Mapping[str, Any], params: Mapping[str, str],
-                      env: Mapping[str, str] | None, sql_fields: frozenset[str] = frozenset(),
-                      dialect: str = "spark") -> dict:
+                      env: Mapping[str, str] | None, sql: SqlSpec = PLAIN) -> dict:
     """A step's config with its placeholders filled: its own `parameters` first (they may use
-    the pipeline's params and ${DATE...}), then every key, SQL keys (paths as the file writes
-    them: `query`, `merge.matchedCondition`) guarded by a lexer of `dialect`."""
+    the pipeline's params and ${DATE...}), then every key, SQL keys and name keys (paths as
+    the file writes them: `query`, `merge.matchedCondition`) guarded as `sql` says."""
     scope = dict(params)
     own = config.get("parameters")
     if isinstance(own, dict):
         scope.update({k: str(v) for k, v in
                       substitute(own, params, env, "config.parameters").items()})
-    return {k: substitute(v, scope, env, f"config.{k}", sql_fields, dialect)
-            for k, v in config.items()}
+    return {k: substitute(v, scope, env, f"config.{k}", sql) for k, v in config.items()}
 
 
 def resolve_params(defaults: Mapping[str, str], overrides: Mapping[str, str],

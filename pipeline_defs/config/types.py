@@ -33,6 +33,9 @@ class LoadedStep:
     condition: str | None = None
     retries: Any = None  # config.orchestration.Retries
     pool: str | None = None
+    owners: tuple[str, ...] | None = None  # a load's owners of its table
+    tags: dict[str, str] | None = None  # a load's tags of its table
+    line: int | None = None  # where the step begins in its file (1-based)
 
     @property
     def label(self) -> str:

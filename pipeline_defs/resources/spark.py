@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 
 import dagster as dg
@@ -21,6 +22,7 @@ from pipeline_defs.spark_session import (  # noqa: F401 - re-exported
     refused,
     session,
     settings_from_env,
+    spark_start_seconds,
     start_in_background,
 )
 
@@ -104,6 +106,16 @@ class SparkResource(LazyPySparkResource):
         existing = SparkSession._instantiatedSession
         if existing is not None and existing.sparkContext._jsc is not None:
             self._apply_to(existing, context.log)
+        else:  # started here, so that no step is charged with the JVM's start
+            waited = time.perf_counter()
+            self._session = session(self.settings)
+            waited = time.perf_counter() - waited
+            if context.log is not None:
+                sc = self._session.sparkContext
+                context.log.info(
+                    f"Spark session started in {spark_start_seconds():.1f}s (master "
+                    f"{sc.master}, Spark {sc.version}, app {sc.applicationId}); the run waited "
+                    f"{waited:.1f}s for it before its first step")
         if context.instance is not None and context.run_id:
             self._watcher = RunWatcher(context.instance, context.run_id, self)
             self._watcher.start()

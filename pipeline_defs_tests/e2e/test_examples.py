@@ -194,12 +194,19 @@ def test_orders_quality_quarantines_exactly_the_bad_rows(run, spark, sample_data
     rules = checks["order_rules"]
     assert rules.passed is False and rules.severity.value == "WARN"
     md = rules.metadata
-    assert md["violations"].value == sum(len(v) for v in expect_bad.values())
+    # a row that broke two rules is one failing row, and two rule violations
+    assert md["failing_rows"].value == len(expect_bad) == md["quarantined_rows"].value
+    assert md["rule_violations"].value == sum(len(v) for v in expect_bad.values())
+    assert md["rule_violations"].value > md["failing_rows"].value  # the sample data has both
     assert md["action"].text == "quarantine"
     assert md["quarantine_location"].text == str(run.out / "quarantine" / "orders_2025")
-    samples = md["samples"].data
-    assert samples and all(s["customer_id"] == "***" for v in samples.values() for s in v)
-    assert all(len(v) <= 5 for v in samples.values())
+    samples = md["samples"].records  # a table: the rule, then the row (masked columns ***)
+    assert samples and all(r.data["customer_id"] == "***" for r in samples)
+    by_rule = {}
+    for r in samples:
+        by_rule.setdefault(r.data["rule"], []).append(r.data["order_id"])
+    assert all(len(v) <= 5 and all(expect_bad.get(int(i)) for i in v)
+               for v in by_rule.values()), by_rule
     assert checks["one_row_per_order"].passed and checks["enough_orders"].passed
     assert rules.asset_key.path == ["orders_2025"]
 

@@ -1,9 +1,10 @@
 """Orchestration from the pipeline files, against the real dagster-daemon and webserver on
 loopback: a schedule fires; `dependencies` start the downstream pipeline after its upstream
 succeeded, whether the upstream ran from `pipeline run` (in process, no code-location
-origin) or from the UI's API, never after a failed upstream; a `timeout` gives up a wait
-with its reason on the sensor's tick; `waitForCompletion: false` starts it with the
-upstream's start; lineage-driven automation; a backfill of three
+origin) or from the UI's API, never after a failed upstream, and not for an upstream run that
+ended before the sensor existed (unless `catchUp`); a `timeout` gives up a wait
+with its reason on the sensor's tick; `waitForCompletion: false` starts it while a long
+upstream is still running; lineage-driven automation; a backfill of three
 partitions through the API runs each once with its own ${DATE}, and a partitioned pipeline
 depending on it runs the same three partitions; a partitioned pipeline's newFiles run is for
 its latest complete partition."""
@@ -74,6 +75,25 @@ def wait_ticks(home: Path, sensor: str, n: int, log: Path, since: float | None =
     _wait(done, 240, log)
 
 
+def schedule(port: int, name: str, action: str) -> None:
+    """Starts or stops a schedule, as its toggle in the UI does."""
+    repo = gql(port, """{ repositoriesOrError { ... on RepositoryConnection { nodes {
+        name location { name } } } } }""")["repositoriesOrError"]["nodes"][0]
+    selector = {"repositoryLocationName": repo["location"]["name"],
+                "repositoryName": repo["name"], "scheduleName": name}
+    if action == "start":
+        got = gql(port, """mutation($s: ScheduleSelector!) { startSchedule(scheduleSelector:
+            $s) { __typename ... on PythonError { message } } }""", {"s": selector})
+        assert got["startSchedule"]["__typename"] == "ScheduleStateResult", got
+        return
+    state = gql(port, """query($s: ScheduleSelector!) { scheduleOrError(scheduleSelector: $s)
+        { ... on Schedule { scheduleState { id } } } }""", {"s": selector})
+    got = gql(port, """mutation($id: String!) { stopRunningSchedule(id: $id) { __typename
+        ... on PythonError { message } } }""",
+              {"id": state["scheduleOrError"]["scheduleState"]["id"]})
+    assert got["stopRunningSchedule"]["__typename"] == "ScheduleStateResult", got
+
+
 def test_schedule_and_dependencies_on_the_real_daemon(tmp_path):
     data, out, configs = tmp_path / "data", tmp_path / "out", tmp_path / "configs"
     data.mkdir()
@@ -83,11 +103,24 @@ def test_schedule_and_dependencies_on_the_real_daemon(tmp_path):
     _pipeline(configs, "up", good, out)
     _pipeline(configs, "never", good, out)
     _pipeline(configs, "down", good, out, dependencies=[{"pipeline": "up"}])
-    _pipeline(configs, "early", good, out, dependencies=[{"pipeline": "up",
+    _pipeline(configs, "catching", good, out, dependencies=[{"pipeline": "up",
+                                                             "catchUp": True}])
+    # a long upstream (its one row sleeps 30 s in Spark), and a pipeline started by its start
+    write_json(configs / "slow.json", {"name": "slow", "steps": [
+        {"type": "extract", "method": "fromFile",
+         "config": {"path": good, "format": "csv", "schema": "id INT, v INT"}},
+        {"type": "transform", "method": "filterRows", "config": {"condition": "id = 1"}},
+        {"type": "transform", "method": "enrichData", "config": {"columns": {
+            "slept": "reflect('java.lang.Thread', 'sleep', 30000L)"}}},
+        {"type": "load", "method": "toFile", "config": {
+            "path": str(out / "slow"), "format": "parquet", "mode": "overwrite"}}]})
+    _pipeline(configs, "early", good, out, dependencies=[{"pipeline": "slow",
                                                           "waitForCompletion": False}])
     _pipeline(configs, "both", good, out, dependencies=[
         {"pipeline": "up"}, {"pipeline": "never", "timeout": 2000}])
-    _pipeline(configs, "ticker", good, out, schedule={"cron": "* * * * *", "timezone": "UTC"})
+    # every minute, but stopped: the test starts it when it looks at it, then stops it
+    _pipeline(configs, "ticker", good, out, schedule={"cron": "* * * * *", "timezone": "UTC",
+                                                      "enabled": False})
     # reads what `up` writes; runs whenever `up` updates it (Declarative Automation)
     write_json(configs / "follower.json", {
         "name": "follower", "automation": "eager", "steps": [
@@ -140,28 +173,58 @@ def test_schedule_and_dependencies_on_the_real_daemon(tmp_path):
              "config": {"columns": {"day": "'${DATE}'"}}},
             {"type": "load", "method": "toFile", "config": {
                 "path": str(out / "parted_files"), "format": "parquet", "mode": "append"}}]})
-    with serve(tmp_path, configs, {"PIPELINE_SENSOR_INTERVAL": "1"},
-              "auto_materialize:\n  minimum_interval_seconds: 5\n") as (port, _):
-        _scenario(port, tmp_path, configs, data, out)
-
-
-def _scenario(port: int, tmp_path: Path, configs: Path, data: Path, out: Path) -> None:
-    home, log = tmp_path / "dagster_home", tmp_path / "daemon.log"
+    # 0. `up` ran before any sensor existed (no daemon yet)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
     env = {**os.environ, "DAGSTER_HOME": str(home), "SPARK_MASTER": "local[1]",
            "PIPELINE_CONFIG_DIR": str(configs)}
+    r = subprocess.run([PIPELINE, "run", str(configs / "up.json")], env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    with serve(tmp_path, configs, {"PIPELINE_SENSOR_INTERVAL": "1"},
+              "auto_materialize:\n  minimum_interval_seconds: 5\n") as (port, _):
+        _scenario(port, tmp_path, configs, data, out, env)
+
+
+def _scenario(port: int, tmp_path: Path, configs: Path, data: Path, out: Path,
+              env: dict) -> None:
+    home, log = tmp_path / "dagster_home", tmp_path / "daemon.log"
+    (up0,) = _runs(home, "up")
+
+    # 0. that run counts for a dependency with catchUp only (Dagster's rule for run-status
+    #    sensors: only runs that end after the sensor's first tick)
+    (caught,) = _wait(lambda: _finished(home, "catching", 1), 240, log)
+    assert caught.status == dg.DagsterRunStatus.SUCCESS
+    assert up0.run_id in caught.tags["pipeline/triggered_by"]
+    wait_ticks(home, "down_after_upstreams", 3, log)
+    assert not _runs(home, "down")
+    first = min(_ticks(home, "down_after_upstreams"), key=lambda t: t.timestamp)
+    assert first.skip_reason.startswith("Initiated: only upstream runs that end after this "
+                                        "tick count"), first.skip_reason
 
     # 1. upstream from the command line (in process: no code-location origin)
     r = subprocess.run([PIPELINE, "run", str(configs / "up.json")], env=env, cwd=REPO,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    (up1,) = _runs(home, "up")
+    up1 = _runs(home, "up")[-1]
     (down1,) = _wait(lambda: _finished(home, "down", 1), 240, log)
     assert down1.status == dg.DagsterRunStatus.SUCCESS
     assert up1.run_id in down1.tags["pipeline/triggered_by"]
     assert pq.read_table(out / "down").num_rows == 3
-    # waitForCompletion false: started by the upstream run's start
-    early1 = _wait(lambda: _finished(home, "early", 1), 240, log)[0]
-    assert up1.run_id in early1.tags["pipeline/triggered_by"]
+    again = _wait(lambda: _finished(home, "catching", 2), 240, log)[1]
+    assert up1.run_id in again.tags["pipeline/triggered_by"]
+
+    # waitForCompletion false: `early` is requested while `slow` (30 s) is still running
+    slow = launch(port, "slow")
+    (early1,) = _wait(lambda: _finished(home, "early", 1), 240, log)
+    assert slow in early1.tags["pipeline/triggered_by"]
+    _wait(lambda: run_status(port, slow) in ("SUCCESS", "FAILURE"), 240, log)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        up_run = instance.get_run_record_by_id(slow)
+        requested = instance.get_run_record_by_id(early1.run_id).create_timestamp.timestamp()
+    assert up_run.dagster_run.status == dg.DagsterRunStatus.SUCCESS
+    assert up_run.start_time < requested < up_run.end_time - 10, (
+        up_run.start_time, requested, up_run.end_time)
 
     # 2. a failed upstream run starts nothing
     r = subprocess.run([PIPELINE, "run", str(configs / "up.json"), "--param",
@@ -248,8 +311,11 @@ def _scenario(port: int, tmp_path: Path, configs: Path, data: Path, out: Path) -
     assert dropped.tags["dagster/partition"] == "2024-01-03"
     assert pq.read_table(out / "parted_files").to_pylist() == [{"id": 7, "day": "2024-01-03"}]
 
-    # 7. the schedule (every minute) fired and its run succeeded
+    # 7. the schedule (every minute), started from the UI's API, fired and its run
+    #    succeeded; then stopped, so it does not fire for the rest of the test
+    schedule(port, "ticker_schedule", "start")
     (tick,) = _wait(lambda: _finished(home, "ticker", 1), 300, log)[:1]
+    schedule(port, "ticker_schedule", "stop")
     assert tick.status == dg.DagsterRunStatus.SUCCESS
     assert tick.tags["dagster/schedule_name"] == "ticker_schedule"
 

@@ -58,7 +58,7 @@ def serve(tmp_path, config_dir, extra_env, instance_yaml: str = "",
     `instance_file`: the instance/ file to start from; `instance_yaml`: settings added."""
     port = free_port()
     home = tmp_path / "dagster_home"
-    home.mkdir()
+    home.mkdir(exist_ok=True)  # a test may have run pipelines there before
     (home / "dagster.yaml").write_text((REPO / "instance" / instance_file).read_text()
                                        + instance_yaml)
     env = {**os.environ, "DAGSTER_HOME": str(home), "SPARK_MASTER": "local[2]",

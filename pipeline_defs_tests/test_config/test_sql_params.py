@@ -5,6 +5,7 @@ it holds that quote or a backslash, and otherwise lands as the literal's own tex
 then selects exactly the rows equal to the value (checked with pandas)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline_defs.config.loader import load_pipeline
-from pipeline_defs.config.params import substitute_config
+from pipeline_defs.config.params import SqlSpec, substitute_config
 from pipeline_defs.errors import ConfigError
 from pipeline_defs_tests.conftest import run_job, write_json
 
@@ -116,8 +117,10 @@ HOSTILE = ["'", '"', "`", "\\", "--", "/* */", "*/", "a\nb", "\u2019", "\u201cx\
 
 def test_the_table_covers_every_sql_field_of_every_method(registry):
     declared = {(f"{d.kind}.{m}", f) for d in registry.all() for m in [d.method]
-                for f in d.model.sql_fields}
+                for f in d.model.sql_fields | d.model.name_fields}
     assert declared == {(m, f) for m, f, _ in FIELDS}
+    names = {(f"{d.kind}.{d.method}", f) for d in registry.all() for f in d.model.name_fields}
+    assert {f for _, f in names} == NAMES
 
 
 def _pipeline(tmp_path: Path, method: str, path: str, text: str) -> Path:
@@ -150,8 +153,15 @@ def _dialect(registry, method: str) -> str:
 def test_outside_quotes_a_value_is_one_number_or_boolean(tmp_path, registry, method, path):
     text = "${v}" if path in NAMES else "x = ${v}"
     for value in HOSTILE:
+        if path in NAMES and re.fullmatch(r"[A-Za-z_]\w*", value):  # a name field takes a name
+            p = load_pipeline(_pipeline(tmp_path, method, path, text), registry, {"v": value})
+            step = next(s for s in p.steps if s.label == method)
+            assert value in _strings(step.raw_config)
+            continue
         message = _refused(tmp_path, registry, method, path, text, value)
-        assert "In SQL a value is a literal" in message  # the fix
+        # the fix
+        assert ("Pass a name such as" if path in NAMES else "In SQL a value is a literal") \
+            in message, message
     for value, expect in (("42", "42"), ("-1.5", "-1.5"), ("1e3", "1e3"), ("true", "true")):
         if path in NAMES:  # a number is no name: Spark or the database says so
             continue
@@ -209,7 +219,7 @@ def _strings(v) -> list[str]:
 def test_where_a_placeholder_sits_is_decided_by_the_lexer(text, value, ok):
     from pipeline_defs.config.params import UnsafeInSql
     call = lambda: substitute_config({"condition": text}, {"v": value}, {},  # noqa: E731
-                                     frozenset({"condition"}))
+                                     SqlSpec(frozenset({"condition"})))
     if ok:
         assert call()["condition"] == text.replace("${v}", value)
     else:
@@ -229,9 +239,36 @@ def test_where_a_placeholder_sits_is_decided_by_the_lexer(text, value, ok):
 def test_database_dialects(dialect, text, value, ok):
     from pipeline_defs.config.params import UnsafeInSql
     call = lambda: substitute_config({"query": text}, {"v": value}, {},  # noqa: E731
-                                     frozenset({"query"}), dialect)
+                                     SqlSpec(frozenset({"query"}), dialect=dialect))
     if ok:
         assert call()["query"] == text.replace("${v}", value)
+    else:
+        with pytest.raises(UnsafeInSql):
+            call()
+
+
+@pytest.mark.parametrize("dialect, text, values, ok", [
+    # a name built from values: schema and table names from params are everyday practice
+    ("postgres", "${schema}.orders", {"schema": "sales_2024"}, "sales_2024.orders"),
+    ("postgres", "${table}_km", {"table": "by_region"}, "by_region_km"),
+    ("mysql", "${db}.${table}", {"db": "shop", "table": "t$1"}, "shop.t$1"),
+    ("postgres", "${table}_km", {"table": "x; DROP TABLE t"}, None),
+    ("postgres", "${schema}.orders", {"schema": "a b"}, None),
+    ("mysql", "${table}", {"table": "t WHERE 1=1"}, None),
+    ("mysql", "${table}", {"table": "(SELECT 1)"}, None),
+    ("postgres", "${table}", {"table": "1st"}, None),  # not a name
+    # written as SQL (a subquery), the field is SQL text: the value is a literal
+    ("postgres", "(SELECT * FROM t WHERE n = ${v}) s", {"v": "5"},
+     "(SELECT * FROM t WHERE n = 5) s"),
+    ("postgres", "(SELECT * FROM t WHERE n = ${v}) s", {"v": "n"}, None),
+    ("postgres", '"${v}"', {"v": "odd name"}, '"odd name"'),  # a quoted identifier
+])
+def test_a_name_field_takes_a_name_built_from_values(dialect, text, values, ok):
+    from pipeline_defs.config.params import UnsafeInSql
+    call = lambda: substitute_config({"table": text}, values, {},  # noqa: E731
+                                     SqlSpec(names=frozenset({"table"}), dialect=dialect))
+    if ok:
+        assert call()["table"] == ok
     else:
         with pytest.raises(UnsafeInSql):
             call()

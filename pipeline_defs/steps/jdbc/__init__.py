@@ -46,8 +46,9 @@ class JdbcHints(FormatModel):
 
 
 class FromJdbc(JdbcConnection):
-    # SQL text: the query, and the names spliced into the SQL sent to the database
-    sql_fields: ClassVar[frozenset[str]] = frozenset({"query", "table", "partitionColumn"})
+    sql_fields: ClassVar[frozenset[str]] = frozenset({"query"})  # SQL text
+    # names spliced into the SQL sent to the database
+    name_fields: ClassVar[frozenset[str]] = frozenset({"table", "partitionColumn"})
     uses_current = False
 
     def location(self) -> str | None:
@@ -143,7 +144,7 @@ def from_mysql(df: None, cfg: FromMySQL, ctx: StepContext) -> DataFrame:
 
 # ---------------------------------------------------------------- writes
 class ToJdbc(JdbcConnection, StreamingSink):
-    sql_fields: ClassVar[frozenset[str]] = frozenset({"table"})  # spliced into its SQL
+    name_fields: ClassVar[frozenset[str]] = frozenset({"table"})  # spliced into its SQL
     table: str = Field(description="Target table, e.g. public.customer_summary (created when "
                                    "missing).")
     mode: Literal["append", "overwrite", "upsert", "errorifexists", "error", "ignore"] = Field(

@@ -206,12 +206,7 @@ def evaluate(df: DataFrame, group: list[Pending], raise_failures: bool = True) -
     masked = set(group[-1].ctx.mask_columns)
     data_cols = [c for c in df.columns if not c.startswith("__dq_")]
     base = df.withColumns(dict(flags)) if flags else df
-    seen = [~gone if gone is not None else F.lit(True) for gone in removed_before]
-    aggs = [F.count(F.lit(1)).alias("__rows")]
-    aggs += [F.count(F.when(seen[k], 1)).alias(f"rows{k}")
-             for k in range(len(group)) if removed_before[k] is not None]
-    aggs += [F.count(F.when(r.violates, 1)).alias(f"r{i}") for i, r in enumerate(rules)]
-    aggs += [r.value(seen[k]).alias(f"d{i}") for i, (k, r) in enumerate(dataset)]
+    aggs = _aggregates(len(group), removed_before, rules, owner, dataset)
     kept = df if data_cols == df.columns else df.select(*data_cols)
     if removed is not None:
         kept = base.filter(~removed).select(*data_cols)
@@ -237,7 +232,8 @@ def evaluate(df: DataFrame, group: list[Pending], raise_failures: bool = True) -
                 n, detail = r.judge(agg[f"d{i}"], rows)
                 results.append(RuleResult(r.name, r.text, r.columns, n, detail))
         results += [RuleResult("schema", e, (), 1, e) for e in p.schema_errors]
-        message = _report(p, results, rows, {r.name for _, r in dataset})
+        failing = int(agg[f"f{k}"]) if agg and f"f{k}" in agg else 0
+        message = _report(p, results, rows, {r.name for _, r in dataset}, failing)
         if p.finalize:
             p.finalize(results, rows)
         if message and p.cfg.on_failure == "fail" and not p.ctx.metadata["passed"]:
@@ -246,6 +242,26 @@ def evaluate(df: DataFrame, group: list[Pending], raise_failures: bool = True) -
     if failures and raise_failures:
         raise ValidationFailed(" ".join(failures))
     return kept
+
+
+def _aggregates(steps: int, removed_before: list[Column | None], rules: list[RowRule],
+                owner: list[int], dataset: list) -> list[Column]:
+    """What the group's one pass counts: all rows (`__rows`), the rows each step saw after
+    earlier drops (`rows<k>`), each rule's violations (`r<i>`), the rows that broke at least
+    one of a step's row rules (`f<k>`: one row may break several), each dataset rule's
+    value (`d<i>`)."""
+    seen = [~gone if gone is not None else F.lit(True) for gone in removed_before]
+    aggs = [F.count(F.lit(1)).alias("__rows")]
+    aggs += [F.count(F.when(seen[k], 1)).alias(f"rows{k}")
+             for k in range(steps) if removed_before[k] is not None]
+    aggs += [F.count(F.when(r.violates, 1)).alias(f"r{i}") for i, r in enumerate(rules)]
+    for k in range(steps):
+        mine = [r.violates for i, r in enumerate(rules) if owner[i] == k]
+        if mine:
+            aggs.append(F.count(F.when(F.greatest(*mine) if len(mine) > 1 else mine[0], 1))
+                        .alias(f"f{k}"))
+    aggs += [r.value(seen[k]).alias(f"d{i}") for i, (k, r) in enumerate(dataset)]
+    return aggs
 
 
 def _quarantine(base: DataFrame, data_cols: list[str], aggs: list[Column],
@@ -276,14 +292,20 @@ def _quarantine(base: DataFrame, data_cols: list[str], aggs: list[Column],
     return counts
 
 
-def _report(p: Pending, results: list[RuleResult], rows: int | None, dataset: set[str]
-            ) -> str | None:
-    """Fill the step's metadata and results; warn; return the failure message if any."""
+def _report(p: Pending, results: list[RuleResult], rows: int | None, dataset: set[str],
+            failing_rows: int = 0) -> str | None:
+    """Fill the step's metadata and results; warn (one sentence: the samples are in the
+    metadata); return the failure message if any. `failing_rows`: rows that broke at least
+    one row rule; with the broken dataset and schema rules, what maxViolations bounds."""
     cfg, ctx = p.cfg, p.ctx
     violations = sum(r.violations for r in results)
-    ok = passes(cfg, violations, rows or 0)
+    failing = failing_rows + sum(r.violations for r in results
+                                 if r.name == "schema" or r.name in dataset)
+    ok = passes(cfg, failing, rows or 0)
     if rows is not None:
         ctx.metadata["rows"] = rows
+    ctx.metadata["failing_rows"] = failing_rows
+    ctx.metadata["rule_violations"] = violations
     ctx.metadata["violations"] = {r.name: r.violations for r in results}
     ctx.metadata["passed"] = ok
     ctx.metadata["action"] = cfg.on_failure
@@ -298,10 +320,11 @@ def _report(p: Pending, results: list[RuleResult], rows: int | None, dataset: se
             parts.append(f"{r.name}: `{r.text}` does not hold ({r.detail})")
         else:
             parts.append(f"{r.name}: {r.violations} of {rows} rows violate `{r.text}`")
-    message = f"{ctx.method} found problems: " + "; ".join(parts) + "."
-    samples = [f"{r.name}: {r.samples[:SAMPLES]}" for r in results if r.samples]
-    if samples:
-        message += " Samples: " + "; ".join(samples) + "."
+    rows_part = f"{failing_rows} of {rows} rows broke a rule" if failing_rows and rows else ""
+    message = f"{ctx.method} found problems" + (f" ({rows_part})" if rows_part else "") + \
+        ": " + "; ".join(parts) + "."
+    if any(r.samples for r in results):
+        message += " Samples of the rows are in the step's metadata."
     if not (cfg.on_failure == "fail" and not ok):
         ctx.log.warning(message + f" [action: {cfg.on_failure}]")
     return message
