@@ -269,7 +269,10 @@ def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | No
               # dagster.yaml limits runs per value of this tag to one (streaming pipelines)
               **({"pipeline/streaming": plan.job_name} if p.config.mode == "streaming"
                  else {})},
-        metadata={"pipeline_file": p.file, "steps": len(p.steps)},
+        metadata={"pipeline_file": p.file, "steps": len(p.steps),
+                  "dagster/code_references": dg.CodeReferencesMetadataValue(code_references=[
+                      dg.LocalFileCodeReference(file_path=str(Path(p.file).resolve()),
+                                                line_number=1, label=Path(p.file).name)])},
         description=p.config.description or f"Pipeline '{p.name}' from {p.file}")
     remember(graph.name, p)  # the run's metrics find the pipeline of its steps
     return PipelineDefs(assets, job, graph, plan, load_keys, source_keys, check_targets,

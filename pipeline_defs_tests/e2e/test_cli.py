@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,12 +55,21 @@ def test_run_records_in_dagster_home_and_prints_summary(tmp_path, sample_data):
     assert "pipeline customer-upsert: SUCCESS" in r.stdout
     summary = r.stdout[r.stdout.index("pipeline customer-upsert"):]
     assert "latest_change" in summary and f"-> {out}/delta/customers" in summary
+    assert r.stdout.count("pipeline customer-upsert: SUCCESS") == 1
+    # the SparkSession's start is its own line, charged to no step
+    assert re.search(r"\n  Spark session started in \d+\.\ds", summary), summary
     with dg.DagsterInstance.from_config(str(home)) as instance:
         runs = instance.get_runs()
         assert len(runs) == 1 and runs[0].job_name == "customer_upsert"
         assert runs[0].status == dg.DagsterRunStatus.SUCCESS
         key = dg.AssetKey(["customers"])
         assert instance.get_latest_materialization_event(key) is not None
+        logs = instance.all_logs(runs[0].run_id)
+    (started,) = [e for e in logs if e.user_message.startswith("Spark session started in")]
+    steps = [e for e in logs if e.dagster_event and e.dagster_event.event_type_value ==
+             "STEP_START"]
+    assert len(steps) == 5 and all(started.timestamp <= e.timestamp for e in steps)
+    assert logs.index(started) < logs.index(steps[0])
 
 
 def test_failing_step_fails_the_run_with_its_message_first(tmp_path, sample_data):

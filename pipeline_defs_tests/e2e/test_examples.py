@@ -43,8 +43,8 @@ def run(spark, sample_data, tmp_path):
     def go(job: str, data_dir: Path = sample_data) -> dg.ExecuteInProcessResult:
         defs = build_definitions(configs, params={"data_dir": str(data_dir),
                                                   "output_dir": str(out)})
-        result = defs.resolve_job_def(job).execute_in_process(
-            instance=dg.DagsterInstance.ephemeral())
+        go.instance = dg.DagsterInstance.ephemeral()  # its event log: the run's log lines
+        result = defs.resolve_job_def(job).execute_in_process(instance=go.instance)
         assert result.success
         return result
     go.out = out
@@ -209,6 +209,15 @@ def test_orders_quality_quarantines_exactly_the_bad_rows(run, spark, sample_data
                for v in by_rule.values()), by_rule
     assert checks["one_row_per_order"].passed and checks["enough_orders"].passed
     assert rules.asset_key.path == ["orders_2025"]
+    # the run's log says it in one sentence; the sample rows are in the metadata, not the log
+    (warning,) = [e.user_message for e in run.instance.all_logs(result.run_id)
+                  if "found problems" in e.user_message]
+    assert warning.startswith(f"validate.validateBusinessRules found problems "
+                              f"({len(expect_bad)} of {len(orders)} rows broke a rule): "), \
+        warning
+    assert warning.endswith("Samples of the rows are in the step's metadata. "
+                            "[action: quarantine]"), warning
+    assert "{" not in warning and "\n" not in warning and len(warning) < 600, warning
 
 
 def test_asset_checks_are_declared(tmp_path):
