@@ -1,39 +1,148 @@
-"""Fixtures for the real servers (started by scripts/services.sh, which `make test` runs; a
-plain `pytest` starts them too) and the Vault double. Each test gets its own database, user
-and password, created here and dropped afterwards."""
+"""Fixtures for the real servers. The test session owns each one it uses (owned.py): it
+starts it as its own child, in a directory of its own, on a port proven to be held by that
+process, and stops it at the end; it never adopts a server that happens to answer on a port.
+Each test gets its own database, user and password, created here and dropped afterwards;
+S3 is emptied before each test (the session's own server); each test that pushes metrics gets
+a Pushgateway of its own."""
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import signal
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from pipeline_defs_tests.conftest import REPO
+from pipeline_defs_tests.owned import (
+    Owned,
+    remove,
+    session_dir,
+    start_on_port,
+    start_on_port_zero,
+)
 from pipeline_defs_tests.vault_double import VaultDouble
 
-PG_PORT = int(os.environ.get("PIPELINE_PG_PORT", "55432"))
-MYSQL_PORT = int(os.environ.get("PIPELINE_MYSQL_PORT", "53306"))
-S3_PORT = int(os.environ.get("PIPELINE_S3_PORT", "55900"))
-S3_ENDPOINT = f"http://127.0.0.1:{S3_PORT}"
-SERVICES_DIR = Path(os.environ.get("PIPELINE_SERVICES_DIR", "/tmp/pipeline_defs-services"))
-PG_CA = SERVICES_DIR / "postgres-ca.crt"  # the test server's self-signed TLS certificate
-PUSHGATEWAY = f"http://127.0.0.1:{os.environ.get('PIPELINE_PUSHGATEWAY_PORT', '29091')}"
+BIN = Path(sys.executable).parent
 
 
-def start(script: str) -> None:
-    """Runs scripts/<script> up (idempotent: a no-op for what already runs)."""
-    r = subprocess.run(["bash", str(REPO / "scripts" / script), "up"], capture_output=True,
-                       text=True)
-    assert r.returncode == 0, f"scripts/{script} up failed:\n{r.stdout}{r.stderr}"
+def _installed(command: str, package: str) -> str:
+    found = shutil.which(command) or (command if Path(command).exists() else None)
+    if not found:
+        pytest.fail(f"{command} is missing: `make test` installs it (scripts/services.sh "
+                    f"install: Debian's {package})")
+    return found
+
+
+def _chown(path: Path, user: str) -> None:
+    if os.geteuid() == 0:
+        shutil.chown(path, user, user)
+
+
+# ---------------------------------------------------------------- PostgreSQL
+@dataclass
+class PostgresServer:
+    port: int
+    ca: Path  # the server's self-signed TLS certificate (sslrootcert)
+
+
+def _pg_bin() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+    if not found:
+        pytest.fail("PostgreSQL is missing: `make test` installs it (scripts/services.sh "
+                    "install: Debian's postgresql)")
+    return found[-1]
 
 
 @pytest.fixture(scope="session")
-def services():
-    """PostgreSQL, MariaDB and the S3 server."""
-    start("services.sh")
+def postgres_server():
+    """This session's PostgreSQL: initdb'd in a new directory, TLS on (a self-signed
+    certificate, copied out as the CA), admin `postgres` trusted on loopback, every other
+    user by password (scram-sha-256)."""
+    import psycopg
+    bin_, root = _pg_bin(), session_dir("postgres")
+    data = root / "data"
+    _chown(root, "postgres")
+    subprocess.run(["runuser", "-u", "postgres", "--"] * (os.geteuid() == 0) + [
+        str(bin_ / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8",
+        "--locale=C.UTF-8", "--auth-local=trust", "--auth-host=scram-sha-256"],
+        check=True, capture_output=True)
+    (data / "pg_hba.conf").write_text("local all all trust\nhost all postgres 127.0.0.1/32 "
+                                      "trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+    subprocess.run(["openssl", "req", "-new", "-x509", "-days", "30", "-nodes", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-keyout", str(data / "server.key"), "-out", str(data / "server.crt")],
+                   check=True, capture_output=True)
+    (data / "server.key").chmod(0o600)
+    for f in ("pg_hba.conf", "server.key", "server.crt"):
+        _chown(data / f, "postgres")
+    ca = root / "postgres-ca.crt"
+    shutil.copy(data / "server.crt", ca)
+    ca.chmod(0o644)
+    owned = Owned("postgres", root)
+
+    def ready(ports):
+        try:
+            with psycopg.connect(host="127.0.0.1", port=ports[0], user="postgres",
+                                 dbname="postgres", connect_timeout=2) as c:
+                return c.execute("SHOW data_directory").fetchone()[0] == str(data)
+        except psycopg.Error:
+            return False
+    (port,) = start_on_port("PostgreSQL", owned, 1, lambda ports: owned.popen(
+        [str(bin_ / "postgres"), "-D", str(data), "-p", str(ports[0]), "-k", str(data),
+         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
+         "-c", "full_page_writes=off", "-c", "max_connections=200", "-c", "ssl=on"],
+        user="postgres"), ready)
+    yield PostgresServer(port, ca)
+    owned.stop(signal.SIGINT)  # PostgreSQL's fast shutdown
+    remove(root)
+
+
+# ---------------------------------------------------------------- MariaDB
+@pytest.fixture(scope="session")
+def mariadb_server():
+    """This session's MariaDB (MySQL protocol): a new data directory; root by socket, and
+    `pipeline_admin` (no password, loopback only) for the tests' set-up."""
+    mariadbd = _installed("mariadbd", "mariadb-server")
+    root = session_dir("mariadb")
+    data, sock = root / "data", root / "mysql.sock"
+    _chown(root, "mysql")
+    subprocess.run(["mariadb-install-db", "--user=mysql", f"--datadir={data}",
+                    "--auth-root-authentication-method=socket", "--skip-test-db"],
+                   check=True, capture_output=True)
+    owned = Owned("mariadb", root)
+
+    def ping(_ports) -> bool:
+        return subprocess.run(["mariadb-admin", f"--socket={sock}", "-uroot", "ping"],
+                              capture_output=True).returncode == 0
+    (port,) = start_on_port("MariaDB", owned, 1, lambda ports: owned.popen([
+        mariadbd, "--user=mysql", f"--datadir={data}", f"--port={ports[0]}",
+        "--bind-address=127.0.0.1", f"--socket={sock}", f"--pid-file={root / 'mariadb.pid'}",
+        "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=0",
+        "--innodb-buffer-pool-size=256M", "--max-connections=200"]), ping)
+    subprocess.run(["mariadb", f"--socket={sock}", "-uroot", "-e",
+                    "CREATE USER 'pipeline_admin'@'127.0.0.1'; GRANT ALL PRIVILEGES ON *.* TO "
+                    "'pipeline_admin'@'127.0.0.1' WITH GRANT OPTION;"], check=True)
+    yield port
+    owned.stop()
+    remove(root)
+
+
+# ---------------------------------------------------------------- S3 (moto)
+@pytest.fixture(scope="session")
+def s3_server():
+    """This session's S3 server (moto), on a port the kernel chose."""
+    root = session_dir("moto")
+    owned = Owned("moto", root)
+    (port,) = start_on_port_zero("moto's S3 server", owned, lambda: owned.popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", "0"]))
+    yield f"http://127.0.0.1:{port}"
+    owned.stop()
+    remove(root)
 
 
 @dataclass
@@ -45,6 +154,7 @@ class Database:
     username: str
     password: str
     admin: object = field(repr=False, default=None)
+    ca: Path | None = None  # PostgreSQL's: the CA its TLS certificate verifies with
 
     def secret(self) -> dict:
         """The JDBC secret shape of the original format."""
@@ -66,21 +176,22 @@ def _name(prefix: str) -> str:
 
 
 @pytest.fixture
-def pg(services):
+def pg(postgres_server):
     """A fresh PostgreSQL database owned by a fresh user with a random password."""
     import psycopg
+    port = postgres_server.port
     db, user, pw = _name("t"), _name("u"), "pg-" + secrets.token_urlsafe(12)
-    with psycopg.connect(host="127.0.0.1", port=PG_PORT, user="postgres", dbname="postgres",
+    with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
                          autocommit=True) as c:
         c.execute(f"CREATE USER {user} PASSWORD '{pw}' CREATEROLE")
         c.execute(f"CREATE DATABASE {db} OWNER {user}")
-    admin = psycopg.connect(host="127.0.0.1", port=PG_PORT, user="postgres", dbname=db,
+    admin = psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname=db,
                             autocommit=True)
     admin.execute(f"ALTER SCHEMA public OWNER TO {user}")
     admin.execute(f"SET ROLE {user}")  # objects the test creates belong to the pipeline's user
-    yield Database("postgres", "127.0.0.1", PG_PORT, db, user, pw, admin)
+    yield Database("postgres", "127.0.0.1", port, db, user, pw, admin, postgres_server.ca)
     admin.close()
-    with psycopg.connect(host="127.0.0.1", port=PG_PORT, user="postgres", dbname="postgres",
+    with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
                          autocommit=True) as c:
         c.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
         c.execute(f"DROP ROLE IF EXISTS reader_{db}")
@@ -88,19 +199,19 @@ def pg(services):
 
 
 @pytest.fixture
-def mysql(services):
+def mysql(mariadb_server):
     """A fresh MariaDB database with a user (and random password) allowed only on it."""
     import pymysql
+    port = mariadb_server
     db, user, pw = _name("t"), _name("u"), "my-" + secrets.token_urlsafe(12)
-    root = pymysql.connect(host="127.0.0.1", port=MYSQL_PORT, user="pipeline_admin",
-                           autocommit=True)
+    root = pymysql.connect(host="127.0.0.1", port=port, user="pipeline_admin", autocommit=True)
     with root.cursor() as cur:
         cur.execute(f"CREATE DATABASE {db}")
         cur.execute(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{pw}'")
         cur.execute(f"GRANT ALL PRIVILEGES ON {db}.* TO '{user}'@'127.0.0.1'")
-    admin = pymysql.connect(host="127.0.0.1", port=MYSQL_PORT, user="pipeline_admin",
+    admin = pymysql.connect(host="127.0.0.1", port=port, user="pipeline_admin",
                             database=db, autocommit=True)
-    yield Database("mysql", "127.0.0.1", MYSQL_PORT, db, user, pw, admin)
+    yield Database("mysql", "127.0.0.1", port, db, user, pw, admin)
     admin.close()
     with root.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS {db}")
@@ -128,20 +239,26 @@ class S3:
 
 
 @pytest.fixture
-def s3(services):
-    """moto's S3 server, emptied before each test."""
+def s3(s3_server):
+    """The session's S3 server, emptied before each test (it is this session's alone)."""
     import boto3
     import requests
-    requests.post(f"{S3_ENDPOINT}/moto-api/reset", timeout=10)
-    client = boto3.client("s3", endpoint_url=S3_ENDPOINT, aws_access_key_id="test",
+    requests.post(f"{s3_server}/moto-api/reset", timeout=10)
+    client = boto3.client("s3", endpoint_url=s3_server, aws_access_key_id="test",
                           aws_secret_access_key="test", region_name="us-east-1")
-    return S3(S3_ENDPOINT, client)
+    return S3(s3_server, client)
 
 
 @pytest.fixture
-def pushgateway(services):
-    """The Prometheus Pushgateway of scripts/services.sh."""
-    return PUSHGATEWAY
+def pushgateway(tmp_path):
+    """A Prometheus Pushgateway of this test's own (a fresh one holds no other test's groups),
+    on a port the kernel chose."""
+    exe = _installed("prometheus-pushgateway", "prometheus-pushgateway")
+    owned = Owned("pushgateway", tmp_path)
+    (port,) = start_on_port_zero("the Pushgateway", owned, lambda: owned.popen(
+        [exe, "--web.listen-address=127.0.0.1:0"]))
+    yield f"http://127.0.0.1:{port}"
+    owned.stop()
 
 
 @pytest.fixture
@@ -158,18 +275,76 @@ def vault_resource(vault, tmp_path):
                          audit_log=str(tmp_path / "audit.jsonl"), backoff_s=0.05)
 
 
-KAFKA_PORT = int(os.environ.get("PIPELINE_KAFKA_PORT", "29092"))
-KAFKA = f"127.0.0.1:{KAFKA_PORT}"
-# scripts/kafka.sh's SASL_PLAINTEXT listener (mechanism PLAIN) and its development user
-KAFKA_SASL = f"127.0.0.1:{KAFKA_PORT + 2}"
-KAFKA_SASL_USER = ("etl", "etl-dev-secret")
+class Broker(str):
+    """The bootstrap address of the session's Kafka broker (its PLAINTEXT listener); `.sasl`:
+    its SASL_PLAINTEXT listener (mechanism PLAIN), `.sasl_user`: a user there."""
+    sasl: str
+    sasl_user = ("etl", "etl-dev-secret")
+
+
+_KAFKA_PROPERTIES = """process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:{c}
+listeners=PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c},SASL_PLAINTEXT://127.0.0.1:{s}
+advertised.listeners=PLAINTEXT://127.0.0.1:{p},SASL_PLAINTEXT://127.0.0.1:{s}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.\
+PlainLoginModule required username="admin" password="admin-dev-secret" \
+user_admin="admin-dev-secret" user_etl="etl-dev-secret";
+log.dirs={data}
+num.partitions=1
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+group.initial.rebalance.delay.ms=0
+"""
 
 
 @pytest.fixture(scope="session")
 def kafka():
-    """The KRaft broker of scripts/kafka.sh."""
-    start("kafka.sh")
-    return KAFKA
+    """This session's Kafka broker (KRaft: broker and controller in one JVM, from the jars
+    set-up resolved into .cache/kafka-jars), with a PLAINTEXT and a SASL_PLAINTEXT listener.
+    Like a default Kafka, it creates a topic when a client first produces to it or reads it."""
+    import base64
+    import uuid
+
+    from confluent_kafka.admin import AdminClient
+    jars = REPO / ".cache" / "kafka-jars"
+    assert jars.is_dir(), "run make setup first (it resolves jvm/kafka/pom.xml)"
+    root = session_dir("kafka")
+    owned = Owned("kafka", root)
+    cp = f"{jars}/*"
+
+    def launch(ports):
+        p, c, sasl = ports
+        data = root / f"data-{p}"
+        props = root / "server.properties"
+        props.write_text(_KAFKA_PROPERTIES.format(p=p, c=c, s=sasl, data=data))
+        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        subprocess.run(["java", "-cp", cp, "kafka.tools.StorageTool", "format", "--standalone",
+                        "-c", str(props), "-t", cluster], check=True, capture_output=True)
+        return owned.popen(["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC",
+                            "-Dlog4j2.level=WARN", "-cp", cp, "kafka.Kafka", str(props)])
+
+    def ready(ports):
+        if not owned.holds(*ports):
+            return False
+        try:
+            AdminClient({"bootstrap.servers": f"127.0.0.1:{ports[0]}"}).list_topics(timeout=5)
+            return True
+        except Exception:  # noqa: BLE001 - not answering yet
+            return False
+    p, _, sasl = start_on_port("the Kafka broker", owned, 3, launch, ready, timeout=180)
+    broker = Broker(f"127.0.0.1:{p}")
+    broker.sasl = f"127.0.0.1:{sasl}"
+    yield broker
+    owned.stop()
+    remove(root)
 
 
 @dataclass

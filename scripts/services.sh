@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The real servers the tests (and a local try-out) use, on loopback only:
+# The real servers for a local try-out (`make services-up`), on loopback only; `install` only
+# installs what the tests need (each test session starts servers of its own):
 #   PostgreSQL, MariaDB and Prometheus's Pushgateway from Debian's packages (installed if
 #   missing), moto's S3 server.
 #
@@ -163,9 +164,19 @@ tools_up() {
   command -v chromedriver >/dev/null || apt_install chromium chromium-driver
 }
 
+# What the tests need installed; they start their own servers (pipeline_defs_tests/servers.py).
+install() {
+  [ -n "$(pg_bin)" ] || apt_install postgresql
+  command -v mariadbd >/dev/null || apt_install mariadb-server mariadb-client
+  command -v prometheus-pushgateway >/dev/null || apt_install prometheus-pushgateway
+  command -v openssl >/dev/null || apt_install openssl
+  tools_up
+}
+
 cmd=${1:-up}; shift || true
 names=${*:-tools postgres mariadb s3 pushgateway}
 case $cmd in
+  install) install ;;
   up)     for n in $names; do "${n}_up"; done ;;
   down)   pushgateway_down; s3_down; mariadb_down; postgres_down ;;
   status) s3_ping && echo "s3 up" || echo "s3 down"
@@ -173,5 +184,6 @@ case $cmd in
           push_ping && echo "pushgateway up" || echo "pushgateway down"
           as_user postgres "$(pg_bin)/pg_ctl" -D "$DIR/postgres" status >/dev/null 2>&1 \
             && echo "postgres up" || echo "postgres down" ;;
-  *) echo "usage: $0 up|down|status [tools postgres mariadb s3 pushgateway]" >&2; exit 2 ;;
+  *) echo "usage: $0 install|up|down|status [tools postgres mariadb s3 pushgateway]" >&2
+     exit 2 ;;
 esac

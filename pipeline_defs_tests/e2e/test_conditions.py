@@ -55,6 +55,30 @@ def test_a_true_condition_runs_the_step_and_leaves_nothing_cached(tmp_path, regi
     assert spark._jsparkSession.sharedState().cacheManager().isEmpty()
 
 
+# orders has 3 rows, big (its filter, the load's input) 2; min_rows is 1; the run's date is
+# today. Each condition's truth by Python's own operators, beside it.
+CONDITIONS = [
+    ("previous_step_count >= 3 or steps.orders.rows == 3", lambda p, o: p >= 3 or o == 3),
+    ("not (previous_step_count > 1)", lambda p, o: not p > 1),
+    ("(steps.orders.rows != 3 or previous_step_count = 2) and not execution_date < "
+     "'2000-01-01'", lambda p, o: (o != 3 or p == 2) and True),
+    ("steps.big.rows <> 2", lambda p, o: p != 2),
+    ("steps.orders.rows > min_rows and (previous_step_count < 1 or steps.big.rows >= 2)",
+     lambda p, o: o > 1 and (p < 1 or p >= 2)),
+    ("not (steps.orders.rows > 1 and steps.big.rows > 1) or min_rows != '1'",
+     lambda p, o: not (o > 1 and p > 1) or False),
+]
+
+
+@pytest.mark.parametrize("condition, truth", CONDITIONS, ids=range(len(CONDITIONS)))
+def test_or_not_parentheses_and_step_rows_at_run_time(tmp_path, registry, spark, condition,
+                                                      truth):
+    (tmp_path / "in.csv").write_text("id,v\n1,500\n2,700\n3,5\n")
+    run_job(load_pipeline(_file(tmp_path, condition), registry))
+    assert (tmp_path / "big").exists() is truth(2, 3), condition
+    assert (tmp_path / "all").exists()  # the other load, whatever the condition
+
+
 @pytest.mark.parametrize("condition, message", [
     ("previous_step_count >", "condition: 'previous_step_count >': expected a value after "
                               "'previous_step_count >'"),

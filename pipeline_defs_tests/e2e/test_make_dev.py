@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline_defs_tests.conftest import REPO
-from pipeline_defs_tests.e2e.test_webserver import free_port
+from pipeline_defs_tests.owned import candidate_ports, listening_ports
 
 
 def _processes_with(home: Path) -> list[int]:
@@ -45,7 +45,7 @@ def _up(port: int, proc: subprocess.Popen, log: Path) -> None:
 
 @pytest.mark.parametrize("how", ["ctrl-c", "background-sigterm"])
 def test_make_dev_stops_with_everything_it_started(tmp_path, how):
-    home, port, log = tmp_path / "home", free_port(), tmp_path / "dev.log"
+    home, (port,), log = tmp_path / "home", candidate_ports(1), tmp_path / "dev.log"
     (tmp_path / "configs").mkdir()
     make = f"make dev DEV_PORT={port} DAGSTER_HOME={home}"
     env = {**os.environ, "PIPELINE_CONFIG_DIR": str(tmp_path / "configs")}
@@ -59,6 +59,8 @@ def test_make_dev_stops_with_everything_it_started(tmp_path, how):
                                 cwd=REPO, env=env, start_new_session=True,
                                 stdout=open(log, "w"), stderr=subprocess.STDOUT)
     _up(port, proc, log)
+    # what answered is the webserver this `make dev` started, not another on that port
+    assert port in listening_ports(proc.pid), (port, log.read_text()[-3000:])
     started = _processes_with(home)
     assert len(started) >= 4, started  # make, dg dev, webserver, daemon, code server(s)
     sent = time.monotonic()

@@ -16,7 +16,7 @@ from pipeline_defs.definitions import default_resources, definitions_for
 from pipeline_defs.resources import MetricsResource
 from pipeline_defs.runs import step_rows
 from pipeline_defs_tests.conftest import write_json
-from pipeline_defs_tests.servers import PUSHGATEWAY
+from pipeline_defs_tests.owned import RefusedPort
 
 
 def _run(tmp_path, raw: dict, registry, metrics: MetricsResource):
@@ -29,10 +29,10 @@ def _run(tmp_path, raw: dict, registry, metrics: MetricsResource):
     return p, result, logs
 
 
-def _pushed(pipeline: str) -> dict[tuple, float]:
+def _pushed(gateway: str, pipeline: str) -> dict[tuple, float]:
     """The Pushgateway's samples of a pipeline's group: {(name, labels...): value}."""
     from prometheus_client.parser import text_string_to_metric_families
-    text = urllib.request.urlopen(f"{PUSHGATEWAY}/metrics", timeout=10).read().decode()
+    text = urllib.request.urlopen(f"{gateway}/metrics", timeout=10).read().decode()
     out = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -60,7 +60,7 @@ def test_a_batch_run_exports_its_own_counts_and_bytes_everywhere(tmp_path, regis
         {"type": "load", "method": "toFile", "name": "big_out",
          "config": {"path": str(tmp_path / "out"), "format": "parquet"}}]}
     metrics = MetricsResource(log=True, json_dir=str(tmp_path / "metrics"),
-                              pushgateway=PUSHGATEWAY)
+                              pushgateway=pushgateway)
     p, result, logs = _run(tmp_path, raw, registry, metrics)
     assert result.success
     summary = {r.op: r for r in step_rows(result.all_events, p)}
@@ -87,7 +87,7 @@ def test_a_batch_run_exports_its_own_counts_and_bytes_everywhere(tmp_path, regis
     assert filed["duration_seconds"] >= sum(s["duration_seconds"] for s in steps.values())
 
     # the Pushgateway: job pipeline_defs, grouping key pipeline=<name>
-    got = _pushed(name)
+    got = _pushed(pushgateway, name)
     assert got[("pipeline_run_success",)] == 1
     assert got[("pipeline_run_duration_seconds",)] == pytest.approx(filed["duration_seconds"])
     assert got[("pipeline_run_last_timestamp_seconds",)] == pytest.approx(filed["end"])
@@ -105,7 +105,7 @@ def test_a_batch_run_exports_its_own_counts_and_bytes_everywhere(tmp_path, regis
     raw["steps"][1]["config"]["condition"] = "amont > 300"
     _, failed, logs = _run(tmp_path, raw, registry, metrics)
     assert not failed.success
-    got = _pushed(name)
+    got = _pushed(pushgateway, name)
     assert got[("pipeline_run_success",)] == 0
     record = json.loads((tmp_path / "metrics" / name / f"{failed.run_id}.json").read_text())
     assert record["status"] == "FAILURE"
@@ -113,16 +113,14 @@ def test_a_batch_run_exports_its_own_counts_and_bytes_everywhere(tmp_path, regis
 
 
 def test_an_unreachable_gateway_is_a_warning_and_the_run_succeeds(tmp_path, registry):
-    import socket
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{s.getsockname()[1]}"
     (tmp_path / "in.csv").write_text("id\n1\n")
     raw = {"name": "unpushed", "steps": [
         {"type": "extract", "method": "fromFile",
          "config": {"path": str(tmp_path / "in.csv"), "format": "csv"}},
         {"type": "load", "method": "toFile", "config": {"path": str(tmp_path / "out")}}]}
-    _, result, logs = _run(tmp_path, raw, registry, MetricsResource(pushgateway=url))
+    with RefusedPort() as port:  # held, never listening: connections are refused
+        url = f"http://127.0.0.1:{port}"
+        _, result, logs = _run(tmp_path, raw, registry, MetricsResource(pushgateway=url))
     assert result.success
     (warning,) = [m for m in logs if m.startswith("metrics:")]
     assert warning.startswith(f"metrics: the Pushgateway at {url} did not take the metrics "
@@ -147,7 +145,7 @@ def test_a_streaming_run_exports_each_micro_batch(tmp_path, registry, pushgatewa
                {"type": "load", "method": "toDeltaLake", "name": "sink", "config": {
                    "path": str(tmp_path / "out"), "mode": "append"}}]}
     metrics = MetricsResource(log=True, json_dir=str(tmp_path / "metrics"),
-                              pushgateway=PUSHGATEWAY)
+                              pushgateway=pushgateway)
     _, result, logs = _run(tmp_path, raw, registry, metrics)
     assert result.success
     records = [json.loads(m.removeprefix("metrics ")) for m in logs
@@ -159,7 +157,7 @@ def test_a_streaming_run_exports_each_micro_batch(tmp_path, registry, pushgatewa
                for b in batches)
     (path,) = (tmp_path / "metrics" / name).glob("*.json")
     assert json.loads(path.read_text())["micro_batches"] == batches
-    got = _pushed(name)
+    got = _pushed(pushgateway, name)
     query = batches[-1]["query"]
     assert got[("pipeline_stream_batch_rows", ("query", query))] == 3
     assert got[("pipeline_stream_batch_duration_seconds", ("query", query))] == \

@@ -1,15 +1,20 @@
-"""On the real daemon: a `pool` limited to one slot keeps two runs' pooled steps from
-overlapping; with `run_retries` in dagster.yaml a failed run is retried from the start and
-succeeds."""
+"""On the real daemon: a `pool` of two slots lets at most two of three concurrent runs' pooled
+steps run at once, and two do; with `run_retries` in dagster.yaml a failed run is retried
+from the start (ALL_STEPS: the load before the failing step runs again) and succeeds."""
 from __future__ import annotations
 
 import dagster as dg
+import pyarrow.parquet as pq
 
-from pipeline_defs_tests.conftest import write_json
+from pipeline_defs_tests.conftest import REPO, write_json
 from pipeline_defs_tests.e2e.test_orchestration import _runs, _wait
 from pipeline_defs_tests.e2e.test_webserver import launch, serve
 
-RUN_RETRIES = "run_retries:\n  enabled: true\n  max_retries: 1\n"
+# three runs at once (the instance/ file allows two), one retry of a failed run
+INSTANCE = (REPO / "instance" / "dagster.yaml").read_text().replace(
+    "max_concurrent_runs: 2", "max_concurrent_runs: 3") + \
+    "run_retries:\n  enabled: true\n  max_retries: 1\n"
+SLEEP_MS = 20000  # how long each pooled load holds its slot (a JVM sleep: no CPU)
 
 
 def _spans(home, run_id: str, op: str) -> tuple[float, float]:
@@ -21,51 +26,74 @@ def _spans(home, run_id: str, op: str) -> tuple[float, float]:
     return times["STEP_START"], times["STEP_SUCCESS"]
 
 
-def test_a_pool_of_one_and_a_retried_run(tmp_path):
+def _most_at_once(spans: list[tuple[float, float]]) -> int:
+    edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans],
+                   key=lambda e: (e[0], e[1]))  # an end before a start at the same instant
+    most = now = 0
+    for _, d in edges:
+        now += d
+        most = max(most, now)
+    return most
+
+
+def test_a_pool_of_two_and_a_retried_run(tmp_path):
     configs, out = tmp_path / "configs", tmp_path / "out"
     configs.mkdir()
     (tmp_path / "one.csv").write_text("id\n1\n")
-    write_json(configs / "heavy.json", {"name": "heavy", "steps": [
+    write_json(configs / "pooled.json", {"name": "pooled", "params": {"n": "0"}, "steps": [
         {"type": "extract", "method": "fromFile",
-         "config": {"path": str(tmp_path / "one.csv"), "format": "csv", "registerAs": "one"}},
-        {"type": "transform", "method": "sql", "name": "crunch",
-         "config": {"query": "SELECT r.id, sha2(cast(r.id AS string), 256) AS h "
-                             "FROM range(3000000) r CROSS JOIN one"}},
-        {"type": "load", "method": "toFile", "name": "heavy_out", "pool": "warehouse",
-         "config": {"path": str(out / "heavy"), "format": "parquet", "mode": "append"}}]})
+         "config": {"path": str(tmp_path / "one.csv"), "format": "csv"}},
+        {"type": "transform", "method": "enrichData", "config": {"columns": {
+            "slept": f"reflect('java.lang.Thread', 'sleep', {SLEEP_MS}L)"}}},
+        {"type": "load", "method": "toFile", "name": "pooled_out", "pool": "warehouse",
+         "config": {"path": str(out / "pooled"), "format": "parquet", "mode": "append"}}]})
+    # fails the first time (its own first load wrote 1 row, it wants 2); a retry from the
+    # start loads again (2 rows) and passes; a retry from the failure would fail again
     write_json(configs / "late.json", {"name": "late", "steps": [
         {"type": "extract", "method": "fromFile",
-         "config": {"path": str(tmp_path / "late.csv"), "format": "csv"}},
-        {"type": "load", "method": "toFile",
-         "config": {"path": str(out / "late"), "format": "parquet", "mode": "overwrite"}}]})
+         "config": {"path": str(tmp_path / "one.csv"), "format": "csv"}},
+        {"type": "load", "method": "toFile", "name": "landed",
+         "config": {"path": str(out / "late"), "format": "parquet", "mode": "append"}},
+        {"type": "extract", "method": "fromFile", "name": "landed_back",
+         "config": {"path": str(out / "late"), "format": "parquet"}},
+        {"type": "validate", "method": "validateRowCount", "name": "two_loads",
+         "config": {"min": 2}},
+        {"type": "load", "method": "toFile", "name": "late_ok",
+         "config": {"path": str(out / "late_ok"), "format": "parquet", "mode": "overwrite"}}]})
     home, log = tmp_path / "dagster_home", tmp_path / "daemon.log"
-    with serve(tmp_path, configs, {}, RUN_RETRIES) as (port, _):
+    with serve(tmp_path, configs, {}, instance_text=INSTANCE) as (port, _):
         _scenario(port, tmp_path, home, log)
 
 
 def _scenario(port: int, tmp_path, home, log) -> None:
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        instance.event_log_storage.set_concurrency_slots("warehouse", 1)
-    first, second = launch(port, "heavy"), launch(port, "heavy")
-    done = _wait(lambda: [r for r in _runs(home, "heavy") if r.is_finished]
-                 if len([r for r in _runs(home, "heavy") if r.is_finished]) == 2
-                 else None, 400, log)
+        instance.event_log_storage.set_concurrency_slots("warehouse", 2)
+    ids = [launch(port, "pooled") for _ in range(3)]
+    done = _wait(lambda: (lambda rs: rs if len(rs) == 3 else None)(
+        [r for r in _runs(home, "pooled") if r.is_finished]), 600, log)
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in done), log.read_text()[-3000:]
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        runs = [instance.get_run_record_by_id(i) for i in (first, second)]
-    # the runs ran at the same time...
-    assert runs[0].start_time < runs[1].end_time and runs[1].start_time < runs[0].end_time
-    # ...but their pooled loads, one slot, one after the other
-    a, b = sorted([_spans(home, first, "heavy_out"), _spans(home, second, "heavy_out")])
-    assert a[1] <= b[0], (a, b)
+        runs = [instance.get_run_record_by_id(i) for i in ids]
+    # the three runs were in flight together...
+    assert max(r.start_time for r in runs) < min(r.end_time for r in runs), \
+        [(r.start_time, r.end_time) for r in runs]
+    # ...their pooled loads: never more than the pool's two slots at once, and two did
+    spans = [_spans(home, i, "pooled_out") for i in ids]
+    assert _most_at_once(spans) == 2, spans
+    assert all(b - a >= SLEEP_MS / 1000 for a, b in spans), spans
+    assert pq.read_table(tmp_path / "out" / "pooled").num_rows == 3
 
-    # the file `late` reads appears only after its first run failed
     failed_run = launch(port, "late")
-    _wait(lambda: [r for r in _runs(home, "late") if r.run_id == failed_run
-                   and r.status == dg.DagsterRunStatus.FAILURE], 300, log)
-    (tmp_path / "late.csv").write_text("id\n7\n")
     retried = _wait(lambda: [r for r in _runs(home, "late")
                              if r.tags.get("dagster/parent_run_id") == failed_run
                              and r.is_finished], 300, log)
-    assert retried[0].status == dg.DagsterRunStatus.SUCCESS
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_run_by_id(failed_run).status == dg.DagsterRunStatus.FAILURE
+        succeeded = {r.step_key.rsplit(".", 1)[-1] for r in instance.all_logs(retried[0].run_id)
+                     if r.dagster_event and r.dagster_event.event_type_value == "STEP_SUCCESS"}
+    assert retried[0].status == dg.DagsterRunStatus.SUCCESS, log.read_text()[-3000:]
     assert retried[0].tags["dagster/retry_number"] == "1"
+    # from the start: the load before the failing step ran again in the retry
+    assert {"landed", "landed_back", "two_loads", "late_ok"} <= succeeded, succeeded
+    assert pq.read_table(tmp_path / "out" / "late").num_rows == 2
+    assert pq.read_table(tmp_path / "out" / "late_ok").num_rows == 2

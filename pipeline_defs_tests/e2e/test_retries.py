@@ -66,6 +66,43 @@ def test_a_transient_failure_is_retried_and_the_run_succeeds(pg, vault, tmp_path
     assert pq.read_table(tmp_path / "out").num_rows == 40
 
 
+def test_the_delay_and_backoff_of_the_file_space_the_attempts(pg, tmp_path):
+    """`retries: {maxRetries: 2, delaySeconds: 1, backoff: exponential}`: Dagster waits 1 s
+    before the second attempt and 3 s before the third (its exponential backoff: (2^n - 1)
+    x delay), each restart at least that long after the failure; then the run fails with
+    the step's one line."""
+    proxy = FlakyProxy(pg.port)  # never healed: every attempt meets a reset connection
+    p = load_pipeline(write_json(tmp_path / "r.json", {
+        "name": "spaced", "retries": {"maxRetries": 2, "delaySeconds": 1,
+                                      "backoff": "exponential"},
+        "steps": [
+            {"type": "extract", "method": "fromPostgres", "name": "readings_in",
+             "config": {"table": "readings", "host": "127.0.0.1", "port": proxy.port,
+                        "database": pg.database, "username": pg.username,
+                        "password": pg.password}},
+            {"type": "load", "method": "toFile",
+             "config": {"path": str(tmp_path / "out"), "format": "parquet"}}]}),
+        builtin_registry())
+    instance = dg.DagsterInstance.ephemeral()
+    try:
+        result = definitions_for([p]).resolve_job_def("spaced").execute_in_process(
+            instance=instance, raise_on_error=False)
+    finally:
+        proxy.close()
+    assert not result.success and proxy.resets >= 3
+    logs = [r for r in instance.all_logs(result.run_id) if r.dagster_event]
+    retries = [r for r in logs if r.dagster_event.event_type_value == "STEP_UP_FOR_RETRY"]
+    restarts = [r for r in logs if r.dagster_event.event_type_value == "STEP_RESTARTED"]
+    waits = [r.dagster_event.event_specific_data.seconds_to_wait for r in retries]
+    assert waits == [1, 3] and len(restarts) == 2
+    for retry, restart, wait in zip(retries, restarts, waits, strict=True):
+        assert restart.timestamp - retry.timestamp >= wait
+    (failure,) = _events(result, "STEP_FAILURE")
+    assert failure.event_specific_data.user_failure_data.description.startswith(
+        "pipeline 'spaced', step 1 (extract.fromPostgres) failed: ")
+    assert not (tmp_path / "out").exists()
+
+
 def test_data_and_config_errors_are_not_retried(tmp_path):
     """Also when their text holds the digits of an HTTP status (a column `arr_delay_504`, a
     directory `503`): what failed decides, not the words of the message."""

@@ -1,12 +1,13 @@
-"""The pipelines on a Spark standalone cluster (scripts/spark.sh: a master and a worker, each
-its own JVM, on loopback), unchanged: `pipeline run` with SPARK_MASTER=spark://... runs a
-PostgreSQL -> Delta + PostgreSQL (COPY from Python workers) + MySQL pipeline and a streaming
-one on the cluster's executor (the connector jars reach it, its Python is the project's), and
-their output equals the same pipelines' output in local mode."""
+"""The pipelines on a Spark standalone cluster (a master and a worker, each its own JVM, on
+loopback, started by this test session), unchanged: `pipeline run` with SPARK_MASTER=spark://...
+runs a PostgreSQL -> Delta + PostgreSQL (COPY from Python workers) + MySQL pipeline and a
+streaming one on the cluster's executor (the connector jars reach it, its Python is the
+project's), and their output equals the same pipelines' output in local mode."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -16,21 +17,56 @@ from pathlib import Path
 import pytest
 
 from pipeline_defs_tests.conftest import REPO, write_json
-from pipeline_defs_tests.servers import start
+from pipeline_defs_tests.owned import Owned, remove, session_dir, wait_for
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
-UI = f"http://127.0.0.1:{os.environ.get('PIPELINE_SPARK_UI_PORT', '58080')}"
-MASTER = f"spark://127.0.0.1:{os.environ.get('PIPELINE_SPARK_PORT', '57077')}"
+
+
+class Cluster(str):
+    """The master's URL; `.ui`: its web UI (JSON at /json/)."""
+    ui: str
 
 
 @pytest.fixture(scope="session")
 def spark_cluster():
-    start("spark.sh")
-    return MASTER
+    """A master and one worker (1 core, 1 GB) from the pyspark distribution, on ports they
+    chose themselves (read back from their logs)."""
+    import pyspark
+    home = Path(pyspark.__file__).parent
+    root = session_dir("spark")
+    env = {"SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(root),
+           "PYSPARK_PYTHON": sys.executable}
+    master, worker = Owned("master", root), Owned("worker", root)
+    master.popen([str(home / "bin" / "spark-class"), "org.apache.spark.deploy.master.Master",
+                  "--host", "127.0.0.1", "--port", "0", "--webui-port", "0"], env=env)
+
+    def said(pattern: str):
+        m = re.search(pattern, master.log.read_text(errors="replace"))
+        return m.group(1) if m else None
+    url = wait_for("the Spark master", lambda: said(r"Starting Spark master at "
+                                                   r"(spark://127\.0\.0\.1:\d+)"),
+                   master.proc, master.log)
+    ui = wait_for("the Spark master's UI", lambda: said(
+        r"MasterWebUI.* started at (http://127\.0\.0\.1:\d+)"), master.proc, master.log)
+    (root / "work").mkdir()
+    worker.popen([str(home / "bin" / "spark-class"), "org.apache.spark.deploy.worker.Worker",
+                  url, "--host", "127.0.0.1", "--webui-port", "0", "--cores", "1",
+                  "--memory", "1g", "--work-dir", str(root / "work")], env=env)
+
+    def alive() -> bool:
+        state = json.loads(urllib.request.urlopen(f"{ui}/json/", timeout=10).read())
+        return any(w["state"] == "ALIVE" for w in state["workers"])
+    wait_for("the Spark worker", alive, worker.proc, worker.log)
+    cluster = Cluster(url)
+    cluster.ui = ui
+    yield cluster
+    worker.stop()
+    master.stop()
+    remove(root)
 
 
-def _apps() -> list[dict]:
-    state = json.loads(urllib.request.urlopen(f"{UI}/json/", timeout=10).read())
+def _apps(cluster: Cluster) -> list[dict]:
+    state = json.loads(urllib.request.urlopen(f"{cluster.ui}/json/", timeout=10).read())
     return state["activeapps"] + state["completedapps"]
 
 
@@ -97,11 +133,11 @@ def test_delta_jdbc_and_streaming_pipelines_run_unchanged_on_a_standalone_cluste
     results = {}
     for where, master in (("cluster", spark_cluster), ("local", "local[1]")):
         out = tmp_path / where
-        before = {a["id"] for a in _apps()}
+        before = {a["id"] for a in _apps(spark_cluster)}
         summary = _run(batch, master, vault, out, f"table=by_region_{where}")
         assert "pipeline trips: SUCCESS" in summary
         _run(stream, master, vault, out)
-        new = [a for a in _apps() if a["id"] not in before]
+        new = [a for a in _apps(spark_cluster) if a["id"] not in before]
         # the cluster ran both runs (an application each, with an executor's cores); local
         # mode none
         assert len(new) == (2 if where == "cluster" else 0), new

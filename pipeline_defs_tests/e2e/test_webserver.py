@@ -6,7 +6,6 @@ import contextlib
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,14 +16,9 @@ from pathlib import Path
 import pytest
 
 from pipeline_defs_tests.conftest import REPO, copy_configs
+from pipeline_defs_tests.owned import Owned, start_on_port
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def gql(port: int, query: str, variables: dict | None = None) -> dict:
@@ -51,46 +45,42 @@ def webserver(tmp_path, sample_data):
 
 @contextlib.contextmanager
 def serve(tmp_path, config_dir, extra_env, instance_yaml: str = "",
-          instance_file: str = "dagster.yaml"):
+          instance_file: str = "dagster.yaml", instance_text: str | None = None):
     """dagster-webserver and dagster-daemon on loopback over config_dir, as (port, out);
     stopped when the block ends, also when a test in it fails (a daemon left running keeps
     firing its schedules and sensors, slowing every later test).
-    `instance_file`: the instance/ file to start from; `instance_yaml`: settings added."""
-    port = free_port()
+    `instance_file`: the instance/ file to start from; `instance_yaml`: settings added;
+    `instance_text`: the whole dagster.yaml instead."""
     home = tmp_path / "dagster_home"
     home.mkdir(exist_ok=True)  # a test may have run pipelines there before
-    (home / "dagster.yaml").write_text((REPO / "instance" / instance_file).read_text()
-                                       + instance_yaml)
+    (home / "dagster.yaml").write_text(
+        instance_text if instance_text is not None
+        else (REPO / "instance" / instance_file).read_text() + instance_yaml)
     env = {**os.environ, "DAGSTER_HOME": str(home), "SPARK_MASTER": "local[2]",
            "PIPELINE_CONFIG_DIR": str(config_dir), **extra_env}
-    proc = subprocess.Popen([str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port),
-                             "-m", "pipeline_defs.definitions"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "web.log", "w"))
-    daemon = _daemon(tmp_path, env)
-    DAEMONS[port] = (daemon, tmp_path, env)
-    deadline = time.monotonic() + 120
-    while True:
+    web = Owned("web", tmp_path)
+
+    def answers(ports) -> bool:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
-            break
+            urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/server_info", timeout=2)
+            return True
         except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                daemon.kill()
-                raise RuntimeError("webserver did not start:\n" +
-                                   (tmp_path / "web.log").read_text()[-3000:]) from None
-            time.sleep(0.5)
+            return False
+    # a port of its own: held by this webserver, proven, before anything talks to it
+    (port,) = start_on_port("dagster-webserver", web, 1, lambda ports: web.popen(
+        [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(ports[0]),
+         "-m", "pipeline_defs.definitions"], env=env, cwd=REPO), answers)
+    DAEMONS[port] = (_daemon(tmp_path, env), tmp_path, env)
     try:
         yield port, tmp_path / "out"
     finally:
         daemon = DAEMONS.pop(port)[0]
-        for p in (daemon, proc):
-            p.terminate()
-        for p in (daemon, proc):
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        daemon.terminate()
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+        web.stop()
 
 
 DAEMONS: dict[int, tuple] = {}  # webserver port -> (daemon process, tmp_path, env)

@@ -54,7 +54,7 @@ def test_copy_carries_every_value_exactly(pgdb, spark):
     df = spark.createDataFrame(_rows(), SCHEMA).repartition(3)
     r = jdbc.to_postgres(df, _cfg(jdbc.ToPostgres, table="vals", credentialPath=pgdb.path),
                          pgdb.ctx())
-    assert (r.rows, r.metadata["write_path"]) == (len(TEXTS), "copy")
+    assert (r.rows, r.metadata["write_path"]) == (len(TEXTS), "copy-binary")
     got = pgdb.sql("SELECT * FROM vals ORDER BY id")
     assert got == _rows()
 
@@ -206,6 +206,36 @@ def test_copy_falls_back_to_csv_for_pairs_without_an_exact_binary_form(pgdb, spa
         assert binary_types(conn, "csvvals", df) is None
     r = jdbc.to_postgres(df, _cfg(jdbc.ToPostgres, table="csvvals", credentialPath=pgdb.path),
                          pgdb.ctx())
-    assert (r.rows, r.metadata["write_path"]) == (len(TEXTS), "copy")
+    assert (r.rows, r.metadata["write_path"]) == (len(TEXTS), "copy-csv")
     assert pgdb.sql("SELECT * FROM csvvals ORDER BY id") == [
         (i, t, datetime(1999, 12, 31)) for i, t in enumerate(TEXTS)]
+
+
+@pytest.mark.parametrize("dialect", ["postgres", "mysql"])
+def test_a_partition_an_earlier_attempt_committed_is_not_loaded_again(pgdb, mydb, spark,
+                                                                       dialect):
+    """A task retried after its partition committed (its marker row is there) returns the
+    committed count and loads nothing: partition 1's rows, already in the table from the
+    'earlier attempt', are there once, and the count is the table's."""
+    from pipeline_defs.steps.jdbc.bulk import bulk_load
+    from pipeline_defs.steps.jdbc.connection import Connection, endpoint
+    db = pgdb if dialect == "postgres" else mydb
+    db.sql("CREATE TABLE staged (id bigint PRIMARY KEY, v bigint)")
+    df = spark.range(0, 30, numPartitions=3).selectExpr("id", "id * 7 AS v")
+    first = [(r.id, r.v) for r in df.rdd.mapPartitionsWithIndex(
+        lambda i, it: it if i == 1 else iter(())).collect()]
+    assert len(first) == 10
+    # what the earlier attempt of partition 1's task committed: its rows and its marker
+    for i, v in first:
+        db.sql(f"INSERT INTO staged VALUES ({i}, {v})")
+    db.sql("CREATE TABLE staged_parts (part int PRIMARY KEY, n bigint)")
+    db.sql("INSERT INTO staged_parts VALUES (1, 10)")
+    ep = endpoint(dialect, db.secret(), {}, "the test")
+    with Connection(spark, ep) as conn:
+        how, rows = bulk_load(spark, df, ep, "staged", conn)
+    assert how == ("copy-binary" if dialect == "postgres" else "load-data")
+    assert rows == 30
+    assert db.sql("SELECT id, v FROM staged ORDER BY id") == [(i, i * 7) for i in range(30)]
+    schema = "current_schema()" if dialect == "postgres" else "DATABASE()"
+    assert db.sql("SELECT count(*) FROM information_schema.tables WHERE table_name = "
+                  f"'staged_parts' AND table_schema = {schema}") == [(0,)]  # gone with it

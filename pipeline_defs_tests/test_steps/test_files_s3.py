@@ -78,31 +78,21 @@ def iam_s3(tmp_path):
     two users, each allowed one bucket of its own (bucket names unique per test, as s3a
     caches a file system per bucket)."""
     import json
+    import os
     import secrets as pysecrets
-    import socket
-    import subprocess
     import sys
-    import time
     from pathlib import Path
 
     import boto3
-    import requests
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    endpoint = f"http://127.0.0.1:{port}"
+
+    from pipeline_defs_tests.owned import Owned, start_on_port_zero
+    owned = Owned("moto", tmp_path)
     # the first 10 requests (the set-up below) are let through; every later one is checked
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H",
-                             "127.0.0.1", "-p", str(port)],
-                            env={**__import__("os").environ, "INITIAL_NO_AUTH_ACTION_COUNT": "10"},
-                            stdout=open(tmp_path / "moto.log", "w"), stderr=subprocess.STDOUT)
+    (port,) = start_on_port_zero("the IAM-checking S3 server", owned, lambda: owned.popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", "0"],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "10"}))
+    endpoint = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            try:
-                requests.get(f"{endpoint}/moto-api/", timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.25)
         admin = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
                      aws_secret_access_key="setup")
         iam, s3 = boto3.client("iam", **admin), boto3.client("s3", **admin)
@@ -138,8 +128,7 @@ def iam_s3(tmp_path):
                                 aws_secret_access_key=u["secretAccessKey"])
         yield users, client
     finally:
-        proc.terminate()
-        proc.wait(30)
+        owned.stop()
 
 
 def _secret(u: dict, **extra) -> dict:

@@ -145,7 +145,7 @@ def test_append_overwrite_upsert_keep_ddl_and_grants(db, spark):
         db.ctx("load.toPostgres"),
     )
     r = load([(3, "cy", 1)], mode="append")
-    assert r.rows == 1 and r.metadata["write_path"] == "copy"
+    assert r.rows == 1 and r.metadata["write_path"] == "copy-binary"
     assert db.sql("SELECT * FROM customers ORDER BY id") == [
         (1, "ada", 5),
         (2, "bob", 7),
@@ -325,16 +325,15 @@ def _other_ca(tmp_path) -> str:
 
 
 def test_sslmode_and_sslrootcert_reach_the_driver(db, tmp_path):
-    """The test server has TLS on (scripts/services.sh); PostgreSQL's own view of the
-    connection Spark read through says whether it was encrypted."""
-    from pipeline_defs_tests.servers import PG_CA
+    """The test server has TLS on (servers.py); PostgreSQL's own view of the connection
+    Spark read through says whether it was encrypted."""
 
     def read(props):
         c = cfg(jdbc.FromPostgres, credentialPath=db.path, properties=props,
                 query="SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
         return jdbc.from_postgres(None, c, db.ctx("extract.fromPostgres")).collect()[0]
 
-    verified = read({"sslmode": "verify-full", "sslrootcert": str(PG_CA)})
+    verified = read({"sslmode": "verify-full", "sslrootcert": str(db.ca)})
     assert verified.ssl is True and verified.version.startswith("TLSv1.")
     assert read({"sslmode": "disable"}).ssl is False
     with pytest.raises(JdbcError) as e:  # another CA: the server's certificate is refused

@@ -191,10 +191,9 @@ def test_sasl_properties_from_vault_authenticate_and_stay_masked(kafka, topic, v
     fails, and neither password appears in the error or in the plan."""
     from pipeline_defs import secrets
     from pipeline_defs_tests.conftest import consume_records
-    from pipeline_defs_tests.servers import KAFKA_SASL, KAFKA_SASL_USER
-    user, password = KAFKA_SASL_USER
+    user, password = kafka.sasl_user
     path = vault.put("secret", "kafka-sasl", {
-        "bootstrap.servers": KAFKA_SASL, "security.protocol": "SASL_PLAINTEXT",
+        "bootstrap.servers": kafka.sasl, "security.protocol": "SASL_PLAINTEXT",
         "sasl.mechanism": "PLAIN", "sasl.jaas.config": SASL_JAAS.format(user=user,
                                                                        password=password)})
     c = ctx(read_secret=vault_resource.read_secret, audit=vault_resource.audit)
@@ -210,7 +209,7 @@ def test_sasl_properties_from_vault_authenticate_and_stay_masked(kafka, topic, v
 
     wrong = "wrong-" + password[::-1]
     bad = vault.put("secret", "kafka-bad", {
-        "bootstrap.servers": KAFKA_SASL, "security.protocol": "SASL_PLAINTEXT",
+        "bootstrap.servers": kafka.sasl, "security.protocol": "SASL_PLAINTEXT",
         "sasl.mechanism": "PLAIN", "sasl.jaas.config": SASL_JAAS.format(user=user,
                                                                        password=wrong)})
     from py4j.protocol import Py4JJavaError

@@ -5,7 +5,6 @@ deliberately failing) server on loopback."""
 from __future__ import annotations
 
 import http.server
-import socket
 import threading
 import urllib.error
 import urllib.request
@@ -16,13 +15,15 @@ from pyspark.errors import PySparkException
 from pipeline_defs.errors import CredentialError
 from pipeline_defs.steps.errors import StepDataError, transient
 from pipeline_defs.steps.validate import ValidationFailed
+from pipeline_defs_tests.owned import RefusedPort
 
 
-def _closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released: connections are refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture
+def closed_port():
+    """A loopback port nothing listens on, held by this test (bound, never listening):
+    connections are refused, and no other process can take it meanwhile."""
+    with RefusedPort() as port:
+        yield port
 
 
 def _raised(fn) -> BaseException:
@@ -47,8 +48,8 @@ def test_a_division_by_zero_in_ansi_mode_is_a_data_error(spark):
     assert e.getSqlState().startswith("22") and transient(e) is False
 
 
-def test_a_refused_jdbc_connection_is_transient(spark):
-    url = f"jdbc:postgresql://127.0.0.1:{_closed_port()}/db"
+def test_a_refused_jdbc_connection_is_transient(spark, closed_port):
+    url = f"jdbc:postgresql://127.0.0.1:{closed_port}/db"
     e = _raised(lambda: spark.read.format("jdbc").options(
         url=url, dbtable="t", user="u", password="p", driver="org.postgresql.Driver",
         connectTimeout="2").load())
@@ -99,7 +100,7 @@ def answering():
         s.shutdown()
 
 
-def test_http_statuses_are_read_from_the_response(answering):
+def test_http_statuses_are_read_from_the_response(answering, closed_port):
     import requests
     busy, missing = answering(503), answering(404, b"<Error>503 times not found</Error>")
     e503 = _raised(lambda: urllib.request.urlopen(busy, timeout=10))
@@ -108,7 +109,7 @@ def test_http_statuses_are_read_from_the_response(answering):
     assert transient(e404) is False  # "503" in the body is no status
     r503 = _raised(lambda: requests.get(busy, timeout=10).raise_for_status())
     assert transient(r503) is True
-    refused = _raised(lambda: requests.get(f"http://127.0.0.1:{_closed_port()}", timeout=10))
+    refused = _raised(lambda: requests.get(f"http://127.0.0.1:{closed_port}", timeout=10))
     assert transient(refused) is True
 
 
@@ -138,9 +139,9 @@ def test_s3_throttling_is_transient_for_boto3_and_for_spark(answering, spark):
     assert transient(e) is True, str(e)[:500]
 
 
-def test_an_unreachable_kafka_broker_is_transient(spark):
+def test_an_unreachable_kafka_broker_is_transient(spark, closed_port):
     e = _raised(lambda: spark.read.format("kafka").options(**{
-        "kafka.bootstrap.servers": f"127.0.0.1:{_closed_port()}", "subscribe": "t",
+        "kafka.bootstrap.servers": f"127.0.0.1:{closed_port}", "subscribe": "t",
         "kafka.default.api.timeout.ms": "3000", "kafka.request.timeout.ms": "2000"
     }).load().count())
     assert transient(e) is True, str(e)[:500]

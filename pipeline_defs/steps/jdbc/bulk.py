@@ -74,9 +74,10 @@ def binary_types(conn: Connection, table: str, df: DataFrame) -> list[str] | Non
 
 
 def bulk_load(spark: SparkSession, df: DataFrame, ep: Endpoint, table: str,
-              conn: Connection) -> int:
-    """Load df into `table` (which exists, with df's columns); returns the rows loaded.
-    `conn` is the load's driver-side connection (for the markers table and the types)."""
+              conn: Connection) -> tuple[str, int]:
+    """Load df into `table` (which exists, with df's columns); returns how (`copy-binary`,
+    `copy-csv`, `load-data`) and the rows loaded. `conn` is the load's driver-side connection
+    (for the markers table and the types)."""
     cols = ", ".join(ep.quote(c) for c in df.columns)
     markers = f"{table}_parts"
     jvm = spark._jvm
@@ -101,9 +102,10 @@ def bulk_load(spark: SparkSession, df: DataFrame, ep: Endpoint, table: str,
                 arr = spark.sparkContext._gateway.new_array(jvm.java.lang.String, len(types))
                 for i, t in enumerate(types):
                     arr[i] = t
-                return int(helper.postgresBinary(df._jdf, ep.url, props, sql, markers, arr))
+                return "copy-binary", int(helper.postgresBinary(df._jdf, ep.url, props, sql,
+                                                                markers, arr))
             sql = f"COPY {table} ({cols}) FROM STDIN (FORMAT csv)"
-            return int(helper.postgres(df._jdf, ep.url, props, sql, markers))
+            return "copy-csv", int(helper.postgres(df._jdf, ep.url, props, sql, markers))
         # booleans through a variable: `1`/`0` as text fit TINYINT(1) but not BIT(1), the
         # type Spark's JDBC writer gives a boolean when it creates a MySQL table
         targets, sets = [], []
@@ -116,6 +118,6 @@ def bulk_load(spark: SparkSession, df: DataFrame, ep: Endpoint, table: str,
         sql = (f"LOAD DATA LOCAL INFILE 'spark-partition' INTO TABLE {table} CHARACTER SET "
                "utf8mb4 FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' "
                f"({', '.join(targets)})" + (f" SET {', '.join(sets)}" if sets else ""))
-        return int(helper.mysql(df._jdf, ep.url, props, sql, markers))
+        return "load-data", int(helper.mysql(df._jdf, ep.url, props, sql, markers))
     finally:
         conn.execute(f"DROP TABLE IF EXISTS {markers}")

@@ -219,8 +219,7 @@ def _fill_stage(spark: SparkSession, df: DataFrame, ep: Endpoint, spec: LoadSpec
                     "`SET GLOBAL local_infile = 1` on the server enables the fast path.")
         fast = False
     if fast:
-        return ("copy" if ep.dialect == "postgres" else "load-data",
-                bulk_load(spark, df, ep, stage, conn))
+        return bulk_load(spark, df, ep, stage, conn)
     if spec.fast_path:
         log.warning(f"{'toPostgres: COPY' if ep.dialect == 'postgres' else 'toMySQL: LOAD DATA'}"
                     f" cannot carry array/map/struct/binary columns; {spec.table} is written "
