@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -157,90 +158,100 @@ def test_a_second_ctrl_c_quits_at_once(tmp_path, spark):
     assert not list((tmp_path / "out" / "_delta_log").glob("*.json"))
 
 
-def test_terminate_from_the_ui_cancels_a_run_of_pipeline_run(tmp_path, spark):
-    f = _long(tmp_path)
-    (tmp_path / "no-configs").mkdir()  # the UI serves no pipelines; the run is pipeline run's
-    with serve(tmp_path, tmp_path / "no-configs", {}) as (port, _):
-        home = tmp_path / "dagster_home"
-        proc = _start(f, home)
-        run = _writing(home, proc, tmp_path / "out")
-        sent = time.monotonic()
-        result = gql(port, """mutation($id: String!) { terminateRun(runId: $id) {
-            __typename } }""", {"id": run.run_id})["terminateRun"]
-        err, took = _ended(proc, sent)
-        assert proc.returncode == 130, (result, err[-3000:])
-        print(f"UI terminate: cancelled in {took:.1f}s")
-        _after(spark, tmp_path, home, f, run.run_id, err, "terminated from Dagster")
+@dataclass
+class Served:
+    """One webserver and daemon for the module's UI tests, over a directory holding the long
+    pipeline; each test starts from an empty output directory."""
+    port: int
+    root: Path
+    home: Path
+    file: Path
 
 
-def test_terminate_from_the_ui_cancels_a_run_of_dagster_job_execute(tmp_path, spark):
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cancel_ui")
+    configs = root / "configs"
+    configs.mkdir()
+    f = _long(root).rename(configs / "long.json")
+    with serve(root, configs, {}) as (port, _):
+        yield Served(port, root, root / "dagster_home", f)
+
+
+@pytest.fixture
+def ui(served):
+    shutil.rmtree(served.root / "out", ignore_errors=True)
+    return served
+
+
+def test_terminate_from_the_ui_cancels_a_run_of_pipeline_run(ui, spark):
+    proc = _start(ui.file, ui.home)
+    run = _writing(ui.home, proc, ui.root / "out")
+    sent = time.monotonic()
+    result = gql(ui.port, """mutation($id: String!) { terminateRun(runId: $id) {
+        __typename } }""", {"id": run.run_id})["terminateRun"]
+    err, took = _ended(proc, sent)
+    assert proc.returncode == 130, (result, err[-3000:])
+    print(f"UI terminate: cancelled in {took:.1f}s")
+    _after(spark, ui.root, ui.home, ui.file, run.run_id, err, "terminated from Dagster")
+
+
+def test_terminate_from_the_ui_cancels_a_run_of_dagster_job_execute(ui, spark):
     """Dagster's own CLI executes in process too: the Spark resource's watcher cancels the
     job, and the run ends CANCELED (not FAILURE), whichever way the UI terminates it."""
-    f = _long(tmp_path)
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    f.rename(configs / f.name)
-    with serve(tmp_path, tmp_path / "no-configs", {}) as (port, _):
-        home = tmp_path / "dagster_home"
-        env = {**os.environ, "DAGSTER_HOME": str(home), "SPARK_MASTER": "local[2]",
-               "PIPELINE_CONFIG_DIR": str(configs)}
-        # the second termination lands as the load step starts, before or while it submits
-        # its Spark job: a job submitted after the termination is cancelled too
-        for policy, out in (("SAFE_TERMINATE", tmp_path / "out"),
-                            ("MARK_AS_CANCELED_IMMEDIATELY", None)):
-            shutil.rmtree(tmp_path / "out", ignore_errors=True)
-            proc = subprocess.Popen(
-                [str(Path(sys.executable).parent / "dagster"), "job", "execute", "-m",
-                 "pipeline_defs.definitions", "-j", "long_job"], env=env, cwd=REPO,
-                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            run = _writing(home, proc, out)
-            sent = time.monotonic()
-            gql(port, """mutation($id: String!, $p: TerminateRunPolicy) {
-                terminateRun(runId: $id, terminatePolicy: $p) { __typename } }""",
-                {"id": run.run_id, "p": policy})
-            output, took = _ended(proc, sent)
-            assert proc.returncode == 1, output[-3000:]  # Dagster's CLI: the run did not succeed
-            print(f"UI terminate ({policy}) of dagster job execute: ended in {took:.1f}s")
-            with dg.DagsterInstance.from_config(str(home)) as instance:
-                assert instance.get_run_by_id(run.run_id).status == \
-                    dg.DagsterRunStatus.CANCELED, policy
-            assert not list((tmp_path / "out" / "_delta_log").glob("*.json"))
-
-
-def test_terminate_from_the_ui_cancels_a_run_the_daemon_launched(tmp_path, spark):
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    f = _long(tmp_path)
-    (configs / "long.json").write_text(f.read_text())
-    with serve(tmp_path, configs, {}) as (port, _):
-        home = tmp_path / "dagster_home"
-        from pipeline_defs_tests.e2e.test_webserver import launch, run_status
-        run_id = launch(port, "long_job")
-        deadline = time.monotonic() + 240
-        while True:  # until the long write is under way
-            with dg.DagsterInstance.from_config(str(home)) as instance:
-                if any((r.step_key or "").endswith(".big_out") for r in instance.all_logs(
-                        run_id, of_type=dg.DagsterEventType.STEP_START)) \
-                        and _tasks_writing(tmp_path / "out"):
-                    break
-            assert time.monotonic() < deadline, run_status(port, run_id)  # never started
-            time.sleep(0.5)
+    env = {**os.environ, "DAGSTER_HOME": str(ui.home), "SPARK_MASTER": "local[2]",
+           "PIPELINE_CONFIG_DIR": str(ui.file.parent)}
+    # the second termination lands as the load step starts, before or while it submits
+    # its Spark job: a job submitted after the termination is cancelled too
+    for policy, out in (("SAFE_TERMINATE", ui.root / "out"),
+                        ("MARK_AS_CANCELED_IMMEDIATELY", None)):
+        shutil.rmtree(ui.root / "out", ignore_errors=True)
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster"), "job", "execute", "-m",
+             "pipeline_defs.definitions", "-j", "long_job"], env=env, cwd=REPO,
+            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        run = _writing(ui.home, proc, out)
         sent = time.monotonic()
-        result = gql(port, """mutation($id: String!) { terminateRun(runId: $id) {
-            __typename } }""", {"id": run_id})["terminateRun"]
-        assert result["__typename"] == "TerminateRunSuccess", result
-        while run_status(port, run_id) not in ("CANCELED", "FAILURE", "SUCCESS") and \
-                time.monotonic() - sent < 120:
-            time.sleep(0.2)
-        took = time.monotonic() - sent
-        assert run_status(port, run_id) == "CANCELED", took
-        print(f"UI terminate of a daemon-launched run: CANCELED in {took:.1f}s")
-        # ...and its run worker, Spark JVM included, is gone (not writing on in the dark)
-        while _workers(run_id) and time.monotonic() - sent < 60:
-            time.sleep(0.5)
-        assert not _workers(run_id), _workers(run_id)
-        print(f"  run worker gone after {time.monotonic() - sent:.1f}s")
-        assert not list((tmp_path / "out" / "_delta_log").glob("*.json"))
+        gql(ui.port, """mutation($id: String!, $p: TerminateRunPolicy) {
+            terminateRun(runId: $id, terminatePolicy: $p) { __typename } }""",
+            {"id": run.run_id, "p": policy})
+        output, took = _ended(proc, sent)
+        assert proc.returncode == 1, output[-3000:]  # Dagster's CLI: the run did not succeed
+        print(f"UI terminate ({policy}) of dagster job execute: ended in {took:.1f}s")
+        with dg.DagsterInstance.from_config(str(ui.home)) as instance:
+            assert instance.get_run_by_id(run.run_id).status == \
+                dg.DagsterRunStatus.CANCELED, policy
+        assert not list((ui.root / "out" / "_delta_log").glob("*.json"))
+
+
+def test_terminate_from_the_ui_cancels_a_run_the_daemon_launched(ui, spark):
+    from pipeline_defs_tests.e2e.test_webserver import launch, run_status
+    run_id = launch(ui.port, "long_job")
+    deadline = time.monotonic() + 240
+    while True:  # until the long write is under way
+        with dg.DagsterInstance.from_config(str(ui.home)) as instance:
+            if any((r.step_key or "").endswith(".big_out") for r in instance.all_logs(
+                    run_id, of_type=dg.DagsterEventType.STEP_START)) \
+                    and _tasks_writing(ui.root / "out"):
+                break
+        assert time.monotonic() < deadline, run_status(ui.port, run_id)  # never started
+        time.sleep(0.5)
+    sent = time.monotonic()
+    result = gql(ui.port, """mutation($id: String!) { terminateRun(runId: $id) {
+        __typename } }""", {"id": run_id})["terminateRun"]
+    assert result["__typename"] == "TerminateRunSuccess", result
+    while run_status(ui.port, run_id) not in ("CANCELED", "FAILURE", "SUCCESS") and \
+            time.monotonic() - sent < 120:
+        time.sleep(0.2)
+    took = time.monotonic() - sent
+    assert run_status(ui.port, run_id) == "CANCELED", took
+    print(f"UI terminate of a daemon-launched run: CANCELED in {took:.1f}s")
+    # ...and its run worker, Spark JVM included, is gone (not writing on in the dark)
+    while _workers(run_id) and time.monotonic() - sent < 60:
+        time.sleep(0.5)
+    assert not _workers(run_id), _workers(run_id)
+    print(f"  run worker gone after {time.monotonic() - sent:.1f}s")
+    assert not list((ui.root / "out" / "_delta_log").glob("*.json"))
 
 
 def _workers(run_id: str) -> list[int]:

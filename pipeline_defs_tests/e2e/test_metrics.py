@@ -1,5 +1,5 @@
 """Run, step and micro-batch metrics through every exporter at once: the run's log (a JSON
-line), a JSON file per run and the real Prometheus Pushgateway (scripts/services.sh). The
+line), a JSON file per run and a real Prometheus Pushgateway (the test's own). The
 exported values are the run's own: its rows equal the summary's and the data's, its bytes
 equal the sizes of the files Spark read and wrote; a failed run is pushed as such; an
 unreachable gateway is a warning, never a failed run."""

@@ -1,8 +1,10 @@
 """The Dagster UI in a real browser (Debian's Chromium through chromedriver and selenium),
 against the real webserver and daemon serving the example pipelines: the job list, a job's
-graph, a run launched from the Launchpad with a param changed (and what it wrote), the asset
-catalog with readable names, lineage, check results on the asset they check, the schedule and
-sensor on the Automation page. Each page is kept as a screenshot in the test's temporary
+graph (nodes and graph ins/outs named by step and asset), a run launched from the Launchpad
+(which shows only its own params) with a param changed (and what it wrote, and the SparkSession's
+start as a line of its own), the asset catalog with readable names, an asset's owners, tags,
+code version and code reference, lineage, check results on the asset they check, the schedule
+and sensor on the Automation page. Each page is kept as a screenshot in the test's temporary
 directory; a failure lists them."""
 from __future__ import annotations
 
@@ -104,6 +106,7 @@ def browser_world(tmp_path, sample_data):
     (tmp_path / "drop").mkdir()
     write_json(configs / "ui_demo.json", {
         "name": "ui-demo", "params": {"label": "from-the-file"},
+        "owners": ["team:analytics"], "tags": {"domain": "people"},
         "schedule": {"cron": "0 6 * * *", "timezone": "UTC"},
         "sensors": [{"type": "newFiles", "path": str(tmp_path / "drop"), "pattern": "*.csv"}],
         "steps": [
@@ -142,11 +145,15 @@ def test_the_ui_in_a_browser(browser_world):
     b.click("View as Asset Graph", name="op-graph-toggle", tag="label")
     b.wait_for("ui_demo_steps", "Expand", name="op-graph")
     b.click("Expand", name="op-graph-expand", tag="*")
-    b.wait_for("customers_in", "add_label", "label_out", name="op-graph-expanded")
+    graph = b.wait_for("customers_in", "add_label", "label_out", name="op-graph-expanded")
+    # nodes and the graph's ins and outs are named by what they are (not src00, t03, or the
+    # job's name on every node)
+    assert "src00" not in graph and "t03" not in graph and "ui_demo__" not in graph, graph
 
     # the Launchpad: the file's param is there, and the Spark resource's settings (issue 17)
-    b.open(f"/locations/{location}/jobs/ui_demo/playground", "label: from-the-file",
-           "spark_config:", "spark.master: local[2]", name="launchpad")
+    pad = b.open(f"/locations/{location}/jobs/ui_demo/playground", "label: from-the-file",
+                 "spark_config:", "spark.master: local[2]", "params_ui_demo", name="launchpad")
+    assert "params_orders_enrichment" not in pad  # only this job's own params
     changed = b.driver.execute_script(
         "const cm = document.querySelector('.CodeMirror').CodeMirror;"
         "cm.setValue(cm.getValue().replace('label: from-the-file', 'label: from-the-ui'));"
@@ -159,6 +166,8 @@ def test_the_ui_in_a_browser(browser_world):
         time.sleep(0.5)
     run_id = b.driver.current_url.rsplit("/runs/", 1)[-1].split("?")[0]
     b.wait_for("Success", name="run-succeeded", timeout=300)
+    # the SparkSession's start is a line of the run, before its first step, in no step's time
+    b.wait_for("Spark session started in", name="run-spark-start")
     assert run_status(port, run_id) == "SUCCESS", log.read_text()[-3000:]
     table = pq.read_table(tmp_path / "out" / "ui_demo")
     assert set(table["label"].to_pylist()) == {"from-the-ui"} and table.num_rows == 200
@@ -166,6 +175,10 @@ def test_the_ui_in_a_browser(browser_world):
     # the asset catalog: readable names (the tables' own), sources under sources/
     b.open("/assets", "labelled_people", "enriched_orders", "monthly_sales", "sources",
            name="catalog")
+    # the asset's page: owners and tags from the file, its code version, and where it is
+    # written in the pipeline file (its code reference)
+    b.open("/assets/labelled_people?view=definition", "team:analytics", "domain", "people",
+           "Code version", "ui_demo.json", name="asset-definition")
     # lineage: the table and what it was made from
     b.open("/assets/labelled_people?view=lineage", "labelled_people", "customers",
            name="lineage")

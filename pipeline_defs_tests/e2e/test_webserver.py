@@ -35,12 +35,33 @@ def gql(port: int, query: str, variables: dict | None = None) -> dict:
     return body["data"]
 
 
-@pytest.fixture
-def webserver(tmp_path, sample_data):
-    with serve(tmp_path, copy_configs(tmp_path / "configs"), {
-            "PIPELINE_DATA_DIR": str(sample_data),
-            "PIPELINE_OUTPUT_DIR": str(tmp_path / "out")}) as (port, out):
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, sample_data):
+    """One webserver and daemon for this module's tests: the example pipelines over the
+    sample data, and a streaming pipeline reading a directory of JSON files."""
+    root = tmp_path_factory.mktemp("webserver")
+    configs, src = copy_configs(root / "configs"), root / "incoming"
+    src.mkdir()
+    (src / "a.json").write_text("\n".join(json.dumps({"id": i}) for i in range(100)))
+    (configs / "stream.json").write_text(json.dumps({
+        "name": "ui-stream", "mode": "streaming",
+        "streaming": {"trigger": "1 second", "checkpointRoot": str(root / "cp"),
+                      "progressIntervalS": 1},
+        "steps": [
+            {"type": "extract", "method": "fromFile", "config": {
+                "path": str(src), "format": "json", "schema": "id BIGINT"}},
+            {"type": "transform", "method": "enrichData", "config": {"columns": {
+                "twice": "id * 2"}}},
+            {"type": "load", "method": "toDeltaLake", "config": {
+                "path": str(root / "out" / "stream"), "mode": "append"}}]}))
+    with serve(root, configs, {"PIPELINE_DATA_DIR": str(sample_data),
+                               "PIPELINE_OUTPUT_DIR": str(root / "out")}) as (port, out):
         yield port, out, sample_data
+
+
+@pytest.fixture
+def webserver(served):
+    return served
 
 
 @contextlib.contextmanager
@@ -182,24 +203,8 @@ def _orders(data: Path) -> list[dict]:
 
 
 @pytest.fixture
-def stream_server(tmp_path):
-    configs, src = tmp_path / "configs", tmp_path / "incoming"
-    configs.mkdir()
-    src.mkdir()
-    (src / "a.json").write_text("\n".join(json.dumps({"id": i}) for i in range(100)))
-    (configs / "stream.json").write_text(json.dumps({
-        "name": "ui-stream", "mode": "streaming",
-        "streaming": {"trigger": "1 second", "checkpointRoot": str(tmp_path / "cp"),
-                      "progressIntervalS": 1},
-        "steps": [
-            {"type": "extract", "method": "fromFile", "config": {
-                "path": str(src), "format": "json", "schema": "id BIGINT"}},
-            {"type": "transform", "method": "enrichData", "config": {"columns": {
-                "twice": "id * 2"}}},
-            {"type": "load", "method": "toDeltaLake", "config": {
-                "path": str(tmp_path / "out" / "stream"), "mode": "append"}}]}))
-    with serve(tmp_path, configs, {}) as served:
-        yield served
+def stream_server(served):
+    return served[:2]
 
 
 def test_terminating_a_streaming_run_from_the_ui_stops_it_and_a_new_run_resumes(

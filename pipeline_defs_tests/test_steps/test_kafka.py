@@ -1,4 +1,4 @@
-"""fromKafka / toKafka in batch against the real KRaft broker (scripts/kafka.sh)."""
+"""fromKafka / toKafka in batch against the real KRaft broker (the session's, servers.py)."""
 
 from __future__ import annotations
 
