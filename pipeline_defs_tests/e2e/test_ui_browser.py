@@ -8,6 +8,7 @@ and sensor on the Automation page. Each page is kept as a screenshot in the test
 directory; a failure lists them."""
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -177,8 +178,12 @@ def test_the_ui_in_a_browser(browser_world):
            name="catalog")
     # the asset's page: owners and tags from the file, its code version, and where it is
     # written in the pipeline file (its code reference)
-    b.open("/assets/labelled_people?view=definition", "team:analytics", "domain", "people",
-           "Code version", "ui_demo.json", name="asset-definition")
+    b.open("/assets/labelled_people", "Owners\nanalytics", "domain: people",
+           "ui_demo.json, step 3", name="asset-definition")
+    node = gql(port, """{ assetNodeOrError(assetKey: {path: ["labelled_people"]}) {
+        ... on AssetNode { opVersion owners { ... on TeamAssetOwner { team } } } } }""")
+    assert re.fullmatch(r"[0-9a-f]{16}", node["assetNodeOrError"]["opVersion"]), node
+    assert node["assetNodeOrError"]["owners"] == [{"team": "analytics"}]
     # lineage: the table and what it was made from
     b.open("/assets/labelled_people?view=lineage", "labelled_people", "customers",
            name="lineage")
