@@ -16,6 +16,21 @@ os.environ.setdefault("SPARK_LOG_LEVEL", "ERROR")
 pytest_plugins = ["pipeline_defs_tests.servers"]
 
 
+@pytest.fixture(autouse=True)
+def _no_defs_state_storage_of_a_closed_instance():
+    """Dagster 1.13's `with DagsterInstance... as instance:` sets the current defs-state
+    storage (a ContextVar) on entering and leaves it set on leaving: it is reset only when the
+    instance is garbage collected, and when that happens on another thread (a Spark or Dagster
+    thread ran the collection) the reset misses this one. The next Definitions built here then
+    fail with "Attempted to resolve undefined DagsterInstance weakref" (seen in full runs, never
+    alone). The tests open instances that way to read runs; each test starts without one and
+    leaves the variable as it found it."""
+    from dagster._core.storage.defs_state.base import _current_storage
+    token = _current_storage.set(None)
+    yield
+    _current_storage.reset(token)
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     from pipeline_defs.resources.spark import SparkSettings, session

@@ -46,8 +46,8 @@ def spark_cluster():
     url = wait_for("the Spark master", lambda: said(r"Starting Spark master at "
                                                    r"(spark://127\.0\.0\.1:\d+)"),
                    master.proc, master.log)
-    ui = wait_for("the Spark master's UI", lambda: said(
-        r"MasterWebUI.* started at (http://127\.0\.0\.1:\d+)"), master.proc, master.log)
+    ui = "http://127.0.0.1:" + wait_for("the Spark master's UI", lambda: said(
+        r"MasterWebUI.* started at http://[^:/]+:(\d+)"), master.proc, master.log)
     (root / "work").mkdir()
     worker.popen([str(home / "bin" / "spark-class"), "org.apache.spark.deploy.worker.Worker",
                   url, "--host", "127.0.0.1", "--webui-port", "0", "--cores", "1",
