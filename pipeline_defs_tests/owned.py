@@ -143,20 +143,24 @@ class Owned:
         return set(ports) <= self.ports()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        """Signals the whole process group (the server's children too), waits, then kills
+        what is left of the group."""
         if self.proc is None:
             return
+        group = self.proc.pid  # the group's id: the leader's pid (start_new_session)
         try:
-            os.killpg(self.proc.pid, sig)
+            os.killpg(group, sig)
         except ProcessLookupError:
             pass
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(30)
+            pass
+        try:
+            os.killpg(group, signal.SIGKILL)  # whatever of the group is still there
+        except ProcessLookupError:
+            pass
+        self.proc.wait(30)
         self.proc = None
 
 
@@ -172,12 +176,16 @@ def start_on_port(what: str, owned: Owned, nports: int,
         ports = candidate_ports(nports)
         launch(ports)
         try:
-            wait_for(what, lambda p=ports: ready(p) and owned.holds(*p), owned.proc, owned.log,
+            # held by this process first: only then is anything said to the port
+            wait_for(what, lambda p=ports: owned.holds(*p) and ready(p), owned.proc, owned.log,
                      timeout)
             return ports
         except ServerDidNotStart as e:
             last = e
             owned.stop(signal.SIGKILL)
+        except BaseException:
+            owned.stop(signal.SIGKILL)  # nothing that did not start outlives the attempt
+            raise
     raise ServerDidNotStart(f"{what}: no attempt started ({attempts} tried): {last}")
 
 
@@ -186,9 +194,12 @@ def start_on_port_zero(what: str, owned: Owned, launch: Callable[[], subprocess.
     """Starts a server told to bind port 0: the kernel picks a free port, read back from the
     process's listening sockets (sorted; `count` of them)."""
     launch()
-    found = wait_for(what, lambda: (lambda p: sorted(p) if len(p) >= count else None)(
-        owned.ports()), owned.proc, owned.log, timeout)
-    return found
+    try:
+        return wait_for(what, lambda: (lambda p: sorted(p) if len(p) >= count else None)(
+            owned.ports()), owned.proc, owned.log, timeout)
+    except BaseException:
+        owned.stop(signal.SIGKILL)  # nothing that did not start outlives the attempt
+        raise
 
 
 def session_dir(name: str) -> Path:

@@ -124,12 +124,14 @@ def mariadb_server():
         "--bind-address=127.0.0.1", f"--socket={sock}", f"--pid-file={root / 'mariadb.pid'}",
         "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=0",
         "--innodb-buffer-pool-size=256M", "--max-connections=200"]), ping)
-    subprocess.run(["mariadb", f"--socket={sock}", "-uroot", "-e",
-                    "CREATE USER 'pipeline_admin'@'127.0.0.1'; GRANT ALL PRIVILEGES ON *.* TO "
-                    "'pipeline_admin'@'127.0.0.1' WITH GRANT OPTION;"], check=True)
-    yield port
-    owned.stop()
-    remove(root)
+    try:
+        subprocess.run(["mariadb", f"--socket={sock}", "-uroot", "-e",
+                        "CREATE USER 'pipeline_admin'@'127.0.0.1'; GRANT ALL PRIVILEGES ON *.* "
+                        "TO 'pipeline_admin'@'127.0.0.1' WITH GRANT OPTION;"], check=True)
+        yield port
+    finally:
+        owned.stop()
+        remove(root)
 
 
 # ---------------------------------------------------------------- S3 (moto)
@@ -282,29 +284,6 @@ class Broker(str):
     sasl_user = ("etl", "etl-dev-secret")
 
 
-_KAFKA_PROPERTIES = """process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:{c}
-listeners=PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c},SASL_PLAINTEXT://127.0.0.1:{s}
-advertised.listeners=PLAINTEXT://127.0.0.1:{p},SASL_PLAINTEXT://127.0.0.1:{s}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
-sasl.enabled.mechanisms=PLAIN
-listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.\
-PlainLoginModule required username="admin" password="admin-dev-secret" \
-user_admin="admin-dev-secret" user_etl="etl-dev-secret";
-log.dirs={data}
-num.partitions=1
-auto.create.topics.enable=true
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-group.initial.rebalance.delay.ms=0
-"""
-
-
 @pytest.fixture(scope="session")
 def kafka():
     """This session's Kafka broker (KRaft: broker and controller in one JVM, from the jars
@@ -324,7 +303,11 @@ def kafka():
         p, c, sasl = ports
         data = root / f"data-{p}"
         props = root / "server.properties"
-        props.write_text(_KAFKA_PROPERTIES.format(p=p, c=c, s=sasl, data=data))
+        text = (REPO / "jvm" / "kafka" / "server.properties.in").read_text()
+        for k, v in (("@PORT@", p), ("@CONTROLLER_PORT@", c), ("@SASL_PORT@", sasl),
+                     ("@DATA@", data), ("@PARTITIONS@", 1)):
+            text = text.replace(k, str(v))
+        props.write_text(text)
         cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         subprocess.run(["java", "-cp", cp, "kafka.tools.StorageTool", "format", "--standalone",
                         "-c", str(props), "-t", cluster], check=True, capture_output=True)

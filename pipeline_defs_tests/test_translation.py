@@ -188,7 +188,9 @@ def test_the_examples_steps_carry_their_lines(registry):
         p = load_pipeline(f, registry)
         lines = f.read_text().splitlines()
         for s in p.steps:
-            assert s.line and "{" in lines[s.line - 1], (f.name, s.index, s.line)
+            # the step's own opening brace (a `"config": {` line does not start with one)
+            assert s.line and lines[s.line - 1].strip().startswith("{"), \
+                (f.name, s.index, s.line)
             rest = "\n".join(lines[s.line - 1:])
             assert f'"{s.method}"' in rest.split('"method"', 1)[1].split("\n", 1)[0], \
                 (f.name, s.index)

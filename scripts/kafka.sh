@@ -56,27 +56,10 @@ up() {
   echo "kafka: broker on 127.0.0.1:$PORT"
 }
 
-properties() {
-  cat <<PROPS
-process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:$CPORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT,SASL_PLAINTEXT://127.0.0.1:$SPORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,SASL_PLAINTEXT://127.0.0.1:$SPORT
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
-sasl.enabled.mechanisms=PLAIN
-listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="admin" password="admin-dev-secret" user_admin="admin-dev-secret" user_etl="etl-dev-secret";
-log.dirs=$DIR/data
-num.partitions=$PARTITIONS
-auto.create.topics.enable=true
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-group.initial.rebalance.delay.ms=0
-PROPS
+properties() {  # jvm/kafka/server.properties.in, filled in
+  sed -e "s|@PORT@|$PORT|g" -e "s|@CONTROLLER_PORT@|$CPORT|g" -e "s|@SASL_PORT@|$SPORT|g" \
+      -e "s|@DATA@|$DIR/data|g" -e "s|@PARTITIONS@|$PARTITIONS|g" \
+      "$ROOT/jvm/kafka/server.properties.in"
 }
 
 # Waits for the listener; a broker that exits while starting (a port taken, a bad data

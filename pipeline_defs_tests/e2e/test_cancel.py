@@ -38,13 +38,32 @@ def _long(tmp_path: Path) -> Path:
              "config": {"path": str(tmp_path / "out"), "mode": "overwrite"}}]})
 
 
+STARTED: list[subprocess.Popen] = []  # what this module's tests started, each a group
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_running():
+    """Whatever a test started (`pipeline run`, `dagster job execute`, with their JVMs) is
+    gone when it ends, also when it failed before the run ended."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(30)
+
+
 def _start(f: Path, home: Path) -> subprocess.Popen:
     """`pipeline run` as a terminal's foreground job: a process group of its own, which
     Ctrl-C signals as a whole (the run's JVM and Dagster's log tails included)."""
     env = {**os.environ, "DAGSTER_HOME": str(home), "SPARK_MASTER": "local[2]"}
-    return subprocess.Popen([PIPELINE, "run", str(f)], env=env, cwd=REPO, text=True,
+    proc = subprocess.Popen([PIPELINE, "run", str(f)], env=env, cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
+    STARTED.append(proc)
+    return proc
 
 
 def _group(pgid: int) -> list[int]:
@@ -65,20 +84,33 @@ def _tasks_writing(out: Path) -> bool:
     return out.is_dir() and any(out.glob("part-*.parquet"))
 
 
-def _writing(home: Path, proc: subprocess.Popen, out: Path | None) -> dg.DagsterRun:
+def _run_ids(home: Path) -> set[str]:
+    if not (home / "dagster.yaml").exists() and not (home / "storage").exists():
+        return set()
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return {r.run_id for r in instance.get_runs()}
+
+
+def _writing(home: Path, proc: subprocess.Popen, out: Path | None,
+             known: set[str] = frozenset()) -> dg.DagsterRun:
     """The run, once its load step (the long Spark job) is writing (with `out` None: as soon
     as the step has started, maybe before its job is submitted)."""
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
         with dg.DagsterInstance.from_config(str(home)) as instance:
-            for run in instance.get_runs():
+            for run in instance.get_runs():  # a run this test started (`known`: those
+                # the shared home held before it)
+                if run.run_id in known:
+                    continue
                 starts = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
                 if not run.is_finished and any(
                         r.step_key and r.step_key.endswith(".big_out") for r in starts) \
                         and (out is None or _tasks_writing(out)):
                     return run
         time.sleep(0.5)
-    raise AssertionError(f"the load never started: {proc.communicate()}")
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError(f"the load never started: {proc.communicate(timeout=60)}")
 
 
 def _ended(proc: subprocess.Popen, since: float) -> tuple[str, float]:
@@ -185,8 +217,9 @@ def ui(served):
 
 
 def test_terminate_from_the_ui_cancels_a_run_of_pipeline_run(ui, spark):
+    known = _run_ids(ui.home)
     proc = _start(ui.file, ui.home)
-    run = _writing(ui.home, proc, ui.root / "out")
+    run = _writing(ui.home, proc, ui.root / "out", known)
     sent = time.monotonic()
     result = gql(ui.port, """mutation($id: String!) { terminateRun(runId: $id) {
         __typename } }""", {"id": run.run_id})["terminateRun"]
@@ -206,11 +239,13 @@ def test_terminate_from_the_ui_cancels_a_run_of_dagster_job_execute(ui, spark):
     for policy, out in (("SAFE_TERMINATE", ui.root / "out"),
                         ("MARK_AS_CANCELED_IMMEDIATELY", None)):
         shutil.rmtree(ui.root / "out", ignore_errors=True)
+        known = _run_ids(ui.home)
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "dagster"), "job", "execute", "-m",
              "pipeline_defs.definitions", "-j", "long_job"], env=env, cwd=REPO,
-            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        run = _writing(ui.home, proc, out)
+            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        STARTED.append(proc)
+        run = _writing(ui.home, proc, out, known)
         sent = time.monotonic()
         gql(ui.port, """mutation($id: String!, $p: TerminateRunPolicy) {
             terminateRun(runId: $id, terminatePolicy: $p) { __typename } }""",

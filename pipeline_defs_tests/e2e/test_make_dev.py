@@ -44,8 +44,18 @@ def _up(port: int, proc: subprocess.Popen, log: Path) -> None:
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "background-sigterm"])
-def test_make_dev_stops_with_everything_it_started(tmp_path, how):
+def _kill_all(home: Path) -> None:
+    for pid in _processes_with(home):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_make_dev_stops_with_everything_it_started(tmp_path, how, request):
     home, (port,), log = tmp_path / "home", candidate_ports(1), tmp_path / "dev.log"
+    # if the test fails before `make dev` stopped, nothing it started outlives the test
+    request.addfinalizer(lambda: _kill_all(home))
     (tmp_path / "configs").mkdir()
     make = f"make dev DEV_PORT={port} DAGSTER_HOME={home}"
     env = {**os.environ, "PIPELINE_CONFIG_DIR": str(tmp_path / "configs")}

@@ -37,6 +37,15 @@ def spark_cluster():
     env = {"SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(root),
            "PYSPARK_PYTHON": sys.executable}
     master, worker = Owned("master", root), Owned("worker", root)
+    try:
+        yield _start_cluster(home, root, env, master, worker)
+    finally:  # also when it did not start: nothing of it outlives the session
+        worker.stop()
+        master.stop()
+        remove(root)
+
+
+def _start_cluster(home: Path, root: Path, env: dict, master: Owned, worker: Owned) -> Cluster:
     master.popen([str(home / "bin" / "spark-class"), "org.apache.spark.deploy.master.Master",
                   "--host", "127.0.0.1", "--port", "0", "--webui-port", "0"], env=env)
 
@@ -59,10 +68,7 @@ def spark_cluster():
     wait_for("the Spark worker", alive, worker.proc, worker.log)
     cluster = Cluster(url)
     cluster.ui = ui
-    yield cluster
-    worker.stop()
-    master.stop()
-    remove(root)
+    return cluster
 
 
 def _apps(cluster: Cluster) -> list[dict]:

@@ -152,9 +152,11 @@ def test_the_ui_in_a_browser(browser_world):
     assert "src00" not in graph and "t03" not in graph and "ui_demo__" not in graph, graph
 
     # the Launchpad: the file's param is there, and the Spark resource's settings (issue 17)
-    pad = b.open(f"/locations/{location}/jobs/ui_demo/playground", "label: from-the-file",
-                 "spark_config:", "spark.master: local[2]", "params_ui_demo", name="launchpad")
-    assert "params_orders_enrichment" not in pad  # only this job's own params
+    b.open(f"/locations/{location}/jobs/ui_demo/playground", "label: from-the-file",
+           "spark_config:", "spark.master: local[2]", "params_ui_demo", name="launchpad")
+    config = b.driver.execute_script(  # the whole run config, not just the lines on screen
+        "return document.querySelector('.CodeMirror').CodeMirror.getValue();")
+    assert "params_ui_demo:" in config and "params_orders_enrichment" not in config, config
     changed = b.driver.execute_script(
         "const cm = document.querySelector('.CodeMirror').CodeMirror;"
         "cm.setValue(cm.getValue().replace('label: from-the-file', 'label: from-the-ui'));"
@@ -167,7 +169,8 @@ def test_the_ui_in_a_browser(browser_world):
         time.sleep(0.5)
     run_id = b.driver.current_url.rsplit("/runs/", 1)[-1].split("?")[0]
     b.wait_for("Success", name="run-succeeded", timeout=300)
-    # the SparkSession's start is a line of the run, before its first step, in no step's time
+    # the SparkSession's start is a line of the run's log (test_cli.py checks it comes before
+    # the first step)
     b.wait_for("Spark session started in", name="run-spark-start")
     assert run_status(port, run_id) == "SUCCESS", log.read_text()[-3000:]
     table = pq.read_table(tmp_path / "out" / "ui_demo")

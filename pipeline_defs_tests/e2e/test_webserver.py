@@ -6,7 +6,7 @@ import contextlib
 import csv
 import json
 import os
-import subprocess
+import signal
 import sys
 import time
 import urllib.request
@@ -91,35 +91,36 @@ def serve(tmp_path, config_dir, extra_env, instance_yaml: str = "",
     (port,) = start_on_port("dagster-webserver", web, 1, lambda ports: web.popen(
         [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(ports[0]),
          "-m", "pipeline_defs.definitions"], env=env, cwd=REPO), answers)
-    DAEMONS[port] = (_daemon(tmp_path, env), tmp_path, env)
     try:
+        DAEMONS[port] = ([_daemon(tmp_path, env)], tmp_path, env)
         yield port, tmp_path / "out"
     finally:
-        daemon = DAEMONS.pop(port)[0]
-        daemon.terminate()
-        try:
-            daemon.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
+        # every daemon this block started, with its process group (code servers, run
+        # workers and their JVMs): nothing outlives the block, also when a test failed
+        for daemon in DAEMONS.pop(port, ([], None, None))[0]:
+            daemon.stop()
         web.stop()
 
 
-DAEMONS: dict[int, tuple] = {}  # webserver port -> (daemon process, tmp_path, env)
+DAEMONS: dict[int, tuple] = {}  # webserver port -> (daemons started, tmp_path, env)
 
 
-def _daemon(tmp_path, env) -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-m",
-                             "pipeline_defs.definitions"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL,
-                            stderr=open(tmp_path / "daemon.log", "a"))
+def _daemon(tmp_path, env) -> Owned:
+    """dagster-daemon in a process group of its own (its code server and the run workers it
+    launches stay in it), logging to daemon.log."""
+    daemon = Owned("daemon", tmp_path)
+    daemon.popen([str(BIN / "dagster-daemon"), "run", "-m", "pipeline_defs.definitions"],
+                 env=env, cwd=REPO)
+    return daemon
 
 
 def restart_daemon(port: int) -> None:
-    """Stops the daemon of serve()'s instance (SIGKILL: no goodbye) and starts a new one."""
-    daemon, tmp_path, env = DAEMONS[port]
-    daemon.kill()
-    daemon.wait(timeout=60)
-    DAEMONS[port] = (_daemon(tmp_path, env), tmp_path, env)
+    """Stops the daemon of serve()'s instance (SIGKILL to the daemon alone: no goodbye) and
+    starts a new one; what the old one started is stopped with the block."""
+    daemons, tmp_path, env = DAEMONS[port]
+    os.kill(daemons[-1].proc.pid, signal.SIGKILL)
+    daemons[-1].proc.wait(timeout=60)
+    daemons.append(_daemon(tmp_path, env))
 
 
 def launch(port: int, job: str) -> str:
