@@ -43,7 +43,6 @@ def _up(port: int, proc: subprocess.Popen, log: Path) -> None:
     raise AssertionError(f"make dev did not serve: {log.read_text()[-3000:]}")
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "background-sigterm"])
 def _kill_all(home: Path) -> None:
     for pid in _processes_with(home):
         try:
@@ -52,6 +51,7 @@ def _kill_all(home: Path) -> None:
             pass
 
 
+@pytest.mark.parametrize("how", ["ctrl-c", "background-sigterm"])
 def test_make_dev_stops_with_everything_it_started(tmp_path, how, request):
     home, (port,), log = tmp_path / "home", candidate_ports(1), tmp_path / "dev.log"
     # if the test fails before `make dev` stopped, nothing it started outlives the test
