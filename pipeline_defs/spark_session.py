@@ -133,9 +133,21 @@ _background: threading.Thread | None = None
 _started_in: list[float] = []  # how long this process's session took to start
 
 
+_reported: list[bool] = []  # the start was said in a run's log
+
+
 def spark_start_seconds() -> float | None:
     """How long this process's SparkSession took to start (None: not started here)."""
     return _started_in[0] if _started_in else None
+
+
+def first_report_of_start() -> float | None:
+    """spark_start_seconds(), the first time it is asked for after the start; else None."""
+    with _lock:
+        if not _started_in or _reported:
+            return None
+        _reported.append(True)
+        return _started_in[0]
 
 
 def session(settings: SparkSettings) -> SparkSession:
@@ -152,6 +164,7 @@ def session(settings: SparkSettings) -> SparkSession:
         s = b.getOrCreate()
         s.sparkContext.setLogLevel(os.environ.get("SPARK_LOG_LEVEL", "ERROR"))
         _started_in[:] = [time.perf_counter() - started]
+        _reported.clear()
         return s
 
 

@@ -18,11 +18,11 @@ from pipeline_defs.spark_session import (  # noqa: F401 - re-exported
     REPO_ROOT,
     SparkSettings,
     default_jars_dir,
+    first_report_of_start,
     local_cores,
     refused,
     session,
     settings_from_env,
-    spark_start_seconds,
     start_in_background,
 )
 
@@ -104,18 +104,21 @@ class SparkResource(LazyPySparkResource):
         if problems:
             raise PipelineError("Spark settings refused: " + "; ".join(problems) + ".")
         existing = SparkSession._instantiatedSession
+        waited = time.perf_counter()
         if existing is not None and existing.sparkContext._jsc is not None:
             self._apply_to(existing, context.log)
         else:  # started here, so that no step is charged with the JVM's start
-            waited = time.perf_counter()
             self._session = session(self.settings)
-            waited = time.perf_counter() - waited
-            if context.log is not None:
-                sc = self._session.sparkContext
-                context.log.info(
-                    f"Spark session started in {spark_start_seconds():.1f}s (master "
-                    f"{sc.master}, Spark {sc.version}, app {sc.applicationId}); the run waited "
-                    f"{waited:.1f}s for it before its first step")
+        waited = time.perf_counter() - waited
+        # the session this process started (here, or in the background while Dagster
+        # loaded: `pipeline run`), said once, by the first run that uses it
+        started = first_report_of_start()
+        if started is not None and context.log is not None:
+            sc = SparkSession._instantiatedSession.sparkContext
+            context.log.info(
+                f"Spark session started in {started:.1f}s (master {sc.master}, Spark "
+                f"{sc.version}, app {sc.applicationId}); the run waited {waited:.1f}s for "
+                "it before its first step")
         if context.instance is not None and context.run_id:
             self._watcher = RunWatcher(context.instance, context.run_id, self)
             self._watcher.start()
