@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE))
 from plain_pyspark import LINEITEM  # noqa: E402
 from results import write_section  # noqa: E402
 
-from pipeline_defs.resources.spark import SparkSettings, session  # noqa: E402
+from pipeline_defs.dagster_layer.resources.spark import SparkSettings, session  # noqa: E402
 from pipeline_defs.steps.context import StepContext  # noqa: E402
 from pipeline_defs.steps.validate import ValidationGroup  # noqa: E402
 from pipeline_defs.steps.validate import rows as V

@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE))
 
 from results import write_section  # noqa: E402
 
-from pipeline_defs.spark_session import SparkSettings, session  # noqa: E402
+from pipeline_defs.spark.session import SparkSettings, session  # noqa: E402
 from pipeline_defs.steps import jdbc as L  # noqa: E402
 from pipeline_defs.steps.context import StepContext  # noqa: E402
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from results import alternate, timed, write_section
 
-from pipeline_defs import jvm_archive
+from pipeline_defs.spark import jvm_archive
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -90,7 +90,7 @@ def main() -> None:
     plain = [sys.executable, str(HERE / "plain_tiny.py"), f"{data}/in.parquet",
              f"{data}/out/plain"]
     # The plain script starts its JVM as PySpark does; "plain+archive" with the product's
-    # class-data archive of the driver JVM (pipeline_defs/jvm_archive.py), which leaves only
+    # class-data archive of the driver JVM (pipeline_defs/spark/jvm_archive.py), which leaves only
     # the orchestration between it and `pipeline run`.
     cmds = {"plain": (plain, {jvm_archive.ARCHIVE_ENV: "off"}),
             "plain+archive": (plain, {}), "pipeline": (pipeline, {})}
@@ -118,7 +118,7 @@ cores, master `{args.master}`: 10,000 rows of Parquet -> Delta (overwrite). Whol
 interpreter start to exit, {args.runs} runs each, alternating, after one untimed run of each.
 The plain script has the product's Spark settings (same jars, Delta) and no Dagster; it
 starts the driver JVM as PySpark does, and, in the second row, from the product's class-data
-archive (`pipeline_defs/jvm_archive.py`, made by `make setup`) as `pipeline run` does.
+archive (`pipeline_defs/spark/jvm_archive.py`, made by `make setup`) as `pipeline run` does.
 
 | | runs (s) | median (s) |
 |---|---|---|

@@ -3,7 +3,7 @@ import sys
 
 from pyspark.sql import functions as F
 
-from pipeline_defs.spark_session import session, settings_from_env
+from pipeline_defs.spark.session import session, settings_from_env
 
 LINEITEM = ("l_orderkey BIGINT, l_partkey BIGINT, l_suppkey BIGINT, l_linenumber INT, "
             "l_quantity DOUBLE, l_extendedprice DOUBLE, l_discount DOUBLE, l_tax DOUBLE, "

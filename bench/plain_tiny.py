@@ -1,7 +1,7 @@
 """bench/overhead_bench.py's baseline: the tiny pipeline's work in plain PySpark."""
 import sys
 
-from pipeline_defs.spark_session import session, settings_from_env
+from pipeline_defs.spark.session import session, settings_from_env
 
 # Same session settings as the product (jars, Delta): only the orchestration differs.
 spark = session(settings_from_env())

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from results import alternate, write_section
 
-from pipeline_defs import jvm_archive
+from pipeline_defs.spark import jvm_archive
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -66,7 +66,7 @@ def main() -> None:
     (home / "tpch_split.json").write_text(json.dumps(split))
     plain = [sys.executable, str(HERE / "plain_pyspark.py"), str(data)]
     # The plain script starts its JVM as PySpark does; "plain+archive" is the same script
-    # with the product's class-data archive of the driver JVM (pipeline_defs/jvm_archive.py),
+    # with the product's class-data archive of the driver JVM (pipeline_defs/spark/jvm_archive.py),
     # which leaves only the orchestration between it and `pipeline run`.
     cmds = {
         "plain": (plain + [str(out / "plain")], {jvm_archive.ARCHIVE_ENV: "off"}),
@@ -129,7 +129,7 @@ ratios (each round runs both back to back): {paired:.3f}. The plain script reads
 without looking; the product first checks that no quoted field holds a line break (a parity
 scan of the bytes, which a split read would cut into broken rows): told `multiLine: false`,
 the same contract as the plain script, the pipeline runs at **{split:.3f}**. The product starts
-Spark's driver JVM from a class-data archive (`make setup` makes it, `pipeline_defs/jvm_archive.py`);
+Spark's driver JVM from a class-data archive (`make setup` makes it, `pipeline_defs/spark/jvm_archive.py`);
 the plain script starts it as PySpark does. Given the same archive, the plain script leaves the
 orchestration alone between the two: pipeline / plain+archive
 {med['pipeline'] / med['plain+archive']:.3f} (split: {med['split'] / med['plain+archive']:.3f}).

@@ -248,7 +248,7 @@ def main() -> None:
     ap.add_argument("--latency-only", action="store_true")
     args = ap.parse_args()
     subprocess.run(["bash", str(REPO / "scripts/kafka.sh"), "up"], check=True)
-    from pipeline_defs.spark_session import SparkSettings, session
+    from pipeline_defs.spark.session import SparkSettings, session
     spark = session(SparkSettings(master="local[2]", app_name="stream_bench"))
     d = Path(tempfile.mkdtemp(prefix="stream_bench_"))
     section = "## Streaming: Kafka -> filter/enrich -> Delta"

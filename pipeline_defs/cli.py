@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline_defs.errors import ConfigError, PipelineError
+from pipeline_defs.common.errors import ConfigError, PipelineError
 
 
 def _params(pairs: list[str], flag: str = "--param") -> dict[str, str]:
@@ -24,7 +24,8 @@ def _params(pairs: list[str], flag: str = "--param") -> dict[str, str]:
 
 
 def cmd_validate(args) -> int:
-    from pipeline_defs.config.loader import load_pipeline, pipeline_files
+    from pipeline_defs.config.loader import load_pipeline
+    from pipeline_defs.config.readers import pipeline_files
     from pipeline_defs.steps.registry import builtin_registry
     registry = builtin_registry()
     files = pipeline_files(args.paths)
@@ -69,7 +70,7 @@ def cmd_schema(args) -> int:
 def cmd_run(args) -> int:
     params = _params(args.param)
     # Start the JVM first, on another thread: it takes seconds, and so does loading Dagster.
-    from pipeline_defs import spark_session as spark_res
+    from pipeline_defs.spark import session as spark_res
     spark_config = {"spark.master": os.environ.get("SPARK_MASTER", "local[*]"),
                     "spark.app.name": "pipeline_defs",
                     **_params(args.spark_conf, "--spark-conf")}
@@ -101,16 +102,16 @@ def cmd_run(args) -> int:
 
     import dagster as dg
 
+    from pipeline_defs.dagster_layer.orchestration import DATE_TAG
+    from pipeline_defs.dagster_layer.runs import print_summary
     from pipeline_defs.definitions import default_resources, definitions_for
-    from pipeline_defs.orchestration import DATE_TAG
-    from pipeline_defs.runs import print_summary
     resources = default_resources()
     resources["spark"] = resources["spark"].model_copy(update={"spark_config": spark_config})
     defs = definitions_for([pipeline], resources)
     from pipeline_defs.config.dataflow import safe_name
     job = defs.resolve_job_def(safe_name(pipeline.name))
     if args.partition:
-        from pipeline_defs.orchestration import partitions_def
+        from pipeline_defs.dagster_layer.orchestration import partitions_def
         parts = partitions_def(pipeline)
         if parts is None or not parts.has_partition_key(args.partition):
             what = "has no partitions" if parts is None else (
@@ -162,7 +163,7 @@ def cmd_run(args) -> int:
         return 130
     print_summary(result, pipeline, time.perf_counter() - started)
     if args.show and result.success:
-        from pipeline_defs.runs import show_outputs
+        from pipeline_defs.dagster_layer.runs import show_outputs
         show_outputs(result, args.show)
     return 0 if result.success else 1
 
@@ -237,7 +238,7 @@ def _was_cancelled(instance, run_id: str) -> bool:
 
 
 def cmd_docs(args) -> int:
-    from pipeline_defs.docs import replace_reference
+    from pipeline_defs.steps.reference import replace_reference
     from pipeline_defs.steps.registry import builtin_registry
     doc = Path(args.output)
     doc.write_text(replace_reference(doc.read_text(), builtin_registry()))

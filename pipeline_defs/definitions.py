@@ -11,14 +11,18 @@ from pathlib import Path
 
 import dagster as dg
 
+from pipeline_defs.common.errors import ConfigError
 from pipeline_defs.config.assets import asset_names
 from pipeline_defs.config.loader import LoadedPipeline, dependency_problems, load_pipelines
-from pipeline_defs.console import console_logger
-from pipeline_defs.errors import ConfigError
-from pipeline_defs.factory import asset_checks, build_pipeline, source_specs
-from pipeline_defs.orchestration import orchestration_defs
-from pipeline_defs.resources import MetricsResource, SparkResource, VaultResource
-from pipeline_defs.resources.spark import REPO_ROOT, default_jars_dir, default_spark_config
+from pipeline_defs.dagster_layer.console import console_logger
+from pipeline_defs.dagster_layer.factory import asset_checks, build_pipeline, source_specs
+from pipeline_defs.dagster_layer.orchestration import orchestration_defs
+from pipeline_defs.dagster_layer.resources import MetricsResource, SparkResource, VaultResource
+from pipeline_defs.dagster_layer.resources.spark import (
+    REPO_ROOT,
+    default_jars_dir,
+    default_spark_config,
+)
 from pipeline_defs.steps.registry import Registry, builtin_registry
 
 # Dagster 1.13.27 warns about its own internals when a project is loaded through dg: the

@@ -33,7 +33,7 @@ def _no_defs_state_storage_of_a_closed_instance():
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    from pipeline_defs.resources.spark import SparkSettings, session
+    from pipeline_defs.dagster_layer.resources.spark import SparkSettings, session
     warehouse = tmp_path_factory.mktemp("warehouse")
     s = session(SparkSettings(master="local[2]", app_name="pipeline_defs_tests", conf=(
         ("spark.sql.shuffle.partitions", "2"), ("spark.ui.enabled", "false"),

@@ -272,7 +272,7 @@ def vault():
 
 @pytest.fixture
 def vault_resource(vault, tmp_path):
-    from pipeline_defs.resources.vault import VaultResource
+    from pipeline_defs.dagster_layer.resources.vault import VaultResource
     return VaultResource(url=vault.url, token=vault.root_token,
                          audit_log=str(tmp_path / "audit.jsonl"), backoff_s=0.05)
 

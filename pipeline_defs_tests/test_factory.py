@@ -4,10 +4,10 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
+from pipeline_defs.common.errors import ConfigError
 from pipeline_defs.config.loader import load_pipelines
+from pipeline_defs.dagster_layer.factory import build_pipeline
 from pipeline_defs.definitions import build_definitions, definitions_for
-from pipeline_defs.errors import ConfigError
-from pipeline_defs.factory import build_pipeline
 from pipeline_defs_tests.conftest import COMPAT, copy_configs, write_json
 
 
@@ -178,7 +178,8 @@ def test_an_internal_error_is_reported_as_a_product_bug_in_one_line(spark, regis
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
-    from pipeline_defs.ops import _failure, observed_rows
+    from pipeline_defs.dagster_layer.failures import step_failure
+    from pipeline_defs.dagster_layer.outputs import observed_rows
     from pipeline_defs.steps.errors import internal_error
     obs = Observation("internal_error_test")
     df = spark.range(10).observe(obs, F.count(F.lit(1)).alias("rows"))
@@ -188,7 +189,7 @@ def test_an_internal_error_is_reported_as_a_product_bug_in_one_line(spark, regis
         obs.get  # noqa: B018 - what the product used to call
     assert internal_error(raised.value) == "java.lang.AssertionError: assertion failed"
     p = load_pipelines([COMPAT / "simple-etl.json"], registry)[0]
-    failure = _failure(p, p.steps[2], raised.value, activity="reading the row counts")
+    failure = step_failure(p, p.steps[2], raised.value, activity="reading the row counts")
     text = failure.description
     assert text.startswith("pipeline 'simple-etl-pipeline', step 3 (load.toS3) failed: internal "
                            "error while reading the row counts (java.lang.AssertionError: "
@@ -199,5 +200,5 @@ def test_an_internal_error_is_reported_as_a_product_bug_in_one_line(spark, regis
     with pytest.raises(AnalysisException) as user:
         spark.range(1).select("no_such_column").collect()
     assert internal_error(user.value) is None
-    assert "bug" not in _failure(p, p.steps[1], user.value).description
+    assert "bug" not in step_failure(p, p.steps[1], user.value).description
     assert internal_error(KeyError("x")) == "KeyError: 'x'"

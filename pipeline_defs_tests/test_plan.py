@@ -5,7 +5,7 @@ import json
 
 from pipeline_defs.config.dataflow import safe_name
 from pipeline_defs.config.loader import load_pipeline
-from pipeline_defs.plan import build_plan
+from pipeline_defs.dagster_layer.plan import build_plan
 from pipeline_defs_tests.conftest import COMPAT, write_json
 
 

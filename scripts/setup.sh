@@ -76,8 +76,8 @@ if [ ! -f "$dstamp" ]; then
   touch "$dstamp"
 fi
 
-# 5. The driver JVM's class-data archive (pipeline_defs/jvm_archive.py): Spark's classes mapped
+# 5. The driver JVM's class-data archive (pipeline_defs/spark/jvm_archive.py): Spark's classes mapped
 #    from one file at every start instead of read from the jars (~2 s of start-up). Made once
 #    per JDK and classpath, after the jars above; a run without one starts the usual way.
-.venv/bin/python -m pipeline_defs.jvm_archive || echo "setup: no JVM class archive (runs start without one)"
+.venv/bin/python -m pipeline_defs.spark.make_archive || echo "setup: no JVM class archive (runs start without one)"
 echo "setup: ready (.venv, $(ls .cache/jars/*.jar | wc -l) connector jars, sample data)"

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Runs the whole suite: lint (ruff, pinned in pyproject.toml), then the programs of the real
-# servers the tests start (PostgreSQL, MariaDB, a Pushgateway from Debian's packages when
-# missing), then pytest with line coverage. Any lint finding fails the run, as a failing
-# test does.
+# Runs the whole suite: lint (ruff, and import-linter's contracts; both pinned in
+# pyproject.toml), then the programs of the real servers the tests start (PostgreSQL,
+# MariaDB, a Pushgateway from Debian's packages when missing), then pytest with line
+# coverage. Any lint finding fails the run, as a failing test does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "lint: ruff check"
 .venv/bin/ruff check pipeline_defs pipeline_defs_tests bench
+# the rooms and the direction of imports (the contracts in pyproject.toml)
+echo "lint: import-linter contracts"
+.venv/bin/lint-imports --no-cache
 # the servers' programs (Debian packages); each test session starts, owns and stops its own
 # servers (pipeline_defs_tests/servers.py), never adopting one that answers on a port
 bash scripts/services.sh install

@@ -1,8 +1,5 @@
-"""The JSON pipeline format: models, loading, parameter substitution, static checks.
+"""Pipeline files in, one checked `PipelineConfig` out: a reader per format (readers/), the
+pydantic models, parameter and date substitution, static checks. Knows nothing of Spark or
+Dagster; method models come from a catalog (the step registry).
 
-Knows nothing of Spark or Dagster. Method models come from a catalog (the step registry)."""
-from pipeline_defs.config.loader import LoadedPipeline, LoadedStep, load_pipeline, load_pipelines
-from pipeline_defs.config.model import PipelineConfig, StepModel
-
-__all__ = ["LoadedPipeline", "LoadedStep", "PipelineConfig", "StepModel", "load_pipeline",
-           "load_pipelines"]
+No re-exports here: a module of this package importing its own package would be a circle."""

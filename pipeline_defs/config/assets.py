@@ -19,9 +19,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from pipeline_defs.common.errors import Problem
 from pipeline_defs.config.params import DATE, SqlSpec, substitute_config
 from pipeline_defs.config.types import LoadedPipeline, LoadedStep
-from pipeline_defs.errors import Problem
 
 Key = tuple[str, ...]
 

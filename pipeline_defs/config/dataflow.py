@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from pipeline_defs.common.errors import Problem
 from pipeline_defs.config.types import Catalog, LoadedStep, UnparsedConfig
-from pipeline_defs.errors import Problem
 
 
 def safe_name(text: str) -> str:

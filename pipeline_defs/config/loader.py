@@ -1,4 +1,5 @@
-"""Read pipeline files, substitute parameters, type every step, check the dataflow.
+"""Load pipeline files (read by the reader of their format, config/readers/), substitute
+parameters, type every step, check the dataflow.
 
 All problems of all files are collected and raised together as one ConfigError."""
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from pipeline_defs.common.errors import ConfigError, DataFrameResolutionError, Problem
+from pipeline_defs.common.secrets import SECRET_KEY
 from pipeline_defs.config.assets import asset_names
 from pipeline_defs.config.conditions import problems as condition_problems
 from pipeline_defs.config.dataflow import check_dataflow, check_streaming
@@ -26,9 +29,8 @@ from pipeline_defs.config.params import (
     substitute,
     substitute_config,
 )
+from pipeline_defs.config.readers import pipeline_files, read
 from pipeline_defs.config.types import Catalog, LoadedPipeline, LoadedStep, UnparsedConfig
-from pipeline_defs.errors import ConfigError, DataFrameResolutionError, Problem
-from pipeline_defs.secrets import SECRET_KEY
 
 
 # ---------------------------------------------------------------- pydantic errors, taught
@@ -90,49 +92,6 @@ def _problems_from(exc: ValidationError, model: type[BaseModel], file: str, pref
 
 
 # ---------------------------------------------------------------- one file
-def step_lines(text: str) -> list[int]:
-    """The line (1-based) where each element of the top-level "steps" array begins, read off
-    the JSON text (for code references: "open in editor" at the step)."""
-    lines, depth, i, line, in_steps, key = [], 0, 0, 1, False, None
-    while i < len(text):
-        c = text[i]
-        if c == "\n":
-            line += 1
-        elif c == '"':
-            j = i + 1
-            while j < len(text) and text[j] != '"':
-                j += 2 if text[j] == "\\" else 1
-            if depth == 1:
-                key = text[i + 1:j]
-            line += text.count("\n", i, j)
-            i = j
-        elif c in "[{":
-            if depth == 1 and c == "[" and key == "steps":
-                in_steps = True
-            elif depth == 2 and in_steps and c == "{":
-                lines.append(line)
-            depth += 1
-        elif c in "]}":
-            depth -= 1
-            if depth == 1:
-                in_steps = False
-        i += 1
-    return lines
-
-
-def _read_json(path: Path) -> dict | Problem:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return Problem(str(path), "file not found.", fix="Check the path.")
-    except json.JSONDecodeError as e:
-        return Problem(str(path), f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.",
-                       fix="Fix the JSON syntax (a trailing comma or a missing quote?).")
-    if not isinstance(data, dict):
-        return Problem(str(path), "the top level must be a JSON object with name and steps.")
-    return data
-
-
 def _method_problem(file: str, index: int, spec: StepSpec, catalog: Catalog) -> Problem:
     known = sorted(catalog.methods())
     same_kind = [m for k, m in known if k == spec.type]
@@ -154,9 +113,10 @@ def load_pipeline(path: str | Path, catalog: Catalog, overrides: Mapping[str, st
     check runs on everything that parsed, so a problem in one step hides none elsewhere."""
     path = Path(path)
     file = str(path)
-    data = _read_json(path)
-    if isinstance(data, Problem):
-        raise ConfigError([data])
+    doc = read(path)
+    if isinstance(doc, Problem):
+        raise ConfigError([doc])
+    data = doc.data
     problems: list[Problem] = []
     raw_steps = data.get("steps")
     per_step = isinstance(raw_steps, list) and bool(raw_steps)
@@ -198,7 +158,7 @@ def load_pipeline(path: str | Path, catalog: Catalog, overrides: Mapping[str, st
             if not found:
                 steps.append(loaded)
 
-    lines = step_lines(path.read_text())
+    lines = doc.step_lines
     steps = [replace(s, line=lines[s.index - 1]) if s.index <= len(lines) else s for s in steps]
     problems += _step_problems(file, steps, params)
     env_now = os.environ if env is None else env
@@ -378,17 +338,6 @@ def literal_credentials(file: str, steps: Iterable[LoadedStep], catalog: Catalog
                         "(VAULT_REQUIRED=true).", s.index, s.label, f"config.{k}",
                         "Store it in a Vault secret and set \"credentialPath\" instead.")
                 for k in found]
-    return out
-
-
-def pipeline_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Expand directories to their *.json pipeline files (the JSON Schema file excluded)."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(f for f in sorted(p.glob("*.json")) if not f.name.endswith(".schema.json"))
-        else:
-            out.append(p)
     return out
 
 

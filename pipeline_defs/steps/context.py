@@ -10,7 +10,6 @@ from pyspark.sql import DataFrame, SparkSession
 
 if TYPE_CHECKING:
     from pipeline_defs.config.model import StreamingSettings
-    from pipeline_defs.steps.validate.engine import ValidationGroup
 
 
 @dataclass
@@ -35,8 +34,9 @@ class StepContext:
     quarantine_root: str = "quarantine"
     streaming: StreamingSettings | None = None
     """The pipeline's streaming settings when it is a streaming pipeline, else None."""
-    validation: ValidationGroup | None = None
-    """Validate steps: the group of consecutive validations this step belongs to."""
+    validation: Any = None
+    """Validate steps: the group of consecutive validations this step belongs to (a
+    steps.validate.engine.ValidationGroup; not imported here, which would be a circle)."""
     results: list[Any] = field(default_factory=list)
     """Validation results (RuleResult) of a validate step, for asset checks."""
     activity: str = "running"

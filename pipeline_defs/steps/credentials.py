@@ -6,9 +6,9 @@ from typing import Any
 
 from pydantic import Field, SecretStr
 
-from pipeline_defs import secrets
+from pipeline_defs.common import secrets
+from pipeline_defs.common.errors import CredentialError
 from pipeline_defs.config.model import StepModel
-from pipeline_defs.errors import CredentialError
 from pipeline_defs.steps.context import StepContext
 
 

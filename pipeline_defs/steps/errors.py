@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pyspark.errors import PySparkException
 
-from pipeline_defs.errors import PipelineError
+from pipeline_defs.common.errors import PipelineError
 
 
 class StepDataError(PipelineError):

@@ -12,8 +12,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
+from pipeline_defs.common.errors import UnsupportedError
 from pipeline_defs.config.model import AssetKeyParts, asset_key_field
-from pipeline_defs.errors import UnsupportedError
 from pipeline_defs.steps.context import LoadResult, StepContext
 from pipeline_defs.steps.credentials import Credentialed, credentials
 from pipeline_defs.steps.names import quoted

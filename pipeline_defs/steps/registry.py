@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 
 from pydantic import SecretStr
 
+from pipeline_defs.common.errors import RegistryError
 from pipeline_defs.config.model import StepModel
-from pipeline_defs.errors import RegistryError
 
 KINDS = ("extract", "transform", "validate", "load")
 _BUILTIN_MODULES = ("files", "delta", "jdbc", "kafka", "transform", "reshape", "profile",

@@ -18,10 +18,10 @@ from pydantic import Field, field_validator
 from pyspark.sql import DataFrame
 from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
 
+from pipeline_defs.common.errors import PipelineError, UnsupportedError
 from pipeline_defs.config import durations
 from pipeline_defs.config.dataflow import safe_name
 from pipeline_defs.config.model import FormatModel, check_trigger
-from pipeline_defs.errors import PipelineError, UnsupportedError
 from pipeline_defs.steps.context import StepContext
 from pipeline_defs.steps.errors import spark_error_summary
 

@@ -189,7 +189,7 @@ def test_schema_and_docs_write_files_that_match_the_committed_ones(tmp_path):
     assert written == (CONFIGS / "pipeline.schema.json").read_text(), \
         "configs/pipeline.schema.json is stale: run `pipeline schema -o " \
         "configs/pipeline.schema.json`"
-    from pipeline_defs.docs import BEGIN, END
+    from pipeline_defs.steps.reference import BEGIN, END
     committed = (REPO / "docs" / "methods.md").read_text()
     doc = tmp_path / "methods.md"  # the generated part replaced by stale text
     doc.write_text(committed[:committed.index(BEGIN)] + f"{BEGIN}\n### stale\n{END}"

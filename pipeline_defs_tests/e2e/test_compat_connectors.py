@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline_defs.config.loader import load_pipeline
+from pipeline_defs.dagster_layer.resources.vault import VaultResource
 from pipeline_defs.definitions import default_resources, definitions_for
-from pipeline_defs.resources.vault import VaultResource
 from pipeline_defs_tests.conftest import COMPAT, write_json
 
 USERS = [(i, f"user{i}", i % 4 != 0, 14 + (i * 7) % 50, 2024 + i % 2, 1 + i % 3)

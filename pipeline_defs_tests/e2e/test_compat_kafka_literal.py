@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from pipeline_defs.common.errors import ConfigError
 from pipeline_defs.config.loader import load_pipeline
-from pipeline_defs.errors import ConfigError
 from pipeline_defs_tests.conftest import COMPAT, consume_records, run_job, write_json
 
 EVENTS = [{"user_id": i, "event_type": ("view", "purchase")[i % 2], "amount": (i * 37) % 900,

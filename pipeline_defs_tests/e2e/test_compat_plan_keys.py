@@ -10,11 +10,11 @@ import dagster as dg
 import psycopg
 import pytest
 
+from pipeline_defs.common.errors import ConfigError
 from pipeline_defs.config.loader import load_pipeline
 from pipeline_defs.config.schema import pipeline_schema
+from pipeline_defs.dagster_layer.resources.vault import VaultResource
 from pipeline_defs.definitions import default_resources, definitions_for
-from pipeline_defs.errors import ConfigError
-from pipeline_defs.resources.vault import VaultResource
 from pipeline_defs_tests.conftest import streams_outputs, write_json
 from pipeline_defs_tests.e2e.test_streaming_runs import failure, write_batch
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline_defs.common.errors import ConfigError
 from pipeline_defs.config.loader import load_pipeline
-from pipeline_defs.errors import ConfigError
-from pipeline_defs.runs import step_rows
+from pipeline_defs.dagster_layer.runs import step_rows
 from pipeline_defs_tests.conftest import REPO, op_of, run_job, write_json
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")

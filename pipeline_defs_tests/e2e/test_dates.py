@@ -11,9 +11,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from pipeline_defs.common.errors import ConfigError
 from pipeline_defs.config.loader import load_pipeline
 from pipeline_defs.definitions import definitions_for
-from pipeline_defs.errors import ConfigError
 from pipeline_defs_tests.conftest import REPO, write_json
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")

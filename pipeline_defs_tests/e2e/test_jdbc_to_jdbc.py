@@ -9,8 +9,8 @@ import dagster as dg
 import pytest
 
 from pipeline_defs.config.loader import load_pipeline
+from pipeline_defs.dagster_layer.resources.vault import VaultResource
 from pipeline_defs.definitions import default_resources, definitions_for
-from pipeline_defs.resources.vault import VaultResource
 from pipeline_defs.steps.registry import builtin_registry
 from pipeline_defs_tests.conftest import write_json
 

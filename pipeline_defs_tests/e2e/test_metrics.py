@@ -12,9 +12,9 @@ import dagster as dg
 import pytest
 
 from pipeline_defs.config.loader import load_pipeline
+from pipeline_defs.dagster_layer.resources import MetricsResource
+from pipeline_defs.dagster_layer.runs import step_rows
 from pipeline_defs.definitions import default_resources, definitions_for
-from pipeline_defs.resources import MetricsResource
-from pipeline_defs.runs import step_rows
 from pipeline_defs_tests.conftest import write_json
 from pipeline_defs_tests.owned import RefusedPort
 

@@ -96,7 +96,7 @@ def test_no_secret_value_anywhere(pg, mysql, s3, vault, tmp_path, spark):
     assert len(mysql.sql("SELECT * FROM users_copy")) == 25
 
     # Spark's plans and the JDBC options they show, for a read like the pipeline's
-    from pipeline_defs.resources.vault import VaultResource
+    from pipeline_defs.dagster_layer.resources.vault import VaultResource
     from pipeline_defs.steps.context import StepContext
     res = VaultResource(url=vault.url, token=vault.root_token, audit_log=str(audit))
     c = StepContext(spark=spark, pipeline="p", step=1, method="extract.fromPostgres",

@@ -12,9 +12,9 @@ import dagster as dg
 import pyarrow.parquet as pq
 
 from pipeline_defs.config.loader import load_pipeline
+from pipeline_defs.dagster_layer.resources.vault import VaultResource
+from pipeline_defs.dagster_layer.runs import step_rows
 from pipeline_defs.definitions import default_resources, definitions_for
-from pipeline_defs.resources.vault import VaultResource
-from pipeline_defs.runs import step_rows
 from pipeline_defs.steps.registry import builtin_registry
 from pipeline_defs_tests.conftest import op_of, write_json
 from pipeline_defs_tests.servers import FlakyProxy

@@ -19,8 +19,8 @@ import pytest
 from dagster_pyspark import LazyPySparkResource
 
 from pipeline_defs.config.loader import load_pipeline
+from pipeline_defs.dagster_layer.resources.spark import SparkResource
 from pipeline_defs.definitions import default_resources, definitions_for
-from pipeline_defs.resources.spark import SparkResource
 from pipeline_defs_tests.conftest import write_json
 from pipeline_defs_tests.e2e.test_webserver import gql, run_status, serve
 
@@ -161,7 +161,7 @@ def test_a_second_run_in_the_process_gets_runtime_settings_and_hears_of_static_o
     ("spark.pyspark.python", "/usr/bin/python3"),
 ])
 def test_refused_settings_name_the_key_and_the_fix(key, value):
-    from pipeline_defs.spark_session import SparkSettings, refused
+    from pipeline_defs.spark.session import SparkSettings, refused
     assert refused({key: value}) and key in refused({key: value})[0]
     assert refused({key: value})[0].endswith("remove it from spark_config")
     with pytest.raises(Exception, match=f"Spark settings refused: {key}"):
@@ -169,7 +169,7 @@ def test_refused_settings_name_the_key_and_the_fix(key, value):
 
 
 def test_extensions_jars_and_java_options_are_added_to_the_products():
-    from pipeline_defs.spark_session import DELTA_EXTENSION, SparkSettings
+    from pipeline_defs.spark.session import DELTA_EXTENSION, SparkSettings
     conf = SparkSettings("local[1]", conf=(
         ("spark.sql.extensions", "com.example.Ext"),
         ("spark.driver.extraJavaOptions", "-Dx=1"),

@@ -9,10 +9,10 @@ import json
 import dagster as dg
 import pytest
 
+from pipeline_defs.common.errors import ConfigError
 from pipeline_defs.config.loader import load_pipeline
+from pipeline_defs.dagster_layer.resources.vault import VaultResource
 from pipeline_defs.definitions import default_resources, definitions_for
-from pipeline_defs.errors import ConfigError
-from pipeline_defs.resources.vault import VaultResource
 from pipeline_defs_tests.conftest import consume_records, streams_outputs, write_json
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline_defs.common.errors import ConfigError
 from pipeline_defs.config.loader import load_pipeline
-from pipeline_defs.errors import ConfigError
 from pipeline_defs_tests.conftest import COMPAT, write_json
 
 KAFKA = {"type": "extract", "method": "fromKafka",

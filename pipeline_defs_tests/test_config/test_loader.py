@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from pipeline_defs.common.errors import ConfigError, DataFrameResolutionError
 from pipeline_defs.config.loader import load_pipeline, load_pipelines
-from pipeline_defs.errors import ConfigError, DataFrameResolutionError
 from pipeline_defs_tests.conftest import COMPAT, CONFIGS, write_json
 
 COMPAT_FILES = sorted(COMPAT.glob("*.json"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline_defs.common.errors import ConfigError
 from pipeline_defs.config.loader import load_pipeline, load_pipelines
-from pipeline_defs.errors import ConfigError
 from pipeline_defs_tests.conftest import write_json
 
 STEPS = [{"type": "extract", "method": "fromFile", "config": {"path": "/in"}},
@@ -125,7 +125,7 @@ def test_a_new_files_path_names_where_and_how_to_list(tmp_path, registry, sensor
 
 def test_hdfs_paths_are_listed_through_the_namenodes_web_address():
     from pipeline_defs.config.orchestration import NewFiles
-    from pipeline_defs.orchestration import webhdfs_url
+    from pipeline_defs.dagster_layer.orchestration import webhdfs_url
 
     def url(**kw):
         return webhdfs_url(NewFiles(type="newFiles", **kw))
@@ -140,7 +140,7 @@ def test_an_unreachable_namenode_is_one_line_naming_the_fix():
     import socket
 
     from pipeline_defs.config.orchestration import NewFiles
-    from pipeline_defs.orchestration import list_files
+    from pipeline_defs.dagster_layer.orchestration import list_files
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -38,7 +38,7 @@ def test_every_field_is_described(registry):
 
 
 def test_method_reference_is_current(registry):
-    from pipeline_defs.docs import replace_reference
+    from pipeline_defs.steps.reference import replace_reference
     from pipeline_defs_tests.conftest import REPO
     doc = (REPO / "docs" / "methods.md").read_text()
     assert doc == replace_reference(doc, registry), (

@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline_defs.common.errors import ConfigError
 from pipeline_defs.config.loader import load_pipeline
 from pipeline_defs.config.params import SqlSpec, substitute_config
-from pipeline_defs.errors import ConfigError
 from pipeline_defs_tests.conftest import run_job, write_json
 
 SRC = {"type": "extract", "method": "fromFile",

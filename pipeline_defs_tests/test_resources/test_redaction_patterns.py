@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline_defs import secrets
+from pipeline_defs.common import secrets
 
 
 @pytest.mark.parametrize(("text", "want"), [
@@ -40,7 +40,7 @@ def test_spark_redacts_secret_settings_and_read_options(spark, tmp_path):
     """Spark's own redaction with the product's regexes: a secret in a Hadoop setting is
     hidden from the environment Spark reports, credentials in a source's options from the
     plan."""
-    from pipeline_defs.spark_session import OPTION_REGEX, SECRET_REGEX
+    from pipeline_defs.spark.session import OPTION_REGEX, SECRET_REGEX
     assert spark.conf.get("spark.redaction.regex") == SECRET_REGEX
     assert spark.conf.get("spark.sql.redaction.options.regex") == OPTION_REGEX
     jvm = spark._jvm

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from pipeline_defs.errors import CredentialError
-from pipeline_defs.resources.vault import VaultResource
+from pipeline_defs.common.errors import CredentialError
+from pipeline_defs.dagster_layer.resources.vault import VaultResource
 
 JDBC = {"host": "db.internal", "port": 5432, "database": "sales", "username": "etl",
         "password": "pw-never-shown-7731"}
@@ -251,8 +251,8 @@ def test_missing_keys_and_audit_records(vault, vault_resource, ctx, tmp_path):
 
 def test_literal_credentials_warn_and_vault_required_refuses_them(registry, tmp_path,
                                                                   monkeypatch):
+    from pipeline_defs.common.errors import ConfigError
     from pipeline_defs.config.loader import load_pipeline
-    from pipeline_defs.errors import ConfigError
     from pipeline_defs_tests.conftest import write_json
     f = write_json(tmp_path / "p.json", {"name": "p", "steps": [
         {"type": "extract", "method": "fromPostgres", "config": {

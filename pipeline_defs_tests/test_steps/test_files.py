@@ -10,7 +10,7 @@ import pyarrow.orc as orc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline_defs.errors import CredentialError
+from pipeline_defs.common.errors import CredentialError
 from pipeline_defs.steps import files, jdbc
 from pipeline_defs.steps.errors import StepDataError
 from pipeline_defs_tests.conftest import rows

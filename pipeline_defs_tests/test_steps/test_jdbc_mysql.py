@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline_defs.errors import CredentialError
+from pipeline_defs.common.errors import CredentialError
 from pipeline_defs.steps import jdbc, transform
 from pipeline_defs.steps.jdbc import JdbcError
 from pipeline_defs_tests.conftest import rows

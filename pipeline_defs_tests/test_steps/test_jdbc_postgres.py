@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline_defs.errors import CredentialError
+from pipeline_defs.common.errors import CredentialError
 from pipeline_defs.steps import jdbc, transform
 from pipeline_defs.steps.jdbc import JdbcError
 from pipeline_defs_tests.conftest import rows
@@ -396,8 +396,8 @@ def test_mode_ignore_leaves_an_existing_table_and_creates_a_missing_one(db, spar
 
 
 def test_upsert_refusals(db, spark, registry, tmp_path):
+    from pipeline_defs.common.errors import ConfigError
     from pipeline_defs.config.loader import load_pipeline
-    from pipeline_defs.errors import ConfigError
     from pipeline_defs_tests.conftest import write_json
     db.sql("CREATE TABLE accounts (id int PRIMARY KEY, v text)")
     db.sql("INSERT INTO accounts VALUES (1, 'old')")

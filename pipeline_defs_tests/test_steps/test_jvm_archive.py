@@ -1,4 +1,4 @@
-"""The driver JVM's class-data archive (pipeline_defs/jvm_archive.py): named by the JDK and
+"""The driver JVM's class-data archive (pipeline_defs/spark/jvm_archive.py): named by the JDK and
 classpath it was made for, used only by a session whose classpath it matches, and really
 mapped by the JVM of this test session (`make setup` builds it)."""
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline_defs import jvm_archive
-from pipeline_defs.spark_session import SparkSettings, default_jars_dir
+from pipeline_defs.spark import jvm_archive
+from pipeline_defs.spark.session import SparkSettings, default_jars_dir
 
 
 def _conf(**extra) -> dict[str, str]:

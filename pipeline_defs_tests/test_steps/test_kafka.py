@@ -189,7 +189,7 @@ def test_sasl_properties_from_vault_authenticate_and_stay_masked(kafka, topic, v
     """Kafka client properties (SASL over the broker's SASL_PLAINTEXT listener) reach Spark's
     Kafka client: a write and a read authenticate as the secret's user; a wrong password
     fails, and neither password appears in the error or in the plan."""
-    from pipeline_defs import secrets
+    from pipeline_defs.common import secrets
     from pipeline_defs_tests.conftest import consume_records
     user, password = kafka.sasl_user
     path = vault.put("secret", "kafka-sasl", {

@@ -1,15 +1,20 @@
 """The registry carries everything the product needs to know about a method: a connector
 registered from outside the product (pipeline_defs_tests/toy_connector.py) validates, runs in
-batch and runs as a stream through Dagster, with no product file edited."""
+batch and runs as a stream through Dagster, with no product file edited; so does one that
+Spark reaches through a Python data source (steps/pysource.py)."""
 from __future__ import annotations
 
 import json
+import sqlite3
+from contextlib import closing
 
 import pytest
 
+from pipeline_defs.common.errors import ConfigError, RegistryError
 from pipeline_defs.config.loader import load_pipeline
 from pipeline_defs.definitions import default_resources, definitions_for
-from pipeline_defs.errors import ConfigError, RegistryError
+from pipeline_defs.steps import pysource
+from pipeline_defs.steps.context import StepContext
 from pipeline_defs.steps.registry import Registry, StepDef, builtin_registry
 from pipeline_defs_tests import toy_connector
 from pipeline_defs_tests.conftest import run_job, streams_outputs, write_json
@@ -101,3 +106,70 @@ def test_every_builtin_method_declares_what_the_product_needs(registry):
         "accessKeyId", "secretAccessKey", "sessionToken"}
     assert [m for k, m in registry.methods() if k == "load" and registry.streams(k, m)] and \
         not registry.streams("load", "toS3")
+
+
+def _ledger(path, ids) -> None:
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("CREATE TABLE IF NOT EXISTS ledger (id INTEGER, note TEXT)")
+        db.executemany("INSERT INTO ledger VALUES (?, ?)", [(i, f"n{i}") for i in ids])
+
+
+def _ledger_rows(path, table: str = "ledger") -> list[tuple]:
+    with closing(sqlite3.connect(path)) as db:
+        return db.execute(f"SELECT id, note FROM {table} ORDER BY id").fetchall()
+
+
+def test_a_python_data_source_connector_is_one_module_and_its_registration(tmp_path, spark):
+    """fromLedger/toLedger (toy_connector.py): a store Spark reaches through Python workers,
+    registered like any method: read in partitions, written all or nothing, streamed."""
+    reg = builtin_registry().extended()
+    toy_connector.register_ledger(reg)
+    src, dst = tmp_path / "src.db", tmp_path / "dst.db"
+    _ledger(src, range(1, 11))
+    _ledger(dst, [100])
+
+    def ledger_pipeline(name: str, mode: str = "batch", **load) -> dict:
+        return {"name": name, "mode": mode,
+                "streaming": {"trigger": "availableNow",
+                              "checkpointRoot": str(tmp_path / "checkpoints")},
+                "steps": [
+                    {"type": "extract", "method": "fromLedger",
+                     "config": {"path": str(src), "partitions": 3}},
+                    {"type": "transform", "method": "filterRows", "config": {"condition":
+                                                                            "id > 2"}},
+                    {"type": "load", "method": "toLedger", "config": {"path": str(dst),
+                                                                      **load}}]}
+    # the read is split into the partitions the source plans, read by Python workers
+    ctx = StepContext(spark=spark, pipeline="t", step=1, method="fromLedger")
+    df = pysource.read(ctx, toy_connector.LedgerSource, {"path": str(src), "partitions": 3})
+    assert df.rdd.getNumPartitions() == 3
+    assert sorted(tuple(r) for r in df.collect()) == _ledger_rows(src)
+
+    # a batch run through Dagster: the rows the filter kept, appended (sqlite3 reads them)
+    batch = load_pipeline(write_json(tmp_path / "l.json", ledger_pipeline("ledger")), reg)
+    result = run_job(batch, registry=reg)
+    assert _ledger_rows(dst) == [(100, "n100")] + [(i, f"n{i}") for i in range(3, 11)]
+    mat = next(e.event_specific_data.materialization for e in result.all_events
+               if e.event_type_value == "ASSET_MATERIALIZATION")
+    assert mat.metadata["dagster/row_count"].value == 8
+
+    # a write that fails in one partition commits nothing: the table as it was, no staged row
+    before = _ledger_rows(dst)
+    failing = load_pipeline(write_json(tmp_path / "f.json", ledger_pipeline(
+        "ledger_fails", mode="batch", failOn=9)), reg)
+    with pytest.raises(Exception, match="the ledger refuses id 9"):
+        run_job(failing, registry=reg)
+    assert _ledger_rows(dst) == before
+    assert _ledger_rows(dst, "ledger_staged") == []
+
+    # a stream: the rows there are, then only the new ones on the next run
+    out = tmp_path / "stream_out"
+    stream = pipeline(tmp_path, "streaming", out)
+    stream["steps"][0] = {"type": "extract", "method": "fromLedger", "config": {"path": str(src)}}
+    toy_connector.register(reg)
+    stream_job = load_pipeline(write_json(tmp_path / "s.json", stream), reg)
+    run_job(stream_job, registry=reg)
+    assert _outbox_ids(out) == list(range(3, 11))
+    _ledger(src, range(11, 14))
+    run_job(stream_job, registry=reg)
+    assert _outbox_ids(out) == list(range(3, 14))

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 from pyspark.errors import PySparkException
 
-from pipeline_defs.errors import CredentialError
+from pipeline_defs.common.errors import CredentialError
 from pipeline_defs.steps.errors import StepDataError, transient
 from pipeline_defs.steps.validate import ValidationFailed
 from pipeline_defs_tests.owned import RefusedPort

@@ -215,8 +215,8 @@ def test_row_count_and_freshness(spark, people, ctx):
 
 
 def test_dataset_validators_refuse_row_actions(tmp_path, registry):
+    from pipeline_defs.common.errors import ConfigError
     from pipeline_defs.config.loader import load_pipeline
-    from pipeline_defs.errors import ConfigError
     from pipeline_defs_tests.conftest import write_json
 
     f = write_json(

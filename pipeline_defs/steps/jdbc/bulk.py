@@ -27,7 +27,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from pipeline_defs.errors import PipelineError
+from pipeline_defs.common.errors import PipelineError
 from pipeline_defs.steps.jdbc.connection import Connection, Endpoint
 
 

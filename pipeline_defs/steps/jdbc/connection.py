@@ -9,9 +9,9 @@ from typing import Any
 from pydantic import Field, SecretStr
 from pyspark.sql import SparkSession
 
-from pipeline_defs import secrets
-from pipeline_defs.errors import CredentialError, PipelineError
-from pipeline_defs.retry import GaveUp, with_backoff
+from pipeline_defs.common import secrets
+from pipeline_defs.common.errors import CredentialError, PipelineError
+from pipeline_defs.common.retry import GaveUp, with_backoff
 from pipeline_defs.steps.context import StepContext
 from pipeline_defs.steps.credentials import Credentialed, credentials
 from pipeline_defs.steps.errors import transient

@@ -11,8 +11,8 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
-from pipeline_defs import secrets
-from pipeline_defs.errors import PipelineError
+from pipeline_defs.common import secrets
+from pipeline_defs.common.errors import PipelineError
 from pipeline_defs.steps.errors import spark_error_summary, transient
 from pipeline_defs.steps.jdbc.bulk import bulk_load, bulk_loadable, local_infile_enabled
 from pipeline_defs.steps.jdbc.connection import Connection, Endpoint, JdbcError, java_message

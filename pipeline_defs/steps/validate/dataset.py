@@ -13,12 +13,8 @@ from pipeline_defs.config import durations
 from pipeline_defs.config.model import check_duration
 from pipeline_defs.steps.context import StepContext
 from pipeline_defs.steps.registry import step
-from pipeline_defs.steps.validate.engine import (
-    DatasetRule,
-    RowRule,
-    Validator,
-    finish,
-)
+from pipeline_defs.steps.validate.engine import finish
+from pipeline_defs.steps.validate.rules import DatasetRule, RowRule, Validator
 
 
 # ---------------------------------------------------------------- dataset rules

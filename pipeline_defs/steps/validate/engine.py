@@ -5,92 +5,31 @@ Each validator turns its config into row rules (a boolean "violates" column each
 rules (an aggregate and a test of its value) or schema rules (checked without reading data)."""
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
 
-from pydantic import Field
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from pipeline_defs.config.model import StepModel
-from pipeline_defs.errors import PipelineError
 from pipeline_defs.steps.context import StepContext
+from pipeline_defs.steps.validate.rules import (
+    REASON_COL,
+    RULES_COL,
+    RUN_COL,
+    TIME_COL,
+    DatasetRule,
+    RowRule,
+    RuleResult,
+    ValidationFailed,
+    Validator,
+    flag,
+    passes,
+    quarantine_location,
+)
+from pipeline_defs.steps.validate.stream import per_micro_batch
 
 SAMPLES = 5
-RULES_COL, REASON_COL, RUN_COL, TIME_COL = "_dq_rules", "_dq_reason", "_dq_run_id", "_dq_time"
-
-
-class ValidationFailed(PipelineError):
-    """Data broke a validation rule whose action is `fail`."""
-
-
-@dataclass(frozen=True)
-class RowRule:
-    name: str  # e.g. "not_null(amount)"
-    text: str  # the rule as a person reads it
-    violates: Column  # true for a violating row
-    columns: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class DatasetRule:
-    name: str
-    text: str
-    value: Callable[[Column], Column]
-    """The aggregate, given which rows the rule sees (those earlier drop/quarantine steps of
-    its group kept): e.g. `lambda seen: F.count(F.when(seen, 1))`."""
-    judge: Callable[[Any, int], tuple[int, str]]  # (value, rows) -> (violations, detail)
-    columns: tuple[str, ...] = ()
-
-
-@dataclass
-class RuleResult:
-    name: str
-    text: str
-    columns: tuple[str, ...]
-    violations: int
-    detail: str = ""
-    samples: list[dict] = field(default_factory=list)
-
-
-Action = Literal["fail", "warn", "drop", "quarantine"]
-
-
-class Validator(StepModel):
-    on_failure: Action = Field("fail", description="fail: the run fails, nothing downstream is "
-                               "loaded; warn: the check fails with WARN and the run goes on; "
-                               "drop: violating rows are removed; quarantine: they are written "
-                               "to the quarantine table with the rules they broke.")
-    max_violations: int | None = Field(None, ge=0, description="Up to this many violating "
-                                       "rows still count as a pass.")
-    max_violation_fraction: float | None = Field(None, ge=0, le=1, description="Up to this "
-                                                 "fraction of rows violating still passes.")
-    quarantine_path: str | None = Field(None, description="Delta table for quarantined rows "
-                                        "(default <quarantine root>/<pipeline>/<step>).")
-    passes_filters = True  # rows go on unchanged or filtered: later filters still reach the source
-    keeps_rows_identity = True
-    row_actions: ClassVar[bool] = True  # drop/quarantine make sense (False: dataset rules)
-
-    def keeps_rows(self) -> bool:
-        return self.on_failure in ("fail", "warn")
-
-    def problems(self):
-        if self.on_failure in ("drop", "quarantine") and not type(self).row_actions:
-            return [("onFailure", f"'{self.on_failure}' needs row rules; this validator "
-                     "checks the whole dataset.", "Use fail or warn.")]
-        return []
-
-
-def passes(cfg: Validator, violations: int, rows: int) -> bool:
-    if violations == 0:
-        return True
-    if cfg.max_violations is not None and violations <= cfg.max_violations:
-        return True
-    return bool(cfg.max_violation_fraction is not None and rows and
-                violations / rows <= cfg.max_violation_fraction)
 
 
 def _mask(row: dict, masked: set[str]) -> dict:
@@ -116,18 +55,6 @@ def _collect_samples(base: DataFrame, data_cols: list[str], rules: list[RowRule]
             {c: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
              for c, v in d.items()}, masked))
     return out
-
-
-def quarantine_location(cfg: Validator, ctx: StepContext) -> str:
-    if cfg.quarantine_path:
-        return cfg.quarantine_path
-    root = ctx.quarantine_root or "quarantine"
-    op = re.sub(r"[^A-Za-z0-9_]+", "_", ctx.op_name or f"step{ctx.step}")
-    return f"{root.rstrip('/')}/{re.sub(r'[^A-Za-z0-9_]+', '_', ctx.pipeline)}/{op}"
-
-
-def _flag(rules: list[RowRule]) -> Column:
-    return F.array_compact(F.array(*[F.when(r.violates, F.lit(r.name)) for r in rules]))
 
 
 @dataclass
@@ -163,7 +90,6 @@ def finish(df: DataFrame, cfg: Validator, ctx: StepContext, rules: list[RowRule]
            finalize: Callable | None = None) -> DataFrame:
     """Record the step's rules; evaluate now, or later with the rest of its group."""
     if df.isStreaming:
-        from pipeline_defs.steps.validate.stream import per_micro_batch
         return per_micro_batch(df, cfg, ctx, rules, schema_errors or [], dataset_rules or [],
                                finalize)
     pending = Pending(cfg, ctx, rules, dataset_rules or [], schema_errors or [], finalize)
@@ -273,7 +199,7 @@ def _quarantine(base: DataFrame, data_cols: list[str], aggs: list[Column],
     first = group[quarantined[0]]
     ctx = first.ctx
     obs = Observation(f"dq_{ctx.run_id.replace('-', '')[:12]}_{ctx.step}")
-    all_broken = _flag(rules)
+    all_broken = flag(rules)
     in_quarantine = F.greatest(*[r.violates for i, r in enumerate(rules)
                                  if owner[i] in quarantined] + [F.lit(False)])
     locations = {k: quarantine_location(group[k].cfg, group[k].ctx) for k in quarantined}

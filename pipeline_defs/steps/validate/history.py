@@ -10,12 +10,8 @@ from pyspark.sql import functions as F
 
 from pipeline_defs.steps.context import StepContext
 from pipeline_defs.steps.registry import step
-from pipeline_defs.steps.validate.engine import (
-    DatasetRule,
-    RuleResult,
-    Validator,
-    finish,
-)
+from pipeline_defs.steps.validate.engine import finish
+from pipeline_defs.steps.validate.rules import DatasetRule, RuleResult, Validator
 
 
 # ---------------------------------------------------------------- metrics history

@@ -15,11 +15,8 @@ from pyspark.sql.window import Window
 from pipeline_defs.config.model import FormatModel, exactly_one
 from pipeline_defs.steps.context import StepContext
 from pipeline_defs.steps.registry import step
-from pipeline_defs.steps.validate.engine import (
-    RowRule,
-    Validator,
-    finish,
-)
+from pipeline_defs.steps.validate.engine import finish
+from pipeline_defs.steps.validate.rules import RowRule, Validator
 
 
 # ---------------------------------------------------------------- schema

@@ -4,9 +4,9 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipeline_defs.errors import UnsupportedError
+from pipeline_defs.common.errors import UnsupportedError
 from pipeline_defs.steps.context import StepContext
-from pipeline_defs.steps.validate.engine import (
+from pipeline_defs.steps.validate.rules import (
     REASON_COL,
     RULES_COL,
     RUN_COL,
@@ -14,7 +14,7 @@ from pipeline_defs.steps.validate.engine import (
     RowRule,
     ValidationFailed,
     Validator,
-    _flag,
+    flag,
     quarantine_location,
 )
 
@@ -41,7 +41,7 @@ def per_micro_batch(df: DataFrame, cfg: Validator, ctx: StepContext, rules: list
     if cfg.on_failure == "fail":
         return df.filter(F.when(broken, F.raise_error(F.concat(
             F.lit(f"{ctx.method} (step {ctx.step}) failed: a row broke "),
-            F.array_join(_flag(rules), ", ")))).otherwise(F.lit(True)))
+            F.array_join(flag(rules), ", ")))).otherwise(F.lit(True)))
     if cfg.on_failure == "warn":
         metric = f"dq_step{ctx.step}"
         ctx.metadata["observed_metric"] = metric
@@ -49,7 +49,7 @@ def per_micro_batch(df: DataFrame, cfg: Validator, ctx: StepContext, rules: list
                           *[F.count(F.when(r.violates, 1)).alias(r.name) for r in rules])
     if cfg.on_failure == "quarantine":
         location = quarantine_location(cfg, ctx)
-        bad = (df.filter(broken).withColumn(RULES_COL, _flag(rules))
+        bad = (df.filter(broken).withColumn(RULES_COL, flag(rules))
                .withColumn(REASON_COL, F.concat(F.lit("broke: "), F.array_join(RULES_COL, ", ")))
                .withColumn(RUN_COL, F.lit(ctx.run_id))
                .withColumn(TIME_COL, F.current_timestamp()))

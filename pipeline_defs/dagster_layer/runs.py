@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from pipeline_defs.config.loader import LoadedPipeline
-from pipeline_defs.plan import build_plan
+from pipeline_defs.dagster_layer.plan import build_plan
 
 
 @dataclass
@@ -85,7 +85,7 @@ def print_summary(result: dg.ExecuteInProcessResult, pipeline: LoadedPipeline,
                   elapsed: float) -> None:
     table = step_rows(result.all_events, pipeline)
     w = max(len(r.op) for r in table)
-    from pipeline_defs.spark_session import spark_start_seconds
+    from pipeline_defs.spark.session import spark_start_seconds
     print(f"\npipeline {pipeline.name}: {'SUCCESS' if result.success else 'FAILURE'} "
           f"in {elapsed:.1f}s (run {result.run_id})")
     if spark_start_seconds() is not None:
@@ -104,7 +104,7 @@ def print_summary(result: dg.ExecuteInProcessResult, pipeline: LoadedPipeline,
 def show_outputs(result: dg.ExecuteInProcessResult, n: int) -> None:
     """Print the first n rows of every file or Delta target the run wrote (one small read
     each, only when asked)."""
-    from pipeline_defs.resources.spark import session, settings_from_env
+    from pipeline_defs.spark.session import session, settings_from_env
     spark = session(settings_from_env())
     for e in result.all_events:
         if e.event_type_value != "ASSET_MATERIALIZATION":

@@ -27,7 +27,7 @@ def _shared():
     from pipeline_defs.steps.jdbc.connection import JdbcConnection
     from pipeline_defs.steps.kafka import KafkaClient
     from pipeline_defs.steps.streaming import StreamingSink
-    from pipeline_defs.steps.validate.engine import Validator
+    from pipeline_defs.steps.validate.rules import Validator
     return [("Every step", "every-step", StepModel),
             ("Credentials", "credentials", Credentialed),
             ("S3 connection (and s3a:// paths)", "s3-connection", S3Connection),

@@ -1,4 +1,4 @@
-"""The Spark resource: the run's SparkSession (from `pipeline_defs.spark_session`, one per
+"""The Spark resource: the run's SparkSession (from `pipeline_defs.spark.session`, one per
 process) and the watcher that cancels its Spark jobs when the run is terminated."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from dagster_pyspark import LazyPySparkResource
 from pydantic import Field, PrivateAttr
 from pyspark.sql import SparkSession
 
-from pipeline_defs.errors import PipelineError
-from pipeline_defs.spark_session import (  # noqa: F401 - re-exported
+from pipeline_defs.common.errors import PipelineError
+from pipeline_defs.spark.session import (  # noqa: F401 - re-exported
     JOINED,
     REPO_ROOT,
     SparkSettings,

@@ -18,19 +18,15 @@ from dagster._core.types.dagster_type import resolve_dagster_type
 from pipeline_defs.config.assets import AssetNames, asset_names, uri
 from pipeline_defs.config.dataflow import safe_name
 from pipeline_defs.config.loader import LoadedPipeline
-from pipeline_defs.metrics import remember
-from pipeline_defs.ops import (
-    LOADED_TABLE,
-    check_name,
-    evaluated_checks,
-    input_name,
-    op_for,
-    params_resource,
-)
-from pipeline_defs.orchestration import automation_condition, partitions_def
-from pipeline_defs.plan import Plan, build_plan
+from pipeline_defs.dagster_layer.checks import check_name, evaluated_checks
+from pipeline_defs.dagster_layer.metrics import remember
+from pipeline_defs.dagster_layer.ops import op_for
+from pipeline_defs.dagster_layer.orchestration import automation_condition, partitions_def
+from pipeline_defs.dagster_layer.outputs import LOADED_TABLE, input_name
+from pipeline_defs.dagster_layer.params import params_resource
+from pipeline_defs.dagster_layer.plan import Plan, build_plan
+from pipeline_defs.dagster_layer.stream_runs import STREAM_TOTALS, watch_op
 from pipeline_defs.steps.registry import Registry
-from pipeline_defs.stream_runs import STREAM_TOTALS, watch_op
 
 
 @dataclass

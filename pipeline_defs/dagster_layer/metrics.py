@@ -18,7 +18,7 @@ from pathlib import Path
 import dagster as dg
 
 from pipeline_defs.config.loader import LoadedPipeline
-from pipeline_defs.runs import step_rows
+from pipeline_defs.dagster_layer.runs import step_rows
 
 PUSH_JOB = "pipeline_defs"  # the Pushgateway job; the grouping key is pipeline=<name>
 

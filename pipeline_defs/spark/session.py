@@ -16,15 +16,9 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from pipeline_defs import jvm_archive
-from pipeline_defs.errors import PipelineError
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def default_jars_dir() -> Path:
-    return Path(os.environ.get("PIPELINE_JARS_DIR", REPO_ROOT / ".cache" / "jars"))
-
+from pipeline_defs.common.errors import PipelineError
+from pipeline_defs.spark import jvm_archive
+from pipeline_defs.spark.paths import REPO_ROOT, default_jars_dir  # noqa: F401 - re-exported
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
@@ -82,7 +76,7 @@ class SparkSettings:
             "spark.redaction.regex": SECRET_REGEX,
             "spark.sql.redaction.options.regex": OPTION_REGEX,
         }
-        log4j = Path(__file__).parent / "resources" / "log4j2.properties"
+        log4j = Path(__file__).parent / "log4j2.properties"
         conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={log4j.as_uri()}"
         # Python workers use this interpreter (the venv), not whatever `python3` is on PATH.
         conf["spark.pyspark.python"] = os.environ.get("PYSPARK_PYTHON", sys.executable)

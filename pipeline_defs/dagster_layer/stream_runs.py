@@ -7,10 +7,10 @@ import os
 import dagster as dg
 from dagster._core.errors import DagsterExecutionInterruptedError  # a run's interruption
 
-from pipeline_defs import secrets
+from pipeline_defs.common import secrets
 from pipeline_defs.config.assets import uri
-from pipeline_defs.ops import StepOutput, _plain, table_schema
-from pipeline_defs.plan import Plan, StepNode
+from pipeline_defs.dagster_layer.outputs import StepOutput, plain, table_schema
+from pipeline_defs.dagster_layer.plan import Plan, StepNode
 from pipeline_defs.steps import streaming
 from pipeline_defs.steps.context import StepContext
 from pipeline_defs.steps.registry import StepDef
@@ -26,7 +26,7 @@ def start_stream(context, plan: Plan, node: StepNode, stepdef: StepDef, current:
     q = streaming.start_query(stepdef.stream_write, current.df, s.config, ctx, name)
     meta = {"location": s.config.location(), "query": name, "query_id": str(q.id),
             "dagster/column_schema": table_schema(current.df.schema),
-            **{k: _plain(v) for k, v in ctx.metadata.items()}}
+            **{k: plain(v) for k, v in ctx.metadata.items()}}
     context.log.info(f"{s.label} started streaming query {name} -> {s.config.location()} "
                      f"(checkpoint {ctx.metadata.get('checkpoint')})")
     return dg.Output({"query_id": str(q.id), "name": name, "step": s.index,
@@ -102,7 +102,7 @@ def watch_op(plan: Plan, loads: list[StepNode], sinks: dict[int, dg.AssetKey]
                 "ended": ended, "location": started[i]["location"],
                 "dagster/uri": uri(started[i]["location"]),
                 **({"dagster/row_count": t["output_rows"]} if t["output_rows"] else {}),
-                **{k: _plain(x) for k, x in t.items() if x is not None},
+                **{k: plain(x) for k, x in t.items() if x is not None},
                 "queries": dg.MetadataValue.json(totals)})
 
     return dg.OpDefinition(

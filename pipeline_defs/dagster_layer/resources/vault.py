@@ -17,9 +17,9 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from pipeline_defs import secrets
-from pipeline_defs.errors import CredentialError
-from pipeline_defs.retry import GaveUp, with_backoff
+from pipeline_defs.common import secrets
+from pipeline_defs.common.errors import CredentialError
+from pipeline_defs.common.retry import GaveUp, with_backoff
 
 
 def default_audit_log() -> str:

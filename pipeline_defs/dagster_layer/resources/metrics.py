@@ -1,11 +1,11 @@
-"""The metrics resource: exports each run's metrics (pipeline_defs.metrics) when the run's
+"""The metrics resource: exports each run's metrics (dagster_layer/metrics.py) when the run's
 resources are torn down, on success, failure and cancellation alike."""
 from __future__ import annotations
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from pipeline_defs import metrics
+from pipeline_defs.dagster_layer import metrics
 
 
 class MetricsResource(dg.ConfigurableResource):

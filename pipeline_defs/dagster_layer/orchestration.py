@@ -23,7 +23,7 @@ from pipeline_defs.config.dates import iso
 from pipeline_defs.config.loader import LoadedPipeline
 from pipeline_defs.config.orchestration import Automation, Dependency, NewFiles, Retries
 from pipeline_defs.config.params import DATE
-from pipeline_defs.plan import Plan
+from pipeline_defs.dagster_layer.plan import Plan
 
 TRIGGER_TAG = "pipeline/trigger_file"  # the file a newFiles sensor started the run for
 DATE_TAG = "pipeline/date"  # the run's logical time, from `--date` or a schedule's tick
