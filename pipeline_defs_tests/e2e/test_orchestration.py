@@ -105,13 +105,13 @@ def test_schedule_and_dependencies_on_the_real_daemon(tmp_path):
     _pipeline(configs, "down", good, out, dependencies=[{"pipeline": "up"}])
     _pipeline(configs, "catching", good, out, dependencies=[{"pipeline": "up",
                                                              "catchUp": True}])
-    # a long upstream (its one row sleeps 30 s in Spark), and a pipeline started by its start
+    # a long upstream (its one row sleeps 15 s in Spark), and a pipeline started by its start
     write_json(configs / "slow.json", {"name": "slow", "steps": [
         {"type": "extract", "method": "fromFile",
          "config": {"path": good, "format": "csv", "schema": "id INT, v INT"}},
         {"type": "transform", "method": "filterRows", "config": {"condition": "id = 1"}},
         {"type": "transform", "method": "enrichData", "config": {"columns": {
-            "slept": "reflect('java.lang.Thread', 'sleep', 30000L)"}}},
+            "slept": "reflect('java.lang.Thread', 'sleep', 15000L)"}}},
         {"type": "load", "method": "toFile", "config": {
             "path": str(out / "slow"), "format": "parquet", "mode": "overwrite"}}]})
     _pipeline(configs, "early", good, out, dependencies=[{"pipeline": "slow",
@@ -214,7 +214,7 @@ def _scenario(port: int, tmp_path: Path, configs: Path, data: Path, out: Path,
     again = _wait(lambda: _finished(home, "catching", 2), 240, log)[1]
     assert up1.run_id in again.tags["pipeline/triggered_by"]
 
-    # waitForCompletion false: `early` is requested while `slow` (30 s) is still running
+    # waitForCompletion false: `early` is requested while `slow` (15 s) is still running
     slow = launch(port, "slow")
     (early1,) = _wait(lambda: _finished(home, "early", 1), 240, log)
     assert slow in early1.tags["pipeline/triggered_by"]

@@ -148,7 +148,7 @@ def test_a_python_data_source_connector_is_one_module_and_its_registration(tmp_p
     # a batch run through Dagster: the rows the filter kept, appended (sqlite3 reads them)
     batch = load_pipeline(write_json(tmp_path / "l.json", ledger_pipeline("ledger")), reg)
     result = run_job(batch, registry=reg)
-    assert _ledger_rows(dst) == [(100, "n100")] + [(i, f"n{i}") for i in range(3, 11)]
+    assert _ledger_rows(dst) == [(i, f"n{i}") for i in range(3, 11)] + [(100, "n100")]
     mat = next(e.event_specific_data.materialization for e in result.all_events
                if e.event_type_value == "ASSET_MATERIALIZATION")
     assert mat.metadata["dagster/row_count"].value == 8
