@@ -59,7 +59,7 @@ def test_webserver_and_daemon_share_runs_and_sensor_cursors_in_postgres(
         restarted = time.time()
         restart_daemon(port)
         # the new daemon evaluated the sensor several times: the cursor came from PostgreSQL
-        wait_ticks(home, "pgjob_new_files", 3, log, since=restarted)
+        wait_ticks(home, "pgjob_new_files", 2, log, since=restarted)
         assert len(_runs(home, "pgjob")) == 3
         (drop / "f3.csv").write_text("id\n1\n")
         _wait(lambda: len([r for r in _runs(home, "pgjob") if r.is_finished]) == 4, 240, log)

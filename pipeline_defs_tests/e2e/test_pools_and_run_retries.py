@@ -10,9 +10,10 @@ from pipeline_defs_tests.conftest import REPO, write_json
 from pipeline_defs_tests.e2e.test_orchestration import _runs, _wait
 from pipeline_defs_tests.e2e.test_webserver import launch, serve
 
-# three runs at once (the instance/ file allows two), one retry of a failed run
+# three pooled runs, and a run that fails and its retry beside them, at once (the instance/
+# file allows two)
 INSTANCE = (REPO / "instance" / "dagster.yaml").read_text().replace(
-    "max_concurrent_runs: 2", "max_concurrent_runs: 3") + \
+    "max_concurrent_runs: 2", "max_concurrent_runs: 5") + \
     "run_retries:\n  enabled: true\n  max_retries: 1\n"
 SLEEP_MS = 20000  # how long each pooled load holds its slot (a JVM sleep: no CPU)
 
@@ -74,6 +75,7 @@ def _scenario(port: int, tmp_path, home, log, spark) -> None:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.event_log_storage.set_concurrency_slots("warehouse", 2)
     ids = [launch(port, "pooled") for _ in range(3)]
+    failed_run = launch(port, "late")  # (its pipeline uses no pool: it runs beside them)
     done = _wait(lambda: (lambda rs: rs if len(rs) == 3 else None)(
         [r for r in _runs(home, "pooled") if r.is_finished]), 600, log)
     assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in done), \
@@ -93,7 +95,6 @@ def _scenario(port: int, tmp_path, home, log, spark) -> None:
     assert all(b - a >= SLEEP_MS / 1000 for a, b in spans), spans
     assert spark.read.format("delta").load(str(tmp_path / "out" / "pooled")).count() == 3
 
-    failed_run = launch(port, "late")
     retried = _wait(lambda: [r for r in _runs(home, "late")
                              if r.tags.get("dagster/parent_run_id") == failed_run
                              and r.is_finished], 300, log)
