@@ -28,7 +28,6 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.datasource import DataSource
-from pyspark.sql.streaming import DataStreamWriter
 
 from pipeline_defs.steps.context import StepContext
 
@@ -78,10 +77,3 @@ def write(df: DataFrame, ctx: StepContext, source: type[DataSource], opts: Mappi
     committed once (or aborted: nothing of a failed write becomes visible, if the source's
     commit is what makes rows visible)."""
     df.write.format(use(ctx.spark, source)).options(**options(opts)).mode(mode).save()
-
-
-def stream_writer(writer: DataStreamWriter, ctx: StepContext, source: type[DataSource],
-                  opts: Mapping[str, Any]) -> DataStreamWriter:
-    """A stream's writer for the source (its streamWriter commits each micro-batch)."""
-    return writer.format(use(ctx.spark, source)).options(**options(opts))
-
