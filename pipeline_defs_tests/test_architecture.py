@@ -45,6 +45,13 @@ BREAKS = [
      {"rooms", "no-dagster-below", "no-circles"}),
     ("extra.py", "X = 1\n", {"rooms"}),  # a top-level module no layer names
     ("common/bad.py", "from pyspark.sql import DataFrame\n", {"config-knows-no-spark"}),
+    ("config/bad.py", "def f():\n    from delta.tables import DeltaTable\n",
+     {"config-knows-no-spark"}),
+    ("spark/bad.py", "import dagster_pipes\n", {"no-dagster-below"}),
+    ("common/bad.py", "from dagster_spark import spark_resource\n", {"no-dagster-below"}),
+    # steps/ and spark/ are independent of each other; common/ is below config/
+    ("steps/bad.py", "from pdcopy.spark import paths\n", {"rooms"}),
+    ("common/bad.py", "from pdcopy.config import durations\n", {"rooms", "no-circles"}),
     ("dagster_layer/plan.py", "\nfrom pdcopy.dagster_layer import runs\n",
      {"no-circles"}),  # runs imports plan
 ]
