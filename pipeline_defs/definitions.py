@@ -18,11 +18,8 @@ from pipeline_defs.dagster_layer.console import console_logger
 from pipeline_defs.dagster_layer.factory import asset_checks, build_pipeline, source_specs
 from pipeline_defs.dagster_layer.orchestration import orchestration_defs
 from pipeline_defs.dagster_layer.resources import MetricsResource, SparkResource, VaultResource
-from pipeline_defs.dagster_layer.resources.spark import (
-    REPO_ROOT,
-    default_jars_dir,
-    default_spark_config,
-)
+from pipeline_defs.dagster_layer.resources.spark import default_spark_config
+from pipeline_defs.spark.paths import REPO_ROOT, default_jars_dir
 from pipeline_defs.steps.registry import Registry, builtin_registry
 
 # Dagster 1.13.27 warns about its own internals when a project is loaded through dg: the

@@ -18,7 +18,7 @@ from pyspark.sql import SparkSession
 
 from pipeline_defs.common.errors import PipelineError
 from pipeline_defs.spark import jvm_archive
-from pipeline_defs.spark.paths import REPO_ROOT, default_jars_dir  # noqa: F401 - re-exported
+from pipeline_defs.spark.paths import default_jars_dir
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"

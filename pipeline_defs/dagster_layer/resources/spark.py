@@ -15,7 +15,6 @@ from pyspark.sql import SparkSession
 from pipeline_defs.common.errors import PipelineError
 from pipeline_defs.spark.session import (  # noqa: F401 - re-exported
     JOINED,
-    REPO_ROOT,
     SparkSettings,
     default_jars_dir,
     first_report_of_start,
