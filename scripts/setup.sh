@@ -35,18 +35,20 @@ if [ ! -f "$jstamp" ]; then
   rm -rf .cache/jars && mv "$tmp" .cache/jars && touch "$jstamp"
 fi
 
-# 2b. The bulk loader (COPY / LOAD DATA from Spark's executors, jvm/bulkload), compiled against
-#     the pyspark wheel's jars and the connector jars into .cache/jars, so it is on the driver's
-#     classpath in local mode and shipped to the executors on a cluster like the others.
-bsrc=jvm/bulkload/src/pipeline_defs/BulkLoad.java
-bstamp=".cache/jars/.bulkload-$(hash_of "$bsrc")"
-if [ ! -f "$bstamp" ]; then
-  echo "setup: compiling the bulk loader (jvm/bulkload)"
+# 2b. The product's JVM helpers (jvm/helpers: the bulk loader that runs COPY / LOAD DATA in
+#     Spark's executors, the listener that reports which operators ran natively), compiled
+#     against the pyspark wheel's jars and the connector jars into .cache/jars, so they are on
+#     the driver's classpath in local mode and shipped to the executors on a cluster.
+hsrc=$(ls jvm/helpers/src/pipeline_defs/*.java)
+hstamp=".cache/jars/.helpers-$(hash_of $hsrc)"
+if [ ! -f "$hstamp" ]; then
+  echo "setup: compiling the JVM helpers (jvm/helpers)"
   pyjars=$(.venv/bin/python -c "import pyspark,os;print(os.path.join(os.path.dirname(pyspark.__file__),'jars'))")
   out=$(mktemp -d)
-  javac -nowarn --release 17 -d "$out" -cp "$pyjars/*:.cache/jars/*" "$bsrc"
-  jar cf .cache/jars/pipeline-defs-bulkload.jar -C "$out" .
-  rm -rf "$out" .cache/jars/.bulkload-*; touch "$bstamp"
+  javac -nowarn --release 17 -d "$out" -cp "$pyjars/*:.cache/jars/*" $hsrc
+  rm -f .cache/jars/pipeline-defs-bulkload.jar
+  jar cf .cache/jars/pipeline-defs-helpers.jar -C "$out" .
+  rm -rf "$out" .cache/jars/.bulkload-* .cache/jars/.helpers-*; touch "$hstamp"
 fi
 
 # A separate classpath resolved from its own pom (a JVM of its own runs it), redone when the

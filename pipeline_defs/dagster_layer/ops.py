@@ -18,6 +18,7 @@ from pipeline_defs.config.loader import (
     LoadedPipeline,
     literal_credentials,
 )
+from pipeline_defs.dagster_layer import engine
 from pipeline_defs.dagster_layer.checks import (
     quarantine_outputs,
     report_validation,
@@ -115,6 +116,26 @@ def _run_step(context, plan: Plan, node: StepNode, stepdef: StepDef, current: St
     return df
 
 
+def _work(context, plan: Plan, node: StepNode, stepdef: StepDef, registry: Registry,
+          current: StepOutput | None, named: dict, started: float, made: list,
+          spark_group: str, *, group, load_key, check_targets, params_key):
+    """The step's own work on Spark (run again on Spark alone if it fails natively: engine.run):
+    a load's outputs, or the step's DataFrame. Its StepContext is appended to `made`."""
+    s = node.step
+    ctx = _step_context(context, plan, node, registry, named)
+    made.append(ctx)
+    engine.watch(ctx.spark, spark_group)
+    if s.kind == "load":
+        return run_load(context, plan, node, stepdef, current, ctx, started, load_key)
+    if s.kind == "validate":
+        with counted_by_this_action(ctx.spark, current.lineage()):
+            df = run_validations(context, plan, node, stepdef, current, ctx, group, registry,
+                                 params_key)
+        report_validation(context, plan, s, ctx.validation.pending, check_targets)
+        return df
+    return _run_step(context, plan, node, stepdef, current, ctx)
+
+
 def _output(context, node: StepNode, df: DataFrame, ctx: StepContext, parents: tuple,
             pending: tuple, table_key, started: float, evaluated_in: str | None) -> dg.Output:
     """The step's output: the lazy DataFrame (with its row counter and, for a load's column
@@ -169,27 +190,29 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
             # no result: Dagster skips every step that needs it; `done` lets later loads go on
             return [dg.Output(None, "done")]
         ctx = None
+        spark_group = job_group(plan.job_name, node.op_name, context.run_id)
+
+        fallback, made = None, []  # made: the StepContext of each attempt
         try:
             if evaluated_in is not None:  # evaluated by the group's first op: report it
                 ctx = next(p.ctx for p in current.pending if p.ctx.step == s.index)
                 df = current.df
                 report_validation(context, plan, s, current.pending, check_targets)
             else:
-                ctx = _step_context(context, plan, run_node, registry, named)
+                df, fallback = engine.run(
+                    context, context.resources.spark.spark, f"step {s.index} ({s.label})",
+                    lambda: _work(context, plan, run_node, stepdef, registry, current, named,
+                                  started, made, spark_group, group=group,
+                                  load_key=load_keys.get(s.index), check_targets=check_targets,
+                                  params_key=params_key))
+                ctx = made[-1]
                 if s.kind == "load":
-                    return run_load(context, plan, run_node, stepdef, current, ctx, started,
-                                     load_keys[s.index])
-                if s.kind == "validate":
-                    with counted_by_this_action(ctx.spark, current.lineage()):
-                        df = run_validations(context, plan, run_node, stepdef, current, ctx,
-                                              group, registry, params_key)
-                    report_validation(context, plan, s, ctx.validation.pending,
-                                       check_targets)
-                else:
-                    df = _run_step(context, plan, run_node, stepdef, current, ctx)
+                    return engine.with_metadata(df, engine.metadata(
+                        ctx.spark, spark_group, fallback))
         except (dg.Failure, Failed):
             raise
         except (PipelineError, PySparkException, Exception) as e:  # noqa: BLE001
+            ctx = made[-1] if made else ctx
             raise step_failure(pipeline, s, e, context,
                            ctx.activity if ctx is not None else "running") from None
         pending = ()
@@ -201,6 +224,9 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
             outputs += quarantine_outputs(context, ctx, quarantines, df)
         if condition is not None:
             outputs.append(dg.Output(None, "done"))
+        if evaluated_in is None:
+            outputs = engine.with_metadata(outputs, engine.metadata(ctx.spark, spark_group,
+                                                                    fallback))
         return outputs
 
     tags = {"pipeline/kind": s.kind, "pipeline/method": s.method}

@@ -18,6 +18,7 @@ class StepRow:
     seconds: float | None = None
     rows: int | None = None
     note: str = ""
+    engine: str = ""  # where its Spark queries ran: native | native, partly | Spark
 
 
 def _value(v):
@@ -55,6 +56,8 @@ def step_rows(events: Iterable[dg.DagsterEvent], pipeline: LoadedPipeline) -> li
                 r.note = (r.note + "; " if r.note else "") + \
                     f"quarantined {rows_q:,} -> {_value(md.get('location'))}"
                 continue
+            if "spark_engine" in md:
+                r.engine = str(_value(md["spark_engine"]))
             if "dagster/row_count" in md:
                 counted[r.op] = int(_value(md["dagster/row_count"]))
             if "location" in md:
@@ -91,11 +94,18 @@ def print_summary(result: dg.ExecuteInProcessResult, pipeline: LoadedPipeline,
     if spark_start_seconds() is not None:
         print(f"  Spark session started in {spark_start_seconds():.1f}s, beside Dagster's "
               "own start (not in any step's time)")
-    print(f"  {'step':<{w}}  {'status':<7} {'secs':>6} {'rows':>10}")
+    e = max([len(r.engine) for r in table] + [6])
+    print(f"  {'step':<{w}}  {'status':<7} {'secs':>6} {'rows':>10}  {'engine':<{e}}")
     for r in table:
         secs = f"{r.seconds:.2f}" if r.seconds is not None else "-"
         rows = f"{r.rows:,}" if r.rows is not None else "-"
-        print(f"  {r.op:<{w}}  {r.status:<7} {secs:>6} {rows:>10}  {r.note}")
+        print(f"  {r.op:<{w}}  {r.status:<7} {secs:>6} {rows:>10}  {r.engine or '-':<{e}}  "
+              f"{r.note}".rstrip())
+    native = [r.op for r in table if r.engine.startswith("native")]
+    if any(r.engine for r in table):
+        print(f"  (engine: where the step's Spark queries ran; natively on Comet: "
+              f"{', '.join(native) or 'none'}. The operators that stayed on Spark, and why, "
+              "are in each step's metadata; PIPELINE_ACCELERATION=off turns Comet off)")
     print("  (rows: counted with observe() by the write that ran the step; '-' where counting "
           "would have blocked a pushdown, or a transform between extracts and loads: "
           "\"rowCounts\": \"all\" counts those too)")

@@ -17,7 +17,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from pipeline_defs.common.errors import PipelineError
-from pipeline_defs.spark import jvm_archive
+from pipeline_defs.spark import acceleration, jvm_archive
 from pipeline_defs.spark.paths import default_jars_dir
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
@@ -35,7 +35,8 @@ FIXED = {
 }
 # Lists a user's setting adds to (the product's entries first).
 JOINED = {"spark.sql.extensions": ",", "spark.jars": ",", "spark.driver.extraClassPath":
-          os.pathsep, "spark.driver.extraJavaOptions": " "}
+          os.pathsep, "spark.driver.extraJavaOptions": " ", "spark.plugins": ",",
+          "spark.driver.extraLibraryPath": os.pathsep}
 
 
 def refused(conf: dict[str, str]) -> list[str]:
@@ -90,6 +91,8 @@ class SparkSettings:
             conf["spark.databricks.delta.snapshotPartitions"] = str(local_cores(self.master))
         else:
             conf["spark.jars"] = ",".join(jars)
+        # native execution (Comet), unless turned off; the user's own values win below
+        conf.update(acceleration.settings(jars_dir, dict(self.conf)))
         for k, v in self.conf:
             sep = JOINED.get(k)
             if sep and conf.get(k):  # the product's entries, then the user's new ones
@@ -151,6 +154,8 @@ def session(settings: SparkSettings) -> SparkSession:
         if existing is not None and existing.sparkContext._jsc is not None:
             return existing
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers: this venv's Python
+        # Comet's Rust library logs to stderr at INFO unless told (it reads this at start)
+        os.environ.setdefault("COMET_LOG_LEVEL", os.environ.get("SPARK_LOG_LEVEL", "ERROR"))
         started = time.perf_counter()
         b = SparkSession.builder.master(settings.master).appName(settings.app_name)
         for k, v in settings.builder_conf().items():

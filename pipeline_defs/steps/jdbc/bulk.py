@@ -1,4 +1,4 @@
-"""The bulk-load fast paths, run in Spark's executors by the JVM helper of jvm/bulkload
+"""The bulk-load fast paths, run in Spark's executors by the JVM helper of jvm/helpers
 (`pipeline_defs.BulkLoad`): PostgreSQL COPY through pgjdbc's CopyManager, MySQL
 `LOAD DATA LOCAL INFILE` through Connector/J's local-infile stream. One load per partition into
 the staging table, each committing once with a row in `<staging>_parts`, so a retried task
@@ -87,8 +87,8 @@ def bulk_load(spark: SparkSession, df: DataFrame, ep: Endpoint, table: str,
     except Exception:  # noqa: BLE001
         helper = None
     if helper is None or type(helper).__name__ != "JavaClass":
-        raise PipelineError("the bulk loader (pipeline-defs-bulkload.jar) is not on Spark's "
-                            "classpath. Run `make setup` (it compiles jvm/bulkload), or set "
+        raise PipelineError("the bulk loader (pipeline-defs-helpers.jar) is not on Spark's "
+                            "classpath. Run `make setup` (it compiles jvm/helpers), or set "
                             "\"fastPath\": false.")
     props = jvm.java.util.HashMap()
     for k, v in (("user", ep.user), ("password", ep.password), *ep.properties):
