@@ -15,11 +15,13 @@ ORDERS = {"o_orderkey": "BIGINT", "o_custkey": "BIGINT", "o_orderstatus": "VARCH
           "o_clerk": "VARCHAR", "o_shippriority": "INT", "o_comment": "VARCHAR"}
 
 
-def main(data_dir: str, out: str) -> None:
+def main(data_dir: str, out: str, fmt: str = "csv") -> None:
     con = duckdb.connect()
     con.execute("SET threads = 2")
     li = f"read_csv('{data_dir}/lineitem.csv', header = true, columns = {LINEITEM})"
     od = f"read_csv('{data_dir}/orders.csv', header = true, columns = {ORDERS})"
+    if fmt == "parquet":
+        li, od = f"'{data_dir}/lineitem.parquet'", f"'{data_dir}/orders.parquet'"
     con.execute(f"""
         COPY (
           SELECT l_returnflag, l_linestatus, o_orderpriority,
@@ -34,4 +36,4 @@ def main(data_dir: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])

@@ -14,16 +14,22 @@ ORDERS = ("o_orderkey BIGINT, o_custkey BIGINT, o_orderstatus STRING, o_totalpri
           "o_comment STRING")
 
 
-def main(data_dir: str, out: str) -> None:
-    # Same session settings as the product (jars, Delta): only the orchestration differs.
+def _read(spark, data_dir: str, table: str, schema: str, fmt: str):
+    if fmt == "parquet":
+        return spark.read.parquet(f"{data_dir}/{table}.parquet")
+    return spark.read.format("csv").option("header", "true").schema(schema).load(
+        f"{data_dir}/{table}.csv")
+
+
+def main(data_dir: str, fmt: str, out: str) -> None:
+    # Same session settings as the product (jars, Delta): only the orchestration differs
+    # (run_bench.py turns native execution off for this script: plain PySpark has none).
     spark = session(settings_from_env())
-    items = (spark.read.format("csv").option("header", "true").schema(LINEITEM)
-             .load(f"{data_dir}/lineitem.csv")
+    items = (_read(spark, data_dir, "lineitem", LINEITEM, fmt)
              .filter("l_shipdate <= DATE'1998-09-02'")
              .withColumn("disc_price", F.expr("l_extendedprice * (1 - l_discount)"))
              .withColumn("charge", F.expr("l_extendedprice * (1 - l_discount) * (1 + l_tax)")))
-    orders = (spark.read.format("csv").option("header", "true").schema(ORDERS)
-              .load(f"{data_dir}/orders.csv"))
+    orders = _read(spark, data_dir, "orders", ORDERS, fmt)
     summary = (items.join(orders, items.l_orderkey == orders.o_orderkey)
                .groupBy("l_returnflag", "l_linestatus", "o_orderpriority")
                .agg(F.sum("l_quantity").alias("sum_qty"),
@@ -35,4 +41,4 @@ def main(data_dir: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])

@@ -21,9 +21,10 @@ def metadata(spark, group: str, fallback: str | None = None) -> dict:
     if seen is None or not (seen["native"] or seen["spark"]):
         return {}
     on = acceleration.active(spark)
-    if not on:
-        engine = "Spark (native execution off)" if fallback is None else \
-            "Spark (native execution failed: run again on Spark)"
+    if fallback is not None:
+        engine, on = "Spark (run again after native execution failed)", False
+    elif not on:
+        engine = "Spark (native execution off)"
     elif not seen["spark"]:
         engine = "native"
     else:

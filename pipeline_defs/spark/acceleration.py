@@ -83,7 +83,7 @@ def native_library_dir(comet_jar: Path, cache: Path | None = None) -> Path | Non
                 while chunk := src.read(1 << 22):
                     dst.write(chunk)
             tmp.replace(lib)  # whole or not at all: processes starting together agree
-    except KeyError:
+    except (KeyError, zipfile.BadZipFile):
         return None
     except OSError:  # a read-only checkout: Comet unpacks it to /tmp itself
         return None
@@ -147,7 +147,11 @@ def native_failure(e: BaseException) -> str | None:
             pass
     if not any(m in trace for m in ("org.apache.comet.", "CometNative", "DataFusion error")):
         return None
-    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+    for line in trace.splitlines():  # Comet's own message, e.g. "Not enough memory to ..."
+        for marker in ("CometNativeException: ", "CometRuntimeException: "):
+            if marker in line:
+                return line.split(marker, 1)[1].strip()[:300]
+    first = next((ln.strip() for ln in trace.splitlines() if "Comet" in ln), type(e).__name__)
     return first[:300]
 
 

@@ -13,6 +13,7 @@ from pydantic import Field, PrivateAttr
 from pyspark.sql import SparkSession
 
 from pipeline_defs.common.errors import PipelineError
+from pipeline_defs.spark import acceleration
 from pipeline_defs.spark.session import (  # noqa: F401 - re-exported
     JOINED,
     SparkSettings,
@@ -113,11 +114,13 @@ class SparkResource(LazyPySparkResource):
         # loaded: `pipeline run`), said once, by the first run that uses it
         started = first_report_of_start()
         if started is not None and context.log is not None:
-            sc = SparkSession._instantiatedSession.sparkContext
+            live = SparkSession._instantiatedSession
+            sc = live.sparkContext
+            native = "on (Comet)" if acceleration.active(live) else "off"
             context.log.info(
                 f"Spark session started in {started:.1f}s (master {sc.master}, Spark "
-                f"{sc.version}, app {sc.applicationId}); the run waited {waited:.1f}s for "
-                "it before its first step")
+                f"{sc.version}, app {sc.applicationId}, native execution {native}); the run "
+                f"waited {waited:.1f}s for it before its first step")
         if context.instance is not None and context.run_id:
             self._watcher = RunWatcher(context.instance, context.run_id, self)
             self._watcher.start()
@@ -143,7 +146,8 @@ class SparkResource(LazyPySparkResource):
                 continue
             if current == v:
                 continue
-            if k not in defaults and s.conf.isModifiable(k):
+            # Comet's switch is read at each query's planning, though Spark does not know it
+            if k not in defaults and (s.conf.isModifiable(k) or k == acceleration.ENABLED_KEY):
                 self._restore.setdefault(k, current)
                 s.conf.set(k, v)
             elif defaults.get(k) != v:  # asked for by this run, not the environment's default
