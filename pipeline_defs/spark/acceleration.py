@@ -106,6 +106,9 @@ def settings(jars_dir: Path, user_conf: dict[str, str]) -> dict[str, str]:
         # whose signature changed in Spark 4.2 (NoSuchMethodError): native shuffles only;
         # the others stay Spark's
         "spark.comet.exec.shuffle.mode": "native",
+        # so do its TakeOrderedAndProject (ORDER BY ... LIMIT) and CollectLimit: Spark's
+        "spark.comet.exec.takeOrderedAndProject.enabled": "false",
+        "spark.comet.exec.collectLimit.enabled": "false",
         # its JVM codegen dispatcher (ScalaUDFs, the regex family) compiles against a Spark
         # 4.1 class that 4.2 lacks (GeometryVal): those operators stay on Spark
         "spark.comet.exec.scalaUDF.codegen.enabled": "false",

@@ -3,9 +3,9 @@ against the real webserver and daemon serving the example pipelines: the job lis
 graph (nodes and graph ins/outs named by step and asset), a run launched from the Launchpad
 (which shows only its own params) with a param changed (and what it wrote, and the SparkSession's
 start as a line of its own), the asset catalog with readable names, an asset's owners, tags,
-code version and code reference, lineage, check results on the asset they check, the schedule
-and sensor on the Automation page. Each page is kept as a screenshot in the test's temporary
-directory; a failure lists them."""
+code version and code reference, where its Spark work ran (native or not), lineage, check
+results on the asset they check, the schedule and sensor on the Automation page. Each page is
+kept as a screenshot in the test's temporary directory; a failure lists them."""
 from __future__ import annotations
 
 import re
@@ -171,7 +171,8 @@ def test_the_ui_in_a_browser(browser_world):
     b.wait_for("Success", name="run-succeeded", timeout=300)
     # the SparkSession's start is a line of the run's log (test_cli.py checks it comes before
     # the first step)
-    b.wait_for("Spark session started in", name="run-spark-start")
+    b.wait_for("Spark session started in", "native execution on (Comet)",
+               name="run-spark-start")
     assert run_status(port, run_id) == "SUCCESS", log.read_text()[-3000:]
     table = pq.read_table(tmp_path / "out" / "ui_demo")
     assert set(table["label"].to_pylist()) == {"from-the-ui"} and table.num_rows == 200
@@ -187,6 +188,10 @@ def test_the_ui_in_a_browser(browser_world):
         ... on AssetNode { opVersion owners { ... on TeamAssetOwner { team } } } } }""")
     assert re.fullmatch(r"[0-9a-f]{16}", node["assetNodeOrError"]["opVersion"]), node
     assert node["assetNodeOrError"]["owners"] == [{"team": "analytics"}]
+    # where its Spark work ran (docs/acceleration.md): a CSV scan feeds it, so on Spark,
+    # with Comet's reason for each operator
+    b.open("/assets/labelled_people?view=events", "spark_engine", "Spark", "spark_operators",
+           name="asset-engine")
     # lineage: the table and what it was made from
     b.open("/assets/labelled_people?view=lineage", "labelled_people", "customers",
            name="lineage")
