@@ -1,12 +1,16 @@
 """The step graph: who reads what, where rows are counted."""
 from __future__ import annotations
 
+import functools
 import json
 
 from pipeline_defs.config.dataflow import safe_name
 from pipeline_defs.config.loader import load_pipeline
-from pipeline_defs.dagster_layer.plan import build_plan
+from pipeline_defs.dagster_layer import plan as plans
 from pipeline_defs_tests.conftest import COMPAT, write_json
+
+# where rows are counted when Spark runs everything itself (native execution: the last test)
+build_plan = functools.partial(plans.build_plan, native=False)
 
 
 def test_independent_extracts_are_parallel_branches(registry):
@@ -93,3 +97,26 @@ def test_consecutive_validations_form_one_group_run_by_the_first(tmp_path, regis
     assert plan.validation_group(1) == [1] and plan.validation_group(7) == [7]
     # the first of the group runs the pass that writes the group's quarantine tables
     assert plan.quarantines() == {2: [2, 4]}
+
+
+def test_with_native_execution_only_the_loads_count(registry, tmp_path):
+    """An observe() is an operator Comet cannot run, and keeps the operators above it on Spark:
+    with native execution, an extract that feeds a join is not counted (the load still counts
+    what it writes), so the join and the aggregate run natively."""
+    p = load_pipeline(write_json(tmp_path / "join.json", {"name": "join", "steps": [
+        {"type": "extract", "method": "fromFile", "name": "items",
+         "config": {"path": "/data/items.parquet", "format": "parquet", "registerAs": "items"}},
+        {"type": "extract", "method": "fromFile", "name": "orders",
+         "config": {"path": "/data/orders.parquet", "format": "parquet",
+                    "registerAs": "orders"}},
+        {"type": "transform", "method": "joinDataFrames", "name": "joined",
+         "config": {"inputDataFrames": ["items", "orders"],
+                    "joinConditions": ["items.id = orders.id"]}},
+        {"type": "load", "method": "toDeltaLake", "name": "out",
+         "config": {"path": "/data/out", "mode": "overwrite"}}]}), registry)
+    spark_only = plans.build_plan(p, native=False)
+    native = plans.build_plan(p, native=True)
+    assert [n.observe for n in spark_only.nodes] == [True, True, False, False]
+    assert [n.counted_by for n in spark_only.nodes] == [1, 2, 4, 4]
+    assert not any(n.observe for n in native.nodes)
+    assert [n.counted_by for n in native.nodes] == [None, None, 4, 4]

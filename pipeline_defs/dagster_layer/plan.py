@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from pipeline_defs.config.dataflow import safe_name, walk
 from pipeline_defs.config.types import LoadedPipeline, LoadedStep
+from pipeline_defs.spark import acceleration
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,15 @@ def _op_name(s: LoadedStep) -> str:
     return safe_name(base)
 
 
-def build_plan(p: LoadedPipeline) -> Plan:
-    """The step graph of a checked pipeline, with where row counts can be observed."""
+def build_plan(p: LoadedPipeline, native: bool | None = None) -> Plan:
+    """The step graph of a checked pipeline, with where row counts can be observed.
+
+    `native` (default: unless PIPELINE_ACCELERATION=off): Spark's work runs natively (Comet),
+    where an observe() is an operator Comet cannot run, and everything above it then stays on
+    Spark; so with the default "ends" only the loads count (the observe() sits on top of the
+    query, just before the write) and the chains that end in them."""
+    if native is None:
+        native = acceleration.wanted({})
     plan = Plan(p, safe_name(p.name))
     for s, current, named, after, _ in walk(p.file, p.steps):
         # Extracts read sources that an earlier load may have written: keep file order there.
@@ -137,6 +145,8 @@ def build_plan(p: LoadedPipeline) -> Plan:
         # only counts that come with an extract's chain or ride on a load's write: an
         # observe() between two transforms splits Spark's whole-stage code generation
         ends = {counted[n.step.index] for n in plan.nodes if n.step.kind in ("extract", "load")}
+        if native:
+            ends = {n.step.index for n in plan.nodes if n.step.kind == "load"}
         counted = {i: c if c in ends else None for i, c in counted.items()}
     for i, n in enumerate(plan.nodes):
         observe = n.step.kind != "load" and n.step.index in counted.values()

@@ -107,7 +107,8 @@ def print_summary(result: dg.ExecuteInProcessResult, pipeline: LoadedPipeline,
               f"{', '.join(native) or 'none'}. The operators that stayed on Spark, and why, "
               "are in each step's metadata; PIPELINE_ACCELERATION=off turns Comet off)")
     print("  (rows: counted with observe() by the write that ran the step; '-' where counting "
-          "would have blocked a pushdown, or a transform between extracts and loads: "
+          "would have blocked a pushdown or kept operators off native execution, or a transform "
+          "between extracts and loads: "
           "\"rowCounts\": \"all\" counts those too)")
 
 

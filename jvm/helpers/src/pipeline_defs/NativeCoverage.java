@@ -28,6 +28,8 @@ import org.apache.spark.sql.execution.ui.SparkListenerSQLExecutionStart;
  * A listener on Spark's bus: a SQL execution's start says its job group, its end carries the
  * executed plan (AQE's final plan). Only the groups Python asked to watch are kept, until it
  * drains them at the step's end, so that a long streaming run does not accumulate anything.
+ * Delta's queries of its own log (a table's state at a commit) are not the step's work: left
+ * out.
  */
 public final class NativeCoverage extends SparkListener {
     private static final Set<String> WRAPPERS = Set.of(
@@ -114,6 +116,9 @@ public final class NativeCoverage extends SparkListener {
             }
             try {
                 SparkPlan plan = e.qe().executedPlan();
+                if (plan.toString().contains("/_delta_log")) {
+                    return; // Delta reading its own log (the table's state), not the step's data
+                }
                 synchronized (t) {
                     t.queries++;
                     walk(plan, t);
