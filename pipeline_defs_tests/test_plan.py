@@ -120,3 +120,9 @@ def test_with_native_execution_only_the_loads_count(registry, tmp_path):
     assert [n.counted_by for n in spark_only.nodes] == [1, 2, 4, 4]
     assert not any(n.observe for n in native.nodes)
     assert [n.counted_by for n in native.nodes] == [None, None, 4, 4]
+    # a source Comet does not scan (CSV here, JDBC, Kafka) is counted as before: everything
+    # above it runs on Spark anyway
+    raw = json.loads((tmp_path / "join.json").read_text())
+    raw["steps"][1]["config"].update(format="csv", path="/data/orders.csv")
+    csv = load_pipeline(write_json(tmp_path / "csv.json", raw), registry)
+    assert [n.counted_by for n in plans.build_plan(csv, native=True).nodes] == [None, 2, 4, 4]

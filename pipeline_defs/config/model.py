@@ -132,6 +132,11 @@ class StepModel(FormatModel):
         overridden)."""
         return self.preserves_rows
 
+    def scans_natively(self) -> bool:
+        """An extract whose source native execution (Comet) scans itself (Parquet files): an
+        observe() on the rows that come from it would keep what follows on Spark."""
+        return False
+
     def reads_current(self) -> bool:
         """Whether this step reads the current DataFrame (uses_current, unless overridden)."""
         return self.uses_current

@@ -130,8 +130,9 @@ def build_plan(p: LoadedPipeline, native: bool | None = None) -> Plan:
 
     `native` (default: unless PIPELINE_ACCELERATION=off): Spark's work runs natively (Comet),
     where an observe() is an operator Comet cannot run, and everything above it then stays on
-    Spark; so with the default "ends" only the loads count (the observe() sits on top of the
-    query, just before the write) and the chains that end in them."""
+    Spark; so with the default "ends", rows that come from a source Comet scans (Parquet) are
+    counted only by the loads (the observe() sits on top of the query, just before the
+    write) and the chains that end in them."""
     if native is None:
         native = acceleration.wanted({})
     plan = Plan(p, safe_name(p.name))
@@ -146,7 +147,9 @@ def build_plan(p: LoadedPipeline, native: bool | None = None) -> Plan:
         # observe() between two transforms splits Spark's whole-stage code generation
         ends = {counted[n.step.index] for n in plan.nodes if n.step.kind in ("extract", "load")}
         if native:
-            ends = {n.step.index for n in plan.nodes if n.step.kind == "load"}
+            ends = {c for c in ends if c is None or plan.node(c).step.kind == "load" or not any(
+                plan.node(i).step.config.scans_natively()
+                for i in (*plan.upstream(c), c))}
         counted = {i: c if c in ends else None for i, c in counted.items()}
     for i, n in enumerate(plan.nodes):
         observe = n.step.kind != "load" and n.step.index in counted.values()

@@ -162,6 +162,9 @@ class FromFile(Extract):
         None, alias="schema", description="Schema as a DDL string, e.g. \"id BIGINT, name "
         "STRING\". Giving it saves the inference pass over CSV and JSON.")
 
+    def scans_natively(self) -> bool:
+        return self.format == "parquet"
+
 
 def _reader(ctx: StepContext, fmt: str, options: dict[str, str], ddl: str | None,
             path: str | None = None) -> DataFrameReader:
@@ -239,6 +242,9 @@ class FromS3(S3Connection):
 
     def location(self) -> str | None:
         return s3_path(self.bucket, self.path)
+
+    def scans_natively(self) -> bool:
+        return self.format == "parquet"
 
     bucket: str = Field(description="Bucket name.")
     path: str = Field(description="Key prefix or file in the bucket, e.g. raw/orders/.")

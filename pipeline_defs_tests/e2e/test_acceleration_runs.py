@@ -100,10 +100,10 @@ def test_the_load_says_which_operators_ran_natively(tmp_path, registry):
 
 
 def test_a_step_out_of_native_memory_runs_again_on_spark(tmp_path):
-    """32 MB of off-heap memory is too little for Comet's hash aggregate over 400,000 groups
+    """32 MB of off-heap memory is too little for Comet's aggregate over 150,000 groups
     (it cannot spill there: the task fails); the step is run again with Comet off, Spark's
     own aggregate spills, and the answer is the right one."""
-    t = _source(tmp_path / "events.parquet", 1_500_000, 400_000)
+    t = _source(tmp_path / "events.parquet", 400_000, 150_000)
     f = write_json(tmp_path / "p.json", _pipeline(tmp_path / "events.parquet",
                                                    tmp_path / "out", fmt="parquet"))
     r = subprocess.run([str(BIN / "pipeline"), "run", str(f), "--spark-conf",

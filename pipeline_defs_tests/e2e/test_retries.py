@@ -157,7 +157,10 @@ def test_a_retried_write_counts_the_rows_of_the_attempt_that_succeeded(s3, tmp_p
     secret = s3.secret()
     (tmp_path / "names.csv").write_text("k,name\n" + "".join(f"{k},n{k}\n" for k in range(7)))
     p = load_pipeline(write_json(tmp_path / "w.json", {
-        "name": "written", "retries": {"maxRetries": 2, "delaySeconds": 1}, "steps": [
+        "name": "written", "retries": {"maxRetries": 2, "delaySeconds": 1},
+        # every step counted, the Parquet extract too (with native execution only the loads
+        # count rows that come from Parquet: docs/acceleration.md)
+        "rowCounts": "all", "steps": [
             # counted in its own op; the join with a small table (broadcast) puts that count
             # in the stage that writes, whose failed tasks leave it short
             {"type": "extract", "method": "fromFile", "name": "ids_in",
