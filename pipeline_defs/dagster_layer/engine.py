@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from pipeline_defs.common import secrets
 from pipeline_defs.spark import acceleration
 
 NO_REASON = "its input comes from an operator that runs on Spark"
@@ -33,12 +34,13 @@ def metadata(spark, group: str, fallback: str | None = None) -> dict:
     if seen["native"]:
         meta["native_operators"] = ", ".join(seen["native"])
     if seen["spark"] and on:
-        rows = "\n".join(f"| {op} | {(why or NO_REASON).replace('|', '/')} |"
+        # Comet's reasons can quote a plan's text: scrubbed like every message
+        rows = "\n".join(f"| {op} | {secrets.scrub(why or NO_REASON).replace('|', '/')} |"
                          for op, why in seen["spark"].items())
         meta["spark_operators"] = dg.MetadataValue.md(
             "| operator on Spark | why not native |\n|---|---|\n" + rows)
     if fallback:
-        meta["native_failure"] = fallback
+        meta["native_failure"] = secrets.scrub(fallback)
     return meta
 
 
@@ -51,8 +53,9 @@ def run(context, spark, label: str, body):
         why = acceleration.native_failure(e)
         if why is None or not acceleration.active(spark):
             raise
-    context.log.warning(f"{label}: native execution failed ({why}); running it again on "
-                        "Spark, which spills where Comet's memory would not suffice")
+    context.log.warning(secrets.scrub(
+        f"{label}: native execution failed ({why}); running it again on Spark, which spills "
+        "where Comet's memory would not suffice"))
     with acceleration.turned_off(spark):
         return body(), why
 
