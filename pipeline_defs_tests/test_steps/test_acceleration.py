@@ -43,7 +43,13 @@ def _diff(native: list[tuple], spark_rows: list[tuple]) -> str | None:
 def tpch(spark, tmp_path_factory):
     where = generate(tmp_path_factory.mktemp("tpch-sf0.1"), 0.1)
     register(spark, where)
-    return where
+    # the shared test session has a 1 GB driver heap, filled by the suite's earlier tests:
+    # joins shuffle instead of broadcasting tables through it (same plans on and off)
+    key = "spark.sql.autoBroadcastJoinThreshold"
+    before = spark.conf.get(key)
+    spark.conf.set(key, "1m")
+    yield where
+    spark.conf.set(key, before)
 
 
 def test_the_22_tpch_queries_give_the_same_answers_natively_and_on_spark(spark, tpch):
