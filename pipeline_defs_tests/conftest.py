@@ -20,6 +20,26 @@ os.environ.setdefault("SPARK_LOG_LEVEL", "ERROR")
 # keeps the JVM's default (C1 then C2), which the benchmarks measure.
 os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1")
 pytest_plugins = ["pipeline_defs_tests.servers"]
+# `make test` runs the files on two workers, a file at a time each (pytest-xdist, --dist
+# loadfile, in collection order): the longest files (measured) go first, so that none is left
+# running alone at the end while the other worker idles.
+LONGEST_FIRST = (
+    "e2e/test_orchestration.py", "e2e/test_new_files.py", "e2e/test_cancel.py",
+    "e2e/test_pools_and_run_retries.py", "e2e/test_spark_cluster.py",
+    "e2e/test_instance_postgres.py", "e2e/test_exactly_once.py", "e2e/test_webserver.py",
+    "test_steps/test_acceleration.py", "e2e/test_retried_load.py", "e2e/test_streaming.py",
+    "e2e/test_ui_browser.py", "e2e/test_redaction.py", "e2e/test_make_dev.py",
+    "e2e/test_acceleration_runs.py", "e2e/test_spark_config.py", "e2e/test_kill_mid_load.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).parent
+    gone = [name for name in LONGEST_FIRST if not (here / name).is_file()]
+    if gone:
+        raise pytest.UsageError(f"conftest.py LONGEST_FIRST names files that are gone: {gone}")
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(
+        Path(str(item.path)).relative_to(here).as_posix(), len(rank)))
 
 
 @pytest.fixture(autouse=True)

@@ -115,7 +115,10 @@ def settings(jars_dir: Path, user_conf: dict[str, str]) -> dict[str, str]:
     }
     lib = native_library_dir(comet)
     if lib is not None:
+        # executors on this machine (a standalone or local-cluster master) find it there too;
+        # on another machine without the directory Comet unpacks its own copy
         conf["spark.driver.extraLibraryPath"] = str(lib)
+        conf["spark.executor.extraLibraryPath"] = str(lib)
     return conf
 
 

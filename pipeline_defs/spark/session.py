@@ -36,7 +36,8 @@ FIXED = {
 # Lists a user's setting adds to (the product's entries first).
 JOINED = {"spark.sql.extensions": ",", "spark.jars": ",", "spark.driver.extraClassPath":
           os.pathsep, "spark.driver.extraJavaOptions": " ", "spark.plugins": ",",
-          "spark.driver.extraLibraryPath": os.pathsep}
+          "spark.driver.extraLibraryPath": os.pathsep,
+          "spark.executor.extraLibraryPath": os.pathsep}
 
 
 def refused(conf: dict[str, str]) -> list[str]:

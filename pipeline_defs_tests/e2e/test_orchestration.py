@@ -129,10 +129,12 @@ def test_schedule_and_dependencies_on_the_real_daemon(tmp_path):
             {"type": "load", "method": "toFile", "name": "follower_out",
              "config": {"path": str(out / "follower"), "format": "parquet",
                         "mode": "overwrite"}}]})
-    # reads the same table, on a cron once it was updated since the previous tick
+    # on a cron, once what it reads was updated after the latest tick (Dagster's on_cron);
+    # its upstream `cronsrc` runs only when the test says
+    _pipeline(configs, "cronsrc", good, out)
     write_json(configs / "hourly.json", {
         "name": "hourly", "automation": {"onCron": "* * * * *", "timezone": "UTC"}, "steps": [
-            {"type": "extract", "method": "fromFile", "config": {"path": str(out / "up")}},
+            {"type": "extract", "method": "fromFile", "config": {"path": str(out / "cronsrc")}},
             {"type": "load", "method": "toFile", "name": "hourly_out",
              "config": {"path": str(out / "hourly"), "format": "parquet",
                         "mode": "overwrite"}}]})
@@ -323,11 +325,23 @@ def _scenario(port: int, tmp_path: Path, configs: Path, data: Path, out: Path,
     assert tick.status == dg.DagsterRunStatus.SUCCESS
     assert tick.tags["dagster/schedule_name"] == "ticker_schedule"
 
-    # 8. onCron: after `up` was materialized, the next minute's tick ran `hourly`, once
+    # 8. onCron: a minute's tick passed, then its upstream was updated: `hourly` runs before
+    #    the next tick (the update is made early in a minute, so that it lands before it)
+    def hourly_runs() -> list:  # the automation sensor's runs are of an asset job
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            return instance.fetch_materializations(dg.AssetKey("hourly"), limit=10).records
+    assert not hourly_runs()  # it waits for its upstream to be updated after a tick
+    if time.gmtime().tm_sec > 20:
+        time.sleep(61 - time.gmtime().tm_sec)
+    r = subprocess.run([PIPELINE, "run", str(configs / "cronsrc.json")], env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+
     def cron_ran():
         with dg.DagsterInstance.from_config(str(home)) as instance:
             return instance.get_latest_materialization_event(dg.AssetKey("hourly"))
     ran = _wait(cron_ran, 180, log)
+    assert len(hourly_runs()) == 1
     assert pq.read_table(out / "hourly").num_rows == 3
     with dg.DagsterInstance.from_config(str(home)) as instance:
         run = instance.get_run_by_id(ran.run_id)

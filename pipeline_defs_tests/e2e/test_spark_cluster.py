@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from decimal import Decimal
 from pathlib import Path
@@ -137,6 +138,7 @@ def test_delta_jdbc_and_streaming_pipelines_run_unchanged_on_a_standalone_cluste
              "config": {"path": "${out}/stream", "mode": "append"}}]})
 
     results = {}
+    unpacked = set(Path(tempfile.gettempdir()).glob("comet-native-*"))
     for where, master in (("cluster", spark_cluster), ("local", "local[1]")):
         out = tmp_path / where
         before = {a["id"] for a in _apps(spark_cluster)}
@@ -153,5 +155,8 @@ def test_delta_jdbc_and_streaming_pipelines_run_unchanged_on_a_standalone_cluste
             sorted(pg.sql(f"SELECT trip_id, km FROM by_region_{where}_km")),
             _rows(spark, out / "stream"))
     cluster, local = results["cluster"], results["local"]
+    # the executor found Comet's library where the driver did (its library path), instead of
+    # copying 145 MB to /tmp at its start
+    assert set(Path(tempfile.gettempdir()).glob("comet-native-*")) == unpacked
     assert [len(x) for x in cluster] == [2000, 3, 2000, 125]
     assert cluster == local
