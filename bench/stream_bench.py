@@ -338,8 +338,9 @@ the p95 sits near 1 s + the batch. Without effect on the state reconstruction (m
 `spark.databricks.delta.snapshotPartitions` 2, Comet off, `checkpointInterval` 100,
 `allFilesInCrc.verificationMode.forceOnNonUTC.enabled` false. What the pipeline adds over
 plain in the same round (0.2-0.5 s at p95 here) is not found yet: its query and Kafka options
-are plain's, and a trial with the native-operator listener off gave 1.90-1.98 s against plain's
-1.87-2.02 s, within the run-to-run noise.
+are plain's; in a trial the second pipeline run of a process gave 1.98 s against plain's
+1.87-2.30 s (1.90 s against 2.02-2.15 s with the native-operator listener off), within the
+run-to-run noise.
 """)
 
 
