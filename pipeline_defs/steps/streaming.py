@@ -114,6 +114,22 @@ def start_query(write: Callable, df: DataFrame, cfg, ctx: StepContext,
 
 # ---------------------------------------------------------------- the watcher
 _EXTRA: dict[str, list[tuple]] = {}
+_WRITTEN: dict[str, int] = {}
+_SKIPPED: dict[str, list[int]] = {}
+
+
+def note_written(query_name: str, rows: int) -> None:
+    """A foreachBatch writer's rows (Spark reports none for such a sink), for the watcher."""
+    _WRITTEN[query_name] = _WRITTEN.get(query_name, 0) + rows
+
+
+def note_skipped(query_name: str, batch_id: int) -> None:
+    """A micro-batch replayed after a crash that the sink already held: not written again."""
+    _SKIPPED.setdefault(query_name, []).append(int(batch_id))
+
+
+def take_written(query_name: str) -> int:
+    return _WRITTEN.pop(query_name, 0)
 
 
 def register(run_id: str, query: StreamingQuery, step: int, name: str) -> None:
@@ -175,7 +191,11 @@ class Watcher:
                 q.batches += 1
                 q.rows += n
                 out = int((p.get("sink") or {}).get("numOutputRows", -1) or 0)
-                q.output_rows += max(out, 0)
+                q.output_rows += out if out >= 0 else take_written(q.name)
+                for b in _SKIPPED.pop(q.name, ()):
+                    self.log.info(f"{q.name}: micro-batch {b} was already in the sink (the "
+                                  "query stopped after writing it, before recording it): "
+                                  "not written again")
                 q.pending_rows += n
                 q.pending_batches += 1
                 q.durations.append(float(p.get("durationMs", {}).get("triggerExecution", 0)))
