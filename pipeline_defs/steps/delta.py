@@ -12,12 +12,12 @@ from pyspark.sql import DataFrame
 from pyspark.sql.streaming import StreamingQuery
 
 from pipeline_defs.config.model import FormatModel, exactly_one
+from pipeline_defs.steps import streaming
 from pipeline_defs.steps.context import LoadResult, StepContext
 from pipeline_defs.steps.errors import StepDataError, missing_columns
 from pipeline_defs.steps.files import Extract, Load, WriteMode, prepare_path
 from pipeline_defs.steps.names import quoted
 from pipeline_defs.steps.registry import step, stream_reader, stream_writer
-from pipeline_defs.steps import streaming
 from pipeline_defs.steps.streaming import Sink, StreamingSink
 
 PATH_OR_TABLE = "Set \"path\" for a location or \"table\" for a catalog table."
