@@ -88,9 +88,11 @@ def run_pipeline(f: Path) -> float:
     p = load_pipeline(f, builtin_registry())
     job = definitions_for([p], default_resources()).resolve_job_def("stream_bench")
     t0 = time.perf_counter()
-    result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(),
-                                    run_config={"loggers": {"console": {"config": {
-                                        "log_level": "WARNING"}}}})
+    # disposed here, in its thread: a dropped one's SQLite connections would be collected in
+    # another (a foreachBatch callback's) and SQLAlchemy print tracebacks about the thread
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = job.execute_in_process(instance=instance, run_config={"loggers": {
+            "console": {"config": {"log_level": "WARNING"}}}})
     assert result.success
     return time.perf_counter() - t0
 
@@ -327,20 +329,20 @@ batch):
 
 {table}
 
-Inside one warm micro-batch (Spark's job timeline, the same for plain PySpark): Delta's sink
-first looks up the query's last committed batch (`txnVersion`, its exactly-once check), which
-in delta-spark 4.4 reads the table's SetTransactions through a state reconstruction of the log
-since the last checkpoint (three Spark jobs, "Compute snapshot for version", ~300-350 ms,
-growing with the commits since the checkpoint; the `.crc` written at each commit does not
-spare it); then the write job (~200-280 ms for ~20,000 rows on 2 tasks); then the commit on
-the driver (~350-400 ms). A 1 s trigger adds up to 1 s of waiting before a batch starts, so
-the p95 sits near 1 s + the batch. Without effect on the state reconstruction (measured):
-`spark.databricks.delta.snapshotPartitions` 2, Comet off, `checkpointInterval` 100,
-`allFilesInCrc.verificationMode.forceOnNonUTC.enabled` false. What the pipeline adds over
-plain in the same round (0.2-0.5 s at p95 here) is not found yet: its query and Kafka options
-are plain's; in a trial the second pipeline run of a process gave 1.98 s against plain's
-1.87-2.30 s (1.90 s against 2.02-2.15 s with the native-operator listener off), within the
-run-to-run noise.
+Where the two differ (Spark's job timeline, trials in a warm session): plain PySpark writes with
+Spark's Delta sink, which at every micro-batch looks up the query's last committed batch
+(`txnVersion`, its exactly-once check); delta-spark 4.4 answers it from the table's
+SetTransactions through a state reconstruction of the log since the last checkpoint (three
+Spark jobs, "Compute snapshot for version", ~300-350 ms; the `.crc` written at each commit does
+not spare it; no setting found that does: `snapshotPartitions` 2, `checkpointInterval`,
+Comet off). The pipeline writes each micro-batch with foreachBatch, marks its commit with the
+query id and batch id (`userMetadata`) and looks the last batch up once, when the query starts
+(`DeltaBatches` in `pipeline_defs/steps/delta.py`): a warm micro-batch is the write job
+(~150-250 ms for ~20,000 rows on 2 tasks) and the commit (~100-150 ms), 0.3-0.45 s in all
+against plain's 0.75-0.95 s. The tail left: every 10th commit Delta writes a checkpoint of the
+table's log in the commit's post-commit hook (a state reconstruction and a Parquet write,
+~1.4-1.6 s warm), which holds the next micro-batch back; the events produced meanwhile make
+the p95. A 1 s trigger adds up to 1 s of waiting before a batch starts.
 """)
 
 
