@@ -246,12 +246,38 @@ def cmd_docs(args) -> int:
     return 0
 
 
+def _read(file: str):
+    """A pipeline file as read by its format's reader (before parameters and checks)."""
+    from pipeline_defs.config.readers import read
+    doc = read(Path(file))
+    if isinstance(doc, list) or not hasattr(doc, "data"):
+        raise ConfigError(doc if isinstance(doc, list) else [doc])
+    return doc
+
+
+def cmd_show(args) -> int:
+    import json
+    print(json.dumps(_read(args.file).data, indent=2))
+    return 0
+
+
+def cmd_sql(args) -> int:
+    from pipeline_defs.config.sqlform import to_sql
+    text = to_sql(_read(args.file).data)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="pipeline", description="JSON data pipelines on Dagster "
-                                 "and Spark.")
+    ap = argparse.ArgumentParser(prog="pipeline", description="Data pipelines in JSON or SQL "
+                                 "files, on Dagster and Spark.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("validate", help="check pipeline files without contacting any service")
-    v.add_argument("paths", nargs="+", help="files or directories of *.json")
+    v.add_argument("paths", nargs="+", help="files or directories of *.json and *.sql")
     v.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     v.set_defaults(fn=cmd_validate)
     r = sub.add_parser("run", help="run one pipeline file as a Dagster job")
@@ -271,6 +297,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="after success, print the first N rows of every target written")
     r.set_defaults(fn=cmd_run)
     sub.add_parser("list", help="list the methods").set_defaults(fn=cmd_list)
+    sh = sub.add_parser("show", help="print a pipeline file (JSON or SQL) as the JSON it is")
+    sh.add_argument("file")
+    sh.set_defaults(fn=cmd_show)
+    sq = sub.add_parser("sql", help="write a pipeline file (JSON or SQL) in the SQL form")
+    sq.add_argument("file")
+    sq.add_argument("-o", "--output", help="write to this file instead of stdout")
+    sq.set_defaults(fn=cmd_sql)
     s = sub.add_parser("schema", help="print the JSON Schema of pipeline files")
     s.add_argument("--output", "-o", help="write to this file instead of stdout")
     s.set_defaults(fn=cmd_schema)

@@ -114,8 +114,8 @@ def load_pipeline(path: str | Path, catalog: Catalog, overrides: Mapping[str, st
     path = Path(path)
     file = str(path)
     doc = read(path)
-    if isinstance(doc, Problem):
-        raise ConfigError([doc])
+    if isinstance(doc, Problem | list):
+        raise ConfigError(doc if isinstance(doc, list) else [doc])
     data = doc.data
     problems: list[Problem] = []
     raw_steps = data.get("steps")
@@ -160,6 +160,8 @@ def load_pipeline(path: str | Path, catalog: Catalog, overrides: Mapping[str, st
 
     lines = doc.step_lines
     steps = [replace(s, line=lines[s.index - 1]) if s.index <= len(lines) else s for s in steps]
+    steps = [replace(s, sql=doc.step_sql[s.index - 1]) if s.index <= len(doc.step_sql) else s
+             for s in steps]
     problems += _step_problems(file, steps, params)
     env_now = os.environ if env is None else env
     if str(env_now.get("VAULT_REQUIRED", "")).strip().lower() in ("1", "true", "yes", "on"):
@@ -172,6 +174,10 @@ def load_pipeline(path: str | Path, catalog: Catalog, overrides: Mapping[str, st
             flow += check_streaming(file, seen, catalog)
     if problems or flow:
         everything = sorted(problems + flow, key=lambda p: p.step or 0)  # stable: file order
+        if doc.step_sql:  # a SQL file: where the step's clause is, as file:line
+            everything = [replace(p, file=f"{p.file}:{lines[p.step - 1]}")
+                          if p.step and p.step <= len(lines) and p.file == file else p
+                          for p in everything]
         raise (ConfigError if problems else DataFrameResolutionError)(everything)
     return LoadedPipeline(file, top, steps, params, dict(overrides or {}))
 

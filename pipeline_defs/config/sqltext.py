@@ -25,6 +25,9 @@ from sqlglot.dialects import Dialect
 from sqlglot.errors import TokenError
 from sqlglot.tokens import Token, TokenType
 
+THIS = "__THIS__"
+"""In a transform.sql query: the current DataFrame (the previous step's result)."""
+
 _STRINGS = {TokenType.STRING, TokenType.RAW_STRING, TokenType.NATIONAL_STRING,
             TokenType.BYTE_STRING, TokenType.HEREDOC_STRING, TokenType.UNICODE_STRING}
 _TYPED = {TokenType.DATE: "date", TokenType.TIMESTAMP: "timestamp",

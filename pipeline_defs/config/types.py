@@ -36,6 +36,7 @@ class LoadedStep:
     owners: tuple[str, ...] | None = None  # a load's owners of its table
     tags: dict[str, str] | None = None  # a load's tags of its table
     line: int | None = None  # where the step begins in its file (1-based)
+    sql: str | None = None  # a SQL file's clause that made the step, as written
 
     @property
     def label(self) -> str:

@@ -151,7 +151,8 @@ def _about(p: LoadedPipeline, plan: Plan, out: GraphOutput, kinds: dict[int, str
     if step.config.catalog_name():
         meta["dagster/table_name"] = step.config.catalog_name()
     return (f"Written by pipeline '{p.name}' (step {step.index}, {step.label}). Location: "
-            f"{location}", meta, kinds.get(step.index))
+            f"{location}" + (f"\n\n```sql\n{step.sql}\n```" if step.sql else ""), meta,
+            kinds.get(step.index))
 
 
 def code_version(plan: Plan, index: int) -> str:

@@ -248,4 +248,5 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
         description=(s.description + "\n\n" if s.description else "")
         + f"Step {s.index}: {s.label}"
         + (f" (registered as '{s.config.register_as}')" if s.config.register_as else "")
-        + (f": {config_summary(s.raw_config)}" if s.raw_config else ""))
+        + (f": {config_summary(s.raw_config)}" if s.raw_config else "")
+        + (f"\n\n```sql\n{s.sql}\n```" if s.sql else ""))

@@ -11,6 +11,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from pipeline_defs.config.model import StepModel, StorageLevelName
+from pipeline_defs.config.sqltext import THIS
 from pipeline_defs.steps.context import StepContext
 from pipeline_defs.steps.errors import missing_columns
 from pipeline_defs.steps.registry import step
@@ -204,7 +205,6 @@ def cache(df: DataFrame, cfg: Cache, ctx: StepContext) -> DataFrame:
 
 
 # ---------------------------------------------------------------- SQL
-THIS = "__THIS__"
 
 
 class Sql(StepModel):

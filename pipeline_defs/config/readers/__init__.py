@@ -11,14 +11,15 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from pipeline_defs.common.errors import Problem
-from pipeline_defs.config.readers import json_file
+from pipeline_defs.config.readers import json_file, sql_file
 from pipeline_defs.config.readers.document import Document
 
-Reader = Callable[[Path], "Document | Problem"]
+Reader = Callable[[Path], "Document | Problem | list[Problem]"]
 
 # suffix -> reader
 READERS: dict[str, Reader] = {
     ".json": json_file.read,
+    ".sql": sql_file.read,
 }
 
 # files in a pipeline directory that are not pipelines (the JSON Schema `pipeline schema`
@@ -29,7 +30,7 @@ NOT_PIPELINES = (".schema.json",)
 DEFAULT = ".json"  # a file named on the command line with another suffix is read as JSON
 
 
-def read(path: Path) -> Document | Problem:
+def read(path: Path) -> Document | Problem | list[Problem]:
     """The file read by the reader of its suffix."""
     return READERS.get(path.suffix.lower(), READERS[DEFAULT])(path)
 

@@ -13,3 +13,5 @@ class Document:
 
     data: dict[str, Any]
     step_lines: list[int] = field(default_factory=list)
+    step_sql: list[str] = field(default_factory=list)
+    """For a SQL file: each step's clause as written (the Dagster UI shows it)."""

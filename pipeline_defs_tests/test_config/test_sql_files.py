@@ -1,0 +1,226 @@
+"""SQL pipeline files (the plan's language): what each clause compiles to, errors at their
+line and column, and the round trip with the JSON format over every example."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline_defs.common.errors import ConfigError
+from pipeline_defs.config.loader import load_pipeline, load_pipelines
+from pipeline_defs.config.readers import read
+from pipeline_defs.config.sqlform import to_sql
+from pipeline_defs_tests.conftest import COMPAT, CONFIGS
+
+PLAN = """CREATE OR REPLACE PIPELINE sales_aggregation AS
+EXTRACT
+  FROM postgres.sales
+  USING vault('secret/data/postgres')
+  WHERE order_date >= CURRENT_DATE - INTERVAL '7 days'
+TRANSFORM
+  SELECT product_id, SUM(amount) AS total_sales, COUNT(*) AS order_count
+  GROUP BY product_id
+  HAVING total_sales > 1000
+VALIDATE
+  CHECK total_sales > 0
+  CHECK order_count BETWEEN 1 AND 10000
+LOAD
+  TO s3 's3a://bucket/aggregated/sales'
+  FORMAT parquet
+  PARTITION BY order_date
+  MODE append;
+"""
+
+
+def sql_file(tmp_path: Path, text: str, name: str = "p.sql") -> Path:
+    f = tmp_path / name
+    f.write_text(text)
+    return f
+
+
+def compiled(tmp_path: Path, text: str) -> dict:
+    doc = read(sql_file(tmp_path, text))
+    assert not isinstance(doc, list), doc
+    assert hasattr(doc, "data"), doc
+    return doc.data
+
+
+def problems(tmp_path: Path, text: str, registry) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        load_pipeline(sql_file(tmp_path, text, "orders.sql"), registry)
+    return [str(p) for p in e.value.problems]
+
+
+def test_the_plans_example_compiles_to_these_steps(tmp_path):
+    data = compiled(tmp_path, PLAN)
+    assert data == {"name": "sales_aggregation", "steps": [
+        {"type": "extract", "method": "fromPostgres",
+         "config": {"table": "sales", "credentialPath": "secret/data/postgres"}},
+        {"type": "transform", "method": "filterRows",
+         "config": {"condition": "order_date >= CURRENT_DATE - INTERVAL '7 days'"}},
+        {"type": "transform", "method": "sql", "config": {"query": (
+            "SELECT product_id, SUM(amount) AS total_sales, COUNT(*) AS order_count FROM "
+            "__THIS__ GROUP BY product_id\n  HAVING total_sales > 1000")}},
+        {"type": "validate", "method": "validateBusinessRules", "config": {
+            "rules": ["total_sales > 0", "order_count BETWEEN 1 AND 10000"]}},
+        {"type": "load", "method": "toS3", "config": {
+            "bucket": "bucket", "path": "aggregated/sales", "format": "parquet",
+            "partitionBy": ["order_date"], "mode": "append"}}]}
+
+
+def test_the_plans_example_loads_with_its_sql_shown_per_step(tmp_path, registry):
+    p = load_pipeline(sql_file(tmp_path, PLAN), registry)
+    assert [s.label for s in p.steps] == [
+        "extract.fromPostgres", "transform.filterRows", "transform.sql",
+        "validate.validateBusinessRules", "load.toS3"]
+    assert [s.line for s in p.steps] == [2, 2, 6, 10, 13]
+    assert p.steps[2].sql.startswith("TRANSFORM\n  SELECT product_id")
+    assert p.steps[4].sql.endswith("MODE append")
+
+
+def test_every_source_and_sink_keyword(tmp_path):
+    data = compiled(tmp_path, """
+CREATE PIPELINE every_store WITH (schedule = '0 6 * * *', mode = 'batch',
+                                  params = {"day": "${DATE-1}"}, retries = 2) AS
+EXTRACT FROM mysql.shop.orders USING vault('secret/data/mysql') AS orders
+EXTRACT FROM kafka.`user-events` OPTIONS (startingOffsets 'earliest', schema = 'id INT',
+                                          `kafka.security.protocol` 'PLAINTEXT') AS events
+EXTRACT FROM delta '/lake/customers' OPTIONS (version 3) AS customers
+EXTRACT FROM file '/data/in' FORMAT csv OPTIONS (header 'true', sep ';') AS raw
+EXTRACT FROM s3 's3a://lake/raw/x/' FORMAT json USING vault('secret/data/s3') AS s3raw
+TRANSFORM SELECT o.id, c.name FROM orders o JOIN customers c ON o.cid = c.id AS joined
+LOAD TO delta '/lake/out' MODE merge KEYS (id) PARTITION BY day
+LOAD TO file '/out/x' FORMAT parquet MODE overwrite OPTIONS (compression 'zstd')
+LOAD TO s3 's3://b/k' FORMAT csv MODE append
+LOAD TO postgres.public.totals USING vault('secret/data/pg') MODE merge KEYS (id, day)
+LOAD TO mysql.totals MODE overwrite OPTIONS (batchSize 5000)
+LOAD TO kafka.out_topic USING vault('secret/data/kafka')
+  STEP (name = 'to_kafka', retries = {"maxRetries": 3});""")
+    assert {k: v for k, v in data.items() if k != "steps"} == {
+        "name": "every_store", "schedule": "0 6 * * *", "mode": "batch",
+        "params": {"day": "${DATE-1}"}, "retries": 2}
+    got = [(s["method"], s["config"]) for s in data["steps"]]
+    assert got == [
+        ("fromMySQL", {"table": "shop.orders", "credentialPath": "secret/data/mysql",
+                       "registerAs": "orders"}),
+        ("fromKafka", {"topic": "user-events", "startingOffsets": "earliest",
+                       "schema": "id INT",
+                       "properties": {"kafka.security.protocol": "PLAINTEXT"},
+                       "registerAs": "events"}),
+        ("fromDeltaLake", {"path": "/lake/customers", "version": 3,
+                           "registerAs": "customers"}),
+        ("fromFile", {"path": "/data/in", "format": "csv",
+                      "options": {"header": "true", "sep": ";"}, "registerAs": "raw"}),
+        ("fromS3", {"bucket": "lake", "path": "raw/x/", "format": "json",
+                    "credentialPath": "secret/data/s3", "registerAs": "s3raw"}),
+        ("sql", {"query": "SELECT o.id, c.name FROM orders o JOIN customers c ON o.cid = c.id",
+                 "registerAs": "joined"}),
+        ("toDeltaLake", {"path": "/lake/out", "partitionBy": ["day"],
+                         "merge": {"keyColumns": ["id"]}}),
+        ("toFile", {"path": "/out/x", "format": "parquet", "mode": "overwrite",
+                    "compression": "zstd"}),
+        ("toS3", {"bucket": "b", "path": "k", "format": "csv", "mode": "append"}),
+        ("toPostgres", {"table": "public.totals", "credentialPath": "secret/data/pg",
+                        "mode": "upsert", "keyColumns": ["id", "day"]}),
+        ("toMySQL", {"table": "totals", "mode": "overwrite", "batchSize": 5000}),
+        ("toKafka", {"topic": "out_topic", "credentialPath": "secret/data/kafka"})]
+    assert data["steps"][-1]["name"] == "to_kafka"
+    assert data["steps"][-1]["retries"] == {"maxRetries": 3}
+
+
+def test_checks_group_by_action_and_any_method_is_reachable(tmp_path):
+    data = compiled(tmp_path, """CREATE PIPELINE checks AS
+EXTRACT METHOD fromFile WITH (path = '/d', format = 'json')
+VALIDATE
+  CHECK amount > 0
+  CHECK status IN ('a', 'b') ON VIOLATION FAIL
+  CHECK customer_id IS NOT NULL ON VIOLATION QUARANTINE '/q/orders'
+  CHECK region <> '' ON VIOLATION WARN
+  CHECK qty < 100 ON VIOLATION WARN
+VALIDATE METHOD validateUnique WITH (columns = ["order_id"])
+TRANSFORM METHOD deduplicate WITH (columns = ["id"]) AS deduped
+LOAD TO delta '/out'""")
+    assert [(s["method"], s["config"]) for s in data["steps"]] == [
+        ("fromFile", {"path": "/d", "format": "json"}),
+        ("validateBusinessRules", {"rules": ["amount > 0", "status IN ('a', 'b')"]}),
+        ("validateBusinessRules", {"rules": ["customer_id IS NOT NULL"],
+                                   "onFailure": "quarantine", "quarantinePath": "/q/orders"}),
+        ("validateBusinessRules", {"rules": ["region <> ''", "qty < 100"],
+                                   "onFailure": "warn"}),
+        ("validateUnique", {"columns": ["order_id"]}),
+        ("deduplicate", {"columns": ["id"], "registerAs": "deduped"}),
+        ("toDeltaLake", {"path": "/out"})]
+
+
+def test_a_column_named_like_a_clause_and_extract_the_function(tmp_path):
+    data = compiled(tmp_path, """CREATE PIPELINE words AS
+EXTRACT FROM file '/d' FORMAT parquet
+TRANSFORM SELECT load, transform, EXTRACT(YEAR FROM day) AS y WHERE load > 1
+LOAD TO file '/o' FORMAT parquet""")
+    assert data["steps"][1]["config"]["query"] == \
+        "SELECT load, transform, EXTRACT(YEAR FROM day) AS y FROM __THIS__ WHERE load > 1"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("CREATE PIPELINE p AS\nEXTRACT FROM file '/d' FORMAT csv\nTRANSFORM\n  SELEC a\n",
+     "orders.sql:4:3: expected SELECT, WITH, METHOD or ( after TRANSFORM, found 'SELEC'."),
+    ("CREATE PIPELINE p AS\nEXTRACT FROM oracle.sales\n",
+     "orders.sql:2:14: expected a source (postgres, mysql, kafka, delta, file, s3), found "
+     "'oracle'."),
+    ("CREATE PIPELINE p AS\nEXTRACT FROM delta '/d'\nVALIDATE CHECK amount >\n",
+     "orders.sql:3:23: invalid SQL expression"),
+    ("CREATE PIPELNE p AS EXTRACT FROM delta '/d'",
+     "orders.sql:1:8: expected PIPELINE after CREATE, found 'PIPELNE'."),
+    ("CREATE PIPELINE p AS\nEXTRACT FROM delta '/d'\nLOAD TO delta '/o' MODE merge (id)\n",
+     "orders.sql:3:31: expected KEYS after MODE merge, found '('."),
+    ("CREATE PIPELINE p AS\nEXTRACT FROM delta '/d'\nVALIDATE CHECK a > 0 ON VIOLATION STOP\n",
+     "orders.sql:3:35: expected FAIL, WARN, DROP or QUARANTINE after ON VIOLATION, found "
+     "'STOP'."),
+    ("CREATE PIPELINE p AS\nEXTRACT FROM delta '/d' AS d\nTRANSFORM SELECT * FROM dd\n",
+     "orders.sql:3:25: unknown name 'dd'"),
+])
+def test_syntax_and_name_errors_name_line_and_column(tmp_path, registry, text, expected):
+    got = problems(tmp_path, text, registry)
+    assert len(got) == 1 and got[0].startswith(str(tmp_path / expected.split(":")[0]) + ":" +
+                                               expected.split(":", 1)[1]), got
+
+
+def test_a_bad_key_in_a_step_names_its_line(tmp_path, registry):
+    got = problems(tmp_path, "CREATE PIPELINE p AS\nEXTRACT FROM delta '/d'\n"
+                   "LOAD TO delta '/o' OPTIONS (mergeSchem 'true')\n", registry)
+    assert any(g.startswith(f"{tmp_path / 'orders.sql'}:3, step 2 (load.toDeltaLake)")
+               and "mergeSchem" in g and "mergeSchema" in g for g in got), got
+
+
+def test_a_hostile_parameter_in_a_sql_file_is_refused(tmp_path, registry):
+    f = sql_file(tmp_path, "CREATE PIPELINE p WITH (params = {\"day\": \"2025-01-01\"}) AS\n"
+                 "EXTRACT FROM delta '/d' WHERE day = '${day}'\nLOAD TO delta '/o'\n")
+    load_pipeline(f, registry)  # the default is harmless
+    with pytest.raises(ConfigError) as e:
+        load_pipeline(f, registry, {"day": "x' OR '1'='1"})
+    assert "day" in str(e.value) and "step 2" in str(e.value)
+
+
+def _json_examples() -> list[Path]:
+    return sorted(CONFIGS.glob("*.json")) + sorted(COMPAT.glob("*.json"))
+
+
+@pytest.mark.parametrize("path", [p for p in _json_examples()
+                                  if not p.name.endswith(".schema.json")],
+                         ids=lambda p: p.stem)
+def test_every_json_example_round_trips_through_sql(path, tmp_path, registry):
+    data = json.loads(path.read_text())
+    text = to_sql(data)
+    back = compiled(tmp_path, text)
+    assert back == data, text
+    assert to_sql(back) == text
+    load_pipeline(sql_file(tmp_path, text, path.stem + ".sql"), registry)
+
+
+def test_sql_files_in_a_directory_load_beside_json(tmp_path, registry):
+    sql_file(tmp_path, PLAN, "a.sql")
+    (tmp_path / "b.json").write_text(json.dumps({"name": "b", "steps": [
+        {"type": "extract", "method": "fromDeltaLake", "config": {"path": "/x"}}]}))
+    assert sorted(p.name for p in load_pipelines([tmp_path], registry)) == \
+        ["b", "sales_aggregation"]
