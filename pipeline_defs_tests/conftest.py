@@ -109,7 +109,7 @@ def write_json(path: Path, data: dict) -> Path:
 
 def copy_configs(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
-    for f in CONFIGS.glob("*.json"):
+    for f in sorted(CONFIGS.glob("*.json")) + sorted(CONFIGS.glob("*.sql")):
         if not f.name.endswith(".schema.json"):
             shutil.copy(f, dest / f.name)
     return dest

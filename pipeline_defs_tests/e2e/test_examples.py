@@ -248,3 +248,23 @@ def test_params_are_run_config_with_their_defaults(tmp_path, sample_data):
     assert result.success
     assert (other / "delta" / "customers" / "_delta_log").is_dir()
     assert not (tmp_path / "default").exists()
+
+
+def test_the_sql_example_country_revenue(run, sample_data, spark):
+    """configs/country_revenue.sql: completed 2025 orders joined to their customers, revenue
+    per country and category over 5,000, as Python computes it from the sample files."""
+    run("country_revenue")
+    customers = _customers(sample_data)
+    totals: dict = defaultdict(lambda: [Decimal(0), 0])
+    for f in sorted((sample_data / "orders_2025").glob("*.jsonl")):
+        for line in f.read_text().splitlines():
+            o = json.loads(line, parse_float=Decimal)
+            c = customers.get(o["customer_id"])
+            if o["status"] == "completed" and c is not None:
+                key = (c["country"], o["product_category"])
+                totals[key][0] += o["amount"]
+                totals[key][1] += 1
+    expected = sorted((k[0], k[1], t, n) for k, (t, n) in totals.items() if t > 5000)
+    got = sorted((r.country, r.category, r.revenue, r.orders) for r in spark.read.format(
+        "delta").load(str(run.out / "delta" / "country_revenue")).collect())
+    assert got == expected and len(expected) >= 5
