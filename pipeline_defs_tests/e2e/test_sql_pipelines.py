@@ -247,3 +247,79 @@ LOAD TO delta '{out}' MODE append;
     assert result.success, failure(result)
     from pipeline_defs_tests.test_steps.test_delta_stream_sink import live_ids
     assert live_ids(out) == [i for i in range(300) if i % 50 - 10 > 0]
+
+
+def test_declarative_materialized_views_one_reading_the_other(vault, tmp_path, registry,
+                                                              spark, monkeypatch):
+    """Lakeflow-style SQL on the product's SparkSession: a temporary view over a CSV
+    (read_files), a materialized view with expectations (one drops rows) reading it, a second
+    reading the first (defined before it in the file), its table in the warehouse."""
+    monkeypatch.setenv("PIPELINE_WAREHOUSE", str(tmp_path / "warehouse"))
+    orders = [(i, f"c{i % 6}", (i * 53) % 400 - 60) for i in range(1, 301)]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "orders.csv").write_text(
+        "id,customer,amount\n" + "".join(f"{i},{c},{a}\n" for i, c, a in orders))
+    totals: dict = defaultdict(lambda: [0, 0])
+    for _, c, a in orders:
+        if a > 0:
+            totals[c][0] += a
+            totals[c][1] += 1
+    cut = sorted(t for t, _ in totals.values())[len(totals) // 2]  # about half are bigger
+    result = run_sql(tmp_path, vault, f"""
+CREATE MATERIALIZED VIEW big_customers AS
+  SELECT customer, total FROM customer_totals WHERE total > {cut};
+
+CREATE OR REFRESH MATERIALIZED VIEW customer_totals (
+  CONSTRAINT positive_amounts EXPECT (total > 0) ON VIOLATION DROP ROW,
+  CONSTRAINT named EXPECT (customer IS NOT NULL) ON VIOLATION FAIL UPDATE
+)
+COMMENT 'Spend per customer, positive orders only'
+LOCATION '{tmp_path / "lake" / "customer_totals"}'
+AS SELECT customer, SUM(amount) AS total, COUNT(*) AS n FROM positive_orders
+   GROUP BY customer;
+
+CREATE TEMPORARY VIEW positive_orders AS
+  SELECT * FROM read_files('{tmp_path / "in"}', format => 'csv', header => 'true',
+                           schema => 'id INT, customer STRING, amount INT')
+  WHERE amount > 0;
+""", registry, "customers.sql")
+    assert result.success, failure(result)
+    from pipeline_defs_tests.test_steps.test_delta_stream_sink import commits
+
+    def table(path):
+        live = set()
+        for c in commits(path):
+            live = (live - c["removes"]) | set(c["adds"])
+        return [r for f in live for r in pq.read_table(path / f).to_pylist()]
+    got = sorted((r["customer"], r["total"], r["n"])
+                 for r in table(tmp_path / "lake" / "customer_totals"))
+    assert got == sorted((c, t, n) for c, (t, n) in totals.items())
+    big = sorted((r["customer"], r["total"]) for r in table(tmp_path / "warehouse" /
+                                                             "big_customers"))
+    assert big == sorted((c, t) for c, (t, _) in totals.items() if t > cut)
+    assert 0 < len(big) < len(totals)
+    # the expectations are asset checks on the table, named after the constraints
+    checks = {e.event_specific_data.check_name for e in result.all_events
+              if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    assert {"positive_amounts", "named"} <= checks
+
+
+def test_declarative_streaming_table_from_kafka_drops_rows(kafka, topic, vault, tmp_path,
+                                                           registry):
+    t = topic(partitions=2)
+    produce(kafka, t, ({"id": i, "amount": i % 50 - 10} for i in range(300)), key="id")
+    vault.put("secret", "kafka", {"bootstrap.servers": kafka})
+    out = tmp_path / "positive"
+    result = run_sql(tmp_path, vault, f"""
+SET streaming = {{"trigger": "availableNow", "checkpointRoot": "{tmp_path / 'cp'}"}};
+CREATE STREAMING TABLE positive_amounts (
+  CONSTRAINT positive EXPECT (amount > 0) ON VIOLATION DROP ROW
+)
+LOCATION '{out}'
+AS SELECT id, amount FROM STREAM read_kafka(
+  subscribe => '{t}', credentialPath => 'secret/data/kafka',
+  startingOffsets => 'earliest', schema => 'id BIGINT, amount INT');
+""", registry, "amounts.sql")
+    assert result.success, failure(result)
+    from pipeline_defs_tests.test_steps.test_delta_stream_sink import live_ids
+    assert live_ids(out) == [i for i in range(300) if i % 50 - 10 > 0]

@@ -224,3 +224,126 @@ def test_sql_files_in_a_directory_load_beside_json(tmp_path, registry):
         {"type": "extract", "method": "fromDeltaLake", "config": {"path": "/x"}}]}))
     assert sorted(p.name for p in load_pipelines([tmp_path], registry)) == \
         ["b", "sales_aggregation"]
+
+
+# ---------------------------------------------------------------- declarative pipelines SQL
+DECLARATIVE = """SET schedule = '0 6 * * *';
+CREATE OR REFRESH MATERIALIZED VIEW best_day AS
+  SELECT day, total FROM daily_totals ORDER BY total DESC LIMIT 1;
+
+CREATE MATERIALIZED VIEW daily_totals (
+  CONSTRAINT positive_total EXPECT (total > 0) ON VIOLATION DROP ROW,
+  CONSTRAINT has_day EXPECT (day IS NOT NULL) ON VIOLATION FAIL UPDATE,
+  CONSTRAINT few EXPECT (n < 1000)
+)
+COMMENT 'Sales per day'
+PARTITIONED BY (day)
+LOCATION '/lake/daily_totals'
+AS SELECT day, SUM(amount) AS total, COUNT(*) AS n FROM clean_sales GROUP BY day;
+
+CREATE TEMPORARY VIEW clean_sales AS
+  SELECT CAST(day AS DATE) AS day, amount
+  FROM read_files('/in/sales', format => 'csv', header => 'true',
+                  schema => 'day STRING, amount DOUBLE')
+  WHERE amount IS NOT NULL;
+"""
+
+
+def test_declarative_datasets_compile_in_dependency_order(tmp_path):
+    data = compiled(tmp_path, DECLARATIVE)
+    assert data["name"] == "p" and data["schedule"] == "0 6 * * *" and "mode" not in data
+    got = [(s.get("name"), s["method"], s["config"]) for s in data["steps"]]
+    assert got == [
+        ("read_clean_sales", "fromFile", {"path": "/in/sales", "format": "csv",
+                                          "options": {"header": "true"},
+                                          "schema": "day STRING, amount DOUBLE",
+                                          "registerAs": "__clean_sales_src1"}),
+        ("clean_sales", "sql", {"query": "SELECT CAST(day AS DATE) AS day, amount\n  FROM "
+                                         "__clean_sales_src1\n  WHERE amount IS NOT NULL",
+                                "registerAs": "clean_sales"}),
+        ("daily_totals", "sql", {"query": "SELECT day, SUM(amount) AS total, COUNT(*) AS n "
+                                          "FROM clean_sales GROUP BY day"}),
+        ("positive_total", "validateBusinessRules", {"rules": ["total > 0"],
+                                                     "onFailure": "drop"}),
+        ("has_day", "validateBusinessRules", {"rules": ["day IS NOT NULL"]}),
+        ("few", "validateBusinessRules", {"rules": ["n < 1000"], "onFailure": "warn",
+                                          "registerAs": "daily_totals"}),
+        ("write_daily_totals", "toDeltaLake", {"path": "/lake/daily_totals",
+                                               "mode": "overwrite", "partitionBy": ["day"]}),
+        ("best_day", "sql", {"query": "SELECT day, total FROM daily_totals ORDER BY total DESC "
+                                      "LIMIT 1", "registerAs": "best_day"}),
+        ("write_best_day", "toDeltaLake", {
+            "path": "${env:PIPELINE_WAREHOUSE:-spark-warehouse}/best_day",
+            "mode": "overwrite"})]
+    assert data["steps"][6]["description"] == "Sales per day"
+
+
+def test_a_declarative_file_loads_and_its_expectations_are_named_steps(tmp_path, registry):
+    p = load_pipeline(sql_file(tmp_path, DECLARATIVE, "sales.sql"), registry)
+    assert [s.name for s in p.steps if s.kind == "validate"] == \
+        ["positive_total", "has_day", "few"]
+    assert p.steps[2].sql.startswith("CREATE MATERIALIZED VIEW daily_totals (")
+    assert p.steps[2].line == 5
+
+
+def test_streaming_tables_flows_and_stream_sources(tmp_path, registry):
+    text = """SET streaming = {"trigger": "availableNow"};
+CREATE STREAMING TABLE events;
+CREATE FLOW from_kafka AS INSERT INTO events BY NAME
+  SELECT id, amount FROM STREAM(read_kafka(subscribe => 'orders', startingOffsets => 'earliest',
+                                           credentialPath => 'secret/data/kafka',
+                                           schema => 'id BIGINT, amount INT',
+                                           `security.protocol` => 'PLAINTEXT'));
+CREATE FLOW from_files AS INSERT INTO events BY NAME
+  SELECT id, amount FROM STREAM read_files('/in/events', format => 'json',
+                                           schema => 'id BIGINT, amount INT');
+CREATE STREAMING TABLE positive (CONSTRAINT positive EXPECT (amount > 0) ON VIOLATION DROP ROW)
+LOCATION '/lake/positive'
+AS SELECT * FROM STREAM(events);
+"""
+    data = compiled(tmp_path, text)
+    assert data["mode"] == "streaming" and data["streaming"] == {"trigger": "availableNow"}
+    got = [(s.get("name"), s["method"], s["config"]) for s in data["steps"]]
+    kafka = {"topic": "orders", "startingOffsets": "earliest",
+             "credentialPath": "secret/data/kafka", "schema": "id BIGINT, amount INT",
+             "properties": {"security.protocol": "PLAINTEXT"},
+             "registerAs": "__from_kafka_src1"}
+    events = "${env:PIPELINE_WAREHOUSE:-spark-warehouse}/events"
+    assert got[:3] == [
+        ("read_from_kafka", "fromKafka", kafka),
+        ("from_kafka", "sql", {"query": "SELECT id, amount FROM __from_kafka_src1"}),
+        ("write_from_kafka", "toDeltaLake", {"path": events, "mode": "append",
+                                             "queryName": "from_kafka", "assetKey": "events"})]
+    assert got[3][1:] == ("fromFile", {"path": "/in/events", "format": "json",
+                                       "schema": "id BIGINT, amount INT",
+                                       "registerAs": "__from_files_src2"})
+    # events, which only flows fill, is read from its table as a stream
+    assert got[-4] == ("read_events_in_positive", "fromDeltaLake", {
+        "path": events, "registerAs": "events"})
+    # the constraint shares the dataset's name: it becomes <dataset>_<constraint>
+    assert got[-3:] == [
+        ("positive", "sql", {"query": "SELECT * FROM events"}),
+        ("positive_positive", "validateBusinessRules", {
+            "rules": ["amount > 0"], "onFailure": "drop", "registerAs": "positive"}),
+        ("write_positive", "toDeltaLake", {"path": "/lake/positive", "mode": "append"})]
+    load_pipeline(sql_file(tmp_path, text, "events.sql"), registry)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("CREATE MATERIALIZED VIEW a AS SELECT * FROM b;\nCREATE MATERIALIZED VIEW b AS "
+     "SELECT * FROM a;", "orders.sql:1:1: 'a' and b read each other (a cycle)."),
+    ("CREATE STREAMING TABLE s AS SELECT * FROM STREAM read_files('/x', format => 'json');\n"
+     "CREATE MATERIALIZED VIEW m AS SELECT * FROM s;",
+     "orders.sql:2:1: materialized view 'm' in a file with streaming tables"),
+    ("CREATE FLOW f AS INSERT INTO nowhere BY NAME SELECT 1 AS x;",
+     "orders.sql:1:1: flow 'f' inserts into 'nowhere', which the file does not define."),
+    ("CREATE MATERIALIZED VIEW m TBLPROPERTIES ('a' = 'b') AS SELECT 1 AS x;",
+     "orders.sql:1:28: TBLPROPERTIES (a) are not applied by this product yet."),
+    ("CREATE MATERIALIZED VIEW m (\n  CONSTRAINT c EXPECT (x > 0) ON VIOLATION SKIP\n) AS "
+     "SELECT 1 AS x;", "orders.sql:2:44: expected DROP ROW, FAIL UPDATE or QUARANTINE"),
+    ("CREATE MATERIALIZED VIEW m AS\n  SELECT x FRM t;", "orders.sql:2:"),
+])
+def test_declarative_errors_name_line_and_column(tmp_path, registry, text, expected):
+    got = problems(tmp_path, text, registry)
+    assert len(got) == 1 and got[0].startswith(str(tmp_path / expected.split(":")[0]) + ":" +
+                                               expected.split(":", 1)[1]), got

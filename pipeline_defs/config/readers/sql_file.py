@@ -22,6 +22,7 @@ from typing import Any
 
 from pipeline_defs.common.errors import Problem
 from pipeline_defs.config.readers.document import Document
+from pipeline_defs.config.readers.sql_declarative import Declarative, starts_declarative
 from pipeline_defs.config.readers.sql_tokens import (
     SqlSyntaxError,
     TokenParser,
@@ -44,7 +45,10 @@ def read(path: Path) -> Document | Problem | list[Problem]:
     except FileNotFoundError:
         return Problem(str(path), "file not found.", fix="Check the path.")
     try:
-        return Parser(text, str(path)).pipeline()
+        parser = Parser(text, str(path))
+        if starts_declarative(parser):
+            return Declarative(text, str(path)).pipeline(path.stem)
+        return parser.pipeline()
     except SqlSyntaxError as e:
         return Problem(where(str(path), text, e.pos), e.message, fix=e.fix or None)
 
