@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from collections import defaultdict
 from datetime import date, timedelta
 from pathlib import Path
@@ -17,8 +20,10 @@ import pyarrow.parquet as pq
 from pipeline_defs.config.loader import load_pipeline
 from pipeline_defs.dagster_layer.resources.vault import VaultResource
 from pipeline_defs.definitions import default_resources, definitions_for
-from pipeline_defs_tests.conftest import consume_records
+from pipeline_defs_tests.conftest import REPO, consume_records
 from pipeline_defs_tests.servers import produce
+
+PIPELINE = str(Path(sys.executable).parent / "pipeline")
 
 
 def run_sql(tmp_path: Path, vault, text: str, registry, name: str = "p.sql"):
@@ -87,25 +92,39 @@ LOAD
 """
 
 
-def test_the_plans_example_against_postgres_vault_and_s3(pg, s3, vault, tmp_path, registry):
+def test_the_plans_example_against_postgres_vault_and_s3(pg, s3, vault, tmp_path):
+    """The plan's text as written, run by `pipeline run` as a user would: PostgreSQL's
+    credentials from Vault, S3 from the AWS environment (keys, endpoint)."""
     rows = sales(pg)
     vault.put("secret", "postgres", pg.secret())
     s3.client.create_bucket(Bucket="bucket")
-    vault.put("secret", "s3", s3.secret())
-    # the plan's text as written: its LOAD partitions by order_date, a column its TRANSFORM
-    # does not keep; the run stops there, saying so, and writes nothing
-    result = run_sql(tmp_path, vault, PLAN.replace(
-        "  FORMAT parquet", "  USING vault('secret/data/s3')\n  FORMAT parquet"), registry)
-    assert not result.success
-    assert "order_date" in failure(result) and "product_id" in failure(result)
+    secret = s3.secret()
+    env = {**{k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"},
+           "SPARK_MASTER": "local[2]", "VAULT_ADDR": vault.url, "VAULT_TOKEN": vault.root_token,
+           "AWS_ACCESS_KEY_ID": secret["accessKeyId"],
+           "AWS_SECRET_ACCESS_KEY": secret["secretAccessKey"],
+           "AWS_ENDPOINT_URL_S3": s3.endpoint, "AWS_REGION": "us-east-1",
+           "PIPELINE_AUDIT_LOG": str(tmp_path / "audit")}
+
+    def run(text: str, name: str) -> subprocess.CompletedProcess:
+        (tmp_path / name).write_text(text)
+        return subprocess.run([PIPELINE, "run", str(tmp_path / name)], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=600)
+    # as written, its LOAD partitions by order_date, a column its TRANSFORM does not keep:
+    # the run stops there with one line saying so, and writes nothing
+    r = run(PLAN, "sales_aggregation.sql")
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    assert "Traceback" not in out
+    assert "partitionBy names 'order_date', which the input does not have. Columns: " \
+        "product_id, total_sales, order_count" in out, out[-3000:]
     assert s3.keys("bucket") == []
     # the same with order_date kept (grouped by it): the figures, per day and product
     fixed = PLAN.replace("SELECT product_id,", "SELECT product_id, order_date,").replace(
         "GROUP BY product_id", "GROUP BY product_id, order_date").replace(
-        "HAVING total_sales > 1000", "HAVING total_sales > 300").replace(
-        "  FORMAT parquet", "  USING vault('secret/data/s3')\n  FORMAT parquet")
-    result = run_sql(tmp_path, vault, fixed, registry, "fixed.sql")
-    assert result.success, failure(result)
+        "HAVING total_sales > 1000", "HAVING total_sales > 300")
+    r = run(fixed, "fixed.sql")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     since = date.today() - timedelta(days=7)
     totals: dict = defaultdict(lambda: [0.0, 0])
     for _, product, amount, day in rows:
