@@ -103,6 +103,12 @@ class ToDeltaLake(Load, StreamingSink):
         "compaction (after the commit, a partition holding at least "
         "spark.databricks.delta.autoCompact.minNumFiles (50) small files is compacted, as its "
         "own OPTIMIZE commit). The load's metadata shows the files written and compacted.")
+    table_properties: dict[str, str] = Field(
+        default_factory=dict, description="Table properties (TBLPROPERTIES), e.g. "
+        "{\"delta.logRetentionDuration\": \"interval 30 days\", \"quality\": \"gold\"}: "
+        "given when the table is made, and set (ALTER TABLE ... SET TBLPROPERTIES, one commit) "
+        "on an existing table whose values differ.")
+
     def problems(self):
         return exactly_one(self, "path", "table", PATH_OR_TABLE)
 
@@ -199,6 +205,20 @@ def last_commit(spark, table, version: int | None = None) -> dict:
         return history.select("version", "operation", "operationMetrics").first().asDict()
 
 
+def set_properties(spark, cfg: ToDeltaLake, table) -> None:
+    """The table properties the load asks for that the table does not have yet."""
+    conf = table._jdt.deltaLog().update(*(getattr(table._jdt.deltaLog(), f"update$default${i}")()
+                                          for i in (1, 2, 3))).metadata().configuration()
+    java = spark._jvm.scala.jdk.javaapi.CollectionConverters.asJava(conf)  # a Scala Map
+    have = {str(k): str(java.get(k)) for k in java.keySet()}
+    todo = {k: v for k, v in cfg.table_properties.items() if have.get(k) != str(v)}
+    if todo:
+        name = cfg.table or f"delta.`{cfg.path.replace('`', '``')}`"
+        props = ", ".join(f"'{k.replace(chr(39), chr(39) * 2)}' = "
+                          f"'{str(v).replace(chr(39), chr(39) * 2)}'" for k, v in todo.items())
+        spark.sql(f"ALTER TABLE {name} SET TBLPROPERTIES ({props})")
+
+
 @step("load", "toDeltaLake", ToDeltaLake, asset_kind="delta")
 def to_delta_lake(df: DataFrame, cfg: ToDeltaLake, ctx: StepContext) -> LoadResult:
     target = cfg.path or cfg.table
@@ -221,8 +241,11 @@ def to_delta_lake(df: DataFrame, cfg: ToDeltaLake, ctx: StepContext) -> LoadResu
                 w = w.option("overwriteSchema", "true")
             if cfg.replace_where:
                 w = w.option("replaceWhere", cfg.replace_where)
+            w = w.options(**cfg.table_properties)  # delta.* ones: set when it is made
             w.saveAsTable(cfg.table) if cfg.table else w.save(cfg.path)
             table = table or _delta_table(ctx, cfg)
+    if cfg.table_properties and table is not None:
+        set_properties(ctx.spark, cfg, table)
     meta, rows = {}, None
     if table is not None:
         last = last_commit(ctx.spark, table)
@@ -272,6 +295,7 @@ class DeltaBatches:
         self.query_id: str | None = None  # set once the query has started
         self.done: int | None = None  # the last batch id in the table; None: not looked up
         self._log = None
+        self._properties_set = False
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         spark = batch.sparkSession
@@ -288,7 +312,13 @@ class DeltaBatches:
                                                 "batch": int(batch_id)}))
         if self.cfg.partition_by:
             w = w.partitionBy(*self.cfg.partition_by)
+        w = w.options(**self.cfg.table_properties)
         w.saveAsTable(self.cfg.table) if self.cfg.table else w.save(self.cfg.path)
+        if self.cfg.table_properties and not self._properties_set:  # once per query start
+            from delta.tables import DeltaTable
+            set_properties(spark, self.cfg, DeltaTable.forName(spark, self.cfg.table)
+                           if self.cfg.table else DeltaTable.forPath(spark, self.cfg.path))
+            self._properties_set = True
         self.done = int(batch_id)
         streaming.note_written(self.sink.query_name, self.rows_of(spark, batch_id))
 

@@ -294,6 +294,7 @@ CREATE OR REFRESH MATERIALIZED VIEW customer_totals (
 )
 COMMENT 'Spend per customer, positive orders only'
 LOCATION '{tmp_path / "lake" / "customer_totals"}'
+TBLPROPERTIES ('delta.logRetentionDuration' = 'interval 9 days', 'quality' = 'gold')
 AS SELECT customer, SUM(amount) AS total, COUNT(*) AS n FROM positive_orders
    GROUP BY customer;
 
@@ -317,6 +318,10 @@ CREATE TEMPORARY VIEW positive_orders AS
                                                              "big_customers"))
     assert big == sorted((c, t) for c, (t, _) in totals.items() if t > cut)
     assert 0 < len(big) < len(totals)
+    conf = [json.loads(line)["metaData"]["configuration"] for f in sorted(
+        (tmp_path / "lake" / "customer_totals" / "_delta_log").glob("*.json"))
+        for line in f.read_text().splitlines() if line.startswith('{"metaData"')][-1]
+    assert conf == {"delta.logRetentionDuration": "interval 9 days", "quality": "gold"}
     # the expectations are asset checks on the table, named after the constraints
     checks = {e.event_specific_data.check_name for e in result.all_events
               if e.event_type_value == "ASSET_CHECK_EVALUATION"}

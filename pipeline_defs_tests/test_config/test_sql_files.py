@@ -337,8 +337,8 @@ AS SELECT * FROM STREAM(events);
      "orders.sql:2:1: materialized view 'm' in a file with streaming tables"),
     ("CREATE FLOW f AS INSERT INTO nowhere BY NAME SELECT 1 AS x;",
      "orders.sql:1:1: flow 'f' inserts into 'nowhere', which the file does not define."),
-    ("CREATE MATERIALIZED VIEW m TBLPROPERTIES ('a' = 'b') AS SELECT 1 AS x;",
-     "orders.sql:1:28: TBLPROPERTIES (a) are not applied by this product yet."),
+    ("CREATE MATERIALIZED VIEW m (x INT) AS SELECT 1 AS x;",
+     "orders.sql:1:29: expected CONSTRAINT, found 'x'."),
     ("CREATE MATERIALIZED VIEW m (\n  CONSTRAINT c EXPECT (x > 0) ON VIOLATION SKIP\n) AS "
      "SELECT 1 AS x;", "orders.sql:2:44: expected DROP ROW, FAIL UPDATE or QUARANTINE"),
     ("CREATE MATERIALIZED VIEW m AS\n  SELECT x FRM t;", "orders.sql:2:"),

@@ -48,6 +48,7 @@ class Dataset:
         self.comment: str | None = None
         self.partition_by: list[str] | None = None
         self.location: str | None = None
+        self.properties: dict[str, str] = {}
         self.query: str | None = None
         self.query_at = at
         self.target: str | None = None  # a flow's
@@ -240,11 +241,9 @@ class Declarative(TokenParser):
             elif t.word == "LOCATION":
                 d.location = self.string("the location")
             else:
-                props = self.options(assign=False)
-                raise SqlSyntaxError(t.start, f"TBLPROPERTIES ({', '.join(props)}) are not "
-                                     "applied by this product yet.",
-                                     "Remove them, or set them on the table with ALTER "
-                                     "TABLE ... SET TBLPROPERTIES once it exists.")
+                d.properties = {k: v if isinstance(v, str) else str(v).lower()
+                                if isinstance(v, bool) else str(v)
+                                for k, v in self.options(assign=False).items()}
 
     def names(self, parens: bool = False) -> list[str]:
         self.expect("(")
@@ -420,6 +419,8 @@ class Declarative(TokenParser):
             "mode": "append" if target.kind == "STREAMING TABLE" else "overwrite"}}
         if target.partition_by:
             load["config"]["partitionBy"] = target.partition_by
+        if target.properties:
+            load["config"]["tableProperties"] = target.properties
         if d.kind == "FLOW":
             load["config"]["queryName"] = d.name
             load["config"]["assetKey"] = target.name

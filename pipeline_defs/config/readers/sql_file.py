@@ -310,6 +310,7 @@ _KEYS = {
     "toFile": {"compression"}, "toS3": {"compression", "endpoint", "region"},
     "fromDeltaLake": {"version", "timestamp"},
     "toDeltaLake": {"mergeSchema", "overwriteSchema", "replaceWhere", "autoOptimize",
+                    "tableProperties",
                     "checkpointLocation", "outputMode", "trigger", "queryName"},
 }
 _KEYS["fromMySQL"], _KEYS["toMySQL"] = _KEYS["fromPostgres"], _KEYS["toPostgres"]
