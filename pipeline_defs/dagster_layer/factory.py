@@ -51,7 +51,8 @@ class PipelineDefs:
                 out.append(dg.AssetCheckSpec(
                     check_name(s), asset=key, blocking=s.config.on_failure == "fail",
                     description=f"{s.label} in pipeline '{self.plan.pipeline.name}' "
-                                f"(step {s.index}, onFailure {s.config.on_failure})"))
+                                f"(step {s.index}, onFailure {s.config.on_failure})"
+                                + (f"\n\n```sql\n{s.sql}\n```" if s.sql else "")))
         return out
 
 
@@ -151,8 +152,16 @@ def _about(p: LoadedPipeline, plan: Plan, out: GraphOutput, kinds: dict[int, str
     if step.config.catalog_name():
         meta["dagster/table_name"] = step.config.catalog_name()
     return (f"Written by pipeline '{p.name}' (step {step.index}, {step.label}). Location: "
-            f"{location}" + (f"\n\n```sql\n{step.sql}\n```" if step.sql else ""), meta,
-            kinds.get(step.index))
+            f"{location}" + _sql_lineage(plan, step.index), meta, kinds.get(step.index))
+
+
+def _sql_lineage(plan: Plan, index: int) -> str:
+    """For a SQL file: the clauses the table comes from, in file order, as one SQL block."""
+    steps = [plan.node(i).step for i in sorted({*plan.upstream(index), index})]
+    clauses = list(dict.fromkeys(s.sql for s in steps if s.sql))
+    if not clauses:
+        return ""
+    return "\n\nThe SQL it comes from:\n\n```sql\n" + "\n".join(clauses) + "\n```"
 
 
 def code_version(plan: Plan, index: int) -> str:

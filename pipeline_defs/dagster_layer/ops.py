@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import dagster as dg
 from pyspark import StorageLevel
@@ -248,5 +249,6 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
         description=(s.description + "\n\n" if s.description else "")
         + f"Step {s.index}: {s.label}"
         + (f" (registered as '{s.config.register_as}')" if s.config.register_as else "")
-        + (f": {config_summary(s.raw_config)}" if s.raw_config else "")
-        + (f"\n\n```sql\n{s.sql}\n```" if s.sql else ""))
+        + (f": {config_summary(s.raw_config)}" if s.raw_config and not s.sql else "")
+        + (f", from this clause of {Path(pipeline.file).name}:\n\n```sql\n{s.sql}\n```"
+           if s.sql else ""))

@@ -174,7 +174,11 @@ LOAD TO delta '{out}' MODE overwrite;
     assert described and "```sql\nTRANSFORM\n  SELECT p.category" in described[0]
     asset = next(a for a in result.defs.resolve_all_asset_specs()
                  if a.key.path[-1] == "by_category")
-    assert f"```sql\nLOAD TO delta '{out}' MODE overwrite\n```" in asset.description
+    lineage = asset.description.split("The SQL it comes from:\n\n```sql\n")[1]
+    assert lineage.startswith("EXTRACT FROM postgres.sales USING vault('secret/data/pg') AS s\n"
+                              "EXTRACT FROM mysql.products")
+    assert "TRANSFORM\n  SELECT p.category" in lineage
+    assert lineage.endswith(f"LOAD TO delta '{out}' MODE overwrite\n```")
 
 
 def test_a_failing_check_halts_the_run_and_loads_nothing(vault, tmp_path, registry, spark):
