@@ -21,7 +21,9 @@ from pipeline_defs.config.loader import load_pipeline
 from pipeline_defs.dagster_layer.resources.vault import VaultResource
 from pipeline_defs.definitions import default_resources, definitions_for
 from pipeline_defs_tests.conftest import REPO, consume_records
+from pipeline_defs_tests.e2e.test_streaming_runs import failure
 from pipeline_defs_tests.servers import produce
+from pipeline_defs_tests.test_config.test_sql_files import PLAN
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
 
@@ -39,13 +41,6 @@ def run_sql(tmp_path: Path, vault, text: str, registry, name: str = "p.sql"):
     result.logs = [e.user_message for e in instance.all_logs(result.run_id)]
     result.defs = defs
     return result
-
-
-def failure(result) -> str:
-    e = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    data = e.event_specific_data
-    return data.user_failure_data.description if data.user_failure_data else \
-        data.error.to_string()
 
 
 def s3_parquet_rows(s3, bucket: str, prefix: str) -> list[dict]:
@@ -72,24 +67,6 @@ def sales(pg) -> list[tuple]:
     return rows
 
 
-PLAN = """CREATE OR REPLACE PIPELINE sales_aggregation AS
-EXTRACT
-  FROM postgres.sales
-  USING vault('secret/data/postgres')
-  WHERE order_date >= CURRENT_DATE - INTERVAL '7 days'
-TRANSFORM
-  SELECT product_id, SUM(amount) AS total_sales, COUNT(*) AS order_count
-  GROUP BY product_id
-  HAVING total_sales > 1000
-VALIDATE
-  CHECK total_sales > 0
-  CHECK order_count BETWEEN 1 AND 10000
-LOAD
-  TO s3 's3a://bucket/aggregated/sales'
-  FORMAT parquet
-  PARTITION BY order_date
-  MODE append;
-"""
 
 
 def test_the_plans_example_against_postgres_vault_and_s3(pg, s3, vault, tmp_path):
@@ -252,12 +229,17 @@ LOAD TO kafka.`{t}` USING vault('secret/data/kafka')
     assert sorted((json.loads(v)["id"], json.loads(v)["v"]) for _, v in records) == want
 
 
-def test_a_stream_from_kafka_into_delta_whose_check_drops_rows(kafka, topic, vault, tmp_path,
-                                                              registry):
+def amounts_topic(kafka, topic, vault) -> str:
+    """A topic of 300 events, amount = id % 50 - 10 (some not positive); Kafka in Vault."""
     t = topic(partitions=2)
     produce(kafka, t, ({"id": i, "amount": i % 50 - 10} for i in range(300)), key="id")
     vault.put("secret", "kafka", {"bootstrap.servers": kafka})
-    out = tmp_path / "positive"
+    return t
+
+
+def test_a_stream_from_kafka_into_delta_whose_check_drops_rows(kafka, topic, vault, tmp_path,
+                                                              registry):
+    t, out = amounts_topic(kafka, topic, vault), tmp_path / "positive"
     result = run_sql(tmp_path, vault, f"""
 CREATE PIPELINE positive_amounts
 WITH (mode = 'streaming',
@@ -334,10 +316,7 @@ CREATE TEMPORARY VIEW positive_orders AS
 
 def test_declarative_streaming_table_from_kafka_drops_rows(kafka, topic, vault, tmp_path,
                                                            registry):
-    t = topic(partitions=2)
-    produce(kafka, t, ({"id": i, "amount": i % 50 - 10} for i in range(300)), key="id")
-    vault.put("secret", "kafka", {"bootstrap.servers": kafka})
-    out = tmp_path / "positive"
+    t, out = amounts_topic(kafka, topic, vault), tmp_path / "positive"
     result = run_sql(tmp_path, vault, f"""
 SET streaming = {{"trigger": "availableNow", "checkpointRoot": "{tmp_path / 'cp'}"}};
 CREATE STREAMING TABLE positive_amounts (
