@@ -20,8 +20,8 @@ from pipeline_defs.common.errors import RegistryError
 from pipeline_defs.config.model import StepModel
 
 KINDS = ("extract", "transform", "validate", "load")
-_BUILTIN_MODULES = ("files", "delta", "jdbc", "kafka", "transform", "reshape", "profile",
-                    "validate")
+_BUILTIN_MODULES = ("files", "delta", "cdc", "jdbc", "kafka", "transform", "reshape",
+                    "profile", "validate")
 
 
 @dataclass(frozen=True)
