@@ -46,7 +46,8 @@ def test_sink_without_a_streaming_writer(tmp_path, registry):
         "type": "load", "method": "toS3",
         "config": {"bucket": "b", "path": "events/", "mode": "append"}}))
     assert ("s.json, step 2 (load.toS3), method: toS3 has no streaming writer. Streaming "
-            "sinks: toAvro, toDeltaLake, toFile, toKafka, toMySQL, toPostgres.") in msg
+            "sinks: applyChanges, toAvro, toDeltaLake, toFile, toKafka, toMySQL, "
+            "toPostgres.") in msg
 
 
 def test_timeout_and_triggers_that_are_not_durations(tmp_path, registry):

@@ -95,6 +95,9 @@ FIELDS = [
     ("load.toDeltaLake", "replaceWhere", _load("toDeltaLake", {"path": "/d", "mode":
                                                                "overwrite"})),
     ("load.toDeltaLake", "merge.matchedCondition", _load("toDeltaLake", {"path": "/d"})),
+    ("load.applyChanges", "applyAsDeletes", _load("applyChanges", {
+        "path": "/d", "keys": ["id"], "sequenceBy": "seq"})),
+    ("load.applyChanges", "sequenceBy", _load("applyChanges", {"path": "/d", "keys": ["id"]})),
     ("load.toKafka", "keyColumn", _load("toKafka", {"topic": "t", "bootstrap.servers": "k:9"})),
     ("load.toKafka", "valueColumn", _load("toKafka", {"topic": "t",
                                                       "bootstrap.servers": "k:9"})),
