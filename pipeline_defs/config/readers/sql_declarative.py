@@ -245,15 +245,6 @@ class Declarative(TokenParser):
                                 if isinstance(v, bool) else str(v)
                                 for k, v in self.options(assign=False).items()}
 
-    def names(self, parens: bool = False) -> list[str]:
-        self.expect("(")
-        out = [self.name("a column")]
-        while self.at(","):
-            self.take()
-            out.append(self.name("a column"))
-        self.expect(")", after="the columns")
-        return out
-
     def statement_sql(self) -> tuple[str, int, int]:
         first, last = self.peek(), None
         while (t := self.peek()) is not None and not (t.text == ";" and t.kind != "STRING"):

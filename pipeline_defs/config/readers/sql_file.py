@@ -201,20 +201,6 @@ class Parser(TokenParser):
                 else:
                     config["mode"] = mode
 
-    def names(self, parens: bool = False) -> list[str]:
-        wrapped = self.at("(")
-        if parens and not wrapped:
-            self.expect("(")
-        if wrapped:
-            self.take()
-        out = [self.name("a column")]
-        while self.at(","):
-            self.take()
-            out.append(self.name("a column"))
-        if wrapped:
-            self.expect(")", after="the columns")
-        return out
-
     def extract(self) -> list[dict]:
         self.expect("FROM", after="EXTRACT")
         kind, method, config = self.store(SOURCES, "source")

@@ -135,6 +135,21 @@ class TokenParser:
         self.take()
         return t.text
 
+    def names(self, parens: bool = False) -> list[str]:
+        """Columns: `a, b` or `(a, b)`; with parens the parentheses are required."""
+        wrapped = self.at("(")
+        if parens and not wrapped:
+            self.expect("(")
+        if wrapped:
+            self.take()
+        out = [self.name("a column")]
+        while self.at(","):
+            self.take()
+            out.append(self.name("a column"))
+        if wrapped:
+            self.expect(")", after="the columns")
+        return out
+
     # ------------------------------------------------------------ values
     def value(self) -> Any:
         """A JSON value ({...}, [...]) or an SQL literal: 'text', 12, 1.5, -3, TRUE, NULL."""
