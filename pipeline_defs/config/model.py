@@ -168,6 +168,16 @@ class StepModel(FormatModel):
         """Problems of this config in a streaming pipeline, as (field path, what, fix)."""
         return []
 
+    def needed_columns(self) -> list[tuple[str, list[str]]]:
+        """(field as the file writes it, columns) the input must have: checked before Spark
+        starts when the input's columns are declared (an extract's `schema`)."""
+        return []
+
+    def table_checks(self) -> list[tuple[str, str]]:
+        """(name, what it checks) of the checks a load makes of the table it wrote: asset
+        checks `<step>_<name>` of the load's asset, evaluated in the load's op."""
+        return []
+
 
 def exactly_one(cfg: BaseModel, first: str, second: str, fix: str) -> list[tuple[str, str, str]]:
     """The rule "give exactly one of `first` and `second`" (field names) as problems(),

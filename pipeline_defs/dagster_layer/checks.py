@@ -14,6 +14,7 @@ from pipeline_defs.dagster_layer.failures import Failed, step_failure
 from pipeline_defs.dagster_layer.outputs import (
     StepOutput,
     cell,
+    plain,
     table_schema,
 )
 from pipeline_defs.dagster_layer.params import (
@@ -93,6 +94,26 @@ def samples_table(results) -> dg.TableMetadataValue | None:
 
 def check_name(s) -> str:
     return safe_name(s.name or f"s{s.index:02d}_{s.method}")
+
+
+def table_check_name(s, name: str) -> str:
+    """The asset check of a load's table check `name` (TableCheck)."""
+    return safe_name(f"{check_name(s)}_{name}")
+
+
+def record_table_checks(context, s, key: dg.AssetKey, checks) -> None:
+    """A load's table checks (steps.context.TableCheck), for the pipeline's check op."""
+    about = dict(s.config.table_checks())
+    for c in checks:
+        name = table_check_name(s, c.name)
+        _EVALUATED.setdefault(context.run_id, {})[dg.AssetCheckKey(key, name)] = \
+            dg.AssetCheckResult(asset_key=key, check_name=name, passed=c.passed,
+                                severity=dg.AssetCheckSeverity.ERROR,
+                                metadata={k: plain(v) for k, v in c.metadata.items()},
+                                description=f"{s.label} (step {s.index}): {about.get(c.name)}")
+        if not c.passed:
+            context.log.error(f"{s.label}: check {name} failed: {about.get(c.name)} does not "
+                              f"hold ({c.metadata})")
 
 
 class _HeldLog:

@@ -18,7 +18,7 @@ from dagster._core.types.dagster_type import resolve_dagster_type
 from pipeline_defs.config.assets import AssetNames, asset_names, uri
 from pipeline_defs.config.dataflow import safe_name
 from pipeline_defs.config.loader import LoadedPipeline
-from pipeline_defs.dagster_layer.checks import check_name, evaluated_checks
+from pipeline_defs.dagster_layer.checks import check_name, evaluated_checks, table_check_name
 from pipeline_defs.dagster_layer.metrics import remember
 from pipeline_defs.dagster_layer.ops import op_for
 from pipeline_defs.dagster_layer.orchestration import automation_condition, partitions_def
@@ -53,6 +53,15 @@ class PipelineDefs:
                     description=f"{s.label} in pipeline '{self.plan.pipeline.name}' "
                                 f"(step {s.index}, onFailure {s.config.on_failure})"
                                 + (f"\n\n```sql\n{s.sql}\n```" if s.sql else "")))
+        if self.plan.pipeline.config.mode == "batch":  # a stream's sink reports none
+            for i, key in self.load_keys.items():
+                s = self.plan.node(i).step
+                for name, about in s.config.table_checks():
+                    out.append(dg.AssetCheckSpec(
+                        table_check_name(s, name), asset=key, blocking=False,
+                        description=f"{about[0].upper()}{about[1:]}: checked by {s.label} "
+                                    f"in pipeline '{self.plan.pipeline.name}' (step "
+                                    f"{s.index}) after each write."))
         return out
 
 

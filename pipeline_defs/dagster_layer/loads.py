@@ -7,6 +7,7 @@ import time
 import dagster as dg
 
 from pipeline_defs.config.assets import uri
+from pipeline_defs.dagster_layer.checks import record_table_checks
 from pipeline_defs.dagster_layer.outputs import (
     OBSERVE_WAIT_S,
     StepOutput,
@@ -75,6 +76,8 @@ def run_load(context, plan: Plan, node: StepNode, stepdef: StepDef, current: Ste
     lineage = _column_lineage(context, current)
     if lineage is not None:
         meta["dagster/column_lineage"] = lineage
+    if result.checks:
+        record_table_checks(context, s, key, result.checks)
     context.log.info(f"{s.label} wrote {rows if rows is not None else '?'} rows to "
                      f"{result.location} in {duration:.1f}s")
     return dg.Output({"location": result.location, "rows": rows}, metadata=meta)

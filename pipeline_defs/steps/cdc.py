@@ -2,23 +2,34 @@
 whatever order the changes arrive in and however they are batched.
 
 Every change applied is kept in a change log beside the target (a Delta table,
-`changeLogPath`, default `<path>_changes`): keys, sequence, whether it deletes, the columns.
-For the keys a batch touches, their whole history is rebuilt from the log plus the batch
-(events deduplicated by key and sequence) and written to the target in one MERGE: their rows
-(SCD1) or versions (SCD2) are replaced by the rebuilt ones. So the target is a function of
-the set of events seen, never of their order or batching: applying batches 1, 2, 3 equals
-applying all at once; a batch applied twice changes nothing; a crash between the target's
-commit and the log's leaves a state the next apply of the same batch completes."""
+`changeLogPath`, default `<path>_changes`): keys, sequence, whether it deletes (or truncates),
+the columns, when it was applied. For the keys a batch touches, their whole history is rebuilt
+from the log plus the batch (events deduplicated by key and sequence) and written to the target
+in one MERGE: their rows (SCD1) or versions (SCD2) are replaced by the rebuilt ones. So the
+target is a function of the set of events seen, never of their order or batching: applying
+batches 1, 2, 3 equals applying all at once; a batch applied twice changes nothing; a crash
+between the target's commit and the log's leaves a state the next apply of the same batch
+completes.
+
+Snapshots (`source: snapshot`): each input is the whole table at one sequence (a run's
+`${DATE}`); it is turned into the changes since the state the log holds just before that
+sequence (upserts of rows that differ, deletes of keys it lacks), and, when a later snapshot
+was applied already (a late or restated day), the later one's state is put back for the keys
+changed here. The log keeps changes only, never whole snapshots."""
 from __future__ import annotations
 
 from typing import ClassVar, Literal
 
 from pydantic import Field
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
 
-from pipeline_defs.steps.context import LoadResult, StepContext
+from pipeline_defs.config import durations
+from pipeline_defs.steps import streaming
+from pipeline_defs.steps.context import LoadResult, StepContext, TableCheck
 from pipeline_defs.steps.delta import last_commit
 from pipeline_defs.steps.errors import StepDataError, missing_columns
 from pipeline_defs.steps.files import Load, prepare_path
@@ -27,21 +38,30 @@ from pipeline_defs.steps.registry import step, stream_writer
 from pipeline_defs.steps.streaming import Sink, StreamingSink
 
 START, END = "__START_AT", "__END_AT"
-SEQ, DEL = "__seq", "__deleted"  # columns of the change log
+# columns of the change log
+SEQ, DEL, TRUNC, APPLIED = "__seq", "__deleted", "__truncate", "__applied_at"
 
 
 class ApplyChanges(Load, StreamingSink):
-    """Apply a change feed (inserts, updates, deletes with a sequence) to a Delta table as SCD
-    type 1 (latest state per key) or type 2 (every version, __START_AT / __END_AT)."""
+    """Apply a change feed (inserts, updates, deletes with a sequence) or successive full
+    snapshots to a Delta table as SCD type 1 (latest state per key) or type 2 (every version,
+    __START_AT / __END_AT)."""
 
-    sql_fields: ClassVar[frozenset[str]] = frozenset({"applyAsDeletes", "sequenceBy"})
+    sql_fields: ClassVar[frozenset[str]] = frozenset({"applyAsDeletes", "applyAsTruncates",
+                                                      "sequenceBy"})
 
     path: str = Field(description="The target Delta table's location.")
     keys: list[str] = Field(min_length=1, description="Columns identifying a row.")
     sequence_by: str = Field(description="A column (or SQL expression, e.g. struct(ts, id)) "
-                             "ordering the changes of a key; later wins.")
+                             "ordering the changes of a key; later wins. With snapshots, one "
+                             "value per snapshot, e.g. \"'${DATE}'\".")
+    source: Literal["changes", "snapshot"] = Field(
+        "changes", description="changes: each input row is a change; snapshot: each input is "
+        "the whole table at one sequence (keys missing from it are deleted).")
     apply_as_deletes: str | None = Field(None, description="Condition marking a change as a "
                                          "delete, e.g. \"op = 'D'\".")
+    apply_as_truncates: str | None = Field(None, description="Condition marking a change as "
+                                           "a truncate: every key is deleted at its sequence.")
     column_list: list[str] | None = Field(None, description="Columns stored (keys always).")
     except_column_list: list[str] | None = Field(None, description="Columns not stored, e.g. "
                                                  "[\"op\", \"seq\"].")
@@ -56,6 +76,10 @@ class ApplyChanges(Load, StreamingSink):
                                       "stored value.")
     change_log_path: str | None = Field(None, description="Where the applied changes are kept "
                                         "(Delta). Default: <path>_changes.")
+    tombstone_retention: str | None = Field(
+        None, description="SCD1: how long a deleted key's changes stay in the change log "
+        "(e.g. \"30 days\"); after that an older change of that key arriving late inserts it "
+        "again. Default: kept for ever.")
 
     def location(self) -> str | None:
         return self.path
@@ -73,7 +97,39 @@ class ApplyChanges(Load, StreamingSink):
                 self.track_history_except_column_list is not None:
             out.append(("trackHistoryColumnList", "trackHistoryColumnList and "
                         "trackHistoryExceptColumnList both set.", "Keep one of them."))
+        for k in self.keys:
+            if k in (self.except_column_list or ()):
+                out.append(("exceptColumnList", f"'{k}' is a key: keys are always stored.",
+                            f"Remove '{k}' from exceptColumnList."))
+        if self.source == "snapshot":
+            for f, v in (("applyAsDeletes", self.apply_as_deletes),
+                         ("applyAsTruncates", self.apply_as_truncates),
+                         ("ignoreNullUpdates", self.ignore_null_updates or None)):
+                if v is not None:
+                    out.append((f, f"{f} has no meaning with snapshots: a key missing from "
+                                "a snapshot is deleted, and a snapshot's null is a value.",
+                                f"Remove {f}, or read a change feed (\"source\": \"changes\")."))
+        if self.tombstone_retention is not None:
+            try:
+                durations.seconds(self.tombstone_retention)
+            except durations.DurationError as e:
+                out.append(("tombstoneRetention", str(e), "Write e.g. \"30 days\"."))
+            if self.stored_as == "scd2":
+                out.append(("tombstoneRetention", "an SCD2 table keeps every key's history, "
+                            "which the change log rebuilds.", "Remove tombstoneRetention."))
         return out
+
+    def needed_columns(self) -> list[tuple[str, list[str]]]:
+        out = [("keys", self.keys)]
+        for f in ("column_list", "except_column_list"):
+            if getattr(self, f) is not None:
+                out.append((type(self).model_fields[f].alias, getattr(self, f)))
+        return out
+
+    def table_checks(self) -> list[tuple[str, str]]:
+        return [("history", "each key has at most one current version and its versions' "
+                 "validity intervals do not overlap" if self.stored_as == "scd2" else
+                 "each key is in at most one row")]
 
     @property
     def log_path(self) -> str:
@@ -92,27 +148,110 @@ def _columns(df: DataFrame, cfg: ApplyChanges) -> list[str]:
     return cols
 
 
+def _orderable(t: T.DataType) -> bool:
+    if isinstance(t, (T.MapType, T.VariantType)):
+        return False
+    if isinstance(t, T.StructType):
+        return all(_orderable(f.dataType) for f in t.fields)
+    if isinstance(t, T.ArrayType):
+        return _orderable(t.elementType)
+    return True
+
+
+def _condition(text: str | None) -> F.Column:
+    return F.coalesce(F.expr(text), F.lit(False)) if text else F.lit(False)
+
+
 def events(df: DataFrame, cfg: ApplyChanges) -> tuple[DataFrame, list[str]]:
-    """The feed as change-log rows: keys, values, __seq, __deleted."""
+    """The feed as change-log rows: keys, values, __seq, __deleted, __truncate."""
     missing_columns(df, cfg.keys, "keys")
     cols = _columns(df, cfg)
-    deleted = F.coalesce(F.expr(cfg.apply_as_deletes), F.lit(False)) \
-        if cfg.apply_as_deletes else F.lit(False)
+    truncated = _condition(cfg.apply_as_truncates)
     out = df.select(*[F.col(quoted(c)) for c in cfg.keys + cols],
-                    F.expr(cfg.sequence_by).alias(SEQ), deleted.alias(DEL))
+                    F.expr(cfg.sequence_by).alias(SEQ),
+                    (_condition(cfg.apply_as_deletes) | truncated).alias(DEL),
+                    truncated.alias(TRUNC))
+    t = out.schema[SEQ].dataType
+    if not _orderable(t):
+        raise StepDataError(f"sequenceBy {cfg.sequence_by} is a {t.simpleString()}, which has no "
+                          "order. Use a number, a timestamp, a string or a struct of those.")
     return out, cols
 
 
 def _check_duplicates(ev: DataFrame, cfg: ApplyChanges) -> None:
     """Two different changes of one key with one sequence: which wins is undefined."""
     key = [quoted(k) for k in cfg.keys]
-    dup = ev.dropDuplicates().groupBy(*key, SEQ).count().where("count > 1").limit(1).collect()
+    dup = ev.where(f"NOT {TRUNC}").dropDuplicates().groupBy(*key, SEQ).count() \
+        .where("count > 1").limit(1).collect()
     if dup:
         r = dup[0].asDict()
+        what = "snapshot holds two rows of" if cfg.source == "snapshot" else \
+            "two different changes of"
         raise StepDataError(
-            f"two different changes of key {', '.join(f'{k}={r[k]!r}' for k in cfg.keys)} "
-            f"share the sequence {r[SEQ]!r} (sequenceBy {cfg.sequence_by}): which one wins is "
-            "undefined. Make sequenceBy unique per key (e.g. struct(ts, offset)).")
+            f"{what} key {', '.join(f'{k}={r[k]!r}' for k in cfg.keys)} "
+            f"{'at' if cfg.source == 'snapshot' else 'share'} the sequence {r[SEQ]!r} "
+            f"(sequenceBy {cfg.sequence_by}): which one wins is undefined. "
+            + ("Make the keys unique in each snapshot." if cfg.source == "snapshot" else
+               "Make sequenceBy unique per key (e.g. struct(ts, offset))."))
+
+
+def _differs(cols: list[str], a: str, b: str) -> F.Column:
+    out = F.lit(False)
+    for c in cols:
+        out = out | ~F.col(f"{a}.{quoted(c)}").eqNullSafe(F.col(f"{b}.{quoted(c)}"))
+    return out
+
+
+def snapshot_changes(ev: DataFrame, log: DataFrame | None, cfg: ApplyChanges,
+                     cols: list[str]) -> DataFrame:
+    """A whole snapshot at one sequence as the changes since the state just before it."""
+    spark = ev.sparkSession
+    seqs = ev.select(SEQ).distinct().limit(2).collect()
+    if len(seqs) > 1:
+        raise StepDataError(f"a snapshot has one sequence, and sequenceBy {cfg.sequence_by} "
+                            f"gives several ({seqs[0][0]!r}, {seqs[1][0]!r}, ...). Use the "
+                            "snapshot's date, e.g. \"'${DATE}'\".")
+    seq_type = ev.schema[SEQ].dataType
+    if seqs:
+        s = seqs[0][0]
+    else:
+        try:  # an empty snapshot: every key is deleted, at the constant sequence
+            s = spark.range(1).select(F.expr(cfg.sequence_by)).first()[0]
+        except AnalysisException as e:
+            raise StepDataError(f"the snapshot is empty and sequenceBy {cfg.sequence_by} "
+                                "reads a column, so its sequence is unknown. Use a constant "
+                                "such as \"'${DATE}'\".") from e
+    at = F.lit(s).cast(seq_type)
+    if log is None:
+        return ev
+    key = [quoted(k) for k in cfg.keys]
+    lg = log.where(f"NOT {TRUNC}")
+    last = Window.partitionBy(*key).orderBy(F.col(SEQ).desc())
+    prev = lg.where(F.col(SEQ) < at).withColumn("__n", F.row_number().over(last)) \
+        .where(f"__n = 1 AND NOT {DEL}").select(*key, *[quoted(c) for c in cols]) \
+        .withColumn("__present", F.lit(True))
+    on = [F.col(f"s.{quoted(k)}").eqNullSafe(F.col(f"p.{quoted(k)}")) for k in cfg.keys]
+    joined = ev.alias("s").join(prev.alias("p"), on, "left")
+    upserts = joined.where(F.col("p.__present").isNull() | _differs(cols, "s", "p")) \
+        .select("s.*")
+    deletes = prev.join(ev.select(*key), cfg.keys, "left_anti").select(
+        *key, *_nulls(ev, cols),
+        at.alias(SEQ), F.lit(True).alias(DEL), F.lit(False).alias(TRUNC))
+    changes = upserts.unionByName(deletes)
+    # the new ones only (a snapshot applied again finds its changes in the log)
+    changes = changes.join(lg.select(*key, SEQ), cfg.keys + [SEQ], "left_anti").localCheckpoint()
+    nxt = lg.where(F.col(SEQ) > at).agg(F.min(SEQ)).first()[0]
+    if nxt is None:
+        return changes
+    # a later snapshot was applied already: for the keys changed here that it did not change,
+    # its state is the one before this snapshot (put back at its sequence)
+    after = F.lit(nxt).cast(seq_type)
+    restore = changes.select(*key).join(lg.where(F.col(SEQ) == after).select(*key), cfg.keys,
+                                        "left_anti")
+    restore = restore.join(prev, cfg.keys, "left").select(
+        *key, *[quoted(c) for c in cols], after.alias(SEQ),
+        F.col("__present").isNull().alias(DEL), F.lit(False).alias(TRUNC))
+    return changes.unionByName(restore)
 
 
 def rebuild(log: DataFrame, cfg: ApplyChanges, cols: list[str]) -> DataFrame:
@@ -157,59 +296,182 @@ def rebuild(log: DataFrame, cfg: ApplyChanges, cols: list[str]) -> DataFrame:
                                               START, END)
 
 
+def _read_log(spark, cfg: ApplyChanges, ev: DataFrame, cols: list[str]) -> DataFrame | None:
+    """The change log, with the columns of this feed (a column the feed gained since is null
+    in older changes)."""
+    from delta.tables import DeltaTable
+    if not DeltaTable.isDeltaTable(spark, cfg.log_path):
+        return None
+    log = spark.read.format("delta").load(cfg.log_path)
+    have = set(log.columns)
+    return log.select(*[F.col(quoted(c)) if c in have else
+                        F.lit(None).cast(ev.schema[c].dataType).alias(c)
+                        for c in cfg.keys + cols + [SEQ, DEL, TRUNC]])
+
+
+def _nulls(ev: DataFrame, cols: list[str]) -> list:
+    return [F.lit(None).cast(ev.schema[c].dataType).alias(c) for c in cols]
+
+
 def apply(df: DataFrame, cfg: ApplyChanges, spark, log) -> dict:
-    """Applies one batch of changes; returns the MERGE's metrics."""
+    """Applies one batch of changes (or one snapshot); returns what it did."""
     from delta.tables import DeltaTable
     ev, cols = events(df, cfg)
+    ev = ev.localCheckpoint()  # the input is read once (a stream's batch, a snapshot)
     _check_duplicates(ev, cfg)
     key = [quoted(k) for k in cfg.keys]
-    has_log = DeltaTable.isDeltaTable(spark, cfg.log_path)
-    touched = ev.select(*key).distinct()
-    if has_log:
-        old = spark.read.format("delta").load(cfg.log_path).join(touched, cfg.keys)
-        old_ev = old.select(*key, *[quoted(c) for c in cols], SEQ, DEL)
-        new = ev.join(old_ev.select(*key, SEQ), cfg.keys + [SEQ], "left_anti")
-        all_ev = old_ev.unionByName(new)
+    on_keys = cfg.keys + [SEQ]
+    logged = _read_log(spark, cfg, ev, cols)
+    if cfg.source == "snapshot":
+        ev = snapshot_changes(ev, logged, cfg, cols)
+    changes = ev.where(f"NOT {TRUNC}")
+    truncating = cfg.apply_as_truncates is not None
+    new_truncates, n_truncates = None, 0
+    if truncating:
+        new_truncates = ev.where(TRUNC).select(SEQ).distinct()
+        if logged is not None:
+            new_truncates = new_truncates.join(logged.where(TRUNC).select(SEQ), [SEQ],
+                                               "left_anti")
+        new_truncates = new_truncates.localCheckpoint()
+        n_truncates = new_truncates.count()
+    if logged is not None:
+        lg = logged.where(f"NOT {TRUNC}")
+        # a truncate touches every key; else the batch's keys
+        touched = (lg.select(*key).unionByName(changes.select(*key)) if n_truncates else
+                   changes.select(*key)).distinct()
+        old = lg.join(touched, cfg.keys)
+        # late: older than the latest change the table applied for its key (or a truncate)
+        latest = old.groupBy(*key).agg(F.max(SEQ).alias("__latest"))
+        if truncating:
+            last_truncate = logged.where(TRUNC).agg(F.max(SEQ)).first()[0]
+            if last_truncate is not None:
+                latest = touched.join(latest, cfg.keys, "left").select(
+                    *key, F.greatest("__latest", F.lit(last_truncate)).alias("__latest"))
+        new = changes.join(old.select(*key, SEQ), on_keys, "left_anti") \
+            .dropDuplicates(on_keys).join(latest, cfg.keys, "left") \
+            .withColumn("__late", F.coalesce(F.col(SEQ) < F.col("__latest"), F.lit(False))) \
+            .drop("__latest")
+        all_ev = old.unionByName(new.drop("__late"))
+        all_truncates = logged.where(TRUNC).select(SEQ).unionByName(
+            ev.where(TRUNC).select(SEQ)).distinct() if truncating else None
     else:
-        new, all_ev = ev, ev
-    new = new.dropDuplicates(cfg.keys + [SEQ]).localCheckpoint()
-    rebuilt = rebuild(all_ev.dropDuplicates(cfg.keys + [SEQ]), cfg, cols).localCheckpoint()
-    n_new = new.count()
-    metrics = {"changes_in_batch": ev.count(), "changes_new": n_new}
-    if n_new == 0:  # every change already applied: a replay
+        touched = changes.select(*key).distinct()
+        new = changes.dropDuplicates(on_keys).withColumn("__late", F.lit(False))
+        all_ev = changes
+        all_truncates = ev.where(TRUNC).select(SEQ).distinct() if truncating else None
+    new = new.localCheckpoint()
+    counts = new.agg(F.count("*").alias("n"), F.count(F.when(F.col("__late"), 1)).alias("late")) \
+        .first()
+    new = new.drop("__late")
+    metrics = {"changes_in_batch": ev.count(), "changes_new": counts["n"] + n_truncates,
+               "late_changes": counts["late"], "truncates": n_truncates}
+    if counts["n"] + n_truncates == 0:  # every change already applied: a replay
         return {**metrics, "applied": False}
+    if all_truncates is not None:  # a truncate deletes every key at its sequence
+        all_ev = all_ev.unionByName(touched.crossJoin(all_truncates).select(
+            *key, *_nulls(ev, cols), SEQ, F.lit(True).alias(DEL), F.lit(True).alias(TRUNC)))
+    rebuilt = rebuild(all_ev.dropDuplicates(on_keys), cfg, cols)
     if not DeltaTable.isDeltaTable(spark, cfg.path):
         rebuilt.limit(0).write.format("delta").save(cfg.path)
     target = DeltaTable.forPath(spark, cfg.path)
+    have = set(target.toDF().columns)
     on_cols = cfg.keys + ([START] if cfg.stored_as == "scd2" else [])
-    current = target.toDF().join(touched, cfg.keys).select(*[quoted(c) for c in on_cols])
-    gone = current.join(rebuilt.select(*[quoted(c) for c in on_cols]), on_cols, "left_anti")
-    src = rebuilt.withColumn("__gone", F.lit(False)).unionByName(
-        gone.withColumn("__gone", F.lit(True)), allowMissingColumns=True)
+    # the rebuilt rows beside the touched keys' rows in the table: those with no rebuilt row
+    # are deleted (__gone), current versions the rebuild ends are counted
+    current = target.toDF().join(touched, cfg.keys).select(
+        *[quoted(c) for c in on_cols], *([F.col(END).isNull().alias("__was_current")]
+                                         if cfg.stored_as == "scd2" else []),
+        F.lit(True).alias("__in_table"))
+    src = rebuilt.withColumn("__rebuilt", F.lit(True)).join(current, on_cols, "full") \
+        .withColumn("__gone", F.col("__rebuilt").isNull()).localCheckpoint()
+    if cfg.stored_as == "scd2":
+        metrics["versions_closed"] = src.where(
+            F.col("__was_current") & F.col(END).isNotNull()).count()
     on = " AND ".join(f"t.{quoted(c)} <=> s.{quoted(c)}" for c in on_cols)
     values = {quoted(c): f"s.{quoted(c)}" for c in rebuilt.columns}
-    target.alias("t").merge(src.alias("s"), on) \
+    # a column the feed gained is added to the target (schema evolution)
+    target.alias("t").merge(src.drop("__rebuilt", "__in_table", "__was_current").alias("s"),
+                            on).withSchemaEvolution() \
         .whenMatchedDelete(condition="s.__gone") \
         .whenMatchedUpdate(condition=" OR ".join(
-            f"NOT (t.{quoted(c)} <=> s.{quoted(c)})" for c in rebuilt.columns) or "false",
+            f"NOT (t.{quoted(c)} <=> s.{quoted(c)})" if c in have else
+            f"s.{quoted(c)} IS NOT NULL" for c in rebuilt.columns) or "false",
             set=values) \
         .whenNotMatchedInsert(condition="NOT s.__gone", values=values).execute()
     merged = last_commit(spark, target)
     # the log after the target: a crash in between is completed by the same batch again
-    new.write.format("delta").mode("append").save(cfg.log_path)
+    logged_now = new if new_truncates is None or not n_truncates else new.unionByName(
+        new_truncates.select(*_nulls(ev, cfg.keys + cols), SEQ, F.lit(True).alias(DEL),
+                             F.lit(True).alias(TRUNC)))
+    logged_now.withColumn(APPLIED, F.current_timestamp()).write.format("delta") \
+        .mode("append").option("mergeSchema", "true").save(cfg.log_path)
     m = merged.get("operationMetrics") or {}
-    return {**metrics, "applied": True, "delta_version": merged["version"],
-            **{f"rows_{k}": int(m.get(f"numTargetRows{k.capitalize()}", 0))
-               for k in ("inserted", "updated", "deleted")}}
+    out = {**metrics, "applied": True, "delta_version": merged["version"],
+           **{f"rows_{k}": int(m.get(f"numTargetRows{k.capitalize()}", 0))
+              for k in ("inserted", "updated", "deleted")}}
+    if cfg.tombstone_retention is not None:
+        out["tombstones_dropped"] = drop_tombstones(spark, cfg)
+    return out
+
+
+def drop_tombstones(spark, cfg: ApplyChanges) -> int:
+    """SCD1: the changes of keys deleted longer than tombstoneRetention ago leave the log."""
+    from delta.tables import DeltaTable
+    key = [quoted(k) for k in cfg.keys]
+    secs = durations.seconds(cfg.tombstone_retention)
+    log = DeltaTable.forPath(spark, cfg.log_path)
+    last = Window.partitionBy(*key).orderBy(F.col(SEQ).desc())
+    expired = log.toDF().where(f"NOT {TRUNC}").withColumn("__n", F.row_number().over(last)) \
+        .where(F.col("__n") == 1).where(F.col(DEL)).where(
+            F.col(APPLIED) < F.current_timestamp() - F.make_interval(secs=F.lit(secs))) \
+        .select(*[F.col(k).alias(f"__k{i}") for i, k in enumerate(key)]).localCheckpoint()
+    n = expired.count()
+    if n:  # (the keys renamed: a source read from the target itself would not resolve)
+        on = " AND ".join(f"l.{quoted(k)} <=> x.__k{i}" for i, k in enumerate(cfg.keys))
+        log.alias("l").merge(expired.alias("x"), f"{on} AND NOT l.{TRUNC}") \
+            .whenMatchedDelete().execute()
+    return n
+
+
+def check_history(spark, cfg: ApplyChanges) -> TableCheck:
+    """SCD2: at most one current version per key, validity intervals that do not overlap;
+    SCD1: one row per key. Over the whole table, in one pass."""
+    key = [quoted(k) for k in cfg.keys]
+    t = spark.read.format("delta").load(cfg.path)
+    if cfg.stored_as == "scd1":
+        r = t.groupBy(*key).count().agg(F.count(F.when(F.col("count") > 1, 1)).alias("dup"),
+                                         F.count("*").alias("keys")).first()
+        return TableCheck("history", r["dup"] == 0, {"keys_in_more_than_one_row": r["dup"],
+                                                     "keys": r["keys"]})
+    w = Window.partitionBy(*key).orderBy(START)
+    x = t.withColumn("__next", F.lead(START).over(w))
+    r = x.agg(
+        F.count(F.when(F.col(END).isNull() & F.col("__next").isNotNull(), 1)).alias("open"),
+        F.count(F.when(F.col(END) > F.col("__next"), 1)).alias("overlap"),
+        F.count(F.when(F.col(END) <= F.col(START), 1)).alias("empty"),
+        F.count(F.when(F.col(END).isNull(), 1)).alias("current"),
+        F.count("*").alias("versions")).first()
+    passed = r["open"] == 0 and r["overlap"] == 0 and r["empty"] == 0
+    return TableCheck("history", passed, {
+        "keys_with_a_current_version_before_another": r["open"],
+        "overlapping_versions": r["overlap"], "empty_versions": r["empty"],
+        "current_versions": r["current"], "versions": r["versions"]})
 
 
 @step("load", "applyChanges", ApplyChanges, asset_kind="delta")
 def apply_changes(df: DataFrame, cfg: ApplyChanges, ctx: StepContext) -> LoadResult:
     prepare_path(ctx.spark, cfg, ctx, cfg.path)
     meta = apply(df, cfg, ctx.spark, ctx.log)
-    ctx.log.info(f"applyChanges {cfg.path}: {meta}")
+    ctx.log.info(f"applyChanges {cfg.path}: " + ", ".join(f"{k} {v}" for k, v in meta.items()))
+    checks = (check_history(ctx.spark, cfg),) if meta["applied"] or \
+        _exists(ctx.spark, cfg.path) else ()
     return LoadResult(cfg.path, "delta", f"applyChanges {cfg.stored_as}", meta,
-                      meta.get("rows_inserted"))
+                      meta.get("rows_inserted", 0), checks=checks)
+
+
+def _exists(spark, path: str) -> bool:
+    from delta.tables import DeltaTable
+    return DeltaTable.isDeltaTable(spark, path)
 
 
 @stream_writer("applyChanges")
@@ -220,5 +482,11 @@ def apply_changes_stream(df: DataFrame, cfg: ApplyChanges, ctx: StepContext, sin
     prepare_path(ctx.spark, cfg, ctx, cfg.path)
 
     def each(batch: DataFrame, batch_id: int) -> None:
-        apply(batch, cfg, batch.sparkSession, ctx.log)
+        meta = apply(batch, cfg, batch.sparkSession, ctx.log)
+        ctx.log.info(f"applyChanges {cfg.path} batch {batch_id}: "
+                     + ", ".join(f"{k} {v}" for k, v in meta.items()))
+        if meta["applied"]:
+            streaming.note_written(sink.query_name, meta.get("rows_inserted", 0))
+        else:
+            streaming.note_skipped(sink.query_name, batch_id)
     return sink.writer(df).foreachBatch(each).start()

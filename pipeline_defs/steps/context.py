@@ -48,6 +48,16 @@ class StepContext:
 
 
 @dataclass(frozen=True)
+class TableCheck:
+    """A check a load makes of the table it wrote (its method declares it: table_checks()),
+    reported as the asset check `<step>_<name>` on the load's asset."""
+
+    name: str
+    passed: bool
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class LoadResult:
     """What a load step wrote."""
 
@@ -57,3 +67,5 @@ class LoadResult:
     metadata: dict[str, Any] = field(default_factory=dict)
     rows: int | None = None
     """Rows written, when the sink reports it (Delta's commit metrics); else it is observed."""
+    checks: tuple[TableCheck, ...] = ()
+    """What the load's table checks found (see TableCheck)."""

@@ -157,3 +157,114 @@ def test_a_crash_between_the_target_and_the_log_is_completed_by_the_same_batch(
                   for r in table(spark, c.path)), key=lambda r: (r[0], r[3]))
     assert got == scd2(events)
     assert spark.read.format("delta").load(c.log_path).count() == len(events)
+
+
+def snapshot_events(days: dict[str, list[tuple]]) -> list[tuple]:
+    """Successive snapshots (day -> rows (id, name, tier)) as changes, in day order: a row
+    that differs from the key's last state is an update, a key gone is a delete."""
+    out, state = [], {}
+    for day in sorted(days):
+        rows = {r[0]: r for r in days[day]}
+        for k, r in rows.items():
+            if state.get(k) != r:
+                out.append((k, day, "U", r[1], r[2]))
+        out += [(k, day, "D", None, None) for k in state if k not in rows]
+        state = rows
+    return out
+
+
+def test_snapshots_in_any_order_and_a_replay_equal_the_days_in_order(spark, tmp_path):
+    rnd = random.Random(5)
+    days, rows = {}, {k: (k, f"n{k}", "a") for k in range(40)}
+    for d in ("2024-01-01", "2024-01-02", "2024-01-03"):
+        days[d] = sorted(rows.values())
+        rows = {k: (k, f"n{rnd.randint(0, 2)}", r[2]) if rnd.random() < 0.3 else r
+                for k, r in rows.items() if rnd.random() > 0.15}  # some change, some go
+        for k in range(100 + len(days) * 5, 100 + len(days) * 5 + 5):
+            rows[k] = (k, "new", "b")  # some come
+    reference = snapshot_events(days)
+
+    def load(name, order):
+        metas = []
+        for d in order:
+            c = ApplyChanges(path=str(tmp_path / name), keys=["id"], sequenceBy=f"'{d}'",
+                             source="snapshot", storedAs="scd2")
+            metas.append(apply(spark.createDataFrame(days[d], "id INT, name STRING, "
+                                                     "tier STRING"), c, spark, None))
+        return metas
+    in_order = load("in_order", sorted(days))
+    shuffled = load("shuffled", ["2024-01-03", "2024-01-01", "2024-01-02", "2024-01-01"])
+    assert not shuffled[-1]["applied"]  # the replay
+    expected = scd2(reference)
+    for name in ("in_order", "shuffled"):
+        got = sorted(((r["id"], r["name"], r["tier"], r[START], r[END])
+                      for r in table(spark, tmp_path / name)), key=lambda r: (r[0], r[3]))
+        assert got == expected, name
+        # the current versions are the last snapshot
+        assert sorted(r[:3] for r in got if r[4] is None) == days["2024-01-03"]
+    first = {r[0] for r in days["2024-01-01"]}
+    assert in_order[1]["versions_closed"] == sum(
+        1 for e in reference if e[1] == "2024-01-02" and e[0] in first) > 5
+    # the log holds the changes, not the snapshots
+    log = spark.read.format("delta").load(str(tmp_path / "in_order_changes"))
+    assert log.count() == len(reference) < sum(map(len, days.values()))
+
+
+def test_truncates_delete_every_key_also_keys_whose_changes_come_late(spark, tmp_path):
+    c = ApplyChanges(path=str(tmp_path / "t"), keys=["id"], sequenceBy="seq",
+                     applyAsDeletes="op = 'D'", applyAsTruncates="op = 'T'",
+                     exceptColumnList=["op", "seq"])
+    apply(spark.createDataFrame([(1, 1, "U", "a", "x"), (2, 2, "U", "b", "x"),
+                                 (3, 3, "U", "c", "x")], SCHEMA), c, spark, None)
+    meta = apply(spark.createDataFrame([(None, 5, "T", None, None), (1, 6, "U", "a2", "x")],
+                                       SCHEMA), c, spark, None)
+    assert meta["truncates"] == 1 and meta["rows_deleted"] == 2, meta
+    # late: key 2 changed and key 4 came before the truncate; key 3 after it
+    meta = apply(spark.createDataFrame([(2, 4, "U", "b2", "x"), (4, 3, "U", "d", "x"),
+                                        (3, 7, "U", "c2", "x")], SCHEMA), c, spark, None)
+    assert meta["late_changes"] == 2, meta  # both older than the truncate the table applied
+    assert sorted((r["id"], r["name"]) for r in table(spark, c.path)) == [(1, "a2"), (3, "c2")]
+    assert apply(spark.createDataFrame([(None, 5, "T", None, None)], SCHEMA), c, spark,
+                 None)["applied"] is False
+
+
+def test_tombstones_leave_the_log_after_their_retention_and_columns_can_be_added(
+        spark, tmp_path):
+    kept = cfg(tmp_path, "kept", "scd1")
+    dropped = cfg(tmp_path, "dropped", "scd1", tombstoneRetention="0 seconds")
+    for c in (kept, dropped):
+        apply(spark.createDataFrame([(1, 10, "U", "a", "x"), (2, 10, "U", "b", "x")], SCHEMA),
+              c, spark, None)
+        meta = apply(spark.createDataFrame([(1, 20, "D", None, None)], SCHEMA), c, spark, None)
+    assert meta["tombstones_dropped"] == 1
+    assert spark.read.format("delta").load(dropped.log_path).where("id = 1").count() == 0
+    # an old change of key 1 now: ignored while its tombstone is kept, applied once it is gone
+    late = [(1, 15, "U", "late", "x", "l@x")]
+    for c in (kept, dropped):  # and the feed gained a column: the table gains it
+        apply(spark.createDataFrame(late, SCHEMA + ", email STRING"), c, spark, None)
+    assert sorted((r["id"], r["name"], r["email"]) for r in table(spark, kept.path)) == [
+        (2, "b", None)]
+    assert sorted((r["id"], r["name"], r["email"]) for r in table(spark, dropped.path)) == [
+        (1, "late", "l@x"), (2, "b", None)]
+
+
+def test_the_history_check_finds_overlaps_and_an_unorderable_sequence_is_refused(
+        spark, tmp_path):
+    from pipeline_defs.steps.cdc import check_history
+    c = cfg(tmp_path, "t", "scd2")
+    apply(spark.createDataFrame([(1, 1, "U", "a", "x"), (1, 5, "U", "b", "x"),
+                                 (2, 1, "U", "c", "x")], SCHEMA), c, spark, None)
+    ok = check_history(spark, c)
+    assert ok.passed and ok.metadata["versions"] == 3 and ok.metadata["current_versions"] == 2
+    # a second current version of key 1, and a version of key 2 overlapping its current one
+    spark.createDataFrame([(1, "z", "x", 7, None), (2, "y", "x", 0, 3)],
+                          f"id INT, name STRING, tier STRING, {START} INT, {END} INT") \
+        .write.format("delta").mode("append").save(c.path)
+    bad = check_history(spark, c)
+    assert not bad.passed
+    assert bad.metadata["keys_with_a_current_version_before_another"] == 1
+    assert bad.metadata["overlapping_versions"] == 1
+    with pytest.raises(StepDataError, match="sequenceBy map.*no order"):
+        apply(spark.createDataFrame([(1, 1, "U", "a", "x")], SCHEMA),
+              cfg(tmp_path, "m", "scd1").model_copy(update={"sequence_by": "map('s', seq)"}),
+              spark, None)
