@@ -27,7 +27,8 @@ LONGEST_FIRST = (
     "e2e/test_orchestration.py", "e2e/test_new_files.py", "e2e/test_cancel.py",
     "e2e/test_pools_and_run_retries.py", "e2e/test_spark_cluster.py",
     "e2e/test_instance_postgres.py", "e2e/test_exactly_once.py", "e2e/test_webserver.py",
-    "test_steps/test_apply_changes.py", "e2e/test_sql_pipelines.py",
+    "test_steps/test_apply_changes.py", "e2e/test_apply_changes_runs.py",
+    "e2e/test_sql_pipelines.py",
     "test_steps/test_acceleration.py", "e2e/test_retried_load.py", "e2e/test_streaming.py",
     "e2e/test_ui_browser.py", "e2e/test_redaction.py", "e2e/test_make_dev.py",
     "e2e/test_acceleration_runs.py", "e2e/test_spark_config.py", "e2e/test_kill_mid_load.py")
