@@ -58,6 +58,45 @@ def check_dataflow(file: str, steps: Sequence[LoadedStep]) -> list[Problem]:
     return [pr for *_, problems in walk(file, steps) for pr in problems]
 
 
+def declared_columns(ddl: str) -> dict[str, str] | None:
+    """{lower-case name: Spark SQL type} of a DDL schema ("id INT, name STRING"); None when
+    it does not parse (the step's own check reports that)."""
+    import sqlglot
+    from sqlglot import exp
+    try:
+        tree = sqlglot.parse_one(f"CREATE TABLE t ({ddl})", read="spark")
+    except sqlglot.errors.SqlglotError:
+        return None
+    schema = tree.this if isinstance(tree.this, exp.Schema) else None
+    if schema is None:
+        return None
+    return {c.name.lower(): (c.args["kind"].sql("spark") if c.args.get("kind") else "")
+            for c in schema.expressions if isinstance(c, exp.ColumnDef)}
+
+
+def check_columns(file: str, steps: Sequence[LoadedStep]) -> list[Problem]:
+    """Columns a step names that its input lacks, where the input's columns are declared (an
+    extract's `schema`, through the validations and loads that keep them)."""
+    out: list[Problem] = []
+    known: dict[int, dict[str, str] | None] = {}
+    for s, current, _, _, _ in walk(file, steps):
+        if isinstance(s.config, UnparsedConfig):
+            known[s.index] = None
+            continue
+        columns = known.get(current) if current is not None else None
+        if columns:
+            out += [Problem(file, what, s.index, s.label, f"config.{field}", fix)
+                    for field, what, fix in s.config.input_problems(columns)]
+        if s.kind == "extract":
+            ddl = s.config.declared_schema()
+            known[s.index] = declared_columns(ddl) if ddl else None
+        elif s.kind == "validate":
+            known[s.index] = columns
+        else:
+            known[s.index] = None
+    return out
+
+
 def check_streaming(file: str, steps: Sequence[LoadedStep], catalog: Catalog
                     ) -> list[Problem]:
     """What a streaming pipeline's runtime would refuse, found before Spark starts: methods

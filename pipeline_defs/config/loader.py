@@ -18,7 +18,7 @@ from pipeline_defs.common.errors import ConfigError, DataFrameResolutionError, P
 from pipeline_defs.common.secrets import SECRET_KEY
 from pipeline_defs.config.assets import asset_names
 from pipeline_defs.config.conditions import problems as condition_problems
-from pipeline_defs.config.dataflow import check_dataflow, check_streaming
+from pipeline_defs.config.dataflow import check_columns, check_dataflow, check_streaming
 from pipeline_defs.config.model import PipelineConfig, StepModel, StepSpec
 from pipeline_defs.config.params import (
     BadDate,
@@ -168,6 +168,7 @@ def load_pipeline(path: str | Path, catalog: Catalog, overrides: Mapping[str, st
         problems.extend(literal_credentials(file, steps, catalog))
     flow: list[Problem] = []
     if check:
+        problems += check_columns(file, seen)
         flow = check_dataflow(file, seen)
         mode = top.mode if top else data.get("mode")
         if mode == "streaming":

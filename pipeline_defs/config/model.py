@@ -173,6 +173,22 @@ class StepModel(FormatModel):
         starts when the input's columns are declared (an extract's `schema`)."""
         return []
 
+    def declared_schema(self) -> str | None:
+        """An extract's output columns as DDL, when its config fixes them (`schema`)."""
+        return None
+
+    def input_problems(self, columns: dict[str, str]) -> list[tuple[str, str, str]]:
+        """Problems with the input's declared columns ({lower-case name: Spark SQL type}) as
+        (field, what, fix): by default, the needed_columns it lacks."""
+        out = []
+        for field, names in self.needed_columns():
+            gone = [n for n in names if n.lower() not in columns]
+            if gone:
+                out.append((field, f"names {', '.join(map(repr, gone))}, which the input does "
+                            f"not have (its declared columns: {', '.join(columns)}).",
+                            "Fix the name, or the schema that declares the columns."))
+        return out
+
     def table_checks(self) -> list[tuple[str, str]]:
         """(name, what it checks) of the checks a load makes of the table it wrote: asset
         checks `<step>_<name>` of the load's asset, evaluated in the load's op."""

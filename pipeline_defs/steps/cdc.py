@@ -126,6 +126,20 @@ class ApplyChanges(Load, StreamingSink):
                 out.append((type(self).model_fields[f].alias, getattr(self, f)))
         return out
 
+    def input_problems(self, columns: dict[str, str]) -> list[tuple[str, str, str]]:
+        out = super().input_problems(columns)
+        seq = self.sequence_by.strip().strip("`")
+        if seq.replace("_", "").isalnum():  # a column: it must be there, and orderable
+            kind = columns.get(seq.lower())
+            if kind is None:
+                out.append(("sequenceBy", f"names '{seq}', which the input does not have "
+                            f"(its declared columns: {', '.join(columns)}).",
+                            "Name a column, or write an expression such as struct(ts, id)."))
+            elif kind.upper().startswith(("MAP", "VARIANT")):
+                out.append(("sequenceBy", f"'{seq}' is a {kind}, which has no order.",
+                            "Use a number, a timestamp, a string or a struct of those."))
+        return out
+
     def table_checks(self) -> list[tuple[str, str]]:
         return [("history", "each key has at most one current version and its versions' "
                  "validity intervals do not overlap" if self.stored_as == "scd2" else

@@ -165,6 +165,9 @@ class FromFile(Extract):
     def scans_natively(self) -> bool:
         return self.format == "parquet"
 
+    def declared_schema(self) -> str | None:
+        return self.ddl_schema
+
 
 def _reader(ctx: StepContext, fmt: str, options: dict[str, str], ddl: str | None,
             path: str | None = None) -> DataFrameReader:

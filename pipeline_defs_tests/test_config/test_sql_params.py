@@ -97,6 +97,8 @@ FIELDS = [
     ("load.toDeltaLake", "merge.matchedCondition", _load("toDeltaLake", {"path": "/d"})),
     ("load.applyChanges", "applyAsDeletes", _load("applyChanges", {
         "path": "/d", "keys": ["id"], "sequenceBy": "seq"})),
+    ("load.applyChanges", "applyAsTruncates", _load("applyChanges", {
+        "path": "/d", "keys": ["id"], "sequenceBy": "seq"})),
     ("load.applyChanges", "sequenceBy", _load("applyChanges", {"path": "/d", "keys": ["id"]})),
     ("load.toKafka", "keyColumn", _load("toKafka", {"topic": "t", "bootstrap.servers": "k:9"})),
     ("load.toKafka", "valueColumn", _load("toKafka", {"topic": "t",
