@@ -148,3 +148,31 @@ def test_snapshots_over_three_days_through_dagster(tmp_path, spark):
     got = sorted(((r["id"], r["name"], r["tier"], r[START], r[END]) for r in spark.read.format(
         "delta").load(str(tmp_path / "customers")).collect()), key=lambda r: (r[0], r[3]))
     assert got == scd2(snapshot_events(days))
+
+
+def test_auto_cdc_in_a_sql_file_from_kafka(kafka, topic, vault, tmp_path, registry, spark):
+    from pipeline_defs_tests.e2e.test_sql_pipelines import failure, run_sql
+    from pipeline_defs_tests.test_steps.test_apply_changes import scd1
+    _, changes = debezium_feed(120, seed=9)
+    t = topic(partitions=2)
+    produce(kafka, t, ({"id": c[0], "lsn": c[1], "op": c[2], "name": c[3], "tier": c[4]}
+                       for c in reversed(changes)))  # the latest first
+    vault.put("secret", "kafka", {"bootstrap.servers": kafka})
+    out = tmp_path / "customers"
+    result = run_sql(tmp_path, vault, f"""
+SET streaming = {{"trigger": "availableNow", "checkpointRoot": "{tmp_path / 'cp'}"}};
+CREATE OR REFRESH STREAMING TABLE customers LOCATION '{out}';
+CREATE FLOW customers_cdc AS AUTO CDC INTO customers
+FROM STREAM read_kafka(subscribe => '{t}', credentialPath => 'secret/data/kafka',
+  startingOffsets => 'earliest', maxOffsetsPerTrigger => 200,
+  schema => 'id INT, lsn BIGINT, op STRING, name STRING, tier STRING')
+KEYS (id)
+APPLY AS DELETE WHEN op = 'D'
+SEQUENCE BY lsn
+COLUMNS * EXCEPT (op, lsn)
+STORED AS SCD TYPE 1;
+""", registry, "customers.sql")
+    assert result.success, failure(result)
+    got = sorted((r["id"], r["name"], r["tier"]) for r in
+                 spark.read.format("delta").load(str(out)).collect())
+    assert got == scd1(changes) and len(got) > 50

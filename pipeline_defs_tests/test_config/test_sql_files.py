@@ -347,3 +347,56 @@ def test_declarative_errors_name_line_and_column(tmp_path, registry, text, expec
     got = problems(tmp_path, text, registry)
     assert len(got) == 1 and got[0].startswith(str(tmp_path / expected.split(":")[0]) + ":" +
                                                expected.split(":", 1)[1]), got
+
+
+def test_auto_cdc_flows_compile_to_apply_changes(tmp_path, registry):
+    f = tmp_path / "cdc.sql"
+    f.write_text("""
+CREATE OR REFRESH STREAMING TABLE customers COMMENT 'every version' LOCATION '/lake/c';
+CREATE FLOW customers_cdc AS AUTO CDC INTO customers
+FROM STREAM(read_kafka(bootstrapServers => 'k:9092', subscribe => 'cdc',
+                       schema => 'id INT, region STRING, name STRING, op STRING, ts BIGINT'))
+KEYS (id, region)
+IGNORE NULL UPDATES
+APPLY AS DELETE WHEN op = 'D'
+APPLY AS TRUNCATE WHEN op = 'T'
+SEQUENCE BY struct(ts, id)
+COLUMNS * EXCEPT (op, ts)
+STORED AS SCD TYPE 2
+TRACK HISTORY ON * EXCEPT (name);
+CREATE STREAMING TABLE orders;
+APPLY CHANGES INTO orders FROM STREAM(read_kafka(bootstrapServers => 'k:9092',
+  subscribe => 'orders', schema => 'id INT, total INT, seq INT'))
+KEYS (id) SEQUENCE BY seq COLUMNS id, total;
+""")
+    p = load_pipeline(f, registry)
+    assert p.config.mode == "streaming"
+    loads = [s for s in p.steps if s.kind == "load"]
+    assert [s.method for s in loads] == ["applyChanges", "applyChanges"]
+    c = loads[0].config
+    assert (c.path, c.keys, c.sequence_by, c.apply_as_deletes, c.apply_as_truncates) == (
+        "/lake/c", ["id", "region"], "struct(ts, id)", "op = 'D'", "op = 'T'")
+    assert (c.except_column_list, c.stored_as, c.track_history_except_column_list,
+            c.ignore_null_updates, c.query_name) == (
+        ["op", "ts"], "scd2", ["name"], True, "customers_cdc")
+    assert loads[0].description == "every version"
+    o = loads[1].config
+    assert (o.keys, o.sequence_by, o.column_list, o.stored_as) == (
+        ["id"], "seq", ["id", "total"], "scd1")
+    assert o.path.endswith("/orders") and loads[1].name == "write_orders"
+    assert "AUTO CDC INTO customers" in loads[0].sql
+
+
+@pytest.mark.parametrize("text,where,message", [
+    ("AUTO CDC INTO t FROM s KEYS (id) STORED AS SCD TYPE 2;", "2:", "needs SEQUENCE BY"),
+    ("AUTO CDC INTO t FROM s KEYS (id) SEQUENCE BY seq STORED AS SCD TYPE 3;", "2:",
+     "expected 1 or 2 after STORED AS SCD TYPE"),
+    ("AUTO CDC INTO t FROM s KEYS (id) APPLY AS DELETE WHEN op = = 'D' SEQUENCE BY s;", "2:",
+     ""),
+])
+def test_auto_cdc_mistakes_name_the_line(tmp_path, registry, text, where, message):
+    f = tmp_path / "bad.sql"
+    f.write_text(f"CREATE STREAMING TABLE t;\n{text}\n")
+    with pytest.raises(ConfigError) as e:
+        load_pipeline(f, registry)
+    assert f"bad.sql:{where}" in str(e.value) and message in str(e.value), str(e.value)

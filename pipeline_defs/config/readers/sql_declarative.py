@@ -7,6 +7,11 @@ format's shape like the plan's language (sql_file.py):
     CREATE [OR REFRESH] STREAMING TABLE name [...] [AS SELECT ... FROM STREAM(...)];
     CREATE TEMPORARY VIEW name AS SELECT ...;
     CREATE FLOW name AS INSERT INTO target BY NAME SELECT ...;
+    CREATE FLOW name AS AUTO CDC INTO target FROM source KEYS (k, ...) [IGNORE NULL UPDATES]
+        [APPLY AS DELETE WHEN cond] [APPLY AS TRUNCATE WHEN cond] SEQUENCE BY expr
+        [COLUMNS * EXCEPT (c, ...) | COLUMNS c, ...] [STORED AS SCD TYPE 1 | 2]
+        [TRACK HISTORY ON * EXCEPT (c, ...) | TRACK HISTORY ON c, ...];
+    (APPLY CHANGES INTO ..., and either without CREATE FLOW, as Lakeflow still reads them)
 
 One file is one pipeline (named after the file); its datasets read each other by name, in
 any order in the file: they are put in dependency order, each becomes a SQL transform
@@ -15,7 +20,8 @@ Dagster's asset checks), and, unless it is a view, a Delta load at its LOCATION 
 `${PIPELINE_WAREHOUSE}/<name>`). Sources outside the file are read with the table functions
 `read_files('<path>', format => 'csv', ...)`, `read_kafka(subscribe => 'topic', ...)` and
 `read_delta('<path>')` (extract steps), or by `db.table` from the catalog. A file holding a
-streaming table is a streaming pipeline."""
+streaming table is a streaming pipeline. An AUTO CDC flow is an applyChanges load of its
+target (change data capture: SCD type 1 or 2)."""
 from __future__ import annotations
 
 from typing import Any
@@ -30,6 +36,8 @@ ACTIONS = {"DROP ROW": "drop", "FAIL UPDATE": "fail", "QUARANTINE": "quarantine"
 SOURCES = {"read_files": ("fromFile", "path"), "read_kafka": ("fromKafka", None),
            "read_delta": ("fromDeltaLake", "path")}
 _ARG_KEYS = {"subscribe": "topic", "topic": "topic"}
+# the words that end an AUTO CDC clause's condition or expression
+_CDC_CLAUSES = ("APPLY", "SEQUENCE", "COLUMNS", "STORED", "TRACK", "IGNORE", ";")
 
 
 def starts_declarative(parser: TokenParser) -> bool:
@@ -52,6 +60,7 @@ class Dataset:
         self.query: str | None = None
         self.query_at = at
         self.target: str | None = None  # a flow's
+        self.cdc: dict[str, Any] | None = None  # an AUTO CDC flow's applyChanges config
         self.reads: set[str] = set()
         self.text = ""
         self.line = 1
@@ -125,6 +134,14 @@ class Declarative(TokenParser):
 
     # ------------------------------------------------------------ statements
     def statement(self) -> Dataset:
+        if self.at("APPLY", "AUTO"):  # Lakeflow's flow without CREATE FLOW: named after
+            start = self.peek()       # its target
+            d = Dataset("FLOW", "", start.start)
+            d.line = self.text.count("\n", 0, start.start) + 1
+            self.auto_cdc(d)
+            d.name = d.target
+            d.text = self.text[start.start:self.toks[self.i - 1].end + 1].strip()
+            return d
         start = self.expect("CREATE", fix="Each statement is CREATE MATERIALIZED VIEW, CREATE "
                             "STREAMING TABLE, CREATE TEMPORARY VIEW or CREATE FLOW.")
         if self.at("OR"):
@@ -147,7 +164,13 @@ class Declarative(TokenParser):
         d.line = self.text.count("\n", 0, start.start) + 1
         if kind == "FLOW":
             self.expect("AS", after=f"CREATE FLOW {d.name}")
-            self.expect("INSERT", after="AS")
+            if self.at("AUTO", "APPLY"):
+                self.auto_cdc(d)
+                d.text = self.text[start.start:self.toks[self.i - 1].end + 1].strip()
+                return d
+            self.expect("INSERT", "AUTO", "APPLY", after="AS",
+                        fix="Write INSERT INTO target BY NAME SELECT ..., or AUTO CDC INTO "
+                            "target FROM source KEYS (...) SEQUENCE BY ...")
             self.expect("INTO", after="INSERT")
             d.target = self.dotted("the target table")
             self.expect("BY", after=d.target, fix="Write INSERT INTO target BY NAME SELECT ...")
@@ -166,6 +189,91 @@ class Declarative(TokenParser):
         end = self.toks[self.i - 1].end + 1
         d.text = self.text[start.start:end].strip()
         return d
+
+    def auto_cdc(self, d: Dataset) -> None:
+        """AUTO CDC INTO target FROM source KEYS (...) ... (or APPLY CHANGES INTO ...)."""
+        first = self.take()
+        self.expect("CDC" if first.word == "AUTO" else "CHANGES", after=first.word)
+        self.expect("INTO", after=f"{first.word} {self.toks[self.i - 1].word}")
+        d.target = self.dotted("the target table")
+        self.expect("FROM", after=d.target)
+        a = self.peek()
+        depth, last = 0, None
+        while (t := self.peek()) is not None and not (depth == 0 and t.word == "KEYS"):
+            if t.kind not in ("STRING", "IDENTIFIER"):
+                depth += (t.text == "(") - (t.text == ")")
+            if t.text == ";" and t.kind != "STRING":
+                break
+            last = self.take()
+        if a is None or last is None:
+            raise SqlSyntaxError(a.start if a else len(self.text),
+                                 "expected the source after FROM.",
+                                 "Write FROM STREAM(source) KEYS (key, ...).")
+        d.query, d.query_at = self.text[a.start:last.end + 1], a.start
+        self.expect("KEYS", after="the source", fix="Write KEYS (key, ...) after the source.")
+        cdc: dict[str, Any] = {"keys": self.names(parens=True)}
+        while (t := self.peek()) is not None and t.word in _CDC_CLAUSES[:-1]:
+            self.take()
+            if t.word == "IGNORE":
+                self.expect("NULL", after="IGNORE")
+                self.expect("UPDATES", after="IGNORE NULL")
+                cdc["ignoreNullUpdates"] = True
+            elif t.word == "APPLY":
+                self.expect("AS", after="APPLY")
+                what = self.expect("DELETE", "TRUNCATE", after="APPLY AS").word
+                self.expect("WHEN", after=f"APPLY AS {what}")
+                cdc["applyAsDeletes" if what == "DELETE" else "applyAsTruncates"] = \
+                    self.cdc_expr(f"APPLY AS {what} WHEN", "expression")
+            elif t.word == "SEQUENCE":
+                self.expect("BY", after="SEQUENCE")
+                cdc["sequenceBy"] = self.cdc_expr("SEQUENCE BY", "expression")
+            elif t.word == "COLUMNS":
+                cdc.update(self.cdc_columns("columnList", "exceptColumnList"))
+            elif t.word == "STORED":
+                self.expect("AS", after="STORED")
+                self.expect("SCD", after="STORED AS")
+                self.expect("TYPE", after="STORED AS SCD")
+                n = self.peek()
+                if n is None or n.text not in ("1", "2"):
+                    raise SqlSyntaxError(n.start if n else len(self.text),
+                                         "expected 1 or 2 after STORED AS SCD TYPE.")
+                cdc["storedAs"] = f"scd{self.take().text}"
+            else:
+                self.expect("HISTORY", after="TRACK")
+                self.expect("ON", after="TRACK HISTORY")
+                cdc.update(self.cdc_columns("trackHistoryColumnList",
+                                            "trackHistoryExceptColumnList"))
+        if "sequenceBy" not in cdc:
+            t = self.peek()
+            raise SqlSyntaxError(t.start if t else len(self.text),
+                                 f"AUTO CDC INTO {d.target} needs SEQUENCE BY: which change of "
+                                 "a key is the later one.",
+                                 "Add SEQUENCE BY <column or expression> after KEYS (...).")
+        d.cdc = cdc
+
+    def cdc_expr(self, after: str, kind: str) -> str:
+        first, last, depth = self.peek(), None, 0
+        while (t := self.peek()) is not None:
+            plain = t.kind not in ("STRING", "IDENTIFIER")
+            if plain and depth == 0 and (t.word in _CDC_CLAUSES or t.text == ";"):
+                break
+            if plain:
+                depth += (t.text == "(") - (t.text == ")")
+            last = self.take()
+        if first is None or last is None:
+            raise SqlSyntaxError(first.start if first else len(self.text),
+                                 f"expected an expression after {after}.")
+        expr = self.text[first.start:last.end + 1]
+        self.check_sql(expr, first.start, kind)
+        return expr
+
+    def cdc_columns(self, listed: str, excepted: str) -> dict[str, list[str]]:
+        if self.at("*"):
+            self.take()
+            self.expect("EXCEPT", after="*", fix="Write * EXCEPT (column, ...), or name the "
+                        "columns.")
+            return {excepted: self.names(parens=True)}
+        return {listed: self.names()}
 
     def without_stream(self, sql: str, at: int) -> str:
         """`STREAM x` read as `x` by sqlglot's parser (it knows STREAM(x) only); same length,
@@ -306,7 +414,8 @@ class Declarative(TokenParser):
                 continue
             k += 1
         out.append(d.query[pos:])
-        return "".join(out).strip(), extracts, n
+        query = "".join(out).strip()
+        return (f"SELECT * FROM {query}" if d.cdc is not None else query), extracts, n
 
     def call_args(self, sub: TokenParser, positional: str | None, fn: str) -> dict:
         config: dict[str, Any] = {}
@@ -404,6 +513,18 @@ class Declarative(TokenParser):
         if d.kind == "TEMPORARY VIEW":
             return steps, n
         target = self.target_of(d)
+        if d.cdc is not None:
+            if target.partition_by or target.properties:
+                raise SqlSyntaxError(target.at, f"'{target.name}' is filled by AUTO CDC, which "
+                                     "writes no PARTITIONED BY or TBLPROPERTIES.",
+                                     "Remove them from its CREATE STREAMING TABLE.")
+            load = {"type": "load", "method": "applyChanges",
+                    "name": f"write_{d.name.replace('.', '_')}", "config": {
+                        "path": target.location or f"{WAREHOUSE}/{target.name}", **d.cdc,
+                        "queryName": d.name, "assetKey": target.name}}
+            if target.comment:
+                load["description"] = target.comment
+            return steps + [load], n
         load: dict[str, Any] = {"type": "load", "method": "toDeltaLake",
                                 "name": f"write_{d.name.replace('.', '_')}", "config": {
             "path": target.location or f"{WAREHOUSE}/{target.name}",
