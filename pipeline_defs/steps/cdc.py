@@ -40,6 +40,7 @@ from pipeline_defs.steps.streaming import Sink, StreamingSink
 START, END = "__START_AT", "__END_AT"
 # columns of the change log
 SEQ, DEL, TRUNC, APPLIED = "__seq", "__deleted", "__truncate", "__applied_at"
+BROADCAST_KEYS = 2_000_000  # up to this many keys in a batch are broadcast to the log's scan
 
 
 class ApplyChanges(Load, StreamingSink):
@@ -271,6 +272,10 @@ def snapshot_changes(ev: DataFrame, log: DataFrame | None, cfg: ApplyChanges,
 def rebuild(log: DataFrame, cfg: ApplyChanges, cols: list[str]) -> DataFrame:
     """Each key's rows (SCD1) or versions (SCD2) from all its changes."""
     key = [F.col(quoted(k)) for k in cfg.keys]
+    if cfg.stored_as == "scd1" and not cfg.ignore_null_updates:  # the latest change wins
+        last = Window.partitionBy(*key).orderBy(F.col(SEQ).desc())
+        return log.withColumn("__n", F.row_number().over(last)).where(f"__n = 1 AND NOT {DEL}") \
+            .select(*[F.col(quoted(c)) for c in cfg.keys + cols])
     w = Window.partitionBy(*key).orderBy(SEQ)
     # the segment of a change: the changes since the key's last delete (a delete starts one)
     seg = F.sum(F.col(DEL).cast("int")).over(w.rowsBetween(Window.unboundedPreceding, 0))
@@ -352,8 +357,11 @@ def apply(df: DataFrame, cfg: ApplyChanges, spark, log) -> dict:
         lg = logged.where(f"NOT {TRUNC}")
         # a truncate touches every key; else the batch's keys
         touched = (lg.select(*key).unionByName(changes.select(*key)) if n_truncates else
-                   changes.select(*key)).distinct()
-        old = lg.join(touched, cfg.keys)
+                   changes.select(*key)).distinct().localCheckpoint()
+        # the touched keys' logged changes, read once (a batch's keys are sent to every task
+        # that reads the log, rather than the log shuffled to meet them)
+        small = not n_truncates and touched.count() <= BROADCAST_KEYS
+        old = lg.join(F.broadcast(touched) if small else touched, cfg.keys).localCheckpoint()
         # late: older than the latest change the table applied for its key (or a truncate)
         latest = old.groupBy(*key).agg(F.max(SEQ).alias("__latest"))
         if truncating:
@@ -369,7 +377,7 @@ def apply(df: DataFrame, cfg: ApplyChanges, spark, log) -> dict:
         all_truncates = logged.where(TRUNC).select(SEQ).unionByName(
             ev.where(TRUNC).select(SEQ)).distinct() if truncating else None
     else:
-        touched = changes.select(*key).distinct()
+        touched, small = changes.select(*key).distinct(), False
         new = changes.dropDuplicates(on_keys).withColumn("__late", F.lit(False))
         all_ev = changes
         all_truncates = ev.where(TRUNC).select(SEQ).distinct() if truncating else None
@@ -391,11 +399,14 @@ def apply(df: DataFrame, cfg: ApplyChanges, spark, log) -> dict:
     have = set(target.toDF().columns)
     on_cols = cfg.keys + ([START] if cfg.stored_as == "scd2" else [])
     # the rebuilt rows beside the touched keys' rows in the table: those with no rebuilt row
-    # are deleted (__gone), current versions the rebuild ends are counted
-    current = target.toDF().join(touched, cfg.keys).select(
-        *[quoted(c) for c in on_cols], *([F.col(END).isNull().alias("__was_current")]
-                                         if cfg.stored_as == "scd2" else []),
-        F.lit(True).alias("__in_table"))
+    # are deleted (__gone), current versions the rebuild ends are counted. SCD1: a touched
+    # key with no rebuilt row is deleted, and the table need not be read for that
+    if cfg.stored_as == "scd2":
+        current = target.toDF().join(touched, cfg.keys).select(
+            *[quoted(c) for c in on_cols], F.col(END).isNull().alias("__was_current"),
+            F.lit(True).alias("__in_table"))
+    else:
+        current = touched.withColumn("__in_table", F.lit(True))
     src = rebuilt.withColumn("__rebuilt", F.lit(True)).join(current, on_cols, "full") \
         .withColumn("__gone", F.col("__rebuilt").isNull()).localCheckpoint()
     if cfg.stored_as == "scd2":
@@ -404,8 +415,10 @@ def apply(df: DataFrame, cfg: ApplyChanges, spark, log) -> dict:
     on = " AND ".join(f"t.{quoted(c)} <=> s.{quoted(c)}" for c in on_cols)
     values = {quoted(c): f"s.{quoted(c)}" for c in rebuilt.columns}
     # a column the feed gained is added to the target (schema evolution)
-    target.alias("t").merge(src.drop("__rebuilt", "__in_table", "__was_current").alias("s"),
-                            on).withSchemaEvolution() \
+    src = src.drop("__rebuilt", "__in_table", "__was_current")
+    if small:  # a checkpoint has no size for the planner to see that it is small
+        src = F.broadcast(src)
+    target.alias("t").merge(src.alias("s"), on).withSchemaEvolution() \
         .whenMatchedDelete(condition="s.__gone") \
         .whenMatchedUpdate(condition=" OR ".join(
             f"NOT (t.{quoted(c)} <=> s.{quoted(c)})" if c in have else
