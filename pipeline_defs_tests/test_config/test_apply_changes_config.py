@@ -55,3 +55,9 @@ def test_columns_named_against_the_declared_schema(tmp_path, registry):
 def test_combinations_that_mean_nothing(tmp_path, registry, load, field, text):
     got = problems(tmp_path, registry, {"keys": ["id"], "sequenceBy": "seq", **load})
     assert f"step 2 (load.applyChanges), config.{field}: {text}" in got, got
+
+
+def test_the_debezium_example_in_the_docs_is_valid(registry):
+    from pipeline_defs_tests.conftest import REPO
+    p = load_pipeline(REPO / "docs" / "examples" / "customers_cdc.json", registry)
+    assert p.config.mode == "streaming" and p.steps[-1].method == "applyChanges"
