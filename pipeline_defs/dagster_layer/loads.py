@@ -66,7 +66,7 @@ def run_load(context, plan: Plan, node: StepNode, stepdef: StepDef, current: Ste
                  if observed.get(plan.node(i).counted_by) is not None}
     meta = {"location": result.location, "dagster/uri": uri(result.location),
             "format": result.format, "mode": result.mode,
-            "dagster/column_schema": table_schema(current.df.schema),
+            "dagster/column_schema": table_schema(result.schema or current.df.schema),
             "duration_s": duration, "step_rows": dg.MetadataValue.json(step_rows),
             **{k: plain(v) for k, v in result.metadata.items()}}
     if rows is not None:

@@ -467,9 +467,10 @@ def check_history(spark, cfg: ApplyChanges) -> TableCheck:
     t = spark.read.format("delta").load(cfg.path)
     if cfg.stored_as == "scd1":
         r = t.groupBy(*key).count().agg(F.count(F.when(F.col("count") > 1, 1)).alias("dup"),
-                                         F.count("*").alias("keys")).first()
+                                         F.count("*").alias("keys"),
+                                         F.sum("count").alias("rows")).first()
         return TableCheck("history", r["dup"] == 0, {"keys_in_more_than_one_row": r["dup"],
-                                                     "keys": r["keys"]})
+                                                     "keys": r["keys"], "rows": r["rows"] or 0})
     w = Window.partitionBy(*key).orderBy(START)
     x = t.withColumn("__next", F.lead(START).over(w))
     r = x.agg(
@@ -490,10 +491,15 @@ def apply_changes(df: DataFrame, cfg: ApplyChanges, ctx: StepContext) -> LoadRes
     prepare_path(ctx.spark, cfg, ctx, cfg.path)
     meta = apply(df, cfg, ctx.spark, ctx.log)
     ctx.log.info(f"applyChanges {cfg.path}: " + ", ".join(f"{k} {v}" for k, v in meta.items()))
-    checks = (check_history(ctx.spark, cfg),) if meta["applied"] or \
-        _exists(ctx.spark, cfg.path) else ()
-    return LoadResult(cfg.path, "delta", f"applyChanges {cfg.stored_as}", meta,
-                      meta.get("rows_inserted", 0), checks=checks)
+    if not _exists(ctx.spark, cfg.path):  # an empty first batch: no table yet
+        return LoadResult(cfg.path, "delta", f"applyChanges {cfg.stored_as}", meta)
+    check = check_history(ctx.spark, cfg)
+    meta["table_rows"] = check.metadata.get("versions", check.metadata.get("rows"))
+    # the rows counted (dagster/row_count) are the changes read, as for other loads the
+    # rows written; what they did to the table is in the metadata
+    return LoadResult(cfg.path, "delta", f"applyChanges {cfg.stored_as}", meta, None,
+                      checks=(check,),
+                      schema=ctx.spark.read.format("delta").load(cfg.path).schema)
 
 
 def _exists(spark, path: str) -> bool:

@@ -69,3 +69,6 @@ class LoadResult:
     """Rows written, when the sink reports it (Delta's commit metrics); else it is observed."""
     checks: tuple[TableCheck, ...] = ()
     """What the load's table checks found (see TableCheck)."""
+    schema: Any = None
+    """The table's schema (a StructType) when it is not the input's (applyChanges adds
+    columns); the asset's column schema."""

@@ -145,6 +145,9 @@ def test_snapshots_over_three_days_through_dagster(tmp_path, spark):
     assert meta["rows_inserted"].value == 1 and meta["versions_closed"].value == 1
     assert meta["changes_new"].value == 2 and meta["late_changes"].value == 0
     assert check.metadata["current_versions"].value == 3
+    assert meta["table_rows"].value == 6 and meta["dagster/row_count"].value == 3  # read
+    assert [c.name for c in meta["dagster/column_schema"].schema.columns] == [
+        "id", "name", "tier", START, END]
     got = sorted(((r["id"], r["name"], r["tier"], r[START], r[END]) for r in spark.read.format(
         "delta").load(str(tmp_path / "customers")).collect()), key=lambda r: (r[0], r[3]))
     assert got == scd2(snapshot_events(days))
