@@ -21,15 +21,27 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from pydantic import Field
-from pyspark.errors import AnalysisException
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
 
 from pipeline_defs.config import durations
 from pipeline_defs.steps import streaming
-from pipeline_defs.steps.context import LoadResult, StepContext, TableCheck
+from pipeline_defs.steps.cdc_history import (
+    APPLIED,
+    DEL,
+    END,
+    SEQ,
+    START,
+    TRUNC,
+    check_history,
+    drop_tombstones,
+    nulls,
+    rebuild,
+    snapshot_changes,
+)
+from pipeline_defs.steps.context import LoadResult, StepContext
 from pipeline_defs.steps.delta import last_commit
 from pipeline_defs.steps.errors import StepDataError, missing_columns
 from pipeline_defs.steps.files import Load, prepare_path
@@ -37,9 +49,6 @@ from pipeline_defs.steps.names import quoted
 from pipeline_defs.steps.registry import step, stream_writer
 from pipeline_defs.steps.streaming import Sink, StreamingSink
 
-START, END = "__START_AT", "__END_AT"
-# columns of the change log
-SEQ, DEL, TRUNC, APPLIED = "__seq", "__deleted", "__truncate", "__applied_at"
 BROADCAST_KEYS = 2_000_000  # up to this many keys in a batch are broadcast to the log's scan
 
 
@@ -210,111 +219,6 @@ def _check_duplicates(ev: DataFrame, cfg: ApplyChanges) -> None:
                "Make sequenceBy unique per key (e.g. struct(ts, offset))."))
 
 
-def _differs(cols: list[str], a: str, b: str) -> F.Column:
-    out = F.lit(False)
-    for c in cols:
-        out = out | ~F.col(f"{a}.{quoted(c)}").eqNullSafe(F.col(f"{b}.{quoted(c)}"))
-    return out
-
-
-def snapshot_changes(ev: DataFrame, log: DataFrame | None, cfg: ApplyChanges,
-                     cols: list[str]) -> DataFrame:
-    """A whole snapshot at one sequence as the changes since the state just before it."""
-    spark = ev.sparkSession
-    seqs = ev.select(SEQ).distinct().limit(2).collect()
-    if len(seqs) > 1:
-        raise StepDataError(f"a snapshot has one sequence, and sequenceBy {cfg.sequence_by} "
-                            f"gives several ({seqs[0][0]!r}, {seqs[1][0]!r}, ...). Use the "
-                            "snapshot's date, e.g. \"'${DATE}'\".")
-    seq_type = ev.schema[SEQ].dataType
-    if seqs:
-        s = seqs[0][0]
-    else:
-        try:  # an empty snapshot: every key is deleted, at the constant sequence
-            s = spark.range(1).select(F.expr(cfg.sequence_by)).first()[0]
-        except AnalysisException as e:
-            raise StepDataError(f"the snapshot is empty and sequenceBy {cfg.sequence_by} "
-                                "reads a column, so its sequence is unknown. Use a constant "
-                                "such as \"'${DATE}'\".") from e
-    at = F.lit(s).cast(seq_type)
-    if log is None:
-        return ev
-    key = [quoted(k) for k in cfg.keys]
-    lg = log.where(f"NOT {TRUNC}")
-    last = Window.partitionBy(*key).orderBy(F.col(SEQ).desc())
-    prev = lg.where(F.col(SEQ) < at).withColumn("__n", F.row_number().over(last)) \
-        .where(f"__n = 1 AND NOT {DEL}").select(*key, *[quoted(c) for c in cols]) \
-        .withColumn("__present", F.lit(True))
-    on = [F.col(f"s.{quoted(k)}").eqNullSafe(F.col(f"p.{quoted(k)}")) for k in cfg.keys]
-    joined = ev.alias("s").join(prev.alias("p"), on, "left")
-    upserts = joined.where(F.col("p.__present").isNull() | _differs(cols, "s", "p")) \
-        .select("s.*")
-    deletes = prev.join(ev.select(*key), cfg.keys, "left_anti").select(
-        *key, *_nulls(ev, cols),
-        at.alias(SEQ), F.lit(True).alias(DEL), F.lit(False).alias(TRUNC))
-    changes = upserts.unionByName(deletes)
-    # the new ones only (a snapshot applied again finds its changes in the log)
-    changes = changes.join(lg.select(*key, SEQ), cfg.keys + [SEQ], "left_anti").localCheckpoint()
-    nxt = lg.where(F.col(SEQ) > at).agg(F.min(SEQ)).first()[0]
-    if nxt is None:
-        return changes
-    # a later snapshot was applied already: for the keys changed here that it did not change,
-    # its state is the one before this snapshot (put back at its sequence)
-    after = F.lit(nxt).cast(seq_type)
-    restore = changes.select(*key).join(lg.where(F.col(SEQ) == after).select(*key), cfg.keys,
-                                        "left_anti")
-    restore = restore.join(prev, cfg.keys, "left").select(
-        *key, *[quoted(c) for c in cols], after.alias(SEQ),
-        F.col("__present").isNull().alias(DEL), F.lit(False).alias(TRUNC))
-    return changes.unionByName(restore)
-
-
-def rebuild(log: DataFrame, cfg: ApplyChanges, cols: list[str]) -> DataFrame:
-    """Each key's rows (SCD1) or versions (SCD2) from all its changes."""
-    key = [F.col(quoted(k)) for k in cfg.keys]
-    if cfg.stored_as == "scd1" and not cfg.ignore_null_updates:  # the latest change wins
-        last = Window.partitionBy(*key).orderBy(F.col(SEQ).desc())
-        return log.withColumn("__n", F.row_number().over(last)).where(f"__n = 1 AND NOT {DEL}") \
-            .select(*[F.col(quoted(c)) for c in cfg.keys + cols])
-    w = Window.partitionBy(*key).orderBy(SEQ)
-    # the segment of a change: the changes since the key's last delete (a delete starts one)
-    seg = F.sum(F.col(DEL).cast("int")).over(w.rowsBetween(Window.unboundedPreceding, 0))
-    x = log.withColumn("__segment", seg)
-    ws = Window.partitionBy(*key, "__segment").orderBy(SEQ)
-    if cfg.ignore_null_updates:  # a null keeps the segment's last non-null value
-        x = x.select(*[F.col(quoted(k)) for k in cfg.keys], SEQ, DEL, "__segment",
-                     *[F.last(quoted(c), ignorenulls=True).over(
-                         ws.rowsBetween(Window.unboundedPreceding, 0)).alias(c) for c in cols])
-    if cfg.stored_as == "scd1":
-        last = Window.partitionBy(*key).orderBy(F.col(SEQ).desc())
-        return x.withColumn("__n", F.row_number().over(last)).where(f"__n = 1 AND NOT {DEL}") \
-            .select(*[F.col(quoted(c)) for c in cfg.keys + cols])
-    tracked = cols
-    if cfg.track_history_column_list is not None:
-        tracked = [c for c in cols if c in cfg.track_history_column_list]
-    if cfg.track_history_except_column_list is not None:
-        tracked = [c for c in cols if c not in cfg.track_history_except_column_list]
-    prev = [F.lag(quoted(c)).over(ws) for c in tracked]
-    changed = F.lit(False)
-    for c, p in zip(tracked, prev, strict=True):
-        changed = changed | ~F.col(quoted(c)).eqNullSafe(p)
-    first = F.lag(SEQ).over(ws).isNull()
-    opens = F.col(DEL) | first | changed  # a delete ends a version; it opens none
-    x = x.withColumn("__opens", opens.cast("int"))
-    x = x.withColumn("__version", F.sum("__opens").over(w.rowsBetween(
-        Window.unboundedPreceding, 0)))
-    wv = Window.partitionBy(*key, "__version").orderBy(SEQ)
-    wv_all = wv.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    v = x.select(*[F.col(quoted(k)) for k in cfg.keys], "__version",
-                 F.first(DEL).over(wv_all).alias("__is_delete"),
-                 F.first(SEQ).over(wv_all).alias(START),
-                 *[F.last(quoted(c)).over(wv_all).alias(c) for c in cols]).distinct()
-    nxt = Window.partitionBy(*key).orderBy("__version")
-    v = v.withColumn(END, F.lead(START).over(nxt))
-    return v.where("NOT __is_delete").select(*[F.col(quoted(c)) for c in cfg.keys + cols],
-                                              START, END)
-
-
 def _read_log(spark, cfg: ApplyChanges, ev: DataFrame, cols: list[str]) -> DataFrame | None:
     """The change log, with the columns of this feed (a column the feed gained since is null
     in older changes)."""
@@ -328,15 +232,12 @@ def _read_log(spark, cfg: ApplyChanges, ev: DataFrame, cols: list[str]) -> DataF
                         for c in cfg.keys + cols + [SEQ, DEL, TRUNC]])
 
 
-def _nulls(ev: DataFrame, cols: list[str]) -> list:
-    return [F.lit(None).cast(ev.schema[c].dataType).alias(c) for c in cols]
-
-
 def apply(df: DataFrame, cfg: ApplyChanges, spark, log) -> dict:
     """Applies one batch of changes (or one snapshot); returns what it did."""
     from delta.tables import DeltaTable
     ev, cols = events(df, cfg)
     ev = ev.localCheckpoint()  # the input is read once (a stream's batch, a snapshot)
+    n_changes = ev.count()
     _check_duplicates(ev, cfg)
     key = [quoted(k) for k in cfg.keys]
     on_keys = cfg.keys + [SEQ]
@@ -357,10 +258,10 @@ def apply(df: DataFrame, cfg: ApplyChanges, spark, log) -> dict:
         lg = logged.where(f"NOT {TRUNC}")
         # a truncate touches every key; else the batch's keys
         touched = (lg.select(*key).unionByName(changes.select(*key)) if n_truncates else
-                   changes.select(*key)).distinct().localCheckpoint()
+                   changes.select(*key)).distinct()
         # the touched keys' logged changes, read once (a batch's keys are sent to every task
         # that reads the log, rather than the log shuffled to meet them)
-        small = not n_truncates and touched.count() <= BROADCAST_KEYS
+        small = not n_truncates and n_changes <= BROADCAST_KEYS
         old = lg.join(F.broadcast(touched) if small else touched, cfg.keys).localCheckpoint()
         # late: older than the latest change the table applied for its key (or a truncate)
         latest = old.groupBy(*key).agg(F.max(SEQ).alias("__latest"))
@@ -385,13 +286,13 @@ def apply(df: DataFrame, cfg: ApplyChanges, spark, log) -> dict:
     counts = new.agg(F.count("*").alias("n"), F.count(F.when(F.col("__late"), 1)).alias("late")) \
         .first()
     new = new.drop("__late")
-    metrics = {"changes_in_batch": ev.count(), "changes_new": counts["n"] + n_truncates,
+    metrics = {"changes_in_batch": n_changes, "changes_new": counts["n"] + n_truncates,
                "late_changes": counts["late"], "truncates": n_truncates}
     if counts["n"] + n_truncates == 0:  # every change already applied: a replay
         return {**metrics, "applied": False}
     if all_truncates is not None:  # a truncate deletes every key at its sequence
         all_ev = all_ev.unionByName(touched.crossJoin(all_truncates).select(
-            *key, *_nulls(ev, cols), SEQ, F.lit(True).alias(DEL), F.lit(True).alias(TRUNC)))
+            *key, *nulls(ev, cols), SEQ, F.lit(True).alias(DEL), F.lit(True).alias(TRUNC)))
     rebuilt = rebuild(all_ev.dropDuplicates(on_keys), cfg, cols)
     if not DeltaTable.isDeltaTable(spark, cfg.path):
         rebuilt.limit(0).write.format("delta").save(cfg.path)
@@ -428,7 +329,7 @@ def apply(df: DataFrame, cfg: ApplyChanges, spark, log) -> dict:
     merged = last_commit(spark, target)
     # the log after the target: a crash in between is completed by the same batch again
     logged_now = new if new_truncates is None or not n_truncates else new.unionByName(
-        new_truncates.select(*_nulls(ev, cfg.keys + cols), SEQ, F.lit(True).alias(DEL),
+        new_truncates.select(*nulls(ev, cfg.keys + cols), SEQ, F.lit(True).alias(DEL),
                              F.lit(True).alias(TRUNC)))
     logged_now.withColumn(APPLIED, F.current_timestamp()).write.format("delta") \
         .mode("append").option("mergeSchema", "true").save(cfg.log_path)
@@ -439,51 +340,6 @@ def apply(df: DataFrame, cfg: ApplyChanges, spark, log) -> dict:
     if cfg.tombstone_retention is not None:
         out["tombstones_dropped"] = drop_tombstones(spark, cfg)
     return out
-
-
-def drop_tombstones(spark, cfg: ApplyChanges) -> int:
-    """SCD1: the changes of keys deleted longer than tombstoneRetention ago leave the log."""
-    from delta.tables import DeltaTable
-    key = [quoted(k) for k in cfg.keys]
-    secs = durations.seconds(cfg.tombstone_retention)
-    log = DeltaTable.forPath(spark, cfg.log_path)
-    last = Window.partitionBy(*key).orderBy(F.col(SEQ).desc())
-    expired = log.toDF().where(f"NOT {TRUNC}").withColumn("__n", F.row_number().over(last)) \
-        .where(F.col("__n") == 1).where(F.col(DEL)).where(
-            F.col(APPLIED) < F.current_timestamp() - F.make_interval(secs=F.lit(secs))) \
-        .select(*[F.col(k).alias(f"__k{i}") for i, k in enumerate(key)]).localCheckpoint()
-    n = expired.count()
-    if n:  # (the keys renamed: a source read from the target itself would not resolve)
-        on = " AND ".join(f"l.{quoted(k)} <=> x.__k{i}" for i, k in enumerate(cfg.keys))
-        log.alias("l").merge(expired.alias("x"), f"{on} AND NOT l.{TRUNC}") \
-            .whenMatchedDelete().execute()
-    return n
-
-
-def check_history(spark, cfg: ApplyChanges) -> TableCheck:
-    """SCD2: at most one current version per key, validity intervals that do not overlap;
-    SCD1: one row per key. Over the whole table, in one pass."""
-    key = [quoted(k) for k in cfg.keys]
-    t = spark.read.format("delta").load(cfg.path)
-    if cfg.stored_as == "scd1":
-        r = t.groupBy(*key).count().agg(F.count(F.when(F.col("count") > 1, 1)).alias("dup"),
-                                         F.count("*").alias("keys"),
-                                         F.sum("count").alias("rows")).first()
-        return TableCheck("history", r["dup"] == 0, {"keys_in_more_than_one_row": r["dup"],
-                                                     "keys": r["keys"], "rows": r["rows"] or 0})
-    w = Window.partitionBy(*key).orderBy(START)
-    x = t.withColumn("__next", F.lead(START).over(w))
-    r = x.agg(
-        F.count(F.when(F.col(END).isNull() & F.col("__next").isNotNull(), 1)).alias("open"),
-        F.count(F.when(F.col(END) > F.col("__next"), 1)).alias("overlap"),
-        F.count(F.when(F.col(END) <= F.col(START), 1)).alias("empty"),
-        F.count(F.when(F.col(END).isNull(), 1)).alias("current"),
-        F.count("*").alias("versions")).first()
-    passed = r["open"] == 0 and r["overlap"] == 0 and r["empty"] == 0
-    return TableCheck("history", passed, {
-        "keys_with_a_current_version_before_another": r["open"],
-        "overlapping_versions": r["overlap"], "empty_versions": r["empty"],
-        "current_versions": r["current"], "versions": r["versions"]})
 
 
 @step("load", "applyChanges", ApplyChanges, asset_kind="delta")
@@ -520,6 +376,6 @@ def apply_changes_stream(df: DataFrame, cfg: ApplyChanges, ctx: StepContext, sin
                      + ", ".join(f"{k} {v}" for k, v in meta.items()))
         if meta["applied"]:
             streaming.note_written(sink.query_name, meta.get("rows_inserted", 0))
-        else:
+        elif meta["changes_in_batch"]:  # all applied already: a replayed micro-batch
             streaming.note_skipped(sink.query_name, batch_id)
     return sink.writer(df).foreachBatch(each).start()

@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline_defs.config.readers.document import Document
+from pipeline_defs.config.readers.sql_cdc import AutoCdc
 from pipeline_defs.config.readers.sql_tokens import SqlSyntaxError, TokenParser
 
 WAREHOUSE = "${env:PIPELINE_WAREHOUSE:-spark-warehouse}"
@@ -36,8 +37,6 @@ ACTIONS = {"DROP ROW": "drop", "FAIL UPDATE": "fail", "QUARANTINE": "quarantine"
 SOURCES = {"read_files": ("fromFile", "path"), "read_kafka": ("fromKafka", None),
            "read_delta": ("fromDeltaLake", "path")}
 _ARG_KEYS = {"subscribe": "topic", "topic": "topic"}
-# the words that end an AUTO CDC clause's condition or expression
-_CDC_CLAUSES = ("APPLY", "SEQUENCE", "COLUMNS", "STORED", "TRACK", "IGNORE", ";")
 
 
 def starts_declarative(parser: TokenParser) -> bool:
@@ -66,7 +65,7 @@ class Dataset:
         self.line = 1
 
 
-class Declarative(TokenParser):
+class Declarative(AutoCdc):
     def pipeline(self, name: str) -> Document:
         datasets: list[Dataset] = []
         settings = self.settings()
@@ -189,91 +188,6 @@ class Declarative(TokenParser):
         end = self.toks[self.i - 1].end + 1
         d.text = self.text[start.start:end].strip()
         return d
-
-    def auto_cdc(self, d: Dataset) -> None:
-        """AUTO CDC INTO target FROM source KEYS (...) ... (or APPLY CHANGES INTO ...)."""
-        first = self.take()
-        self.expect("CDC" if first.word == "AUTO" else "CHANGES", after=first.word)
-        self.expect("INTO", after=f"{first.word} {self.toks[self.i - 1].word}")
-        d.target = self.dotted("the target table")
-        self.expect("FROM", after=d.target)
-        a = self.peek()
-        depth, last = 0, None
-        while (t := self.peek()) is not None and not (depth == 0 and t.word == "KEYS"):
-            if t.kind not in ("STRING", "IDENTIFIER"):
-                depth += (t.text == "(") - (t.text == ")")
-            if t.text == ";" and t.kind != "STRING":
-                break
-            last = self.take()
-        if a is None or last is None:
-            raise SqlSyntaxError(a.start if a else len(self.text),
-                                 "expected the source after FROM.",
-                                 "Write FROM STREAM(source) KEYS (key, ...).")
-        d.query, d.query_at = self.text[a.start:last.end + 1], a.start
-        self.expect("KEYS", after="the source", fix="Write KEYS (key, ...) after the source.")
-        cdc: dict[str, Any] = {"keys": self.names(parens=True)}
-        while (t := self.peek()) is not None and t.word in _CDC_CLAUSES[:-1]:
-            self.take()
-            if t.word == "IGNORE":
-                self.expect("NULL", after="IGNORE")
-                self.expect("UPDATES", after="IGNORE NULL")
-                cdc["ignoreNullUpdates"] = True
-            elif t.word == "APPLY":
-                self.expect("AS", after="APPLY")
-                what = self.expect("DELETE", "TRUNCATE", after="APPLY AS").word
-                self.expect("WHEN", after=f"APPLY AS {what}")
-                cdc["applyAsDeletes" if what == "DELETE" else "applyAsTruncates"] = \
-                    self.cdc_expr(f"APPLY AS {what} WHEN", "expression")
-            elif t.word == "SEQUENCE":
-                self.expect("BY", after="SEQUENCE")
-                cdc["sequenceBy"] = self.cdc_expr("SEQUENCE BY", "expression")
-            elif t.word == "COLUMNS":
-                cdc.update(self.cdc_columns("columnList", "exceptColumnList"))
-            elif t.word == "STORED":
-                self.expect("AS", after="STORED")
-                self.expect("SCD", after="STORED AS")
-                self.expect("TYPE", after="STORED AS SCD")
-                n = self.peek()
-                if n is None or n.text not in ("1", "2"):
-                    raise SqlSyntaxError(n.start if n else len(self.text),
-                                         "expected 1 or 2 after STORED AS SCD TYPE.")
-                cdc["storedAs"] = f"scd{self.take().text}"
-            else:
-                self.expect("HISTORY", after="TRACK")
-                self.expect("ON", after="TRACK HISTORY")
-                cdc.update(self.cdc_columns("trackHistoryColumnList",
-                                            "trackHistoryExceptColumnList"))
-        if "sequenceBy" not in cdc:
-            t = self.peek()
-            raise SqlSyntaxError(t.start if t else len(self.text),
-                                 f"AUTO CDC INTO {d.target} needs SEQUENCE BY: which change of "
-                                 "a key is the later one.",
-                                 "Add SEQUENCE BY <column or expression> after KEYS (...).")
-        d.cdc = cdc
-
-    def cdc_expr(self, after: str, kind: str) -> str:
-        first, last, depth = self.peek(), None, 0
-        while (t := self.peek()) is not None:
-            plain = t.kind not in ("STRING", "IDENTIFIER")
-            if plain and depth == 0 and (t.word in _CDC_CLAUSES or t.text == ";"):
-                break
-            if plain:
-                depth += (t.text == "(") - (t.text == ")")
-            last = self.take()
-        if first is None or last is None:
-            raise SqlSyntaxError(first.start if first else len(self.text),
-                                 f"expected an expression after {after}.")
-        expr = self.text[first.start:last.end + 1]
-        self.check_sql(expr, first.start, kind)
-        return expr
-
-    def cdc_columns(self, listed: str, excepted: str) -> dict[str, list[str]]:
-        if self.at("*"):
-            self.take()
-            self.expect("EXCEPT", after="*", fix="Write * EXCEPT (column, ...), or name the "
-                        "columns.")
-            return {excepted: self.names(parens=True)}
-        return {listed: self.names()}
 
     def without_stream(self, sql: str, at: int) -> str:
         """`STREAM x` read as `x` by sqlglot's parser (it knows STREAM(x) only); same length,
