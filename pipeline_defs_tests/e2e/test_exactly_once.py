@@ -1,4 +1,4 @@
-"""Exactly once, proven the hard way: 200,000 keyed events, a Kafka -> filter/enrich -> Delta
+"""Exactly once, proven the hard way: 120,000 keyed events, a Kafka -> filter/enrich -> Delta
 pipeline run with `pipeline run`, the whole process group SIGKILLed twice mid-stream (Dagster,
 the Spark JVM, its Python workers), restarted each time; the Delta table ends up holding every
 expected key exactly once. Also: a second run of a streaming pipeline is refused while one is
@@ -16,7 +16,7 @@ from pipeline_defs_tests.conftest import REPO, caught_up, checkpoint_batches, wr
 from pipeline_defs_tests.servers import produce
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
-N = 200_000
+N = 120_000
 
 
 def test_sigkill_twice_mid_stream_then_every_key_exactly_once(kafka, topic, vault, tmp_path,
@@ -34,7 +34,7 @@ def test_sigkill_twice_mid_stream_then_every_key_exactly_once(kafka, topic, vaul
         "steps": [
             {"type": "extract", "method": "fromKafka", "config": {
                 "topic": t, "credentialPath": "secret/data/kafka",
-                "startingOffsets": "earliest", "maxOffsetsPerTrigger": 15000,
+                "startingOffsets": "earliest", "maxOffsetsPerTrigger": 9000,
                 "schema": "id BIGINT, kind STRING, amount INT", "includeMetadata": True}},
             {"type": "transform", "method": "filterRows", "config": {"condition":
                                                                      "kind <> 'test'"}},
