@@ -1,6 +1,7 @@
 """Faults a real server cannot make on demand, from a small HTTP proxy in front of it: every
 request is forwarded to the server, except those a rule answers itself (a 503 SlowDown to
-the PUTs of Spark's part files, say) until the rule is lifted."""
+the PUTs of Spark's part files, say) until the rule is lifted, or for its next `times`
+requests only (a burst). `seen` lists every request's (method, path), answered or forwarded."""
 from __future__ import annotations
 
 import http.client
@@ -16,6 +17,7 @@ class Rule:
     status: int
     body: bytes = b""
     hits: int = 0
+    times: int | None = None  # answer this many matching requests, then forward again
 
 
 class HttpFaults:
@@ -25,6 +27,7 @@ class HttpFaults:
 
     def __init__(self, target_port: int):
         self.target_port, self.rules = target_port, []
+        self.seen: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         proxy = self
 
@@ -37,7 +40,8 @@ class HttpFaults:
                 rule = proxy._match(self.command, self.path)
                 if rule is not None:
                     self.send_response(rule.status)
-                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Type", "application/json" if
+                                     rule.body.startswith(b"{") else "application/xml")
                     self.send_header("Content-Length", str(len(rule.body)))
                     self.end_headers()
                     self.wfile.write(rule.body)
@@ -67,8 +71,9 @@ class HttpFaults:
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
-    def answer(self, method: str, path_contains: str, status: int, body: bytes = b"") -> Rule:
-        rule = Rule(method, path_contains, status, body)
+    def answer(self, method: str, path_contains: str, status: int, body: bytes = b"",
+               times: int | None = None) -> Rule:
+        rule = Rule(method, path_contains, status, body, times=times)
         with self._lock:
             self.rules.append(rule)
         return rule
@@ -79,8 +84,10 @@ class HttpFaults:
 
     def _match(self, method: str, path: str) -> Rule | None:
         with self._lock:
+            self.seen.append((method, path.split("?")[0]))
             for rule in self.rules:
-                if rule.method == method and rule.path_contains in path:
+                if rule.method == method and rule.path_contains in path and (
+                        rule.times is None or rule.hits < rule.times):
                     rule.hits += 1
                     return rule
         return None
