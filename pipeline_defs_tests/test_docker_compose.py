@@ -34,7 +34,7 @@ def test_compose_file_is_valid_and_complete():
             published = port if isinstance(port, str) else f"{port.get('host_ip')}:"
             assert str(published).startswith("127.0.0.1:"), (name, port)
     seed = (REPO / "docker" / "seed" / "vault-seed.sh").read_text()
-    seeded = set(re.findall(r"^(?:pg|s3|vault kv put) secret/([\w/]+)", seed, re.M))
+    seeded = set(re.findall(r"^(?:pg|s3|bao kv put) secret/([\w/]+)", seed, re.M))
     assert len(seeded) == 7
     buckets = services["minio-buckets"]["command"][0]
     for f in COMPAT.glob("*.json"):
