@@ -22,8 +22,8 @@ class Rule:
 
 class HttpFaults:
     """`HttpFaults(target_port)`: a proxy on a loopback port of its own (`.port`);
-    `answer("PUT", "part-", 503, body)` makes it answer matching requests itself,
-    `lift()` forwards everything again."""
+    `answer("PUT", "part-", 503, body)` makes it answer matching requests itself (method "*":
+    any), `lift()` forwards everything again."""
 
     def __init__(self, target_port: int):
         self.target_port, self.rules = target_port, []
@@ -86,7 +86,7 @@ class HttpFaults:
         with self._lock:
             self.seen.append((method, path.split("?")[0]))
             for rule in self.rules:
-                if rule.method == method and rule.path_contains in path and (
+                if rule.method in ("*", method) and rule.path_contains in path and (
                         rule.times is None or rule.hits < rule.times):
                     rule.hits += 1
                     return rule

@@ -25,7 +25,6 @@ from pipeline_defs_tests.owned import (
     start_on_port,
     start_on_port_zero,
 )
-from pipeline_defs_tests.vault_double import VaultDouble
 
 BIN = Path(sys.executable).parent
 
@@ -263,17 +262,31 @@ def pushgateway(tmp_path):
     owned.stop()
 
 
+@pytest.fixture(scope="session")
+def openbao():
+    """This session's Vault-API server: OpenBao in dev mode (in memory) on loopback."""
+    from pipeline_defs_tests.openbao import OpenBao
+    root = session_dir("openbao")
+    server = OpenBao(root).start()
+    yield server
+    server.stop()
+    remove(root)
+
+
 @pytest.fixture
-def vault():
-    v = VaultDouble().start()
+def vault(openbao):
+    """The session's OpenBao behind this test's own fault proxy, with a token of its own
+    (pipeline_defs_tests/openbao.py: Vault)."""
+    from pipeline_defs_tests.openbao import Vault
+    v = Vault(openbao)
     yield v
-    v.stop()
+    v.close()
 
 
 @pytest.fixture
 def vault_resource(vault, tmp_path):
     from pipeline_defs.dagster_layer.resources.vault import VaultResource
-    return VaultResource(url=vault.url, token=vault.root_token,
+    return VaultResource(url=vault.url, token=vault.token,
                          audit_log=str(tmp_path / "audit.jsonl"), backoff_s=0.05)
 
 

@@ -48,7 +48,7 @@ def world(pg, mysql, s3, vault, tmp_path, spark):
         cur.executemany("INSERT INTO orders VALUES (%s, %s, %s)", ORDERS)
     audit = tmp_path / "audit.jsonl"
     resources = {**default_resources(),
-                 "vault": VaultResource(url=vault.url, token=vault.root_token,
+                 "vault": VaultResource(url=vault.url, token=vault.token,
                                         audit_log=str(audit))}
     return type("World", (), dict(pg=pg, mysql=mysql, s3=s3, vault=vault, tmp=tmp_path,
                                   spark=spark, resources=resources, audit=audit))

@@ -68,7 +68,7 @@ def world(pg, vault, tmp_path):
     with pg.admin.cursor() as cur:
         cur.executemany("INSERT INTO users VALUES (%s, %s, %s, %s)", USERS)
     return {**default_resources(), "vault": VaultResource(
-        url=vault.url, token=vault.root_token, audit_log=str(tmp_path / "audit.jsonl"))}
+        url=vault.url, token=vault.token, audit_log=str(tmp_path / "audit.jsonl"))}
 
 
 def run(tmp_path, raw: dict, resources, registry):
@@ -161,7 +161,7 @@ def test_query_name_names_the_streaming_query(vault, tmp_path, registry, spark):
                    "path": str(tmp_path / "lake"), "mode": "append",
                    "queryName": "amounts_to_lake", "autoOptimize": True}}]}
     res = {**default_resources(), "vault": VaultResource(
-        url=vault.url, token=vault.root_token, audit_log=str(tmp_path / "audit"))}
+        url=vault.url, token=vault.token, audit_log=str(tmp_path / "audit"))}
     result = run(tmp_path, raw, res, registry)
     streams = streams_outputs(result)
     assert streams[0]["query"] == "amounts_to_lake" and streams[0]["input_rows"] == 50

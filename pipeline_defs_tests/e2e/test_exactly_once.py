@@ -46,7 +46,7 @@ def test_sigkill_twice_mid_stream_then_every_key_exactly_once(kafka, topic, vaul
     home.mkdir()
     env = {**{k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"},
            "SPARK_MASTER": "local[2]", "DAGSTER_HOME": str(home), "VAULT_ADDR": vault.url,
-           "VAULT_TOKEN": vault.root_token, "PIPELINE_AUDIT_LOG": str(tmp_path / "audit")}
+           "VAULT_TOKEN": vault.token, "PIPELINE_AUDIT_LOG": str(tmp_path / "audit")}
 
     def start():
         return subprocess.Popen([PIPELINE, "run", str(f)], env=env, cwd=REPO,

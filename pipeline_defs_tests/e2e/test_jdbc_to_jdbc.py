@@ -40,7 +40,7 @@ def world(pg, mysql, vault, tmp_path):
     with pg.admin.cursor() as cur:
         cur.executemany("INSERT INTO trips VALUES (%s, %s, %s)", TRIPS)
     resources = {**default_resources(),
-                 "vault": VaultResource(url=vault.url, token=vault.root_token,
+                 "vault": VaultResource(url=vault.url, token=vault.token,
                                         audit_log=str(tmp_path / "audit.jsonl"))}
     return resources
 

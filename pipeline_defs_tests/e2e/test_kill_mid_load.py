@@ -35,7 +35,7 @@ def setup(pg, vault, tmp_path, spark):
     home.mkdir()
     env = {**{k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"},
            "SPARK_MASTER": "local[2]", "DAGSTER_HOME": str(home), "VAULT_ADDR": vault.url,
-           "VAULT_TOKEN": vault.root_token, "PIPELINE_AUDIT_LOG": str(tmp_path / "audit")}
+           "VAULT_TOKEN": vault.token, "PIPELINE_AUDIT_LOG": str(tmp_path / "audit")}
     return pg, f, env
 
 

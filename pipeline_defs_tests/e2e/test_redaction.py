@@ -27,7 +27,7 @@ def test_no_secret_value_anywhere(pg, mysql, s3, vault, tmp_path, spark):
     role_id, secret_id = vault.add_approle()
     wrong_pw = "wrong-" + secrets.token_urlsafe(12)
     literal_pw = "literal-" + secrets.token_urlsafe(12)
-    known = {"vault token": vault.root_token, "approle secret_id": secret_id,
+    known = {"vault token": vault.token, "approle secret_id": secret_id,
              "pg password": pg.password, "mysql password": mysql.password,
              "s3 secret key": s3_secret["secretAccessKey"],
              "s3 access key": s3_secret["accessKeyId"], "wrong password": wrong_pw,
@@ -72,7 +72,7 @@ def test_no_secret_value_anywhere(pg, mysql, s3, vault, tmp_path, spark):
            # per run under DAGSTER_HOME (scanned below with the rest of it)
            "PIPELINE_METRICS_LOG": "1", "PIPELINE_METRICS_DIR": str(home / "metrics")}
     runs = {"ok": _run(ok, env), "bad": _run(bad_vault, env), "literal": _run(literal, env)}
-    token_env = {**env, "VAULT_TOKEN": vault.root_token}
+    token_env = {**env, "VAULT_TOKEN": vault.token}
     token_env.pop("VAULT_ROLE_ID"), token_env.pop("VAULT_SECRET_ID")
     runs["ok-token"] = _run(ok, token_env)
     assert runs["ok"].returncode == 0, runs["ok"].stdout[-3000:] + runs["ok"].stderr[-3000:]
@@ -98,7 +98,7 @@ def test_no_secret_value_anywhere(pg, mysql, s3, vault, tmp_path, spark):
     # Spark's plans and the JDBC options they show, for a read like the pipeline's
     from pipeline_defs.dagster_layer.resources.vault import VaultResource
     from pipeline_defs.steps.context import StepContext
-    res = VaultResource(url=vault.url, token=vault.root_token, audit_log=str(audit))
+    res = VaultResource(url=vault.url, token=vault.token, audit_log=str(audit))
     c = StepContext(spark=spark, pipeline="p", step=1, method="extract.fromPostgres",
                     read_secret=res.read_secret)
     df = jdbc.from_postgres(None, jdbc.FromPostgres.model_validate(

@@ -45,7 +45,7 @@ def test_a_load_retried_after_its_connections_dropped_counts_the_good_attempt(
                         "fastPath": fast_path}}]})
     env = {**{k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"},
            "SPARK_MASTER": "local[2]", "DAGSTER_HOME": str(tmp_path / "home"),
-           "VAULT_ADDR": vault.url, "VAULT_TOKEN": vault.root_token,
+           "VAULT_ADDR": vault.url, "VAULT_TOKEN": vault.token,
            "PIPELINE_AUDIT_LOG": str(tmp_path / "audit")}
     proc = subprocess.Popen([PIPELINE, "run", str(f)], env=env, cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,

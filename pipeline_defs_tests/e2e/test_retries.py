@@ -30,7 +30,7 @@ def test_a_transient_failure_is_retried_and_the_run_succeeds(pg, vault, tmp_path
     proxy = FlakyProxy(pg.port)
     vault.put("secret", "pg", {**pg.secret(), "port": proxy.port})
     resources = {**default_resources(),
-                 "vault": VaultResource(url=vault.url, token=vault.root_token,
+                 "vault": VaultResource(url=vault.url, token=vault.token,
                                         audit_log=str(tmp_path / "audit.jsonl"))}
     p = load_pipeline(write_json(tmp_path / "r.json", {
         "name": "readings", "retries": {"maxRetries": 2, "delaySeconds": 1},

@@ -79,7 +79,7 @@ def _apps(cluster: Cluster) -> list[dict]:
 
 def _run(f: Path, master: str, vault, out: Path, *params: str) -> str:
     env = {**os.environ, "SPARK_MASTER": master, "VAULT_ADDR": vault.url,
-           "VAULT_TOKEN": vault.root_token, "SPARK_LOCAL_IP": "127.0.0.1"}
+           "VAULT_TOKEN": vault.token, "SPARK_LOCAL_IP": "127.0.0.1"}
     env.pop("DAGSTER_HOME", None)
     args = [a for p in (f"out={out}", *params) for a in ("--param", p)]
     r = subprocess.run([PIPELINE, "run", str(f), *args], env=env, cwd=REPO,

@@ -33,7 +33,7 @@ def run_sql(tmp_path: Path, vault, text: str, registry, name: str = "p.sql"):
     f.write_text(text)
     p = load_pipeline(f, registry)
     res = {**default_resources(), "vault": VaultResource(
-        url=vault.url, token=vault.root_token, audit_log=str(tmp_path / "audit"))}
+        url=vault.url, token=vault.token, audit_log=str(tmp_path / "audit"))}
     defs = definitions_for([p], res)
     job = defs.resolve_job_def(p.name.replace("-", "_"))
     instance = dg.DagsterInstance.ephemeral()
@@ -77,7 +77,7 @@ def test_the_plans_example_against_postgres_vault_and_s3(pg, s3, vault, tmp_path
     s3.client.create_bucket(Bucket="bucket")
     secret = s3.secret()
     env = {**{k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"},
-           "SPARK_MASTER": "local[2]", "VAULT_ADDR": vault.url, "VAULT_TOKEN": vault.root_token,
+           "SPARK_MASTER": "local[2]", "VAULT_ADDR": vault.url, "VAULT_TOKEN": vault.token,
            "AWS_ACCESS_KEY_ID": secret["accessKeyId"],
            "AWS_SECRET_ACCESS_KEY": secret["secretAccessKey"],
            "AWS_ENDPOINT_URL_S3": s3.endpoint, "AWS_REGION": "us-east-1",

@@ -64,7 +64,7 @@ def example(kafka, topic, s3, vault, tmp_path, spark):
     home.mkdir()
     env = {**{k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"},
            "SPARK_MASTER": "local[2]", "DAGSTER_HOME": str(home), "VAULT_ADDR": vault.url,
-           "VAULT_TOKEN": vault.root_token, "PIPELINE_AUDIT_LOG": str(tmp_path / "audit")}
+           "VAULT_TOKEN": vault.token, "PIPELINE_AUDIT_LOG": str(tmp_path / "audit")}
     return type("Example", (), dict(file=f, env=env, topic=t, checkpoint=checkpoint,
                                     kafka=kafka, spark=spark, home=home))
 

@@ -19,7 +19,7 @@ from pipeline_defs_tests.conftest import consume_records, streams_outputs, write
 def run(tmp_path, vault, raw: dict, registry):
     p = load_pipeline(write_json(tmp_path / f"{raw['name']}.json", raw), registry)
     res = {**default_resources(), "vault": VaultResource(
-        url=vault.url, token=vault.root_token, audit_log=str(tmp_path / "audit"))}
+        url=vault.url, token=vault.token, audit_log=str(tmp_path / "audit"))}
     job = definitions_for([p], res).resolve_job_def(p.name.replace("-", "_"))
     instance = dg.DagsterInstance.ephemeral()
     result = job.execute_in_process(instance=instance, raise_on_error=False)

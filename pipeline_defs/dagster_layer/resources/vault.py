@@ -178,16 +178,14 @@ class VaultResource(dg.ConfigurableResource):
     # ------------------------------------------------------------ secrets
     def read_secret(self, path: str) -> dict[str, Any]:
         """The key/values at `path` (KV v2 paths include data/, as in the original format;
-        a v2 path given without it is tried with it)."""
+        a v2 path given without it is tried with it: Vault answers such a path 404, or 403
+        when the token's policy grants only the data/ form)."""
         with self._lock:
             if path in self._cache:
                 return dict(self._cache[path])
             if self._client is None:
                 self._client = self._connect()
-            data = self._read(path)
-            if data is None and "/data/" not in path and "/" in path:
-                mount, rest = path.split("/", 1)
-                data = self._read(f"{mount}/data/{rest}")
+            data = self._read_kv(path)
             if data is None:
                 raise CredentialError(f"Vault has no secret at '{path}' (404). Check the path; "
                                       "on a KV v2 mount it reads like secret/data/NAME.")
@@ -195,14 +193,26 @@ class VaultResource(dg.ConfigurableResource):
             self._cache[path] = dict(data)
             return dict(data)
 
+    def _read_kv(self, path: str) -> dict | None:
+        if "/data/" in path or "/" not in path:
+            return self._read(path)
+        mount, rest = path.split("/", 1)
+        try:
+            data = self._read(path)
+        except _Denied as refused:
+            try:
+                return self._read(f"{mount}/data/{rest}")
+            except _Denied:
+                raise refused from None
+        return data if data is not None else self._read(f"{mount}/data/{rest}")
+
     def _read(self, path: str) -> dict | None:
         import hvac.exceptions as hv
         try:
             resp = self._call(f"reading '{path}'", self._client.read, path)
         except hv.Forbidden:
-            raise CredentialError(f"Vault denied reading '{path}' (403): the token's policy "
-                                  "has no read capability there. Grant it, or fix the path."
-                                  ) from None
+            raise _Denied(f"Vault denied reading '{path}' (403): the token's policy "
+                          "has no read capability there. Grant it, or fix the path.") from None
         except hv.Unauthorized:
             raise CredentialError(f"Vault rejected the token while reading '{path}' (401): it "
                                   "expired or was revoked.") from None
@@ -229,6 +239,10 @@ class VaultResource(dg.ConfigurableResource):
         finally:
             os.close(fd)
         return full
+
+
+class _Denied(CredentialError):
+    """A read the token's policy refuses (403)."""
 
 
 def _user() -> str:
