@@ -19,7 +19,7 @@ os.environ.setdefault("SPARK_LOG_LEVEL", "ERROR")
 # run` takes ~9 s instead of ~12.5 s of wall time on 2 cores. Tests only; a pipeline run
 # keeps the JVM's default (C1 then C2), which the benchmarks measure.
 os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1")
-pytest_plugins = ["pipeline_defs_tests.servers"]
+pytest_plugins = ["pipeline_defs_tests.servers", "pipeline_defs_tests.databases"]
 # `make test` runs the files on two workers, a file at a time each (pytest-xdist, --dist
 # loadfile, in collection order): the longest files (measured) go first, so that none is left
 # running alone at the end while the other worker idles.

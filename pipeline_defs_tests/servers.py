@@ -1,18 +1,16 @@
 """Fixtures for the real servers. The test session owns each one it uses (owned.py): it
 starts it as its own child, in a directory of its own, on a port proven to be held by that
 process, and stops it at the end; it never adopts a server that happens to answer on a port.
-Each test gets its own database, user and password, created here and dropped afterwards;
-S3 is emptied before each test (the session's own server); each test that pushes metrics gets
-a Pushgateway of its own."""
+The databases (PostgreSQL, MariaDB) are in databases.py. S3 is emptied before each test (the
+session's own server); each test that pushes metrics gets a Pushgateway of its own."""
 from __future__ import annotations
 
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,6 +27,10 @@ from pipeline_defs_tests.owned import (
 BIN = Path(sys.executable).parent
 
 
+def _name(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(4)}"
+
+
 def _installed(command: str, package: str) -> str:
     found = shutil.which(command) or (command if Path(command).exists() else None)
     if not found:
@@ -42,97 +44,6 @@ def _chown(path: Path, user: str) -> None:
         shutil.chown(path, user, user)
 
 
-# ---------------------------------------------------------------- PostgreSQL
-@dataclass
-class PostgresServer:
-    port: int
-    ca: Path  # the server's self-signed TLS certificate (sslrootcert)
-
-
-def _pg_bin() -> Path:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
-    if not found:
-        pytest.fail("PostgreSQL is missing: `make test` installs it (scripts/services.sh "
-                    "install: Debian's postgresql)")
-    return found[-1]
-
-
-@pytest.fixture(scope="session")
-def postgres_server():
-    """This session's PostgreSQL: initdb'd in a new directory, TLS on (a self-signed
-    certificate, copied out as the CA), admin `postgres` trusted on loopback, every other
-    user by password (scram-sha-256)."""
-    import psycopg
-    bin_, root = _pg_bin(), session_dir("postgres")
-    data = root / "data"
-    _chown(root, "postgres")
-    subprocess.run(["runuser", "-u", "postgres", "--"] * (os.geteuid() == 0) + [
-        str(bin_ / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8",
-        "--locale=C.UTF-8", "--auth-local=trust", "--auth-host=scram-sha-256"],
-        check=True, capture_output=True)
-    (data / "pg_hba.conf").write_text("local all all trust\nhost all postgres 127.0.0.1/32 "
-                                      "trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
-    subprocess.run(["openssl", "req", "-new", "-x509", "-days", "30", "-nodes", "-subj",
-                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-                    "-keyout", str(data / "server.key"), "-out", str(data / "server.crt")],
-                   check=True, capture_output=True)
-    (data / "server.key").chmod(0o600)
-    for f in ("pg_hba.conf", "server.key", "server.crt"):
-        _chown(data / f, "postgres")
-    ca = root / "postgres-ca.crt"
-    shutil.copy(data / "server.crt", ca)
-    ca.chmod(0o644)
-    owned = Owned("postgres", root)
-
-    def ready(ports):
-        try:
-            with psycopg.connect(host="127.0.0.1", port=ports[0], user="postgres",
-                                 dbname="postgres", connect_timeout=2) as c:
-                return c.execute("SHOW data_directory").fetchone()[0] == str(data)
-        except psycopg.Error:
-            return False
-    (port,) = start_on_port("PostgreSQL", owned, 1, lambda ports: owned.popen(
-        [str(bin_ / "postgres"), "-D", str(data), "-p", str(ports[0]), "-k", str(data),
-         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
-         "-c", "full_page_writes=off", "-c", "max_connections=200", "-c", "ssl=on"],
-        user="postgres"), ready)
-    yield PostgresServer(port, ca)
-    owned.stop(signal.SIGINT)  # PostgreSQL's fast shutdown
-    remove(root)
-
-
-# ---------------------------------------------------------------- MariaDB
-@pytest.fixture(scope="session")
-def mariadb_server():
-    """This session's MariaDB (MySQL protocol): a new data directory; root by socket, and
-    `pipeline_admin` (no password, loopback only) for the tests' set-up."""
-    mariadbd = _installed("mariadbd", "mariadb-server")
-    root = session_dir("mariadb")
-    data, sock = root / "data", root / "mysql.sock"
-    _chown(root, "mysql")
-    subprocess.run(["mariadb-install-db", "--user=mysql", f"--datadir={data}",
-                    "--auth-root-authentication-method=socket", "--skip-test-db"],
-                   check=True, capture_output=True)
-    owned = Owned("mariadb", root)
-
-    def ping(_ports) -> bool:
-        return subprocess.run(["mariadb-admin", f"--socket={sock}", "-uroot", "ping"],
-                              capture_output=True).returncode == 0
-    (port,) = start_on_port("MariaDB", owned, 1, lambda ports: owned.popen([
-        mariadbd, "--user=mysql", f"--datadir={data}", f"--port={ports[0]}",
-        "--bind-address=127.0.0.1", f"--socket={sock}", f"--pid-file={root / 'mariadb.pid'}",
-        "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=0",
-        "--innodb-buffer-pool-size=256M", "--max-connections=200"]), ping)
-    try:
-        subprocess.run(["mariadb", f"--socket={sock}", "-uroot", "-e",
-                        "CREATE USER 'pipeline_admin'@'127.0.0.1'; GRANT ALL PRIVILEGES ON *.* "
-                        "TO 'pipeline_admin'@'127.0.0.1' WITH GRANT OPTION;"], check=True)
-        yield port
-    finally:
-        owned.stop()
-        remove(root)
-
-
 # ---------------------------------------------------------------- S3 (moto)
 @pytest.fixture(scope="session")
 def s3_server():
@@ -144,80 +55,6 @@ def s3_server():
     yield f"http://127.0.0.1:{port}"
     owned.stop()
     remove(root)
-
-
-@dataclass
-class Database:
-    dialect: str
-    host: str
-    port: int
-    database: str
-    username: str
-    password: str
-    admin: object = field(repr=False, default=None)
-    ca: Path | None = None  # PostgreSQL's: the CA its TLS certificate verifies with
-
-    def secret(self) -> dict:
-        """The JDBC secret shape of the original format."""
-        return {"host": self.host, "port": self.port, "database": self.database,
-                "username": self.username, "password": self.password}
-
-    def sql(self, statement: str, params=None) -> list[tuple]:
-        """Runs one statement as the admin; returns its rows (empty for DDL/DML)."""
-        with self.admin.cursor() as cur:
-            cur.execute(statement, params)
-            try:
-                return [tuple(r) for r in cur.fetchall()]
-            except Exception:  # noqa: BLE001 - statement without a result set
-                return []
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(4)}"
-
-
-@pytest.fixture
-def pg(postgres_server):
-    """A fresh PostgreSQL database owned by a fresh user with a random password."""
-    import psycopg
-    port = postgres_server.port
-    db, user, pw = _name("t"), _name("u"), "pg-" + secrets.token_urlsafe(12)
-    with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
-                         autocommit=True) as c:
-        c.execute(f"CREATE USER {user} PASSWORD '{pw}' CREATEROLE")
-        c.execute(f"CREATE DATABASE {db} OWNER {user}")
-    admin = psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname=db,
-                            autocommit=True)
-    admin.execute(f"ALTER SCHEMA public OWNER TO {user}")
-    admin.execute(f"SET ROLE {user}")  # objects the test creates belong to the pipeline's user
-    yield Database("postgres", "127.0.0.1", port, db, user, pw, admin, postgres_server.ca)
-    admin.close()
-    with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
-                         autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-        c.execute(f"DROP ROLE IF EXISTS reader_{db}")
-        c.execute(f"DROP USER IF EXISTS {user}")
-
-
-@pytest.fixture
-def mysql(mariadb_server):
-    """A fresh MariaDB database with a user (and random password) allowed only on it."""
-    import pymysql
-    port = mariadb_server
-    db, user, pw = _name("t"), _name("u"), "my-" + secrets.token_urlsafe(12)
-    root = pymysql.connect(host="127.0.0.1", port=port, user="pipeline_admin", autocommit=True)
-    with root.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {db}")
-        cur.execute(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{pw}'")
-        cur.execute(f"GRANT ALL PRIVILEGES ON {db}.* TO '{user}'@'127.0.0.1'")
-    admin = pymysql.connect(host="127.0.0.1", port=port, user="pipeline_admin",
-                            database=db, autocommit=True)
-    yield Database("mysql", "127.0.0.1", port, db, user, pw, admin)
-    admin.close()
-    with root.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {db}")
-        cur.execute(f"DROP USER IF EXISTS '{user}'@'127.0.0.1'")
-    root.close()
 
 
 @dataclass
