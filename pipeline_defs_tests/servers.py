@@ -10,6 +10,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from pipeline_defs_tests.owned import (
     session_dir,
     start_on_port,
     start_on_port_zero,
+    wait_for,
 )
 
 BIN = Path(sys.executable).parent
@@ -129,8 +131,10 @@ def vault_resource(vault, tmp_path):
 
 class Broker(str):
     """The bootstrap address of the session's Kafka broker (its PLAINTEXT listener); `.sasl`:
-    its SASL_PLAINTEXT listener (mechanism PLAIN), `.sasl_user`: a user there."""
+    its SASL_PLAINTEXT listener (mechanism PLAIN), `.sasl_user`: a user there; `restart()`
+    stops it (controlled shutdown) and starts it again on its ports, with its data."""
     sasl: str
+    restart: Callable[[], None]
     sasl_user = ("etl", "etl-dev-secret")
 
 
@@ -161,8 +165,12 @@ def kafka():
         cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         subprocess.run(["java", "-cp", cp, "kafka.tools.StorageTool", "format", "--standalone",
                         "-c", str(props), "-t", cluster], check=True, capture_output=True)
+        return run()
+
+    def run():
         return owned.popen(["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC",
-                            "-Dlog4j2.level=WARN", "-cp", cp, "kafka.Kafka", str(props)])
+                            "-Dlog4j2.level=WARN", "-cp", cp, "kafka.Kafka",
+                            str(root / "server.properties")])
 
     def ready(ports):
         if not owned.holds(*ports):
@@ -175,6 +183,12 @@ def kafka():
     p, _, sasl = start_on_port("the Kafka broker", owned, 3, launch, ready, timeout=180)
     broker = Broker(f"127.0.0.1:{p}")
     broker.sasl = f"127.0.0.1:{sasl}"
+
+    def restart() -> None:
+        owned.stop()  # SIGTERM: Kafka's controlled shutdown
+        wait_for("the Kafka broker", lambda: ready(ports), run(), owned.log, timeout=120)
+    ports = [p, _, sasl]
+    broker.restart = restart
     yield broker
     owned.stop()
     remove(root)
