@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import threading
+import time
 from dataclasses import dataclass
 
 
@@ -28,6 +29,7 @@ class HttpFaults:
     def __init__(self, target_port: int):
         self.target_port, self.rules = target_port, []
         self.seen: list[tuple[str, str]] = []
+        self.at: list[float] = []  # when each request of `seen` came (time.monotonic())
         self._lock = threading.Lock()
         proxy = self
 
@@ -85,6 +87,7 @@ class HttpFaults:
     def _match(self, method: str, path: str) -> Rule | None:
         with self._lock:
             self.seen.append((method, path.split("?")[0]))
+            self.at.append(time.monotonic())
             for rule in self.rules:
                 if rule.method in ("*", method) and rule.path_contains in path and (
                         rule.times is None or rule.hits < rule.times):

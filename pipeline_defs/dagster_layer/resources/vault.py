@@ -199,10 +199,14 @@ class VaultResource(dg.ConfigurableResource):
         mount, rest = path.split("/", 1)
         try:
             data = self._read(path)
-        except _Denied as refused:
+        except CredentialError as refused:
+            if not _denied(refused):
+                raise
             try:
                 return self._read(f"{mount}/data/{rest}")
-            except _Denied:
+            except CredentialError as again:
+                if not _denied(again):
+                    raise
                 raise refused from None
         return data if data is not None else self._read(f"{mount}/data/{rest}")
 
@@ -211,8 +215,10 @@ class VaultResource(dg.ConfigurableResource):
         try:
             resp = self._call(f"reading '{path}'", self._client.read, path)
         except hv.Forbidden:
-            raise _Denied(f"Vault denied reading '{path}' (403): the token's policy "
-                          "has no read capability there. Grant it, or fix the path.") from None
+            denied = CredentialError(f"Vault denied reading '{path}' (403): the token's policy "
+                                     "has no read capability there. Grant it, or fix the path.")
+            denied.status = 403
+            raise denied from None
         except hv.Unauthorized:
             raise CredentialError(f"Vault rejected the token while reading '{path}' (401): it "
                                   "expired or was revoked.") from None
@@ -241,8 +247,9 @@ class VaultResource(dg.ConfigurableResource):
         return full
 
 
-class _Denied(CredentialError):
+def _denied(e: CredentialError) -> bool:
     """A read the token's policy refuses (403)."""
+    return getattr(e, "status", None) == 403
 
 
 def _user() -> str:
