@@ -18,7 +18,12 @@ from pipeline_defs.config.loader import (
 from pipeline_defs.dagster_layer.outputs import (
     sanitized,
 )
-from pipeline_defs.steps.errors import internal_error, spark_error_summary, transient
+from pipeline_defs.steps.errors import (
+    internal_error,
+    root_cause,
+    spark_error_summary,
+    transient,
+)
 
 
 class Failed(Exception):
@@ -50,6 +55,9 @@ def step_failure(pipeline: LoadedPipeline, s, e: BaseException, context=None,
         reason = str(e)
     else:
         reason = spark_error_summary(e)
+        cause = root_cause(e, reason)
+        if cause:
+            reason += f" (cause: {cause})"
     err = StepExecutionError(pipeline.name, s.index, s.label, secrets.scrub(reason),
                              sanitized(s.raw_config))
     retry = not internal and transient(e)  # a retry policy retries only what it may cure

@@ -240,6 +240,23 @@ def _cause(je):
         return None
 
 
+def root_cause(e: BaseException, said: str) -> str | None:
+    """The deepest JVM cause of a Spark error in one line ('java.net.ConnectException:
+    Connection refused'), when `said` (the error's summary) does not already say it: a
+    failed write's summary is Spark's wrapper (TASK_WRITE_FAILED), its cause is the news."""
+    deepest = None
+    for judge, x in _chain(e):
+        if judge is _jvm:
+            deepest = x
+    if deepest is None:
+        return None
+    message = (_call(deepest, "getMessage") or "").strip().splitlines()
+    if message and message[0].strip() in said:
+        return None
+    name = _call(deepest.getClass(), "getName") if hasattr(deepest, "getClass") else None
+    return f"{name or 'cause'}: {message[0].strip() if message else ''}"[:300].rstrip(": ")
+
+
 def transient(e: BaseException) -> bool:
     """Would trying the step again likely succeed? Yes when something in the error's chain
     is a network failure or a service's "later" (a type, an SQLSTATE, an HTTP status), and

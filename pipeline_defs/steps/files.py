@@ -297,20 +297,29 @@ def _write_files(df: DataFrame, cfg: FileSink, ctx: StepContext, fmt: str, path:
         w = w.option("compression", cfg.compression)
     if cfg.partition_by:
         w = w.partitionBy(*cfg.partition_by)
-    with _removed_if_failed(ctx.spark, path):
+    with _removed_if_failed(ctx, path):
         w.save(path)
     return LoadResult(path, fmt, cfg.mode)
 
 
 @contextmanager
-def _removed_if_failed(spark: SparkSession, path: str):
+def _removed_if_failed(ctx: StepContext, path: str):
     """A write to a directory that does not exist yet: if it fails, what it left (the
     directory, an aborted job's `_temporary`) is removed, so nothing half-written stays and
-    a retry (mode errorifexists) does not find the path taken by its own failed attempt."""
-    jvm = spark._jvm
+    a retry (mode errorifexists) does not find the path taken by its own failed attempt.
+    When the store was unreachable then (an S3 server down), the next write finds the
+    directory holding only that `_temporary`, and removes it first."""
+    jvm = ctx.spark._jvm
     p = jvm.org.apache.hadoop.fs.Path(path)
-    fs = p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    fs = p.getFileSystem(ctx.spark.sparkContext._jsc.hadoopConfiguration())
     existed = fs.exists(p)
+    if existed and fs.getFileStatus(p).isDirectory():
+        names = [str(st.getPath().getName()) for st in fs.listStatus(p)]
+        if names and all(n == "_temporary" for n in names):
+            ctx.log.warning(f"{path} holds only the _temporary of an interrupted write: "
+                            "removed before this write")
+            fs.delete(p, True)
+            existed = False
     try:
         yield
     except BaseException:
