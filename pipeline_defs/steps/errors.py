@@ -1,6 +1,8 @@
 """Errors of steps that run on Spark, and how Spark's and the JVM's errors read to a person."""
 from __future__ import annotations
 
+import re
+
 from pyspark.errors import PySparkException
 
 from pipeline_defs.common.errors import PipelineError
@@ -15,7 +17,11 @@ def spark_error_summary(e: BaseException) -> str:
     text = str(e) if isinstance(e, PySparkException) else (str(e) or type(e).__name__)
     text = text.split("\n\tat ", 1)[0].split("\nJVM stacktrace:", 1)[0]
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return " ".join(lines[:6])[:1500]
+    # Py4J's wrapper says which proxy object's method was called: nothing for a person
+    return _PY4J_CALL.sub("", " ".join(lines[:6]))[:1500]
+
+
+_PY4J_CALL = re.compile(r"^An error occurred while calling [\w.:$]+\. ?: ?")
 
 
 # Errors that no pipeline file can cause: a bug of this product (or of Spark) to report.

@@ -1,7 +1,8 @@
 """`sensors: [{"type": "newFiles", ...}]` on the real daemon: each new file, in a local
 directory, under an S3 prefix (moto) and in an HDFS directory (a real NameNode and DataNode),
-starts exactly one run that reads it as ${trigger.file}; after the daemon is killed and
-restarted no file runs again; a later file runs once."""
+starts exactly one run that reads it as ${trigger.file}; when the daemon is killed just after
+the sensor has started runs (while they run or wait in the queue) and restarted, none is lost
+and none runs twice."""
 from __future__ import annotations
 
 import time
@@ -89,18 +90,27 @@ def test_new_files_locally_on_s3_and_hdfs_run_once_each_across_a_daemon_restart(
                 f"s3a://landing/orders/o{i}.csv"]
             assert pq.read_table(out / "hadoop" / f"h{i}.csv")["id"].to_pylist() == [i * 100]
 
-        restarted = time.time()
+        # three new files at once: the daemon is killed (SIGKILL, no goodbye) as soon as the
+        # sensor has started their runs, while they run or wait in the queue (two at a time)
+        for i in (3, 4, 5):
+            (landing / f"part{i}.csv").write_text(f"id\n{i}\n")
+        hdfs.put("/landing/h3.csv", b"id\n300\n")
+        started = _wait(lambda: (lambda runs: runs if len(runs) == 5 else None)(
+            _runs(home, "local")), 300, log)
+        assert not all(r.is_finished for r in started), "the kill must land mid-flight"
+        killed = time.time()
         restart_daemon(port)
         for job in ("local", "remote", "hadoop"):  # each sensor evaluated by the new daemon
-            wait_ticks(home, f"{job}_new_files", 2, log, since=restarted)
-        assert [len(_runs(home, j)) for j in ("local", "remote", "hadoop")] == [2, 2, 2]
-
-        (landing / "part3.csv").write_text("id\n3\n")
-        local = _wait(lambda: _done(home, "local", 3), 300, log)
-        assert len(local) == 3 and local[-1].tags["pipeline/trigger_file"].endswith(
-            "part3.csv")
-        hdfs.put("/landing/h3.csv", b"id\n300\n")
+            wait_ticks(home, f"{job}_new_files", 2, log, since=killed)
+        local = _wait(lambda: _done(home, "local", 5), 300, log)
         hadoop = _wait(lambda: _done(home, "hadoop", 3), 300, log)
+        # none lost, none twice: each file ran exactly once, successfully, and read its rows
+        assert sorted(r.tags["pipeline/trigger_file"] for r in local) == [
+            str(landing / f"part{i}.csv") for i in range(1, 6)]
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in local + hadoop), \
+            [(r.tags["pipeline/trigger_file"], r.status) for r in local + hadoop]
+        for i in (3, 4, 5):
+            assert pq.read_table(out / "local" / f"part{i}.csv")["id"].to_pylist() == [i]
         assert hadoop[-1].tags["pipeline/trigger_file"] == f"{hdfs.uri}/landing/h3.csv"
         assert pq.read_table(out / "hadoop" / "h3.csv")["id"].to_pylist() == [300]
-        assert len(_runs(home, "remote")) == 2 and len(_runs(home, "local")) == 3
+        assert len(_runs(home, "remote")) == 2 and len(_runs(home, "local")) == 5
