@@ -1,5 +1,5 @@
 """The original connector examples, run through Dagster against real PostgreSQL, MariaDB and
-S3 (moto) servers, credentials from the Vault double: their files unchanged but for paths
+S3 (moto) servers, credentials from OpenBao: their files unchanged but for paths
 (/data/... moved under tmp_path); hosts come from the Vault secrets. Outputs are compared row
 by row with the same computation done here in Python."""
 from __future__ import annotations

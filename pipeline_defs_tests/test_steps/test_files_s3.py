@@ -1,5 +1,5 @@
 """fromS3 / toS3, and Delta and Avro on s3a://, against moto's S3 server on loopback with
-credentials and endpoint from the Vault double."""
+credentials and endpoint from OpenBao (Vault's API)."""
 from __future__ import annotations
 
 import pytest

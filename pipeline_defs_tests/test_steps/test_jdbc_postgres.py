@@ -1,5 +1,5 @@
-"""fromPostgres / toPostgres against a real PostgreSQL server on loopback, credentials from the
-Vault double through real hvac."""
+"""fromPostgres / toPostgres against a real PostgreSQL server on loopback, credentials from
+OpenBao (Vault's API) through real hvac."""
 
 from __future__ import annotations
 
