@@ -115,7 +115,9 @@ def mariadb_server():
             "--bind-address=127.0.0.1", f"--socket={sock}",
             f"--pid-file={root / 'mariadb.pid'}", "--skip-name-resolve",
             "--innodb-flush-log-at-trx-commit=0", "--innodb-buffer-pool-size=256M",
-            "--max-connections=200"])
+            # a shutdown does not wait for cut transactions to roll back (a big LOAD DATA
+            # takes a minute): they roll back after the restart, like PostgreSQL's fast mode
+            "--innodb-fast-shutdown=3", "--max-connections=200"])
     (port,) = start_on_port("MariaDB", owned, 1, launch, ping)
     try:
         subprocess.run(["mariadb", f"--socket={sock}", "-uroot", "-e",
@@ -129,7 +131,8 @@ def mariadb_server():
 
 
 class MariaDbServer(int):
-    """The session's MariaDB port, with `restart()` (SIGTERM: its normal shutdown)."""
+    """The session's MariaDB port, with `restart()` (SIGTERM; with innodb_fast_shutdown=3,
+    open transactions roll back after the restart)."""
     def __new__(cls, port: int, restart: Callable[[], None]):
         obj = super().__new__(cls, port)
         obj.restart = restart
