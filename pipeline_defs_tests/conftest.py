@@ -67,7 +67,10 @@ def spark(tmp_path_factory):
         ("spark.sql.shuffle.partitions", "2"), ("spark.ui.enabled", "false"),
         ("spark.sql.warehouse.dir", str(warehouse)),
         ("spark.driver.memory", "1g"),
-        ("spark.sql.adaptive.coalescePartitions.enabled", "false"))))
+        ("spark.sql.adaptive.coalescePartitions.enabled", "false"),
+        # one JVM runs a worker's every in-process test: hundreds of different plans'
+        # generated code outgrow the default 240 MB code cache ("Out of space in CodeCache")
+        ("spark.driver.extraJavaOptions", "-XX:ReservedCodeCacheSize=512m"))))
     yield s
     s.stop()
 

@@ -257,10 +257,11 @@ def root_cause(e: BaseException, said: str) -> str | None:
     if deepest is None:
         return None
     message = (_call(deepest, "getMessage") or "").strip().splitlines()
-    if message and message[0].strip() in said:
-        return None
+    first = " ".join(message[0].split()) if message else ""
+    if first in " ".join(said.split()) or "Traceback (most recent call last)" in first:
+        return None  # said already, or a Python worker's error (its summary has the error)
     name = _call(deepest.getClass(), "getName") if hasattr(deepest, "getClass") else None
-    return f"{name or 'cause'}: {message[0].strip() if message else ''}"[:300].rstrip(": ")
+    return f"{name or 'cause'}: {first}"[:200].rstrip(": ")
 
 
 def transient(e: BaseException) -> bool:

@@ -1,6 +1,7 @@
 """The disk fills up during a Delta write (issue 30, fault 5): the table lives on a 16 MiB
 filesystem made for the test (a tmpfs), an append of ~60 MB of incompressible rows runs out of
-space mid-write. The run fails with one line naming the table's path and the cause; the table's
+space mid-write. The run fails with one line (not retried, though the file asks for retries:
+a retry cannot cure a full disk) naming the table's path and the cause; the table's
 last version stays intact and readable (its rows, its log holding no new commit), and once
 space is freed the same append succeeds."""
 from __future__ import annotations
@@ -38,7 +39,8 @@ def test_a_full_disk_fails_one_line_and_keeps_the_last_version(small_fs, tmp_pat
     source = tmp_path / "source"
     spark.range(0, ROWS, numPartitions=4).selectExpr(
         "id", "sha2(cast(id AS STRING), 512) AS payload").write.parquet(str(source))
-    p = load_pipeline(write_json(tmp_path / "append.json", {"name": "full", "steps": [
+    p = load_pipeline(write_json(tmp_path / "append.json", {
+        "name": "full", "retries": {"maxRetries": 2, "delaySeconds": 1}, "steps": [
         {"type": "extract", "method": "fromFile", "name": "events_in",
          "config": {"path": str(source)}},
         {"type": "load", "method": "toDeltaLake", "name": "events_out",
@@ -53,6 +55,9 @@ def test_a_full_disk_fails_one_line_and_keeps_the_last_version(small_fs, tmp_pat
     assert "\n" not in message and "\tat " not in message, message
     assert "pipeline 'full', step 2 (load.toDeltaLake) failed:" in message, message
     assert str(table) in message and "No space left on device" in message, message
+    # a retry cannot cure a full disk: the file's retries are not spent on it
+    assert failure.step_failure_data.user_failure_data.metadata["transient"].value is False
+    assert "STEP_UP_FOR_RETRY" not in [e.event_type_value for e in result.all_events]
 
     # the last version, as a reader sees it: Delta's own log and the rows of version 0
     log = sorted(f.name for f in (table / "_delta_log").glob("*.json"))

@@ -33,6 +33,7 @@ def test_a_broker_restarted_mid_stream_loses_and_doubles_nothing(kafka, topic, v
     def pipeline(trigger: str) -> Path:
         return write_json(tmp_path / f"{trigger.replace(' ', '_')}.json", {
             "name": "restarted-broker", "mode": "streaming",
+            "retries": {"maxRetries": 2, "delaySeconds": 2},
             "streaming": {"trigger": trigger, "checkpointRoot": str(checkpoints)},
             "steps": [
                 {"type": "extract", "method": "fromKafka", "config": {
