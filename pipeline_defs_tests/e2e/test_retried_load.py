@@ -1,7 +1,7 @@
-"""A load whose connections the database drops mid-COPY or mid-INSERT (as a restart does) is
-retried by its `retries`; the target then holds exactly the source's rows (the database's
-own count and sum), the summary has one SUCCESS line and counts what the attempt that
-succeeded read and wrote."""
+"""A load whose connections the database drops mid-INSERT (Spark's JDBC writer) is retried by
+its `retries` (the bulk loader's COPY, cut by a real restart: test_database_restarts.py); the
+target then holds exactly the source's rows (the database's own count and sum), the summary
+has one SUCCESS line and counts what the attempt that succeeded read and wrote."""
 from __future__ import annotations
 
 import os
@@ -24,8 +24,8 @@ N = 2_000_000
 @pytest.mark.parametrize("fast_path, statement", [(False, "INSERT")])
 def test_a_load_retried_after_its_connections_dropped_counts_the_good_attempt(
         pg, vault, tmp_path, spark, fast_path, statement):
-    """Both ways into PostgreSQL: the bulk loader's COPY, and Spark's JDBC writer (batched
-    INSERTs: a Spark SQL action, whose failure fills the row counts riding on its plan)."""
+    """Spark's JDBC writer (batched INSERTs: a Spark SQL action, whose failure fills the row
+    counts riding on its plan)."""
     data = tmp_path / "big"
     spark.range(0, N, numPartitions=4).selectExpr(
         "id", "concat('name-', id) AS name", "id * 3 AS score").write.parquet(str(data))
