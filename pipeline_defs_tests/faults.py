@@ -35,7 +35,7 @@ class HttpFaults:
         self.seen: list[tuple[str, str]] = []
         self.at: list[float] = []  # when each request of `seen` came (time.monotonic())
         self._lock = threading.Lock()
-        self.dead, self._die_on = False, None
+        self.dead, self._die_on, self._before_death = False, None, 0
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -96,8 +96,9 @@ class HttpFaults:
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
-    def die_on(self, method: str, path_contains: str) -> None:
-        self._die_on = (method, path_contains)
+    def die_on(self, method: str, path_contains: str, after: int = 0) -> None:
+        """Dies at the matching request that follows `after` forwarded ones."""
+        self._die_on, self._before_death = (method, path_contains), after
 
     def revive(self) -> None:
         with self._lock:
@@ -121,6 +122,8 @@ class HttpFaults:
             self.at.append(time.monotonic())
             if self._die_on and not self.dead and self._die_on[0] in ("*", method) and \
                     self._die_on[1] in path:
+                self._before_death -= 1
+            if self._die_on and not self.dead and self._before_death < 0:
                 self.dead = True
                 threading.Thread(target=self.close, daemon=True).start()  # stop listening
             for rule in self.rules:

@@ -258,9 +258,11 @@ def root_cause(e: BaseException, said: str) -> str | None:
         return None
     message = (_call(deepest, "getMessage") or "").strip().splitlines()
     first = " ".join(message[0].split()) if message else ""
-    if first in " ".join(said.split()) or "Traceback (most recent call last)" in first:
-        return None  # said already, or a Python worker's error (its summary has the error)
     name = _call(deepest.getClass(), "getName") if hasattr(deepest, "getClass") else None
+    flat = " ".join(said.split())
+    if (first and first in flat) or "Traceback (most recent call last)" in first or \
+            (not first and (not name or name in flat)):
+        return None  # said already, or a Python worker's error (its summary has the error)
     return f"{name or 'cause'}: {first}"[:200].rstrip(": ")
 
 

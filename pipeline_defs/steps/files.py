@@ -315,6 +315,8 @@ def _removed_if_failed(ctx: StepContext, path: str):
     existed = fs.exists(p)
     if existed and fs.getFileStatus(p).isDirectory():
         names = [str(st.getPath().getName()) for st in fs.listStatus(p)]
+        # (two writes to one new path at once are unsafe in Spark anyway: both commit
+        # through the same _temporary/0, and the first to finish deletes it)
         if names and all(n == "_temporary" for n in names):
             ctx.log.warning(f"{path} holds only the _temporary of an interrupted write: "
                             "removed before this write")

@@ -27,7 +27,10 @@ def small_fs(tmp_path):
         pytest.skip("making a small filesystem (mount -t tmpfs) needs root")
     d = tmp_path / "small"
     d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(d)], check=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(d)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {made.stderr.strip()}")
     yield d
     subprocess.run(["umount", "-l", str(d)], check=False)
 

@@ -98,8 +98,8 @@ def test_new_files_locally_on_s3_and_hdfs_run_once_each_across_a_daemon_restart(
         started = _wait(lambda: (lambda runs: runs if len(runs) == 5 else None)(
             _runs(home, "local")), 300, log)
         assert not all(r.is_finished for r in started), "the kill must land mid-flight"
-        killed = time.time()
         restart_daemon(port)
+        killed = time.time()  # ticks after this are the new daemon's
         for job in ("local", "remote", "hadoop"):  # each sensor evaluated by the new daemon
             wait_ticks(home, f"{job}_new_files", 2, log, since=killed)
         local = _wait(lambda: _done(home, "local", 5), 300, log)
@@ -111,6 +111,7 @@ def test_new_files_locally_on_s3_and_hdfs_run_once_each_across_a_daemon_restart(
             [(r.tags["pipeline/trigger_file"], r.status) for r in local + hadoop]
         for i in (3, 4, 5):
             assert pq.read_table(out / "local" / f"part{i}.csv")["id"].to_pylist() == [i]
-        assert hadoop[-1].tags["pipeline/trigger_file"] == f"{hdfs.uri}/landing/h3.csv"
+        assert sorted(r.tags["pipeline/trigger_file"] for r in hadoop) == [
+            f"{hdfs.uri}/landing/h{i}.csv" for i in (1, 2, 3)]
         assert pq.read_table(out / "hadoop" / "h3.csv")["id"].to_pylist() == [300]
-        assert len(_runs(home, "remote")) == 2 and len(_runs(home, "local")) == 5
+        assert [len(_runs(home, j)) for j in ("local", "remote", "hadoop")] == [5, 2, 3]

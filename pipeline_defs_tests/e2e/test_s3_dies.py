@@ -61,7 +61,7 @@ def test_s3_dying_mid_write_shows_nothing_half_written_and_the_next_run_succeeds
             instance=dg.DagsterInstance.ephemeral()).success
     job = job(source, "append")
 
-    proxy.die_on("PUT", "part-")
+    proxy.die_on("PUT", "part-", after=2)  # two part files stored, then the server dies
     result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(),
                                     run_id=str(uuid.uuid4()), raise_on_error=False)
     assert proxy.dead and not result.success
@@ -82,9 +82,13 @@ def test_s3_dying_mid_write_shows_nothing_half_written_and_the_next_run_succeeds
         logs = [k for k in s3.keys(bucket, "events/_delta_log/") if k.endswith(".json")]
         assert logs == ["events/_delta_log/00000000000000000000.json"]  # no new commit
         assert _read(s3, bucket, fmt) == (1000, 999 * 1000 // 2)
+        # the dead write's part files are there, outside the log: a reader never sees them
+        committed = {k for k in s3.keys(bucket, "events/") if k.endswith(".parquet")}
+        assert len(committed) > len(_live(s3, bucket)), committed
     else:
-        data = [k for k in s3.keys(bucket, "events/") if "/_" not in k]
-        assert data == [], data  # no part file outside an aborted job's _temporary
+        keys = s3.keys(bucket, "events/")
+        assert [k for k in keys if "/_" not in k] == [], keys  # nothing outside _temporary
+        assert any("/_temporary/" in k and "part-" in k for k in keys), keys  # left there
 
     result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(),
                                     run_id=str(uuid.uuid4()), raise_on_error=False)
@@ -96,24 +100,25 @@ def test_s3_dying_mid_write_shows_nothing_half_written_and_the_next_run_succeeds
     proxy.close()
 
 
+def _live(s3, bucket: str) -> list[str]:
+    """The keys of the files a Delta table's log adds and does not remove."""
+    import json
+    live: set[str] = set()
+    for key in sorted(k for k in s3.keys(bucket, "events/_delta_log/") if k.endswith(".json")):
+        body = s3.client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+        for action in map(json.loads, body.splitlines()):
+            if "add" in action:
+                live.add(action["add"]["path"])
+            elif "remove" in action:
+                live.discard(action["remove"]["path"])
+    return [f"events/{p}" for p in live]
+
+
 def _read(s3, bucket: str, fmt: str) -> tuple[int, int]:
     """(rows, sum of id) as an independent reader sees the dataset: boto3 lists and fetches,
-    pyarrow reads; for Delta the files the log's commits add and do not remove."""
-    import json
-    if fmt == "delta":
-        live: set[str] = set()
-        for key in sorted(k for k in s3.keys(bucket, "events/_delta_log/")
-                          if k.endswith(".json")):
-            body = s3.client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
-            for action in map(json.loads, body.splitlines()):
-                if "add" in action:
-                    live.add(action["add"]["path"])
-                elif "remove" in action:
-                    live.discard(action["remove"]["path"])
-        keys = [f"events/{p}" for p in live]
-    else:
-        keys = [k for k in s3.keys(bucket, "events/") if k.endswith(".parquet")
-                and "/_" not in k]
+    pyarrow reads; for Delta the files its log makes live."""
+    keys = _live(s3, bucket) if fmt == "delta" else [
+        k for k in s3.keys(bucket, "events/") if k.endswith(".parquet") and "/_" not in k]
     tables = [pq.read_table(io.BytesIO(s3.client.get_object(Bucket=bucket, Key=k)[
         "Body"].read())) for k in keys]
     return sum(t.num_rows for t in tables), sum(int(pc.sum(t["id"]).as_py() or 0)

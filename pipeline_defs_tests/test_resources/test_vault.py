@@ -156,15 +156,18 @@ def test_a_401_at_login_names_the_token_not_its_value(vault):
 
 def test_namespace_reaches_vault(openbao, vault):
     ns = "team-" + uuid.uuid4().hex[:6]
+    only_there, only_root = f"ns-only-{ns}", f"root-only-{ns}"
     openbao.namespace(ns)
-    openbao.client(namespace=ns).secrets.kv.v2.create_or_update_secret("pg", secret=JDBC)
+    openbao.client(namespace=ns).secrets.kv.v2.create_or_update_secret(only_there, secret=JDBC)
+    vault.put("secret", only_root, {"password": "root-namespace"})
+    root = VaultResource(url=vault.url, token=openbao.root_token)
     with pytest.raises(CredentialError, match="no secret at"):  # not in the root namespace
-        VaultResource(url=vault.url, token=openbao.root_token).read_secret("secret/data/pg-ns")
-    vault.put("secret", "pg-in-root", {"password": "root-namespace"})
+        root.read_secret(f"secret/data/{only_there}")
+    assert root.read_secret(f"secret/data/{only_root}") == {"password": "root-namespace"}
     res = VaultResource(url=vault.url, token=openbao.root_token, namespace=ns)
-    assert res.read_secret("secret/data/pg") == JDBC
+    assert res.read_secret(f"secret/data/{only_there}") == JDBC
     with pytest.raises(CredentialError, match="no secret at"):  # the root's is not there
-        res.read_secret("secret/data/pg-in-root")
+        res.read_secret(f"secret/data/{only_root}")
 
 
 def test_namespace_and_tls_settings_come_from_the_environment(monkeypatch):
@@ -251,6 +254,15 @@ def test_forbidden_missing_and_bad_token_are_not_retried(vault, vault_resource):
     bad = VaultResource(url=vault.url, token="hvs.expired")
     with pytest.raises(CredentialError, match="rejected the token"):
         bad.read_secret(path)
+
+
+def test_a_kv1_path_refused_is_not_read_as_its_data_form(vault, vault_resource):
+    vault.put("kv", "only-v1", {"a": "v1"})
+    vault.put("kv", "data/only-v1", {"a": "another secret"})  # on KV v1, just another name
+    vault.deny("kv/only-v1")
+    with pytest.raises(CredentialError, match=r"denied reading 'kv/only-v1' \(403\)"):
+        vault_resource.read_secret("kv/only-v1")
+    assert vault.reads("kv/data/only-v1") == 0  # Vault said the mount is KV v1: no fallback
 
 
 def test_missing_keys_and_audit_records(vault, vault_resource, ctx, tmp_path):

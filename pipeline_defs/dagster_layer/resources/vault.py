@@ -200,15 +200,30 @@ class VaultResource(dg.ConfigurableResource):
         try:
             data = self._read(path)
         except CredentialError as refused:
-            if not _denied(refused):
+            # a policy granting only secret/data/* refuses the plain form: on a KV v2 mount
+            # (Vault's own lookup says so; on KV v1 data/ is just another secret) try data/
+            if not _denied(refused) or (v2 := self._kv2_form(path)) is None:
                 raise
             try:
-                return self._read(f"{mount}/data/{rest}")
+                return self._read(v2)
             except CredentialError as again:
                 if not _denied(again):
                     raise
                 raise refused from None
         return data if data is not None else self._read(f"{mount}/data/{rest}")
+
+    def _kv2_form(self, path: str) -> str | None:
+        """`path`'s data/ form when it is on a KV v2 mount, else None."""
+        try:
+            info = self._client.adapter.get(f"/v1/sys/internal/ui/mounts/{path}")
+        except Exception:  # noqa: BLE001 - no answer: no fallback, the refusal stands
+            return None
+        data = (info or {}).get("data") or {} if isinstance(info, dict) else {}
+        mount = str(data.get("path") or "")
+        if data.get("type") != "kv" or str((data.get("options") or {}).get("version")) != "2" \
+                or not mount or not path.startswith(mount):
+            return None
+        return f"{mount}data/{path[len(mount):]}"
 
     def _read(self, path: str) -> dict | None:
         import hvac.exceptions as hv
