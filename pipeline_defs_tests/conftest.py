@@ -112,6 +112,26 @@ def write_json(path: Path, data: dict) -> Path:
     return path
 
 
+def background_run(f: Path, tmp_path: Path, vault, timeout: float = 900):
+    """`pipeline run f` in a process group of its own, with this test's DAGSTER_HOME, Vault
+    and audit log: (process, reader thread, box); box["out"] = (stdout, stderr) once the
+    reader has joined."""
+    import subprocess
+    import sys
+    import threading
+    env = {**{k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"},
+           "SPARK_MASTER": "local[2]", "DAGSTER_HOME": str(tmp_path / "home"),
+           "VAULT_ADDR": vault.url, "VAULT_TOKEN": vault.token,
+           "PIPELINE_AUDIT_LOG": str(tmp_path / "audit")}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "pipeline"), "run", str(f)],
+                            env=env, cwd=REPO, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    box: dict = {}
+    reader = threading.Thread(target=lambda: box.update(out=proc.communicate(timeout=timeout)))
+    reader.start()
+    return proc, reader, box
+
+
 def copy_configs(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for f in sorted(CONFIGS.glob("*.json")) + sorted(CONFIGS.glob("*.sql")):

@@ -8,9 +8,6 @@ Python), with no staging table left."""
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -25,9 +22,8 @@ from pipeline_defs.dagster_layer.resources.vault import VaultResource
 from pipeline_defs.dagster_layer.runs import step_rows
 from pipeline_defs.definitions import default_resources, definitions_for
 from pipeline_defs.steps.registry import builtin_registry
-from pipeline_defs_tests.conftest import REPO, write_json
+from pipeline_defs_tests.conftest import background_run, write_json
 
-PIPELINE = str(Path(sys.executable).parent / "pipeline")
 ORIGINAL = [(i, f"original-{i}", i) for i in range(1, 6)]
 STAGE = "\\_pd\\_stage\\_scores\\_%"
 MOMENTS = {  # what the server is doing when it is restarted
@@ -118,16 +114,7 @@ def test_a_restarted_database_fails_one_line_or_is_retried_to_exactly_the_source
 
     # 1. no retries: restarted while the rows stream into the staging table
     once = write_json(tmp_path / "once.json", {"name": "restarted", "steps": steps})
-    env = {**{k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"},
-           "SPARK_MASTER": "local[2]", "DAGSTER_HOME": str(tmp_path / "home"),
-           "VAULT_ADDR": vault.url, "VAULT_TOKEN": vault.token,
-           "PIPELINE_AUDIT_LOG": str(tmp_path / "audit")}
-    proc = subprocess.Popen([PIPELINE, "run", str(once)], env=env, cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    box: dict = {}
-    reader = threading.Thread(target=lambda: box.update(out=proc.communicate(timeout=600)))
-    reader.start()
+    proc, reader, box = background_run(once, tmp_path, vault, timeout=600)
     try:
         _wait_for(db, moment["copying"], lambda: proc.poll() is None)
     except AssertionError:

@@ -4,19 +4,12 @@ target then holds exactly the source's rows (the database's own count and sum), 
 has one SUCCESS line and counts what the attempt that succeeded read and wrote."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import threading
-from pathlib import Path
-
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline_defs_tests.conftest import REPO, write_json
+from pipeline_defs_tests.conftest import background_run, write_json
 from pipeline_defs_tests.e2e.test_kill_mid_load import _wait_for
 
-PIPELINE = str(Path(sys.executable).parent / "pipeline")
 N = 2_000_000
 
 
@@ -44,16 +37,7 @@ def test_a_load_retried_after_its_connections_dropped_counts_the_good_attempt(
             {"type": "load", "method": "toPostgres", "name": "scores_out",
              "config": {"table": "scores", "mode": "overwrite", "credentialPath": path,
                         "fastPath": fast_path}}]})
-    env = {**{k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"},
-           "SPARK_MASTER": "local[2]", "DAGSTER_HOME": str(tmp_path / "home"),
-           "VAULT_ADDR": vault.url, "VAULT_TOKEN": vault.token,
-           "PIPELINE_AUDIT_LOG": str(tmp_path / "audit")}
-    proc = subprocess.Popen([PIPELINE, "run", str(f)], env=env, cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    box: dict = {}
-    reader = threading.Thread(target=lambda: box.update(out=proc.communicate(timeout=900)))
-    reader.start()
+    proc, reader, box = background_run(f, tmp_path, vault)
     # rows have reached the staging table: the database now drops the COPY connections
     _wait_for(pg, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                   f"AND query LIKE '{statement} %_pd_stage_scores_%' AND state = 'active' AND "
