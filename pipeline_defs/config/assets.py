@@ -104,6 +104,16 @@ def _undated(p: LoadedPipeline, s: LoadedStep) -> str | None:
     return "/".join(common) or None
 
 
+def writes(s: LoadedStep) -> bool:
+    """The step writes an asset: a load's table, a trained model."""
+    return s.kind == "load" or getattr(s.config, "writes_asset", False)
+
+
+def reads(s: LoadedStep) -> bool:
+    """The step reads an asset: an extract's table, a model scored with."""
+    return s.kind == "extract" or getattr(s.config, "reads_asset", False)
+
+
 def _name_of(location: str) -> str | None:
     tail = location.rstrip("/").rsplit("/", 1)[-1]
     stem = tail.rsplit(".", 1)[0] if "." in tail.lstrip(".") else tail
@@ -117,7 +127,7 @@ def asset_names(pipelines: Iterable[LoadedPipeline]) -> tuple[AssetNames, list[P
     for p in ordered:
         for s in p.steps:
             loc = s.config.location()
-            if s.kind != "load" or not loc:
+            if not writes(s) or not loc:
                 continue
             norm = normalized(loc)
             undated = _undated(p, s)
@@ -126,7 +136,9 @@ def asset_names(pipelines: Iterable[LoadedPipeline]) -> tuple[AssetNames, list[P
                 loc = undated
             override = getattr(s.config, "asset_key", None)
             name = _name_of(undated) if undated else s.config.table_name()
-            key = tuple(override) if override else (key_part(name or s.name or f"s{s.index}"),)
+            default = s.config.default_asset_key()
+            key = tuple(override) if override else tuple(map(key_part, default)) if default \
+                else (key_part(name or s.name or f"s{s.index}"),)
             table = names.tables.setdefault(norm, Table(key, loc, _catalog_name(s)))
             if override and table.key != key:
                 problems.append(Problem(p.file, f"assetKey {list(key)} names {loc}, which "
@@ -160,7 +172,7 @@ def _sources(names: AssetNames, ordered: list[LoadedPipeline]) -> None:
     for p in ordered:
         for s in p.steps:
             loc = s.config.location()
-            if s.kind != "extract" or not loc or not s.config.table_name():
+            if not reads(s) or not loc or not s.config.table_name():
                 continue
             table = names.of(s)
             if table is None and (undated := _undated(p, s)):
@@ -176,7 +188,9 @@ def _sources(names: AssetNames, ordered: list[LoadedPipeline]) -> None:
         for norm in locations:
             readers = sources[norm]
             loc = readers[0][1].config.location()
-            key = ("sources", name) if len(locations) == 1 else _qualified(loc)
+            own = readers[0][1].config.default_asset_key()
+            key = tuple(map(key_part, own)) if own else ("sources", name) \
+                if len(locations) == 1 else _qualified(loc)
             names.tables[norm] = Table(key, loc, _catalog_name(readers[0][1]), [], readers)
 
 

@@ -42,11 +42,9 @@ def walk(file: str, steps: Sequence[LoadedStep]):
                 "produces one.", s.index, s.label, None,
                 "Put an extract step before it."))
         yield s, (current if uses else None), named, tuple(loads[-1:]), problems
-        if s.kind == "load":
+        if s.kind == "load" or getattr(s.config, "writes_asset", False):  # later readers wait
             loads.append(s.index)
-            out = current
-        else:
-            out = s.index
+        out = current if s.kind == "load" else s.index
         current = out
         if s.config.register_as and out is not None:
             registered[s.config.register_as] = out

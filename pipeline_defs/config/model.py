@@ -122,6 +122,21 @@ class StepModel(FormatModel):
     the input's rows also describes the tables they reach (not so for aggregates, joins,
     pivots or SQL)."""
 
+    writes_asset: ClassVar[bool] = False
+    """A transform that writes an asset of its own at `location()` (trainModel: a model), as
+    a load writes a table: the asset's materialization is the step's."""
+    reads_asset: ClassVar[bool] = False
+    """A transform that reads an asset at `location()` (predict: a model), as an extract
+    reads a table: it depends on that asset."""
+    checks_model: ClassVar[bool] = False
+    """A validation of a model (evaluateModel): an asset check of the model trained
+    upstream of it, not of the tables its rows reach."""
+
+    def default_asset_key(self) -> list[str] | None:
+        """The asset key of what it writes or reads when no assetKey is given (None: the
+        table's own name)."""
+        return None
+
     def named_inputs(self, registered: Collection[str] = ()) -> list[tuple[str, str]]:
         """(field path, DataFrame name) for every registered DataFrame this step reads.
         `registered` holds the names registered by earlier steps."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.types.dagster_type import resolve_dagster_type
 
-from pipeline_defs.config.assets import AssetNames, asset_names, uri
+from pipeline_defs.config.assets import AssetNames, asset_names, reads, uri, writes
 from pipeline_defs.config.dataflow import safe_name
 from pipeline_defs.config.loader import LoadedPipeline
 from pipeline_defs.dagster_layer.checks import check_name, evaluated_checks, table_check_name
@@ -154,6 +154,15 @@ def _about(p: LoadedPipeline, plan: Plan, out: GraphOutput, kinds: dict[int, str
                 f"{location}")
         return text, {"dagster/uri": uri(location), "location": location,
                       "pipeline_file": p.file, **refs}, "delta"
+    if out.kind == "model":
+        location = step.config.location() or ""
+        return (f"Model trained by pipeline '{p.name}' (step {step.index}, {step.label}) on "
+                "the data upstream of it. Location: " + location +
+                (f" (also saved to {step.config.model_path})"
+                 if getattr(step.config, "model_path", None) and
+                 location != step.config.model_path else ""),
+                {"dagster/uri": uri(location), "location": location, "pipeline_file": p.file,
+                 **refs}, kinds.get(step.index))
     table = names.of(step) if names is not None else None
     location = table.location if table is not None else step.config.location() or ""
     meta = {"dagster/uri": uri(location), "location": location, "pipeline_file": p.file,
@@ -183,8 +192,27 @@ def code_version(plan: Plan, index: int) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def _outputs(plan: Plan, load_keys: dict[int, dg.AssetKey]) -> dict[str, GraphOutput]:
-    """The graph's outputs: one per table (its first load), one per quarantine table."""
+def _check_targets(p: LoadedPipeline, plan: Plan, load_keys: dict[int, dg.AssetKey],
+                   model_keys: dict[int, dg.AssetKey]) -> dict[int, list[dg.AssetKey]]:
+    """The assets each validation checks: the tables its rows reach; a model's validation
+    (evaluateModel), the models trained upstream of it. Streams are validated per
+    micro-batch (the run's log and the op's metadata say what broke): no asset check."""
+    out = {}
+    for n in plan.nodes:
+        if n.step.kind != "validate" or p.config.mode != "batch":
+            continue
+        i = n.step.index
+        keys = {model_keys[j] for j in plan.upstream(i) if j in model_keys} \
+            if type(n.step.config).checks_model else set()
+        out[i] = sorted(keys or {load_keys[j] for j in plan.rows_reach(i) if j in load_keys},
+                        key=lambda k: k.path)
+    return out
+
+
+def _outputs(plan: Plan, load_keys: dict[int, dg.AssetKey],
+             model_keys: dict[int, dg.AssetKey] | None = None) -> dict[str, GraphOutput]:
+    """The graph's outputs: one per table (its first load), one per quarantine table, one
+    per trained model."""
     first_load: dict[dg.AssetKey, int] = {}
     for i, key in load_keys.items():
         first_load.setdefault(key, i)
@@ -194,6 +222,8 @@ def _outputs(plan: Plan, load_keys: dict[int, dg.AssetKey]) -> dict[str, GraphOu
         node, node_output = ("streams", f"sink_s{i:02d}") if streaming else \
             (plan.node(i).op_name, "result")
         out[io_name(key)] = GraphOutput(node, node_output, key, i, "table")
+    for i, key in (model_keys or {}).items():
+        out[io_name(key)] = GraphOutput(plan.node(i).op_name, "model", key, i, "model")
     for evaluator, steps in plan.quarantines().items():
         for i in steps:  # quarantine tables: written by the pass of the group's last step
             key = dg.AssetKey(["quarantine", plan.job_name, plan.node(i).op_name])
@@ -211,25 +241,23 @@ def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | No
     names = names if names is not None else asset_names([p])[0]
     plan = build_plan(p)
     tables = {n.step.index: names.of(n.step) for n in plan.nodes
-              if n.step.kind in ("extract", "load")}
+              if reads(n.step) or writes(n.step)}
     load_keys = {i: dg.AssetKey(list(t.key)) for i, t in tables.items()
                  if t is not None and plan.node(i).step.kind == "load"}
+    model_keys = {i: dg.AssetKey(list(t.key)) for i, t in tables.items()
+                  if t is not None and writes(plan.node(i).step)
+                  and plan.node(i).step.kind != "load"}
     source_keys = {i: dg.AssetKey(list(t.key)) for i, t in tables.items()
-                   if t is not None and plan.node(i).step.kind == "extract"}
-    # Streams are validated per micro-batch (the run's log and the op's metadata say what
-    # broke); a stream's sink has no asset check result to report.
-    check_targets = {n.step.index: sorted({load_keys[j] for j in plan.rows_reach(n.step.index)
-                                           if j in load_keys}, key=lambda k: k.path)
-                     for n in plan.nodes if n.step.kind == "validate"
-                     and p.config.mode == "batch"}
-    written = set(load_keys.values())
+                   if t is not None and reads(plan.node(i).step)}
+    check_targets = _check_targets(p, plan, load_keys, model_keys)
+    written = {*load_keys.values(), *model_keys.values()}
     inputs = {i: key for i, key in source_keys.items() if key not in written}
     ops = {n.step.index: op_for(plan, n, registry, load_keys, check_targets,
                                 source=n.step.index in inputs,
                                 table_key=source_keys.get(n.step.index)) for n in plan.nodes}
     deps = _dependencies(plan, ops)
     node_defs = list(ops.values())
-    outputs = _outputs(plan, load_keys)
+    outputs = _outputs(plan, load_keys, model_keys)
     if p.config.mode == "streaming":
         loads = [n for n in plan.nodes if n.step.kind == "load"]
         watch = watch_op(plan, loads, {o.step: o.key for o in outputs.values()})
@@ -245,7 +273,7 @@ def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | No
             mapped_node_input_name="source", dagster_type=NOTHING,
             graph_input_description=f"The table {key.to_user_string()}, read by step {i}"))
     kinds = {n.step.index: registry.get(n.step.kind, n.step.method).kind_of(n.step.config)
-             for n in plan.nodes if n.step.kind in ("extract", "load")}
+             for n in plan.nodes if reads(n.step) or writes(n.step)}
     about = {name: _about(p, plan, o, kinds, names) for name, o in outputs.items()}
     graph = dg.GraphDefinition(
         # not the job's name: an asset job's own graph carries that one
@@ -273,7 +301,7 @@ def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | No
         resource_defs={plan.params_key: params_resource(plan)} if plan.params_key else None,
         automation_conditions_by_output_name={
             name: automation_condition(p.config.automation) for name, o in outputs.items()
-            if o.kind == "table"} if p.config.automation else None,
+            if o.kind in ("table", "model")} if p.config.automation else None,
         metadata_by_output_name={name: a[1] for name, a in about.items()})
     job = dg.define_asset_job(
         plan.job_name, selection=dg.AssetSelection.assets(assets),

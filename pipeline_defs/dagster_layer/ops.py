@@ -40,6 +40,7 @@ from pipeline_defs.dagster_layer.outputs import (
     input_name,
     observe,
     plain,
+    produced_metadata,
     table_schema,
 )
 from pipeline_defs.dagster_layer.params import (
@@ -173,6 +174,7 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
     params_key = plan.params_key
     quarantines = plan.quarantines().get(s.index, [])  # tables this op's pass writes
     condition = parse_condition(s.condition) if s.condition else None
+    writes_asset = s.kind != "load" and type(s.config).writes_asset
 
     def compute(context: dg.OpExecutionContext, **inputs):
         if context.resources.spark.cancelled:
@@ -223,6 +225,9 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
                            evaluated_in)]
         if quarantines:
             outputs += quarantine_outputs(context, ctx, quarantines, df)
+        if writes_asset and ctx.produced is not None:
+            outputs.append(dg.Output(ctx.produced, "model", metadata=produced_metadata(
+                ctx.produced)))
         if condition is not None:
             outputs.append(dg.Output(None, "done"))
         if evaluated_in is None:
@@ -239,6 +244,8 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
                                is_required=condition is None),
               **{f"quarantine_s{i:02d}": dg.Out(LOADED_TABLE, is_required=False)
                  for i in quarantines},
+              **({"model": dg.Out(LOADED_TABLE, is_required=False, description="The model "
+                                  "it trained, as its asset")} if writes_asset else {}),
               **({"done": dg.Out(dg.Nothing, description="The step ran, or its condition "
                                  "skipped it: steps that only come after it wait on this.")}
                  if condition is not None else {})},

@@ -144,6 +144,24 @@ LOADED_TABLE = dg.DagsterType(
     "carries schema, counts and the table's own metrics).")
 
 
+def produced_metadata(produced: dict) -> dict:
+    """A trained model's materialization metadata: its metrics as numbers (Dagster plots
+    them across materializations), where it is, the MLflow run and version."""
+    meta: dict = {f"metric/{k}": float(v) for k, v in produced.get("metrics", {}).items()}
+    for k in ("model_uri", "name", "version", "alias", "mlflow_run_id", "experiment",
+              "tracking_uri", "model_path", "algorithm", "target", "evaluated_on"):
+        if produced.get(k) is not None:
+            meta[k] = str(produced[k])
+    for k in ("rows_train", "rows_test"):
+        if produced.get(k) is not None:
+            meta[k] = int(produced[k])
+    if produced.get("params"):
+        meta["params"] = dg.MetadataValue.json(produced["params"])
+    if produced.get("features"):
+        meta["features"] = ", ".join(produced["features"])
+    return meta
+
+
 def config_summary(raw: dict, width: int = 140) -> str:
     """The step's config on one line, secrets masked: `condition="amount > 0"`."""
     parts = [f"{k}={json.dumps(v, default=str)}" for k, v in sanitized(raw).items()]

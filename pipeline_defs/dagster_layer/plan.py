@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from pipeline_defs.config.assets import reads, writes
 from pipeline_defs.config.dataflow import safe_name, walk
 from pipeline_defs.config.types import LoadedPipeline, LoadedStep
 from pipeline_defs.spark import acceleration
@@ -139,7 +140,7 @@ def build_plan(p: LoadedPipeline, native: bool | None = None) -> Plan:
     for s, current, named, after, _ in walk(p.file, p.steps):
         # Extracts read sources that an earlier load may have written: keep file order there.
         plan.nodes.append(StepNode(s, _op_name(s), current, named,
-                                   after if s.kind in ("load", "extract") else ()))
+                                   after if writes(s) or reads(s) else ()))
     _run_dead_ends(plan)
     counted = {n.step.index: _counted_by(plan, n) for n in plan.nodes}
     if p.config.row_counts == "ends":

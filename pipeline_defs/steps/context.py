@@ -39,6 +39,9 @@ class StepContext:
     steps.validate.engine.ValidationGroup; not imported here, which would be a circle)."""
     results: list[Any] = field(default_factory=list)
     """Validation results (RuleResult) of a validate step, for asset checks."""
+    produced: dict[str, Any] | None = None
+    """A step that writes an asset of its own (trainModel: a model): what it wrote (plain
+    values), shown on that asset's materialization."""
     activity: str = "running"
     """What the step is doing now ("writing to ...", "reading its row counts"), so that an
     error can say where it happened."""

@@ -21,7 +21,7 @@ from pipeline_defs.config.model import StepModel
 
 KINDS = ("extract", "transform", "validate", "load")
 _BUILTIN_MODULES = ("files", "delta", "cdc", "jdbc", "kafka", "transform", "reshape",
-                    "profile", "validate")
+                    "profile", "validate", "ml")
 
 
 @dataclass(frozen=True)
