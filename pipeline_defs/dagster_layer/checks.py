@@ -55,6 +55,8 @@ def _log_checks(context, s, ctx: StepContext, targets: list[dg.AssetKey], now: b
         "rule_violations": int(ctx.metadata.get("rule_violations", 0)),
         "action": cfg.on_failure,
     }
+    # what a dataset rule measured (evaluateModel's metric): a number Dagster plots
+    meta.update({k: float(v) for k, v in ctx.metadata.get("measured", {}).items()})
     table = samples_table(ctx.results)
     if table is not None:
         meta["samples"] = table

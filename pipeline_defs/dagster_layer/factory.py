@@ -101,10 +101,14 @@ def _declared_checks(plan: Plan, specs: list[dg.AssetCheckSpec]):
     return _declared
 
 
-def _dependencies(plan: Plan, ops: dict[int, dg.OpDefinition]) -> dict:
+def _dependencies(plan: Plan, ops: dict[int, dg.OpDefinition],
+                  gates: dict[int, int] | None = None) -> dict:
     deps: dict[dg.NodeInvocation, dict[str, dg.DependencyDefinition]] = {}
     for n in plan.nodes:
         d = {}
+        if (gates or {}).get(n.step.index) is not None:
+            i = gates[n.step.index]
+            d[f"model_s{i:02d}"] = dg.DependencyDefinition(plan.node(i).op_name, "model")
         if n.current is not None:
             d["df"] = dg.DependencyDefinition(plan.node(n.current).op_name, "result")
         for name, i in n.named.items():
@@ -209,10 +213,27 @@ def _check_targets(p: LoadedPipeline, plan: Plan, load_keys: dict[int, dg.AssetK
     return out
 
 
+def _model_gates(plan: Plan, model_keys: dict[int, dg.AssetKey],
+                 check_targets: dict[int, list[dg.AssetKey]]) -> dict[int, int]:
+    """{validate step: the trainModel step whose model it passes on}: a model checked by
+    evaluateModel steps is materialized by the last of them, once they have all passed (or
+    only warned), so its checks always see their results and a model that fails a blocking
+    check is not materialized. (MLflow holds every version trained; aliases move only on
+    evaluateModel's promoteTo.)"""
+    gates = {}
+    for i, key in model_keys.items():
+        checking = [j for j, keys in check_targets.items() if key in keys
+                    and type(plan.node(j).step.config).checks_model]
+        if checking:
+            gates[max(checking)] = i
+    return gates
+
+
 def _outputs(plan: Plan, load_keys: dict[int, dg.AssetKey],
-             model_keys: dict[int, dg.AssetKey] | None = None) -> dict[str, GraphOutput]:
+             model_keys: dict[int, dg.AssetKey] | None = None,
+             gated_by: dict[int, int] | None = None) -> dict[str, GraphOutput]:
     """The graph's outputs: one per table (its first load), one per quarantine table, one
-    per trained model."""
+    per trained model (from the evaluateModel step that gates it, if any)."""
     first_load: dict[dg.AssetKey, int] = {}
     for i, key in load_keys.items():
         first_load.setdefault(key, i)
@@ -223,7 +244,8 @@ def _outputs(plan: Plan, load_keys: dict[int, dg.AssetKey],
             (plan.node(i).op_name, "result")
         out[io_name(key)] = GraphOutput(node, node_output, key, i, "table")
     for i, key in (model_keys or {}).items():
-        out[io_name(key)] = GraphOutput(plan.node(i).op_name, "model", key, i, "model")
+        node = plan.node((gated_by or {}).get(i, i)).op_name
+        out[io_name(key)] = GraphOutput(node, "model", key, i, "model")
     for evaluator, steps in plan.quarantines().items():
         for i in steps:  # quarantine tables: written by the pass of the group's last step
             key = dg.AssetKey(["quarantine", plan.job_name, plan.node(i).op_name])
@@ -252,12 +274,14 @@ def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | No
     check_targets = _check_targets(p, plan, load_keys, model_keys)
     written = {*load_keys.values(), *model_keys.values()}
     inputs = {i: key for i, key in source_keys.items() if key not in written}
+    gates = _model_gates(plan, model_keys, check_targets)
     ops = {n.step.index: op_for(plan, n, registry, load_keys, check_targets,
                                 source=n.step.index in inputs,
-                                table_key=source_keys.get(n.step.index)) for n in plan.nodes}
-    deps = _dependencies(plan, ops)
+                                table_key=source_keys.get(n.step.index),
+                                passes_model=gates.get(n.step.index)) for n in plan.nodes}
+    deps = _dependencies(plan, ops, gates)
     node_defs = list(ops.values())
-    outputs = _outputs(plan, load_keys, model_keys)
+    outputs = _outputs(plan, load_keys, model_keys, {i: j for j, i in gates.items()})
     if p.config.mode == "streaming":
         loads = [n for n in plan.nodes if n.step.kind == "load"]
         watch = watch_op(plan, loads, {o.step: o.key for o in outputs.values()})

@@ -61,8 +61,12 @@ def _pipeline_settings(pipeline: LoadedPipeline) -> dict:
             "streaming": c.streaming if c.mode == "streaming" else None}
 
 
-def _op_inputs(node: StepNode, source: bool) -> dict[str, dg.In]:
+def _op_inputs(node: StepNode, source: bool, passes_model: int | None = None
+               ) -> dict[str, dg.In]:
     ins: dict[str, dg.In] = {}
+    if passes_model is not None:
+        ins[f"model_s{passes_model:02d}"] = dg.In(LOADED_TABLE, description="The model it "
+                                                  "checks, materialized once checked")
     if source:
         ins["source"] = dg.In(dg.Nothing, description="The table this extract reads (its "
                               "asset), for lineage; nothing is passed")
@@ -163,7 +167,10 @@ def _output(context, node: StepNode, df: DataFrame, ctx: StepContext, parents: t
 
 
 def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targets,
-           source: bool = False, table_key: dg.AssetKey | None = None) -> dg.OpDefinition:
+           source: bool = False, table_key: dg.AssetKey | None = None,
+           passes_model: int | None = None) -> dg.OpDefinition:
+    """The step's op. `passes_model`: the trainModel step whose model this validation passes
+    on as the model's asset once it has checked it."""
     pipeline = plan.pipeline
     s = node.step
     stepdef = registry.get(s.kind, s.method)
@@ -225,9 +232,10 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
                            evaluated_in)]
         if quarantines:
             outputs += quarantine_outputs(context, ctx, quarantines, df)
-        if writes_asset and ctx.produced is not None:
-            outputs.append(dg.Output(ctx.produced, "model", metadata=produced_metadata(
-                ctx.produced)))
+        model = ctx.produced if writes_asset else \
+            inputs.get(f"model_s{passes_model:02d}") if passes_model is not None else None
+        if model is not None:
+            outputs.append(dg.Output(model, "model", metadata=produced_metadata(model)))
         if condition is not None:
             outputs.append(dg.Output(None, "done"))
         if evaluated_in is None:
@@ -239,13 +247,14 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
     return dg.OpDefinition(
         # unique in the repository, the step first; the node is aliased to the op_name
         name=f"{node.op_name}__{plan.job_name}",
-        ins=_op_inputs(node, source), compute_fn=wrap(compute),
+        ins=_op_inputs(node, source, passes_model), compute_fn=wrap(compute),
         outs={"result": dg.Out(LOADED_TABLE if s.kind == "load" else SPARK_DATAFRAME,
                                is_required=condition is None),
               **{f"quarantine_s{i:02d}": dg.Out(LOADED_TABLE, is_required=False)
                  for i in quarantines},
               **({"model": dg.Out(LOADED_TABLE, is_required=False, description="The model "
-                                  "it trained, as its asset")} if writes_asset else {}),
+                                  "it trained (or checked), as its asset")}
+                 if writes_asset or passes_model is not None else {}),
               **({"done": dg.Out(dg.Nothing, description="The step ran, or its condition "
                                  "skipped it: steps that only come after it wait on this.")}
                  if condition is not None else {})},

@@ -8,8 +8,12 @@ import pytest
 from pyspark.ml.functions import vector_to_array
 
 from pipeline_defs.steps.errors import StepDataError
-from pipeline_defs.steps.ml.features import FeatureEngineering, feature_engineering, \
-    feature_ids, fitted
+from pipeline_defs.steps.ml.features import (
+    FeatureEngineering,
+    feature_engineering,
+    feature_ids,
+    fitted,
+)
 
 
 def _fe(spark, ctx, pdf: pd.DataFrame, features: list[dict]):

@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
-from pyspark.ml.evaluation import BinaryClassificationEvaluator, \
-    MulticlassClassificationEvaluator
+from pyspark.ml.evaluation import BinaryClassificationEvaluator, MulticlassClassificationEvaluator
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import NumericType
@@ -57,7 +56,7 @@ class EvaluateModel(Validator):
         return out
 
 
-def _aggregate(metric: str, label: Column, pred: Column) -> "callable":
+def _aggregate(metric: str, label: Column, pred: Column) -> callable:
     err = label.cast("double") - pred.cast("double")
 
     def value(seen: Column) -> Column:
@@ -126,9 +125,9 @@ def evaluate_model(df: DataFrame, cfg: EvaluateModel, ctx: StepContext) -> DataF
         if v is None:
             return 1, f"no scored rows with a {label} to compute {cfg.metric} on"
         v = float(v)
-        ctx.metadata[cfg.metric] = round(v, 6)
+        ctx.metadata.setdefault("measured", {})[cfg.metric] = v
         bad = (lo is not None and v < lo) or (hi is not None and v > hi)
-        return (1 if bad else 0), f"{cfg.metric} {v:.4f}" + (f" ({text} fails)" if bad else "")
+        return (1 if bad else 0), f"{cfg.metric} {v:.4f}"
 
     if cfg.metric in _AGGREGATES:
         value = _aggregate(cfg.metric, F.col(label), F.col(cfg.prediction_column))

@@ -211,8 +211,8 @@ def _check_types(df: DataFrame, cfg: FeatureEngineering) -> None:
             t = types.get(c, df.schema[c].dataType if c in df.columns else None)
             if t is not None and not isinstance(t, NumericType):
                 raise StepDataError(f"features[{i}] ({f.type} '{f.name}'): column '{c}' is "
-                                    f"{t.simpleString()}, not a number. Cast it first (deriveColumns) "
-                                    "or, for a category, use a oneHot feature.")
+                                    f"{t.simpleString()}, not a number. Cast it first "
+                                    "(enrichData) or, for a category, use a oneHot feature.")
         types[f.name] = None
 
 

@@ -18,7 +18,7 @@ from pyspark.ml import PipelineModel
 from pipeline_defs.steps.errors import StepDataError
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ver>[^/]+))?/?$")
-_LOCK = threading.Lock()  # MLflow's fluent API keeps its active run per thread; the store setup is shared
+_LOCK = threading.Lock()  # MLflow's fluent API: process-wide URIs and active run
 
 
 def local_dir() -> str:

@@ -25,8 +25,12 @@ from pyspark.ml.evaluation import (
 from pyspark.ml.feature import IndexToString, StringIndexer, VectorAssembler
 from pyspark.ml.linalg import VectorUDT
 from pyspark.ml.param import Param
-from pyspark.ml.regression import DecisionTreeRegressor, GBTRegressor, LinearRegression, \
-    RandomForestRegressor
+from pyspark.ml.regression import (
+    DecisionTreeRegressor,
+    GBTRegressor,
+    LinearRegression,
+    RandomForestRegressor,
+)
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import BooleanType, NumericType, StringType
@@ -216,7 +220,7 @@ def train_model(df: DataFrame, cfg: TrainModel, ctx: StepContext) -> DataFrame:
     est.setParams(**cfg.params)
     ttype = df.schema[cfg.target].dataType
     rows = df.where(F.col(cfg.target).isNotNull())
-    label_stages, classes = [], None
+    classes = None
     if task == CLASSIFICATION and isinstance(ttype, StringType):
         indexer = StringIndexer(inputCol=cfg.target, outputCol=LABEL,
                                 stringOrderType="alphabetAsc").fit(rows)
