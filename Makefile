@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DAGSTER_HOME ?= $(CURDIR)/.cache/dagster_home
 DEV_PORT ?= 3000
+# MLflow's local store of the ML examples (when MLFLOW_TRACKING_URI names no server)
+export PIPELINE_MLFLOW_DIR ?= $(CURDIR)/.cache/mlruns
 
 .PHONY: setup home demo test dev validate bench services-up services-down kafka-up kafka-down \
 	spark-up spark-down clean

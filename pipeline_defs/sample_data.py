@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 import sys
 from datetime import date, datetime, timedelta
@@ -65,6 +66,31 @@ def customer_updates(rng: random.Random, n_customers: int, n: int) -> list[dict]
     return out
 
 
+PLANS = ["basic", "family", "premium"]
+
+
+def subscriptions(rng: random.Random, first_id: int, n: int, labelled: bool = True
+                  ) -> list[dict]:
+    """Subscribers of a streaming service; whether they left (`churned`, for the ML
+    example) follows their tenure, plan, support calls and usage, with noise: a model can
+    learn it, not perfectly."""
+    out = []
+    for i in range(first_id, first_id + n):
+        plan = rng.choice(PLANS)
+        tenure = rng.randint(1, 72)
+        calls = min(int(rng.expovariate(0.7)), 9)
+        hours = round(rng.gammavariate(2.0, 9.0), 1)
+        row = {"subscriber_id": i, "plan": plan, "tenure_months": tenure,
+               "monthly_fee": {"basic": 7.99, "family": 13.99, "premium": 19.99}[plan],
+               "support_calls": calls, "hours_watched": hours,
+               "country": rng.choice(COUNTRIES)}
+        if labelled:
+            risk = 0.8 - tenure / 20 + 0.6 * calls - hours / 25 + (plan == "basic") * 0.9
+            row["churned"] = int(rng.random() < 1 / (1 + math.exp(-risk)))
+        out.append(row)
+    return out
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -86,6 +112,8 @@ def generate(out: Path, n_customers: int = 200, n_orders: int = 1500, seed: int 
     write_jsonl(out / "orders_2025" / "orders_2025.jsonl",
                 with_defects(orders(rng, n_orders + 1, n_orders, 2025, n_customers)))
     write_csv(out / "customer_updates.csv", customer_updates(rng, n_customers, 120))
+    write_csv(out / "subscriptions.csv", subscriptions(rng, 1, 3000))
+    write_csv(out / "subscriptions_new.csv", subscriptions(rng, 3001, 500, labelled=False))
 
 
 if __name__ == "__main__":

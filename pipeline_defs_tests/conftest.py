@@ -59,6 +59,16 @@ def _no_defs_state_storage_of_a_closed_instance():
     _current_storage.reset(token)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_store_of_the_session(tmp_path_factory):
+    """Models the tests train go to a local MLflow store of the test session: not the
+    product's default (./mlruns, the working tree), nor a server the environment names; a
+    test wanting its own sets its own."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ["PIPELINE_MLFLOW_DIR"] = str(tmp_path_factory.mktemp("mlruns"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     from pipeline_defs.dagster_layer.resources.spark import SparkSettings, session

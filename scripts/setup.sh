@@ -15,7 +15,7 @@ if [ ! -f "$stamp" ]; then
   echo "setup: creating .venv and installing pinned packages"
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q -e ".[test,ml]"
   rm -f .venv/.installed-*; touch "$stamp"
 fi
 

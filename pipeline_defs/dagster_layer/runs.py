@@ -32,6 +32,8 @@ def step_rows(events: Iterable[dg.DagsterEvent], pipeline: LoadedPipeline) -> li
     plan = build_plan(pipeline)
     rows = {n.op_name: StepRow(n.op_name, n.step.label) for n in plan.nodes}
     counted: dict[str, int] = {}
+    trains = {n.op_name: n.step.kind != "load" and getattr(n.step.config, "writes_asset", False)
+              for n in plan.nodes}
     for e in events:
         # step keys are "<pipeline graph>.<op>": the ops are nodes of the pipeline's assets
         r = rows.get((e.step_key or "").rsplit(".", 1)[-1])
@@ -49,6 +51,12 @@ def step_rows(events: Iterable[dg.DagsterEvent], pipeline: LoadedPipeline) -> li
             md = e.event_specific_data.metadata
             name = e.event_specific_data.step_output_handle.output_name
             if name == "done":  # a conditional step's "finished" signal
+                continue
+            if name == "model":  # what a trainModel saved (a checking step passes it on)
+                if trains.get(r.op) and "model_uri" in md:
+                    first = next((k for k in md if k.startswith("metric/")), None)
+                    r.note = f"-> {_value(md['model_uri'])}" + (
+                        f" ({first.split('/', 1)[1]} {_value(md[first]):.3f})" if first else "")
                 continue
             if name.startswith("quarantine_"):
                 # a validation's quarantine table, written by the same pass

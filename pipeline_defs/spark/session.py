@@ -79,7 +79,8 @@ class SparkSettings:
             "spark.sql.redaction.options.regex": OPTION_REGEX,
         }
         log4j = Path(__file__).parent / "log4j2.properties"
-        conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={log4j.as_uri()}"
+        conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={log4j.as_uri()}" \
+            + _no_missing_native_blas()
         # Python workers use this interpreter (the venv), not whatever `python3` is on PATH.
         conf["spark.pyspark.python"] = os.environ.get("PYSPARK_PYTHON", sys.executable)
         if self.master.startswith("local"):
@@ -118,6 +119,18 @@ class SparkSettings:
         master = conf.pop("spark.master", None) or os.environ.get("SPARK_MASTER", "local[*]")
         app = conf.pop("spark.app.name", None) or "pipeline_defs"
         return cls(master, app, jars_dir, tuple(sorted(conf.items())))
+
+
+def _no_missing_native_blas() -> str:
+    """MLlib's BLAS tries the system's libblas.so.3 first and, when there is none, its native
+    loader prints a line on the terminal; without one, go to the Java implementation
+    directly (with one, keep it: it is the fast path)."""
+    import ctypes.util
+    if ctypes.util.find_library("blas") or ctypes.util.find_library("openblas"):
+        return ""
+    return " -Ddev.ludovic.netlib.blas.allowNative=false" \
+        " -Ddev.ludovic.netlib.lapack.allowNative=false" \
+        " -Ddev.ludovic.netlib.arpack.allowNative=false"
 
 
 def local_cores(master: str) -> int:

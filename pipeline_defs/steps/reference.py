@@ -50,6 +50,9 @@ def _unannotated(annotation):
 
 def _type(annotation) -> str:
     annotation = _unannotated(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # Optional[X]: X
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = inner[0] if len(inner) == 1 else annotation
     text = repr(annotation) if not isinstance(annotation, type) else annotation.__name__
     text = (text.replace("typing.", "").replace("Optional[", "").replace("NoneType", "")
             .replace("pydantic.types.SecretStr", "secret string").replace("SecretStr",
@@ -59,6 +62,41 @@ def _type(annotation) -> str:
         return " \\| ".join(repr(a).replace("'", "") for a in typing.get_args(annotation))
     text = re.sub(r"\b(?:pipeline_defs\.steps\.)?(?:[a-z_]+\.)+(?=[A-Z])", "", text)
     return text.replace(" | None", "").replace("|", "\\|")
+
+
+def _models_in(annotation) -> list[type[BaseModel]]:
+    """The models a field holds (a list of a union of them: featureEngineering's features)."""
+    annotation = _unannotated(annotation)
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is list and args:
+        return _models_in(args[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [m for a in args for m in _models_in(a)]
+    return [annotation] if isinstance(annotation, type) and issubclass(annotation, BaseModel) \
+        else []
+
+
+def _listed_models(annotation) -> list[type[BaseModel]]:
+    """The models of a field that is a list of them (featureEngineering's features)."""
+    annotation = _unannotated(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        lists = [a for a in typing.get_args(annotation) if typing.get_origin(a) is list]
+        annotation = lists[0] if len(lists) == 1 else annotation
+    return _models_in(annotation) if typing.get_origin(annotation) is list else []
+
+
+def _nested(fields) -> list[str]:
+    """A sub-table per model a field holds (each kind of feature: its own keys)."""
+    out = []
+    for name, f in fields:
+        for m in _listed_models(f.annotation):
+            key = f.alias or name
+            kind = m.model_fields.get("type")
+            tag = typing.get_args(kind.annotation)[0] if kind is not None else m.__name__
+            doc = " ".join((m.__doc__ or "").split())
+            out += [f"`{key}[]` with `\"type\": \"{tag}\"`: {doc}", "",
+                    *_rows([(n, x) for n, x in m.model_fields.items() if n != "type"]), ""]
+    return out
 
 
 def _rows(fields) -> list[str]:
@@ -71,6 +109,8 @@ def _rows(fields) -> list[str]:
             default = ""
         ann = f.annotation
         t = _type(ann) if not (isinstance(ann, type) and issubclass(ann, BaseModel)) else "object"
+        if _listed_models(ann):
+            t = "list of objects (below)"
         out.append(f"| `{key}` | {t} | {default} | {f.description or ''} |")
     return out
 
@@ -102,6 +142,7 @@ def method_reference(registry) -> str:
             if own:
                 parts += _rows(own)
                 parts.append("")
+                parts += _nested(own)
             links = ", ".join(f"[{t}](#{a})" for t, a, _ in groups if a != "every-step")
             parts.append("Also: `registerAs`" + (f"; {links}" if links else "") + ".")
             parts.append("")

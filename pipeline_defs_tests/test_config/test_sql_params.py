@@ -79,6 +79,11 @@ def _join(path: str, text: str) -> list[dict]:
              "config": {"inputDataFrames": ["a", "b"], "joinConditions": [text]}}, OUT]
 
 
+def _features(path: str, text: str) -> list[dict]:
+    return [SRC, {"type": "transform", "method": "featureEngineering", "config": {"features": [
+        {"name": "n", "type": "aggregation", "groupBy": "id", "expr": text}]}}, OUT]
+
+
 # (kind.method, field, builder, the dialect's quotes: string, identifier)
 FIELDS = [
     ("transform.filterRows", "condition", _transform("transform", "filterRows", {})),
@@ -90,6 +95,7 @@ FIELDS = [
     ("transform.aggregateData", "aggregations",
      _transform("transform", "aggregateData", {"groupBy": ["id"]})),
     ("transform.joinDataFrames", "joinConditions", _join),
+    ("transform.featureEngineering", "features.expr", _features),
     ("validate.validateBusinessRules", "rules",
      _transform("validate", "validateBusinessRules", {})),
     ("load.toDeltaLake", "replaceWhere", _load("toDeltaLake", {"path": "/d", "mode":
@@ -144,7 +150,8 @@ def _refused(tmp_path, registry, method, path, text, value) -> str:
     f = _pipeline(tmp_path, method, path, text)
     with pytest.raises(ConfigError) as e:
         load_pipeline(f, registry, {"v": value})
-    where = f"{f}, step {_step_of(f, method)} ({method}), config.{path}"
+    shown = {"features.expr": "features[0].expr"}.get(path, path)  # a list's item: its index
+    where = f"{f}, step {_step_of(f, method)} ({method}), config.{shown}"
     assert f"{where}" in str(e.value) and "the value of ${v}" in str(e.value), str(e.value)
     return str(e.value)
 

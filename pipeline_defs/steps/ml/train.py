@@ -35,7 +35,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import BooleanType, NumericType, StringType
 
-from pipeline_defs.config.model import AssetKeyParts, StepModel, asset_key_field
+from pipeline_defs.config.model import AssetKeyParts, StepModel
 from pipeline_defs.steps.context import StepContext
 from pipeline_defs.steps.errors import StepDataError, missing_columns
 from pipeline_defs.steps.ml import tracking
@@ -106,7 +106,10 @@ class TrainModel(StepModel):
         "probability", description="Classification: the probability column of the output "
         "(binary: of the second class in sorted order, 1 for 0/1 labels; else of the "
         "predicted class); null for none.")
-    asset_key: AssetKeyParts | None = asset_key_field("the model")
+    asset_key: AssetKeyParts | None = Field(
+        None, description="Dagster asset key of the model: \"churn\", \"ml/churn\" or "
+        "[\"ml\", \"churn\"]. Default: models/<registeredModelName, else the modelPath's "
+        "last segment>.")
 
     def kind(self) -> str:
         return self.task or _IMPLIED.get(self.algorithm, "")
@@ -242,7 +245,9 @@ def train_model(df: DataFrame, cfg: TrainModel, ctx: StepContext) -> DataFrame:
             classes = [r[0] for r in train.select(LABEL).distinct().orderBy(LABEL).collect()]
         assembler = VectorAssembler(inputCols=cfg.features, outputCol=FEATURES,
                                     handleInvalid="error")
+        fit_started = time.perf_counter()
         core = Pipeline(stages=[assembler, est]).fit(train)
+        fit_s = time.perf_counter() - fit_started
         binary = task == CLASSIFICATION and len(classes) == 2
         back = [IndexToString(inputCol=PREDICTION, outputCol=f"{INTERNAL}prediction_label",
                               labels=classes)] if isinstance(ttype, StringType) else []
@@ -254,11 +259,15 @@ def train_model(df: DataFrame, cfg: TrainModel, ctx: StepContext) -> DataFrame:
         n_test = test_scored.count()
         metrics = _metrics(test_scored, cfg, binary)
         ctx.activity = "saving its model"
+        save_started = time.perf_counter()
         saved = _save(model, cfg, ctx, metrics, n_train, n_test)
+        save_s = time.perf_counter() - save_started
     finally:
         rows.unpersist()
     ctx.metadata.update({"algorithm": f"{cfg.algorithm} {task}", "rows_train": n_train,
-                         "rows_test": n_test, **{k: round(v, 6) for k, v in metrics.items()}})
+                         "rows_test": n_test, "fit_s": round(fit_s, 3),
+                         "save_s": round(save_s, 3),
+                         **{k: round(v, 6) for k, v in metrics.items()}})
     ctx.produced = {**saved, "metrics": metrics, "rows_train": n_train, "rows_test": n_test,
                     "algorithm": f"{cfg.algorithm} {task}", "target": cfg.target,
                     "features": list(cfg.features), "params": dict(cfg.params),
