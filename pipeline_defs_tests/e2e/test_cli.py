@@ -26,7 +26,7 @@ def cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
 def test_validate_ok_and_exit_codes(tmp_path):
     r = cli("validate", str(CONFIGS), str(COMPAT))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "14 valid, 0 invalid" in r.stdout  # 5 examples (one in SQL), 9 original files
+    assert "16 valid, 0 invalid" in r.stdout  # 7 examples (one in SQL), 9 original files
     assert "ok    " + str(CONFIGS / "country_revenue.sql") in r.stdout
     write_json(tmp_path / "bad.json", {"name": "b", "steps": [
         {"type": "transform", "method": "filterRows", "config": {"conditon": "x"}}]})

@@ -268,3 +268,29 @@ def test_the_sql_example_country_revenue(run, sample_data, spark):
     got = sorted((r.country, r.category, r.revenue, r.orders) for r in spark.read.format(
         "delta").load(str(run.out / "delta" / "country_revenue")).collect())
     assert got == expected and len(expected) >= 5
+
+
+def test_the_churn_model_is_trained_registered_promoted_and_scores(run, sample_data,
+                                                                    tmp_path, monkeypatch):
+    import pandas as pd
+    monkeypatch.setenv("PIPELINE_MLFLOW_DIR", str(tmp_path / "mlruns"))  # a store of its own
+    result = run("churn_model")
+    held = pd.read_parquet(run.out / "delta" / "churn_held_back")
+    subscribers = pd.read_csv(sample_data / "subscriptions.csv")
+    assert set(held["subscriber_id"]) < set(subscribers["subscriber_id"])
+    accuracy = float((held["prediction"] == held["churned"]).mean())
+    majority = max(subscribers["churned"].mean(), 1 - subscribers["churned"].mean())
+    assert accuracy >= majority + 0.05  # it learnt something: better than always "stays"
+    model = _materializations(result)["churn"]
+    assert model["metric/accuracy"] == pytest.approx(accuracy)
+    assert (model["name"], model["version"], model["alias"]) == ("churn", "1", "latest-trained")
+
+    run("churn_scoring")  # by the alias the first run's check moved: models:/churn@champion
+    scored = pd.read_parquet(run.out / "delta" / "churn_scores").sort_values("subscriber_id")
+    new = pd.read_csv(sample_data / "subscriptions_new.csv")
+    assert scored["subscriber_id"].tolist() == new["subscriber_id"].tolist()
+    assert list(scored.columns) == ["subscriber_id", "plan", "tenure_months", "will_churn",
+                                    "churn_probability"]
+    assert scored["churn_probability"].between(0, 1).all()
+    # a random forest predicts the class its trees' votes favour
+    assert (scored["will_churn"] == (scored["churn_probability"] > 0.5)).all()
