@@ -40,6 +40,7 @@ bench: setup
 	@$(PY) bench/load_bench.py
 	@$(PY) bench/stream_bench.py
 	@$(PY) bench/dq_bench.py
+	@$(PY) bench/ml_bench.py
 
 # PostgreSQL, MariaDB and an S3 server (moto) on loopback, as the tests use them
 services-up: setup

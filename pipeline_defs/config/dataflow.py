@@ -91,7 +91,7 @@ def check_columns(file: str, steps: Sequence[LoadedStep]) -> list[Problem]:
         elif s.kind == "validate":
             known[s.index] = columns
         else:
-            known[s.index] = None
+            known[s.index] = s.config.output_columns(columns) if columns else None
     return out
 
 

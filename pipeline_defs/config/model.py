@@ -188,6 +188,12 @@ class StepModel(FormatModel):
         starts when the input's columns are declared (an extract's `schema`)."""
         return []
 
+    def output_columns(self, columns: dict[str, str]) -> dict[str, str] | None:
+        """A transform's output columns ({lower-case name: Spark SQL type}) given its input's,
+        when they follow from its config (featureEngineering adds its features); None:
+        unknown, later steps' columns are not checked statically."""
+        return None
+
     def declared_schema(self) -> str | None:
         """An extract's output columns as DDL, when its config fixes them (`schema`)."""
         return None

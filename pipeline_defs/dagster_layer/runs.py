@@ -53,10 +53,7 @@ def step_rows(events: Iterable[dg.DagsterEvent], pipeline: LoadedPipeline) -> li
             if name == "done":  # a conditional step's "finished" signal
                 continue
             if name == "model":  # what a trainModel saved (a checking step passes it on)
-                if trains.get(r.op) and "model_uri" in md:
-                    first = next((k for k in md if k.startswith("metric/")), None)
-                    r.note = f"-> {_value(md['model_uri'])}" + (
-                        f" ({first.split('/', 1)[1]} {_value(md[first]):.3f})" if first else "")
+                r.note = _model_note(md) if trains.get(r.op) else r.note
                 continue
             if name.startswith("quarantine_"):
                 # a validation's quarantine table, written by the same pass
@@ -77,6 +74,15 @@ def step_rows(events: Iterable[dg.DagsterEvent], pipeline: LoadedPipeline) -> li
             rows[op].rows = n
     _skipped(events, plan, rows)
     return list(rows.values())
+
+
+def _model_note(md) -> str | None:
+    """`-> models:/churn/3 (accuracy 0.812)`: the model saved, and its first metric."""
+    if "model_uri" not in md:
+        return None
+    first = next((k for k in md if k.startswith("metric/")), None)
+    return f"-> {_value(md['model_uri'])}" + (
+        f" ({first.split('/', 1)[1]} {_value(md[first]):.3f})" if first else "")
 
 
 def _skipped(events: list[dg.DagsterEvent], plan, rows: dict[str, StepRow]) -> None:

@@ -20,6 +20,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pipeline_defs.config.loader import load_pipeline
+from pipeline_defs.steps.ml.train import RandomForestClassifier, param_names
 from pipeline_defs_tests.conftest import REPO, run_job, step_failures, write_json
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
@@ -284,13 +285,39 @@ def test_bad_input_names_the_step_and_the_field(tmp_path, registry, store):
                     "config": {"model": str(tmp_path / "no-model")}})
     assert f"model '{tmp_path / 'no-model'}': no Spark ML model can be read there" in line
 
+
+
+def test_pipeline_validate_finds_bad_ml_config_before_spark_starts(tmp_path, registry):
     from pipeline_defs.common.errors import ConfigError
-    bad = write_json(tmp_path / "typo.json", {"name": "typo", "steps": [
-        _extract(src), {**train, "config": {**train["config"], "params": {"numTree": 5}}}]})
-    with pytest.raises(ConfigError, match=r"step 2 \(transform.trainModel\), config.params."
-                       r"numTree: is not a parameter of gbt classification: did you mean "
-                       r"'maxIter'|numTree"):
-        load_pipeline(bad, registry)
+    declared = {"type": "extract", "method": "fromFile", "config": {
+        "path": str(tmp_path / "c.csv"), "format": "csv",
+        "schema": "id INT, plan STRING, tenure DOUBLE, spend DOUBLE, churned INT"}}
+    f = write_json(tmp_path / "bad.json", {"name": "bad", "steps": [
+        declared,
+        {"type": "transform", "method": "featureEngineering", "config": {"features": [
+            {"name": "spend_band", "type": "binning", "column": "spend", "bins": [0, 50, "inf"],
+             "labels": ["low", "high"]}]}},
+        {"type": "transform", "method": "trainModel", "config": {
+            "algorithm": "randomForest", "task": "classification", "target": "churn",
+            "features": ["tenure", "plan", "spend_band"], "params": {"numTree": 5},
+            "alias": "champion", "modelPath": str(tmp_path / "m")}}]})
+    with pytest.raises(ConfigError) as e:
+        load_pipeline(f, registry)
+    where = f"{f}, step 3 (transform.trainModel), config."
+    assert [line.strip() for line in str(e.value).splitlines()[1:]] == [
+        f"- {where}params.numTree: is not a parameter of randomForest classification: did you "
+        f"mean 'numTrees'? Its parameters: " + ", ".join(param_names(RandomForestClassifier))
+        + ".",
+        f"- {where}alias: an alias needs a registered model. Add registeredModelName.",
+        f"- {where}target: names 'churn', which the input does not have (its declared "
+        "columns: id, plan, tenure, spend, churned, spend_band). Fix the name, or the schema "
+        "that declares the columns.",
+        f"- {where}features: 'plan' is a string column; a model needs numbers. Add a "
+        "featureEngineering step before with {\"name\": \"plan_vec\", \"type\": \"oneHot\", "
+        "\"column\": \"plan\"} and use 'plan_vec' here.",
+        f"- {where}features: 'spend_band' is a string column; a model needs numbers. Add a "
+        "featureEngineering step before with {\"name\": \"spend_band_vec\", \"type\": "
+        "\"oneHot\", \"column\": \"spend_band\"} and use 'spend_band_vec' here."]
 
 
 def test_predict_scores_a_stream_as_it_scores_a_batch(tmp_path, registry, store, spark):

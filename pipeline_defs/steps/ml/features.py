@@ -148,6 +148,19 @@ class FeatureEngineering(StepModel):
             made.update([] if isinstance(f, Imputation) else [f.name])
         return out
 
+    def output_columns(self, columns):
+        out = dict(columns)
+        for f in self.features:
+            if isinstance(f, Binning):
+                out[f.name.lower()] = "STRING" if f.labels else "DOUBLE"
+            elif isinstance(f, (OneHot, Scaling)):
+                out[f.name.lower()] = "VECTOR"
+            elif isinstance(f, Clustering):
+                out[f.name.lower()] = "INT"
+            elif isinstance(f, Aggregation):
+                out[f.name.lower()] = "UNKNOWN"
+        return out
+
     def problems(self):
         out = []
         for i, f in enumerate(self.features):

@@ -158,6 +158,16 @@ class TrainModel(StepModel):
     def needed_columns(self):
         return [("target", [self.target]), ("features", list(self.features))]
 
+    def input_problems(self, columns):
+        out = super().input_problems(columns)
+        for c in self.features:
+            if (columns.get(c.lower()) or "").upper() in ("STRING", "VARCHAR", "TEXT"):
+                out.append(("features", f"'{c}' is a string column; a model needs numbers.",
+                            f"Add a featureEngineering step before with {{\"name\": "
+                            f"\"{c}_vec\", \"type\": \"oneHot\", \"column\": \"{c}\"}} and "
+                            f"use '{c}_vec' here."))
+        return out
+
     writes_asset = True
 
 
