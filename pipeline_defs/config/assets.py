@@ -41,8 +41,8 @@ def normalized(location: str) -> str:
 
 def uri(location: str) -> str:
     """Where a table is, absolute: a local path resolved, URLs and tables as written."""
-    if "://" in location or "/" not in location:
-        return location
+    if "://" in location or "/" not in location or location.startswith("models:/"):
+        return location  # (models:/NAME: a model in MLflow's registry)
     return "file://" + os.path.abspath(location)
 
 

@@ -57,6 +57,12 @@ def _log_checks(context, s, ctx: StepContext, targets: list[dg.AssetKey], now: b
     }
     # what a dataset rule measured (evaluateModel's metric): a number Dagster plots
     meta.update({k: float(v) for k, v in ctx.metadata.get("measured", {}).items()})
+    if getattr(type(cfg), "checks_model", False):  # a model's metric: no rows fail or pass
+        for k in ("failing_rows", "failing_fraction", "rule_violations"):
+            meta.pop(k)
+        meta["threshold"] = str(ctx.metadata.get("threshold", ""))
+        if ctx.metadata.get("promoted_to"):
+            meta["promoted_to"] = str(ctx.metadata["promoted_to"])
     table = samples_table(ctx.results)
     if table is not None:
         meta["samples"] = table

@@ -307,7 +307,11 @@ def build_pipeline(p: LoadedPipeline, registry: Registry, names: AssetNames | No
             graph_output_name=name, mapped_node_name=o.node, mapped_node_output_name=o.node_output,
             dagster_type=STREAM_TOTALS if o.node == "streams" else LOADED_TABLE,
             graph_output_description=about[name][0]) for name, o in outputs.items()])
-    lineage = {name: {source_keys[j] for j in plan.upstream(o.step) if j in inputs}
+    # what each asset comes from: the tables read upstream of it, and a model trained
+    # upstream of it (a trainModel's scored rows come from its model)
+    lineage = {name: {source_keys[j] for j in plan.upstream(o.step) if j in inputs} |
+               ({model_keys[j] for j in plan.upstream(o.step) if j in model_keys}
+                if o.kind == "table" else set())
                for name, o in outputs.items()}
     assets = dg.AssetsDefinition.from_graph(
         graph, keys_by_input_name={v: k for k, v in source_by_key.items()},

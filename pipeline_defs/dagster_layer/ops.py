@@ -234,6 +234,9 @@ def op_for(plan: Plan, node: StepNode, registry: Registry, load_keys, check_targ
             outputs += quarantine_outputs(context, ctx, quarantines, df)
         model = ctx.produced if writes_asset else \
             inputs.get(f"model_s{passes_model:02d}") if passes_model is not None else None
+        if model is not None and ctx.metadata.get("promoted_to"):  # evaluateModel's promoteTo
+            model = {**model, "aliases": [*model.get("aliases", []),
+                                          ctx.metadata["promoted_to"]]}
         if model is not None:
             outputs.append(dg.Output(model, "model", metadata=produced_metadata(model)))
         if condition is not None:

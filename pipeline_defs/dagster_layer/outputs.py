@@ -147,14 +147,19 @@ LOADED_TABLE = dg.DagsterType(
 def produced_metadata(produced: dict) -> dict:
     """A trained model's materialization metadata: its metrics as numbers (Dagster plots
     them across materializations), where it is, the MLflow run and version."""
-    meta: dict = {f"metric/{k}": float(v) for k, v in produced.get("metrics", {}).items()}
-    for k in ("model_uri", "name", "version", "alias", "mlflow_run_id", "experiment",
+    meta: dict = {f"metric/{k}": round(float(v), 4)
+                  for k, v in produced.get("metrics", {}).items()}
+    for k in ("model_uri", "name", "version", "mlflow_run_id", "experiment",
               "tracking_uri", "model_path", "algorithm", "target", "evaluated_on"):
         if produced.get(k) is not None:
             meta[k] = str(produced[k])
     for k in ("rows_train", "rows_test"):
         if produced.get(k) is not None:
             meta[k] = int(produced[k])
+    if produced.get("aliases"):
+        meta["aliases"] = ", ".join(produced["aliases"])
+    if produced.get("mlflow_url"):
+        meta["mlflow"] = dg.MetadataValue.url(produced["mlflow_url"])
     if produced.get("params"):
         meta["params"] = dg.MetadataValue.json(produced["params"])
     if produced.get("features"):

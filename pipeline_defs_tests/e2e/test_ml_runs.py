@@ -97,9 +97,9 @@ def test_logistic_regression_agrees_with_scikit_learn_on_the_same_rows(tmp_path,
 
     # the model asset: metrics as computed here, MLflow's run and version
     meta = _materialized(result, "models/cancer")
-    assert meta["metric/accuracy"] == pytest.approx(ours)
-    assert meta["metric/areaUnderROC"] == pytest.approx(auc)
-    assert (meta["version"], meta["alias"], meta["rows_test"]) == ("1", "candidate", len(held))
+    assert meta["metric/accuracy"] == pytest.approx(ours, abs=5e-5)  # shown to 4 places
+    assert meta["metric/areaUnderROC"] == pytest.approx(auc, abs=5e-5)
+    assert (meta["version"], meta["aliases"], meta["rows_test"]) == ("1", "candidate", len(held))
     version = store.get_model_version_by_alias("cancer", "candidate")
     assert str(version.version) == "1" and version.run_id == meta["mlflow_run_id"]
     run = store.get_run(version.run_id)
@@ -112,6 +112,8 @@ def test_logistic_regression_agrees_with_scikit_learn_on_the_same_rows(tmp_path,
     assert (check.asset_key.to_user_string(), check.check_name, check.passed) == \
         ("models/cancer", "good_enough", True)
     assert check.metadata["areaUnderROC"].value == pytest.approx(auc)
+    assert check.metadata["threshold"].value == "areaUnderROC >= 0.9"
+    assert "failing_rows" not in check.metadata  # a model's metric: no rows pass or fail
 
 
 def test_linear_regression_agrees_with_scikit_learn(tmp_path, registry, store):
@@ -130,9 +132,10 @@ def test_linear_regression_agrees_with_scikit_learn(tmp_path, registry, store):
     sk = LinearRegression().fit(train[cols], train["target"])
     assert np.allclose(held["prediction"], sk.predict(held[cols]), atol=1e-6)
     meta = _materialized(result, "models/model")
-    assert meta["metric/r2"] == pytest.approx(r2_score(held["target"], held["prediction"]))
+    assert meta["metric/r2"] == pytest.approx(r2_score(held["target"], held["prediction"]),
+                                              abs=5e-5)
     rmse = float(np.sqrt(((held["target"] - held["prediction"]) ** 2).mean()))
-    assert meta["metric/rmse"] == pytest.approx(rmse)
+    assert meta["metric/rmse"] == pytest.approx(rmse, abs=5e-5)
     assert meta["model_path"] == str(tmp_path / "model") and "mlflow_run_id" not in meta
     assert (tmp_path / "model" / "stages").is_dir()  # a Spark ML pipeline, nothing beside it
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("model")] == ["model"]
@@ -221,7 +224,12 @@ def test_trained_in_one_process_scored_by_alias_in_another(tmp_path, store):
     assert model.kinds == {"spark", "mlflow"}
     assert [k.to_user_string() for k in model.parent_keys] == ["sources/customers"]
     assert dg.AssetKey(["models", "churn"]) in graph.get(dg.AssetKey(["scored"])).parent_keys
+    # the held-back rows trainModel scored come from the model too
+    assert dg.AssetKey(["models", "churn"]) in graph.get(dg.AssetKey(["held"])).parent_keys
     assert [c.name for c in model.check_keys] == ["s04_evaluateModel"]
+    spec = build_definitions(defs).resolve_assets_def(dg.AssetKey(["models", "churn"])) \
+        .specs_by_key[dg.AssetKey(["models", "churn"])]
+    assert spec.metadata["dagster/uri"] == "models:/churn"
 
 
 def test_a_failing_evaluation_fails_the_run_and_moves_no_alias(tmp_path, registry, store):

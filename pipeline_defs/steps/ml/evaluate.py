@@ -136,6 +136,7 @@ def evaluate_model(df: DataFrame, cfg: EvaluateModel, ctx: StepContext) -> DataF
         computed = _evaluated(df, cfg, label, prob)
         value = lambda seen: F.lit(computed)  # noqa: E731
     ctx.metadata["model"] = made_by.get("model_uri")
+    ctx.metadata["threshold"] = text
 
     def promote(results, rows):
         if not cfg.promote_to or any(r.violations for r in results):
@@ -145,6 +146,7 @@ def evaluate_model(df: DataFrame, cfg: EvaluateModel, ctx: StepContext) -> DataF
                                 "version (trainModel with registeredModelName, or predict "
                                 "with a models:/ URI, makes them).")
         tracking.set_alias(made_by["name"], cfg.promote_to, made_by["version"])
+        ctx.metadata["promoted_to"] = cfg.promote_to
         ctx.metadata["promoted"] = f"models:/{made_by['name']}@{cfg.promote_to} -> version " \
                                    f"{made_by['version']}"
         ctx.log.info(f"{cfg.metric} passed: alias '{cfg.promote_to}' of model "

@@ -85,7 +85,7 @@ class Predict(StepModel):
 
 
 @step("transform", "predict", Predict,
-      asset_kind=lambda cfg: "mlflow" if cfg.model.startswith("models:/") else "sparkml")
+      asset_kind=lambda cfg: "mlflow" if cfg.model.startswith("models:/") else "spark-ml")
 def predict(df: DataFrame, cfg: Predict, ctx: StepContext) -> DataFrame:
     ctx.activity = f"loading model {cfg.model}"
     ref = tracking.ModelRef.parse(cfg.model)

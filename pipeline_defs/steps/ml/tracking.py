@@ -139,8 +139,12 @@ def load(ref: ModelRef, spark) -> tuple[PipelineModel, str | None]:
         with _LOCK:
             if key in _LOADED:
                 return _LOADED[key], version
+        import logging
+
         import mlflow
         import mlflow.spark
+        # "URI ... does not point to the current DFS ... Will attempt to upload": its normal way
+        logging.getLogger("mlflow.spark").setLevel(logging.WARNING)
         with _LOCK:  # the fluent API reads the process-wide URIs
             mlflow.set_tracking_uri(tracking_uri())
             mlflow.set_registry_uri(tracking_uri())
@@ -210,9 +214,13 @@ def log_model(model: PipelineModel, name: str, alias: str | None, experiment: st
     c.set_model_version_tag(name, version, "dagster.run_id", tags.get("dagster.run_id", ""))
     if alias:
         c.set_registered_model_alias(name, alias, version)
-    return {"name": name, "version": version, "model_uri": f"models:/{name}/{version}",
-            "mlflow_run_id": run.info.run_id, "experiment": experiment,
-            "tracking_uri": shown(tracking_uri()), **({"alias": alias} if alias else {})}
+    out = {"name": name, "version": version, "model_uri": f"models:/{name}/{version}",
+           "mlflow_run_id": run.info.run_id, "experiment": experiment,
+           "tracking_uri": shown(tracking_uri()), "aliases": [alias] if alias else []}
+    if shown(tracking_uri()).startswith(("http://", "https://")):  # MLflow's UI, that version
+        out["mlflow_url"] = f"{shown(tracking_uri()).rstrip('/')}/#/models/{name}/versions/" \
+                            f"{version}"
+    return out
 
 
 def set_alias(name: str, alias: str, version: str) -> None:

@@ -220,7 +220,7 @@ def _metrics(scored_test: DataFrame, cfg: TrainModel, binary: bool) -> dict[str,
 
 
 @step("transform", "trainModel", TrainModel, row_level=False,
-      asset_kind=lambda cfg: "mlflow" if cfg.registered_model_name else "sparkml")
+      asset_kind=lambda cfg: "mlflow" if cfg.registered_model_name else "spark-ml")
 def train_model(df: DataFrame, cfg: TrainModel, ctx: StepContext) -> DataFrame:
     missing_columns(df, [cfg.target], "target")
     missing_columns(df, cfg.features, "features")
