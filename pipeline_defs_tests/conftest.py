@@ -30,7 +30,8 @@ LONGEST_FIRST = (
     "test_steps/test_apply_changes.py", "e2e/test_apply_changes_runs.py",
     "e2e/test_sql_pipelines.py",
     "test_steps/test_acceleration.py", "e2e/test_retried_load.py", "e2e/test_streaming.py",
-    "e2e/test_ui_browser.py", "e2e/test_ml_runs.py", "e2e/test_redaction.py", "e2e/test_make_dev.py",
+    "e2e/test_ui_browser.py", "e2e/test_ml_runs.py", "e2e/test_redaction.py",
+    "e2e/test_make_dev.py",
     "e2e/test_acceleration_runs.py", "e2e/test_spark_config.py", "e2e/test_kill_mid_load.py")
 
 

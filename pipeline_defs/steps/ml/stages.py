@@ -17,22 +17,25 @@ INTERNAL = "__pd_"
 scoring step drops them."""
 
 
-class _JsonParam(Params):
+class _JsonStage(Transformer, DefaultParamsReadable, DefaultParamsWritable):
+    """A pure-Python stage whose settings are one JSON string (saved with the model)."""
+
     spec = Param(Params._dummy(), "spec", "the stage's settings as JSON",
                  typeConverter=TypeConverters.toString)
-
-    def _spec(self) -> dict:
-        return json.loads(self.getOrDefault(self.spec))
-
-
-class ColumnOps(Transformer, _JsonParam, DefaultParamsReadable, DefaultParamsWritable):
-    """Adds columns from SQL expressions ({"add": [[name, expr], ...]}) then drops columns
-    ({"drop": [...]}): a bucket's label, a temporary vector."""
 
     @keyword_only
     def __init__(self, spec: str = "{}") -> None:
         super().__init__()
         self._set(**self._input_kwargs)
+
+    def _spec(self) -> dict:
+        return json.loads(self.getOrDefault(self.spec))
+
+
+class ColumnOps(_JsonStage):
+    """Adds columns from SQL expressions ({"add": [[name, expr], ...]}) then drops columns
+    ({"drop": [...]}): a bucket's label, a temporary vector. Its "model" entry describes the
+    model it ends (scoring.describe)."""
 
     def _transform(self, df: DataFrame) -> DataFrame:
         s = self._spec()
@@ -40,19 +43,11 @@ class ColumnOps(Transformer, _JsonParam, DefaultParamsReadable, DefaultParamsWri
             df = df.withColumn(name, F.expr(expr))
         return df.drop(*s.get("drop", []))
 
-    def inputs(self) -> list[str]:
-        return []
 
-
-class GroupAggregate(Transformer, _JsonParam, DefaultParamsReadable, DefaultParamsWritable):
+class GroupAggregate(_JsonStage):
     """An aggregate per group joined back onto each row ({"name", "groupBy", "expr"}): the
     number of purchases of each row's customer, say. Computed on the data it scores (it is a
     property of that data, not a fitted value); batch only."""
-
-    @keyword_only
-    def __init__(self, spec: str = "{}") -> None:
-        super().__init__()
-        self._set(**self._input_kwargs)
 
     def _transform(self, df: DataFrame) -> DataFrame:
         s = self._spec()
@@ -60,14 +55,11 @@ class GroupAggregate(Transformer, _JsonParam, DefaultParamsReadable, DefaultPara
         agg = df.groupBy(*keys).agg(F.expr(s["expr"]).alias(s["name"]))
         return df.join(agg, on=keys, how="left")
 
-    def inputs(self) -> list[str]:
-        return list(self._spec()["groupBy"])
-
 
 def stage_io(stage) -> tuple[list[str], list[str]]:
     """(columns a fitted stage reads, columns it writes), for Spark's stages and ours."""
     if isinstance(stage, GroupAggregate):
-        return stage.inputs(), [stage._spec()["name"]]
+        return list(stage._spec()["groupBy"]), [stage._spec()["name"]]
     if isinstance(stage, ColumnOps):
         return [], [n for n, _ in stage._spec().get("add", [])]
     if hasattr(stage, "stages"):  # a nested PipelineModel
