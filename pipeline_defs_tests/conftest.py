@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,13 @@ os.environ.setdefault("SPARK_LOG_LEVEL", "ERROR")
 # keeps the JVM's default (C1 then C2), which the benchmarks measure.
 os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1")
 pytest_plugins = ["pipeline_defs_tests.servers", "pipeline_defs_tests.databases"]
+# A pytest-xdist worker's __main__ has neither a spec nor a file; pyspark.sql.connect takes
+# that for its own doctests and calls sys.exit(0) when Spark Connect's packages are missing
+# (MLflow imports pyspark.ml.connect to tell Connect models apart). A real process (`pipeline
+# run`, Dagster's run workers) always has one; so does a worker from here on.
+_main = sys.modules["__main__"]
+if getattr(_main, "__spec__", None) is None and not hasattr(_main, "__file__"):
+    _main.__file__ = "<pytest-xdist worker>"
 # `make test` runs the files on two workers, a file at a time each (pytest-xdist, --dist
 # loadfile, in collection order): the longest files (measured) go first, so that none is left
 # running alone at the end while the other worker idles.
