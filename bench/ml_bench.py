@@ -156,7 +156,10 @@ def main() -> None:
             f"{acc['plain']:.4f}. The product's extra work: the feature columns' metadata, "
             "the type checks, the model's last stage (its own description), the scored "
             "output's clean columns; a first run in a process also pays MLflow's store set-up "
-            "(~4 s, not in these figures: both sides warmed up once).\n")
+            "(~4 s, not in these figures: both sides warmed up once). predict loads a "
+            "registry version once per process (a version never changes) where the plain "
+            "script calls mlflow.spark.load_model each time: that load (~1 s) is most of the "
+            "scoring difference.\n")
     print(body)
     write_section("## ML: featureEngineering + trainModel + predict", body)
     spark.stop()
