@@ -3,6 +3,7 @@ the same rows, tracked and registered in a real MLflow store (read back with MLf
 client), scored by alias from another process, checked by evaluateModel, shown as assets."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -67,7 +68,9 @@ def _keys(result) -> set[str]:
 
 def test_logistic_regression_agrees_with_scikit_learn_on_the_same_rows(tmp_path, registry,
                                                                        store):
-    data = _cancer()
+    # classes 2 and 10: Spark's labels are 0 and 1 whatever the values, "the second class"
+    # is the larger number (not "2" after "10" as text)
+    data = _cancer().assign(target=lambda d: np.where(d["target"] == 1, 10, 2))
     lam = 0.01
     f = write_json(tmp_path / "cancer.json", {"name": "cancer", "steps": [
         _extract(_csv(data, tmp_path / "cancer.csv")),
@@ -88,12 +91,14 @@ def test_logistic_regression_agrees_with_scikit_learn_on_the_same_rows(tmp_path,
     sk = make_pipeline(StandardScaler(), LogisticRegression(C=1 / (lam * len(train)),
                                                             max_iter=5000, tol=1e-10))
     sk.fit(train[CANCER], train["target"])
+    assert set(held["prediction"]) == {2, 10}  # in the target's own values
     ours = accuracy_score(held["target"], held["prediction"])
     theirs = accuracy_score(held["target"], sk.predict(held[CANCER]))
     assert abs(ours - theirs) <= 0.02 and ours > 0.9
-    # the probability column is P(target = 1): scikit-learn's, nearly to the digit
+    # the probability column is P(target = 10): scikit-learn's, nearly to the digit
+    assert list(sk.classes_) == [2, 10]
     assert np.allclose(held["probability"], sk.predict_proba(held[CANCER])[:, 1], atol=0.02)
-    auc = roc_auc_score(held["target"], held["probability"])
+    auc = roc_auc_score(held["target"] == 10, held["probability"])
 
     # the model asset: metrics as computed here, MLflow's run and version
     meta = _materialized(result, "models/cancer")
@@ -104,7 +109,9 @@ def test_logistic_regression_agrees_with_scikit_learn_on_the_same_rows(tmp_path,
     assert str(version.version) == "1" and version.run_id == meta["mlflow_run_id"]
     run = store.get_run(version.run_id)
     assert run.data.metrics["accuracy"] == pytest.approx(ours)
-    assert run.data.params["regParam"] == str(lam) and run.data.params["target"] == "target"
+    assert run.data.params["regParam"] == str(lam)
+    assert (run.data.params["pipeline.target"], run.data.params["pipeline.seed"]) == \
+        ("target", "3")
     assert run.data.tags["dagster.run_id"] == result.run_id
     # evaluateModel is an asset check of the model, with the metric it computed
     (check,) = [e.event_specific_data for e in result.all_events
@@ -116,7 +123,7 @@ def test_logistic_regression_agrees_with_scikit_learn_on_the_same_rows(tmp_path,
     assert "failing_rows" not in check.metadata  # a model's metric: no rows pass or fail
 
 
-def test_linear_regression_agrees_with_scikit_learn(tmp_path, registry, store):
+def test_linear_regression_agrees_with_scikit_learn(tmp_path, registry, store, spark):
     d = load_diabetes(as_frame=True).frame.assign(id=range(442))
     cols = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
     f = write_json(tmp_path / "diabetes.json", {"name": "diabetes", "steps": [
@@ -125,9 +132,14 @@ def test_linear_regression_agrees_with_scikit_learn(tmp_path, registry, store):
             "algorithm": "linearRegression", "target": "target", "features": cols,
             "modelPath": str(tmp_path / "model")}},
         {"type": "validate", "method": "evaluateModel", "config": {"metric": "r2", "min": 0.3}},
-        {"type": "load", "method": "toDeltaLake", "config": {"path": str(tmp_path / "held")}}]})
-    result = run_job(load_pipeline(f, registry))
-    held = pd.read_parquet(tmp_path / "held")
+        {"type": "load", "method": "toDeltaLake",
+         "config": {"path": str(tmp_path / "held"), "mode": "overwrite"}}]})
+    run_job(load_pipeline(f, registry))
+    result = run_job(load_pipeline(f, registry))  # again: the saved model is replaced whole
+    (check,) = [e.event_specific_data for e in result.all_events
+                if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert check.passed and check.asset_key == dg.AssetKey(["models", "model"])
+    held = spark.read.format("delta").load(str(tmp_path / "held")).toPandas()  # version 1
     train = d[~d["id"].isin(held["id"])]
     sk = LinearRegression().fit(train[cols], train["target"])
     assert np.allclose(held["prediction"], sk.predict(held[cols]), atol=1e-6)
@@ -139,6 +151,10 @@ def test_linear_regression_agrees_with_scikit_learn(tmp_path, registry, store):
     assert meta["model_path"] == str(tmp_path / "model") and "mlflow_run_id" not in meta
     assert (tmp_path / "model" / "stages").is_dir()  # a Spark ML pipeline, nothing beside it
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("model")] == ["model"]
+    from pyspark.ml import PipelineModel
+    saved = PipelineModel.load(str(tmp_path / "model"))  # the model saved, read back by Spark
+    coefficients = saved.stages[-2].coefficients.toArray()  # [assembler, model, description]
+    assert np.allclose(coefficients, sk.coef_, atol=1e-6)
 
 
 def _churn(n: int, seed: int) -> pd.DataFrame:
@@ -192,6 +208,15 @@ def test_trained_in_one_process_scored_by_alias_in_another(tmp_path, registry, s
         {"type": "load", "method": "toDeltaLake", "config": {"path": str(tmp_path / "scored")}}]})
     run_job(load_pipeline(defs / "train.json", registry))  # here, in the test's process
     assert str(store.get_model_version_by_alias("churn", "champion").version) == "1"
+    # a second version, trained differently, that fails its check: registered, not champion
+    raw = json.loads((defs / "train.json").read_text())
+    raw["steps"][2]["config"]["params"] = {"numTrees": 3, "maxDepth": 2, "seed": 1}
+    raw["steps"][3]["config"]["min"] = 0.999
+    write_json(tmp_path / "retrain.json", {**raw, "name": "churn-retrain"})
+    run_job(load_pipeline(tmp_path / "retrain.json", registry), expect_success=False)
+    assert sorted(str(v.version) for v in store.search_model_versions("name = 'churn'")) == \
+        ["1", "2"]
+    assert str(store.get_model_version_by_alias("churn", "champion").version) == "1"
     r = _cli(defs / "score.json", tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "Traceback" not in r.stdout + r.stderr
@@ -205,11 +230,12 @@ def test_trained_in_one_process_scored_by_alias_in_another(tmp_path, registry, s
     z = (scored["spend"] - trained_on["spend"].mean()) / trained_on["spend"].std()
     assert np.allclose(scored["usage"].map(lambda v: v["values"][1]
                                            if isinstance(v, dict) else v[1]), z)
-    # an unseen plan: no slot set; the others: their own slot, as at training
-    vec = scored["plan_vec"].map(lambda v: v.get("indices") if isinstance(v, dict) else v)
-    assert all(len(v) == 0 for v in vec[scored["plan"] == "enterprise"])
+    # an unseen plan: no slot set; the others: their own slot, as at training (alphabetical)
+    vec = scored["plan_vec"].map(lambda v: list(v["indices"]))
+    slot = {"basic": [0], "family": [1], "pro": [2], "enterprise": []}
+    assert (vec == scored["plan"].map(slot)).all()
     # the rows it also scored at training, unchanged: the same predictions, the same
-    # probabilities (the same model, features not refitted on the new rows)
+    # probabilities (version 1, the champion, not the newer 2; features not refitted)
     both = held.set_index("id").join(scored[["will_churn", "p"]], how="inner")
     both = both[both.index.isin(new["id"].iloc[5:200])]
     assert len(both) > 10
@@ -252,6 +278,9 @@ def test_a_failing_evaluation_fails_the_run_and_moves_no_alias(tmp_path, registr
     (line,) = step_failures(result)
     assert line.startswith("pipeline 'strict', step 3 (validate.evaluateModel) failed")
     assert "accuracy" in line and "0.99" in line
+    (check,) = [e.event_specific_data for e in result.all_events
+                if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert (check.passed, check.severity.value, check.check_name) == (False, "ERROR", "gate")
     assert not (tmp_path / "strict").exists()
     # a model that fails a blocking check is no asset of Dagster's (MLflow keeps the version)
     assert "models/churn" not in _keys(result)

@@ -55,9 +55,19 @@ def test_kmeans_ids_are_stable_with_a_seed_and_find_the_clusters(spark, ctx):
     pdf = pd.DataFrame({"id": range(len(blob)), "a": pts[:, 0], "b": pts[:, 1]})
     spec = [{"name": "segment", "type": "clustering", "algorithm": "kmeans",
              "columns": ["a", "b"], "k": 3, "seed": 17}]
-    first = _fe(spark, ctx, pdf, spec).toPandas().sort_values("id")
+    out = _fe(spark, ctx, pdf, spec)
+    first = out.toPandas().sort_values("id")
     again = _fe(spark, ctx, pdf, spec).toPandas().sort_values("id")
     assert first["segment"].tolist() == again["segment"].tolist()
+    (uid,) = feature_ids(out, ["segment"])
+    (kmeans,) = [st for st in fitted(uid)[0].stages if type(st).__name__ == "KMeansModel"]
+    assert kmeans.getOrDefault("seed") == 17  # the seed given, not Spark's default
+    # new points near each centre get that blob's cluster id; a point with a gap gets none
+    new = spark.createDataFrame(pd.DataFrame({"id": [1, 2, 3, 4], "a": [0.3, 9.6, 0.2, None],
+                                              "b": [-0.2, 10.4, 9.7, 3.0]}))
+    ids = {r.id: r.segment for r in fitted(uid)[0].transform(new).collect()}
+    by_blob = dict(zip(blob, first["segment"], strict=True))
+    assert ids == {1: by_blob[0], 2: by_blob[1], 3: by_blob[2], 4: None}
     # each true blob is one cluster, and the three clusters differ
     pairs = set(zip(blob, first["segment"], strict=True))
     assert len(pairs) == 3 and len({c for _, c in pairs}) == 3
@@ -105,6 +115,15 @@ def test_the_fitted_features_are_named_on_their_columns_and_apply_to_new_rows(sp
     new = spark.createDataFrame(pd.DataFrame({"x": [100.0]}))
     (z,) = model.transform(new).select(vector_to_array("z")[0]).first()
     assert z == pytest.approx((100 - 2.5) / train["x"].std())  # the training mean and stddev
+
+
+def test_imputation_fills_new_rows_with_the_training_value(spark, ctx):
+    train = pd.DataFrame({"x": [1.0, None, 3.0, 10.0, None]})
+    out = _fe(spark, ctx, train, [{"name": "f", "type": "imputation", "columns": ["x"]}])
+    (uid,) = feature_ids(out, ["x"])
+    new = spark.createDataFrame(pd.DataFrame({"x": [None, 100.0, None]}), "x double")
+    got = [r.x for r in fitted(uid)[0].transform(new).collect()]
+    assert got == [train["x"].mean(), 100.0, train["x"].mean()]  # 14/3, not the new rows'
 
 
 def test_a_feature_on_a_string_column_names_the_feature_and_the_fix(spark, ctx):

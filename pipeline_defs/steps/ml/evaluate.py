@@ -95,8 +95,12 @@ def _evaluated(df: DataFrame, cfg: EvaluateModel, label: str, prob: str | None) 
             raise StepDataError(f"probabilityColumn: {cfg.metric} needs the probability of "
                                 "the second class; give probabilityColumn (trainModel writes "
                                 "one; predict when given probabilityColumn).")
-        classes = sorted(str(r[0]) for r in rows.select(label).distinct().collect())
-        positive = F.col(label).cast("string") == F.lit(classes[-1] if classes else "")
+        # the second class in the labels' own order (numbers as numbers), as trainModel's
+        classes = sorted(r[0] for r in rows.select(label).distinct().collect())
+        if len(classes) != 2:
+            raise StepDataError(f"metric: {cfg.metric} is for two classes; '{label}' has "
+                                f"{len(classes)}. Use accuracy or f1.")
+        positive = F.col(label) == F.lit(classes[-1])
         scored = rows.select(positive.cast("double").alias("l"),
                              F.col(prob).cast("double").alias("s"))
         return BinaryClassificationEvaluator(labelCol="l", rawPredictionCol="s",

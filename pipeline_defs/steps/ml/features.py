@@ -209,10 +209,18 @@ def _stages(i: int, f, df: DataFrame) -> list:
         keys = [f.group_by] if isinstance(f.group_by, str) else f.group_by
         return [GroupAggregate(spec=json.dumps({"name": f.name, "groupBy": keys,
                                                 "expr": f.expr}))]
-    return [VectorAssembler(inputCols=f.columns, outputCol=tmp, handleInvalid="skip"),
+    # every row keeps its place: one with a missing input gets no cluster (null); k-means
+    # itself sees only numbers (a stand-in 0 there, its id then discarded)
+    gaps = [f"`{c}` IS NULL OR isnan(double(`{c}`))" for c in f.columns]
+    safe = [[f"{tmp}_{j}", f"CASE WHEN {g} THEN 0D ELSE double(`{c}`) END"]
+            for j, (c, g) in enumerate(zip(f.columns, gaps, strict=True))]
+    return [ColumnOps(spec=json.dumps({"add": safe})),
+            VectorAssembler(inputCols=[n for n, _ in safe], outputCol=tmp),
             KMeans(featuresCol=tmp, predictionCol=f.name, k=f.k, seed=f.seed,
                    maxIter=f.max_iter),
-            ColumnOps(spec=json.dumps({"drop": [tmp]}))]
+            ColumnOps(spec=json.dumps({"add": [[f.name, f"CASE WHEN {' OR '.join(gaps)} THEN "
+                                                f"NULL ELSE `{f.name}` END"]],
+                                       "drop": [tmp, *(n for n, _ in safe)]}))]
 
 
 def _check_types(df: DataFrame, cfg: FeatureEngineering) -> None:
@@ -260,7 +268,10 @@ def feature_engineering(df: DataFrame, cfg: FeatureEngineering, ctx: StepContext
     ctx.activity = "fitting its features"
     fitted_stages, out = [], df
     for i, f in enumerate(cfg.features):  # one by one: a feature may read an earlier one's
-        part = Pipeline(stages=_stages(i, f, out)).fit(out)  # column, of a type known then
+        # column, of a type known then; scaling and k-means learn from complete rows only
+        # (a null or NaN would make every mean NaN) and still apply to every row
+        learn = out.dropna(subset=f.columns) if isinstance(f, (Scaling, Clustering)) else out
+        part = Pipeline(stages=_stages(i, f, out)).fit(learn)
         fitted_stages += part.stages
         out = part.transform(out)
     model = PipelineModel(fitted_stages)

@@ -13,7 +13,7 @@ from pipeline_defs.config.model import StepModel
 from pipeline_defs.steps.context import StepContext
 from pipeline_defs.steps.errors import StepDataError
 from pipeline_defs.steps.ml import tracking
-from pipeline_defs.steps.ml.stages import INTERNAL, ColumnOps, model_inputs
+from pipeline_defs.steps.ml.stages import INTERNAL, ColumnOps, GroupAggregate, model_inputs
 from pipeline_defs.steps.registry import step
 
 CLASSIFICATION = "classification"
@@ -38,10 +38,10 @@ def model_meta(model) -> dict:
 def scored(df: DataFrame, meta: dict, output: str, probability: str | None,
            made_by: dict) -> DataFrame:
     """The model's output as users see it (see the module's doc)."""
-    if f"{INTERNAL}prediction_label" in df.columns:
+    if f"{INTERNAL}prediction_label" in df.columns:  # a class, in the target's own values
         pred = F.col(f"{INTERNAL}prediction_label")
-    elif meta.get("task") == CLASSIFICATION and meta.get("targetType") not in (None, "string"):
-        pred = F.col(f"{INTERNAL}prediction").cast(meta["targetType"])
+        if meta.get("targetType") not in (None, "string"):
+            pred = pred.cast(meta["targetType"])
     else:
         pred = F.col(f"{INTERNAL}prediction")
     info = {"target": meta.get("target"), "task": meta.get("task"),
@@ -53,6 +53,11 @@ def scored(df: DataFrame, meta: dict, output: str, probability: str | None,
         p = vector_to_array(F.col(f"{INTERNAL}probability"))
         cols.append((p[1] if meta.get("binary") else F.array_max(p)).alias(probability))
     return df.select(*cols)
+
+
+def _has(model, cls) -> bool:
+    return any(isinstance(st, cls) or (hasattr(st, "stages") and _has(st, cls))
+               for st in model.stages)
 
 
 class Predict(StepModel):
@@ -91,6 +96,10 @@ def predict(df: DataFrame, cfg: Predict, ctx: StepContext) -> DataFrame:
     ref = tracking.ModelRef.parse(cfg.model)
     model, version = tracking.load(ref, ctx.spark)
     meta = model_meta(model)
+    if df.isStreaming and _has(model, GroupAggregate):
+        raise StepDataError(f"model '{cfg.model}' has an aggregation feature (a value per "
+                            "group of the rows it scores): it scores batches only, not a "
+                            "stream. Score in a batch pipeline, or train without it.")
     needed = [c for c in model_inputs(model) if c != meta.get("target")]
     gone = [c for c in needed if c not in df.columns]
     if gone:

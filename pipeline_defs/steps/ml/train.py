@@ -22,7 +22,7 @@ from pyspark.ml.evaluation import (
     MulticlassClassificationEvaluator,
     RegressionEvaluator,
 )
-from pyspark.ml.feature import IndexToString, StringIndexer, VectorAssembler
+from pyspark.ml.feature import IndexToString, VectorAssembler
 from pyspark.ml.linalg import VectorUDT
 from pyspark.ml.param import Param
 from pyspark.ml.regression import (
@@ -192,13 +192,58 @@ def _check_types(df: DataFrame, cfg: TrainModel) -> None:
                                                                else "."))
 
 
+MAX_CLASSES = 1000
+
+
+def _labelled(rows: DataFrame, cfg: TrainModel, task: str) -> tuple[DataFrame, list | None]:
+    """The rows with Spark's label column, and (classification) the classes in their own
+    sorted order (numbers as numbers): class i is label i, whatever the values (0/1, 1/2,
+    "no"/"yes"), so "the second class" is the larger one."""
+    if task != CLASSIFICATION:
+        return rows.withColumn(LABEL, F.col(cfg.target).cast("double")), None
+    found = rows.select(cfg.target).distinct().limit(MAX_CLASSES + 1).collect()
+    if len(found) > MAX_CLASSES:
+        raise StepDataError(f"target: '{cfg.target}' has more than {MAX_CLASSES} distinct "
+                            "values, too many classes to learn. Did you mean \"task\": "
+                            "\"regression\"?")
+    if len(found) < 2:
+        raise StepDataError(f"target: '{cfg.target}' has {len(found)} distinct value(s); a "
+                            "classifier needs at least two classes to tell apart.")
+    classes = sorted(r[0] for r in found)
+    index = F.create_map(*[x for i, c in enumerate(classes) for x in (F.lit(c),
+                                                                       F.lit(float(i)))])
+    return rows.withColumn(LABEL, index[F.col(cfg.target)]), classes
+
+
+def _count_checked(train: DataFrame, cfg: TrainModel) -> int:
+    """The training rows, counted in the same pass as the nulls of each feature: a model
+    cannot learn from a missing value (Spark would stop with a message naming no column)."""
+    types = dict(train.dtypes)
+    missing = [F.count(F.when(F.col(c).isNull() | (F.isnan(c) if types[c] in ("double", "float")
+                                                    else F.lit(False)), 1)).alias(c)
+               for c in cfg.features]
+    got = train.agg(F.count(F.lit(1)).alias("__rows"), *missing).first().asDict()
+    n = got.pop("__rows")
+    if n == 0:
+        raise StepDataError(f"target: no row has a value of '{cfg.target}' to learn from.")
+    nulls = {c: k for c, k in got.items() if k}
+    if nulls:
+        raise StepDataError("features: " + ", ".join(f"'{c}' is missing in {k} of {n} "
+                                                      "training rows" for c, k in nulls.items())
+                            + ". Fill them first (an imputation feature in featureEngineering)"
+                            " or filter those rows.")
+    return n
+
+
 def _feature_stages(df: DataFrame, cfg: TrainModel, ctx: StepContext) -> list:
     stages = []
     for uid in feature_ids(df, cfg.features):
         entry = fitted(uid)
-        if entry is None:  # fitted in another process: the columns are data here
-            ctx.log.info(f"trainModel: features fitted by another run ({uid}) are inputs of "
-                         "the model as they are (their fitting is not saved with it)")
+        if entry is None:  # fitted by another run (read back from a table): data here
+            ctx.log.warning(f"trainModel: columns {', '.join(cfg.features)} name features "
+                            f"fitted by another run ({uid}); the model takes them as they are, "
+                            "so scoring needs them as columns (their fitting is not saved "
+                            "with it)")
             continue
         stages.append(entry[0])
     return stages
@@ -232,27 +277,15 @@ def train_model(df: DataFrame, cfg: TrainModel, ctx: StepContext) -> DataFrame:
         est.setProbabilityCol(f"{INTERNAL}probability").setRawPredictionCol(f"{INTERNAL}raw")
     est.setParams(**cfg.params)
     ttype = df.schema[cfg.target].dataType
-    rows = df.where(F.col(cfg.target).isNotNull())
-    classes = None
-    if task == CLASSIFICATION and isinstance(ttype, StringType):
-        indexer = StringIndexer(inputCol=cfg.target, outputCol=LABEL,
-                                stringOrderType="alphabetAsc").fit(rows)
-        classes = list(indexer.labels)
-        rows = indexer.transform(rows)
-    else:
-        rows = rows.withColumn(LABEL, F.col(cfg.target).cast("double"))
     ctx.activity = "training its model"
-    rows = rows.persist()
+    base = df.where(F.col(cfg.target).isNotNull()).persist()
     try:
+        rows, classes = _labelled(base, cfg, task)
         if cfg.test_fraction > 0:
             train, test = rows.randomSplit([1 - cfg.test_fraction, cfg.test_fraction], cfg.seed)
         else:
             train, test = rows, rows
-        n_train = train.count()
-        if n_train == 0:
-            raise StepDataError(f"target: no row has a value of '{cfg.target}' to learn from.")
-        if task == CLASSIFICATION and classes is None:
-            classes = [r[0] for r in train.select(LABEL).distinct().orderBy(LABEL).collect()]
+        n_train = _count_checked(train, cfg)
         assembler = VectorAssembler(inputCols=cfg.features, outputCol=FEATURES,
                                     handleInvalid="error")
         fit_started = time.perf_counter()
@@ -260,7 +293,7 @@ def train_model(df: DataFrame, cfg: TrainModel, ctx: StepContext) -> DataFrame:
         fit_s = time.perf_counter() - fit_started
         binary = task == CLASSIFICATION and len(classes) == 2
         back = [IndexToString(inputCol=PREDICTION, outputCol=f"{INTERNAL}prediction_label",
-                              labels=classes)] if isinstance(ttype, StringType) else []
+                              labels=[str(c) for c in classes])] if classes is not None else []
         meta = describe(cfg, ttype, classes, binary)
         model = PipelineModel([*_feature_stages(df, cfg, ctx), *core.stages, *back,
                                ColumnOps(spec=json.dumps({"model": meta}))])
@@ -273,7 +306,9 @@ def train_model(df: DataFrame, cfg: TrainModel, ctx: StepContext) -> DataFrame:
         saved = _save(model, cfg, ctx, metrics, n_train, n_test)
         save_s = time.perf_counter() - save_started
     finally:
-        rows.unpersist()
+        # the scored held-back rows stay cached: they are the output (its metrics' rows);
+        # the run's SparkSession frees them when it ends
+        base.unpersist()
     ctx.metadata.update({"algorithm": f"{cfg.algorithm} {task}", "rows_train": n_train,
                          "rows_test": n_test, "fit_s": round(fit_s, 3),
                          "save_s": round(save_s, 3),
@@ -301,9 +336,10 @@ def _save(model: PipelineModel, cfg: TrainModel, ctx: StepContext, metrics: dict
             run_name=f"{ctx.pipeline} step {ctx.step}",
             tags={"dagster.run_id": ctx.run_id, "pipeline": ctx.pipeline,
                   "pipeline.step": str(ctx.step)},
-            params={"algorithm": cfg.algorithm, "task": cfg.kind(), "target": cfg.target,
-                    "features": ",".join(cfg.features), "testFraction": cfg.test_fraction,
-                    "seed": cfg.seed, **cfg.params},
-            metrics={**metrics, "rows_train": n_train, "rows_test": n_test},
-            spark=ctx.spark))
+            # the estimator's own params as Spark names them; the step's under "pipeline."
+            params={**cfg.params, "pipeline.algorithm": cfg.algorithm,
+                    "pipeline.task": cfg.kind(), "pipeline.target": cfg.target,
+                    "pipeline.features": ",".join(cfg.features),
+                    "pipeline.testFraction": cfg.test_fraction, "pipeline.seed": cfg.seed},
+            metrics={**metrics, "rows_train": n_train, "rows_test": n_test}))
     return out
